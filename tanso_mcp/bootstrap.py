@@ -1,0 +1,54 @@
+"""Composition root: builds the application context once per process (or per test)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .db.engine import Database
+from .db.migrate import upgrade
+from .principal import Principal
+from .services.auth import KeyResolver
+from .services.clocks import EnvironmentClocks
+from .services.jobs import JobRegistry
+from .settings import Settings
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    clocks: EnvironmentClocks
+    keys: KeyResolver
+    jobs: JobRegistry
+    # filled by later layers (plugin manager, payment providers, hot-path caches…)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def now(self, principal: Principal) -> datetime:
+        return await self.clocks.now(principal.environment_id, principal.mode)
+
+    async def migrate(self) -> None:
+        await upgrade(self.db.engine)
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def register_jobs(registry: JobRegistry) -> None:
+    """Every job kind of the product registers here (billing, credits, …)."""
+
+
+def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
+    clocks = EnvironmentClocks(db, clock or SystemClock(), ttl_seconds=settings.key_cache_seconds)
+    jobs = JobRegistry()
+    register_jobs(jobs)
+    return AppContext(
+        settings=settings,
+        db=db,
+        clocks=clocks,
+        keys=KeyResolver(db, settings.key_cache_seconds),
+        jobs=jobs,
+    )

@@ -1,0 +1,218 @@
+"""`tanso-mcp` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from .errors import ConfigError, TansoError
+
+
+def _settings(**overrides: Any):
+    from .settings import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _with_ctx(settings, fn):
+    from .bootstrap import build_context
+
+    ctx = build_context(settings)
+    try:
+        await ctx.migrate()
+        return await fn(ctx)
+    finally:
+        await ctx.close()
+
+
+def _print_keys(keys, out=sys.stdout) -> None:
+    print("", file=out)
+    print("  Default account created. These API keys are shown ONCE; store them now:", file=out)
+    for k in keys:
+        print(f"    {k.mode:<4} {k.role:<6} {k.key}", file=out)
+    print("", file=out, flush=True)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .bootstrap import build_context
+    from .services.tenancy import ensure_default_account
+    from .web.app import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    _configure_logging(settings.log_level)
+
+    async def setup(ctx):
+        async with ctx.db.unit_of_work() as s:
+            return await ensure_default_account(s, ctx.clocks.system_now())
+
+    keys = asyncio.run(_with_ctx(settings, setup))
+    if keys:
+        _print_keys(keys)
+    # a fresh context: database connections must belong to uvicorn's event loop
+    ctx = build_context(settings)
+    app = create_app(ctx, run_jobs=settings.jobs_enabled)
+    print(
+        f"tanso-mcp serving on http://{settings.host}:{settings.port} "
+        f"(REST /api/v1/client, MCP /mcp)",
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+    )
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from .db.migrate import current_revision
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+
+    async def show(ctx):
+        return await current_revision(ctx.db.engine)
+
+    rev = asyncio.run(_with_ctx(settings, show))
+    print(f"database at revision {rev}")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from .services import tenancy
+
+    settings = _settings()
+
+    async def run(ctx):
+        now = ctx.clocks.system_now()
+        if args.keys_cmd == "create":
+            async with ctx.db.unit_of_work() as s:
+                env = await tenancy.get_environment(s, args.account, args.mode)
+                issued = await tenancy.create_api_key(
+                    s, env, args.role, now, name=args.name, account_name=args.account
+                )
+            print(f"id:   {issued.id}")
+            print(f"key:  {issued.key}")
+            print("This key is shown once; store it now.")
+        elif args.keys_cmd == "list":
+            async with ctx.db.reader() as s:
+                rows = await tenancy.list_api_keys(s)
+            for r in rows:
+                status = "revoked" if r["revokedAt"] else "active"
+                print(
+                    f"{r['id']}  {r['account']:<12} {r['mode']:<4} {r['role']:<6} "
+                    f"{r['prefix']:<16} {status}  {r['name'] or ''}"
+                )
+        elif args.keys_cmd == "revoke":
+            async with ctx.db.unit_of_work() as s:
+                await tenancy.revoke_api_key(s, args.id, now)
+            print(f"revoked {args.id}")
+        return 0
+
+    return asyncio.run(_with_ctx(settings, run))
+
+
+def cmd_jobs(args) -> int:
+    from .services.jobs import run_all_due
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+    ran = asyncio.run(_with_ctx(settings, run_all_due))
+    print(f"ran {ran} due job item(s)")
+    return 0
+
+
+def cmd_accounts(args) -> int:
+    from .services import tenancy
+
+    settings = _settings()
+
+    async def run(ctx):
+        async with ctx.db.unit_of_work() as s:
+            _acct, envs = await tenancy.create_account(s, args.name, ctx.clocks.system_now())
+            keys = [
+                await tenancy.create_api_key(
+                    s,
+                    envs[m],
+                    "admin",
+                    ctx.clocks.system_now(),
+                    name="initial admin key",
+                    account_name=args.name,
+                )
+                for m in ("test", "live")
+            ]
+        print(json.dumps({"account": args.name, "keys": {k.mode: k.key for k in keys}}))
+        return 0
+
+    return asyncio.run(_with_ctx(settings, run))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tanso-mcp", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="serve REST + MCP + webhooks + jobs")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(fn=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
+
+    k = sub.add_parser("keys", help="manage API keys")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create", help="create a key (printed once)")
+    kc.add_argument("--role", choices=["admin", "client", "read"], required=True)
+    kc.add_argument("--mode", choices=["test", "live"], required=True)
+    kc.add_argument("--account", default="default")
+    kc.add_argument("--name")
+    ksub.add_parser("list", help="list keys (never the secrets)")
+    kr = ksub.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("id")
+    k.set_defaults(fn=cmd_keys)
+
+    a = sub.add_parser("accounts", help="manage accounts (tenants)")
+    asub = a.add_subparsers(dest="accounts_cmd", required=True)
+    ac = asub.add_parser("create", help="create an account with test and live environments")
+    ac.add_argument("name")
+    a.set_defaults(fn=cmd_accounts)
+
+    j = sub.add_parser("jobs", help="background jobs")
+    jsub = j.add_subparsers(dest="jobs_cmd", required=True)
+    jsub.add_parser("run", help="run every due job once and exit")
+    j.set_defaults(fn=cmd_jobs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"tanso-mcp: {exc}", file=sys.stderr)
+        return 2
+    except TansoError as exc:
+        print(f"tanso-mcp: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

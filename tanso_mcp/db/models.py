@@ -1,0 +1,512 @@
+"""Database schema (SQLAlchemy 2 declarative). Changes go through Alembic migrations in
+tanso_mcp/db/migrations/versions; `tests/test_migrations.py` fails when the models and
+the migrations disagree.
+
+Conventions:
+- every tenant-owned row carries `environment_id`; repositories always filter on it;
+- ids are time-ordered UUID strings;
+- quantities SQL adds up are scaled integers (see db/scale.py): `*_minor` money in the
+  row's currency minor units, `*_q` credits/usage in 1/10000, `*_micros` in 1/1e6;
+- every "exactly once" is a unique constraint (named uq_*).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import ID, DecimalText, JSONDoc, UTCDateTime, new_id
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(ID, primary_key=True, default=new_id)
+
+
+def _env() -> Mapped[str]:
+    return mapped_column(ID, ForeignKey("environments.id", ondelete="CASCADE"), nullable=False)
+
+
+# --------------------------------------------------------------------------- tenancy
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Environment(Base):
+    __tablename__ = "environments"
+    __table_args__ = (UniqueConstraint("account_id", "mode"),)
+    id: Mapped[str] = _id()
+    account_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    )
+    mode: Mapped[str] = mapped_column(String(8), nullable=False)  # test | live
+    # test environments: the frozen test-clock time; NULL for live (real time)
+    clock_now: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    payment_provider: Mapped[str] = mapped_column(String(40), nullable=False, default="native")
+    stripe_mode: Mapped[str] = mapped_column(String(32), nullable=False, default="NONE")
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, default="USD")
+    # environment default cost config, model price overrides, margin alert threshold…
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    role: Mapped[str] = mapped_column(String(8), nullable=False)  # admin | client | read
+    name: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the full key; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # first characters, for listing ("sk_test_AbCd…")
+    key_prefix: Mapped[str] = mapped_column(String(24), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SystemSetting(Base):
+    """Process-wide values the server generates once (e.g. the secrets encryption key)."""
+
+    __tablename__ = "system_settings"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class JobLease(Base):
+    """Cluster-wide lease for a unit of job work, so that several server processes
+    sharing one database do not run the same item at the same moment. Correctness
+    never depends on it alone: every job effect is also guarded by a unique constraint
+    or a conditional update."""
+
+    __tablename__ = "job_leases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (UniqueConstraint("environment_id", "reference_id"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    reference_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    email: Mapped[str | None] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    phone_number: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32), nullable=False, default="API")
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONDoc, nullable=False, default=dict
+    )
+    provider_customer_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Feature(Base):
+    __tablename__ = "features"
+    __table_args__ = (UniqueConstraint("environment_id", "key"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    key: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    source: Mapped[str] = mapped_column(String(32), nullable=False, default="API")
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONDoc, nullable=False, default=dict
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+    __table_args__ = (UniqueConstraint("environment_id", "key"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    key: Mapped[str] = mapped_column(String(128), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    price_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, default="USD")
+    interval_months: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    billing_timing: Mapped[str] = mapped_column(String(16), nullable=False, default="IN_ADVANCE")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="DRAFT")
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONDoc, nullable=False, default=dict
+    )
+    provider_product_id: Mapped[str | None] = mapped_column(String(100))
+    provider_price_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class PlanFeature(Base):
+    """Plan-feature rule: how one feature is priced (and costed) on one plan."""
+
+    __tablename__ = "plan_features"
+    __table_args__ = (UniqueConstraint("plan_id", "feature_id"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    plan_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("plans.id", ondelete="CASCADE"), nullable=False
+    )
+    feature_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("features.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    type: Mapped[str] = mapped_column(String(16), nullable=False, default="BASE")
+    # normalised nested {"pricing", "cost", "credits"} document; NULL = boolean gate
+    value: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    credit_denomination: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class CreditModel(Base):
+    """Properties of a credit denomination within an environment."""
+
+    __tablename__ = "credit_models"
+    __table_args__ = (UniqueConstraint("environment_id", "denomination"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    denomination: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    hard_limit: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    rollover_policy: Mapped[str] = mapped_column(String(8), nullable=False, default="NONE")
+    rollover_cap_q: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class PlanCreditAllocation(Base):
+    __tablename__ = "plan_credit_allocations"
+    __table_args__ = (UniqueConstraint("plan_id", "credit_model_id"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    plan_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("plans.id", ondelete="CASCADE"), nullable=False
+    )
+    credit_model_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("credit_models.id", ondelete="CASCADE"), nullable=False
+    )
+    credit_amount_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    grant_expires_months: Mapped[int | None] = mapped_column(Integer)
+    hard_limit: Mapped[bool | None] = mapped_column(Boolean)  # overrides the model's
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        Index("ix_subscriptions_env_period_end", "environment_id", "current_period_end"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"), nullable=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    interval_months: Mapped[int] = mapped_column(Integer, nullable=False)
+    grace_period_days: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    billing_anchor_day: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    current_period_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    current_period_end: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    cancel_mode: Mapped[str | None] = mapped_column(String(16))
+    cancel_effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_subscription_id: Mapped[str | None] = mapped_column(String(100))
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONDoc, nullable=False, default=dict
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ScheduledChange(Base):
+    __tablename__ = "scheduled_changes"
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    subscription_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    type: Mapped[str] = mapped_column(String(16), nullable=False)  # UPGRADE | DOWNGRADE
+    from_plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"), nullable=False)
+    to_plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    effective_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    fulfilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    adjustment_invoice_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Entitlement(Base):
+    __tablename__ = "entitlements"
+    __table_args__ = (UniqueConstraint("subscription_id", "feature_id"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    subscription_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False
+    )
+    feature_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("features.id", ondelete="CASCADE"), nullable=False
+    )
+    feature_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --------------------------------------------------------------------------- invoices
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+    __table_args__ = (
+        # one REGULAR invoice per subscription period, ever
+        Index(
+            "uq_invoices_regular_period",
+            "subscription_id",
+            "period_start",
+            unique=True,
+            sqlite_where=text("type = 'REGULAR'"),
+            postgresql_where=text("type = 'REGULAR'"),
+        ),
+        # one initial in-advance invoice per subscription
+        Index(
+            "uq_invoices_initial",
+            "subscription_id",
+            unique=True,
+            sqlite_where=text("type = 'IN_ADVANCE_INITIAL'"),
+            postgresql_where=text("type = 'IN_ADVANCE_INITIAL'"),
+        ),
+        Index("ix_invoices_env_status_due", "environment_id", "status", "due_date"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    subscription_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("subscriptions.id", ondelete="CASCADE")
+    )
+    type: Mapped[str] = mapped_column(String(24), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    due_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_invoice_id: Mapped[str | None] = mapped_column(String(100))
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONDoc, nullable=False, default=dict
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class InvoiceItem(Base):
+    __tablename__ = "invoice_items"
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    invoice_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # base|usage|adjustment|credit
+    feature_id: Mapped[str | None] = mapped_column(ID)
+    description: Mapped[str] = mapped_column(Text, nullable=False)
+    quantity_q: Mapped[int | None] = mapped_column(BigInteger)
+    charge_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- credits
+
+
+class CreditPool(Base):
+    __tablename__ = "credit_pools"
+    __table_args__ = (UniqueConstraint("customer_id", "denomination"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False
+    )
+    denomination: Mapped[str] = mapped_column(String(64), nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, default="USD")
+    # balance only ever changes through one guarded UPDATE beside a ledger row
+    balance_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_granted_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_consumed_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_expired_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_reversed_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    hard_limit: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    rollover_policy: Mapped[str] = mapped_column(String(8), nullable=False, default="NONE")
+    rollover_cap_q: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="ACTIVE")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class CreditPoolSubscription(Base):
+    __tablename__ = "credit_pool_subscriptions"
+    __table_args__ = (UniqueConstraint("pool_id", "subscription_id"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    pool_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("credit_pools.id", ondelete="CASCADE"), nullable=False
+    )
+    subscription_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    draw_priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    draw_limit_q: Mapped[int | None] = mapped_column(BigInteger)
+    total_drawn_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class CreditGrant(Base):
+    __tablename__ = "credit_grants"
+    # plan grants use key plan_grant_<subscription>_<denomination>_<period start>:
+    # issued once per (subscription, denomination, period)
+    __table_args__ = (
+        UniqueConstraint("environment_id", "idempotency_key"),
+        Index("ix_credit_grants_pool_created", "pool_id", "created_at"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    pool_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("credit_pools.id", ondelete="CASCADE"), nullable=False
+    )
+    grant_type: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    remaining_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    idempotency_key: Mapped[str] = mapped_column(String(200), nullable=False)
+    subscription_id: Mapped[str | None] = mapped_column(ID)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    description: Mapped[str | None] = mapped_column(Text)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class CreditTransaction(Base):
+    """Append-only ledger. Invariant: pool.balance_q == Σ amount_q of its rows."""
+
+    __tablename__ = "credit_transactions"
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    pool_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("credit_pools.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    grant_id: Mapped[str | None] = mapped_column(ID)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_q: Mapped[int] = mapped_column(BigInteger, nullable=False)  # signed
+    balance_before_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    balance_after_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_id: Mapped[str | None] = mapped_column(ID)
+    subscription_id: Mapped[str | None] = mapped_column(ID)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- metering
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "idempotency_key"),
+        Index("ix_events_env_customer_time", "environment_id", "customer_id", "occurred_at"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    idempotency_key: Mapped[str] = mapped_column(String(128), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False, default="CLIENT_TRACKED")
+    event_name: Mapped[str] = mapped_column(String(128), nullable=False)
+    customer_id: Mapped[str] = mapped_column(ID, nullable=False)
+    feature_id: Mapped[str | None] = mapped_column(ID)
+    subscription_id: Mapped[str | None] = mapped_column(ID)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    usage_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    billable_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    overage_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    credits_deducted_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    usage_limit_exceeded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    cost_micros: Mapped[int | None] = mapped_column(BigInteger)
+    revenue_micros: Mapped[int | None] = mapped_column(BigInteger)
+    cost_source: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(128))
+    model_provider: Mapped[str | None] = mapped_column(String(64))
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class UsageCounter(Base):
+    """Running usage per (subscription, feature, window). window_start is the period
+    start for `reset` features and the subscription start for `accumulate` ones; a
+    check reads one row instead of summing events."""
+
+    __tablename__ = "usage_counters"
+    __table_args__ = (UniqueConstraint("subscription_id", "feature_id", "window_start"),)
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    subscription_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False
+    )
+    feature_id: Mapped[str] = mapped_column(ID, nullable=False)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    used_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    overage_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+_ = Decimal, DecimalText  # exported for modules that need exact non-summed decimals

@@ -1,0 +1,105 @@
+"""Column types that behave the same on SQLite and PostgreSQL.
+
+- UTCDateTime: aware UTC datetimes in and out (SQLite drops tzinfo; we re-attach it).
+- DecimalText: exact Decimals for values SQL never does arithmetic on (unit prices,
+  caps): TEXT on SQLite, NUMERIC on PostgreSQL.
+- Quantities that SQL sums or updates in place (money, credits, usage) are stored as
+  scaled integers (see `tanso_mcp.db.scale`), because SQLite arithmetic on TEXT or
+  NUMERIC would go through floats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import JSON, DateTime, Numeric, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime passed to the database")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class DecimalText(TypeDecorator[Decimal]):
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(38, 12))
+        return dialect.type_descriptor(Text())
+
+    def process_bind_param(self, value, dialect: Dialect):
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError("floats are not accepted for exact decimal columns")
+        d = Decimal(value)
+        return d if dialect.name == "postgresql" else format(d, "f")
+
+    def process_result_value(self, value, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value)) if not isinstance(value, Decimal) else value
+
+
+class JSONDoc(TypeDecorator):
+    """JSON that round-trips Decimals as exact strings (JSON columns hold documents,
+    never numbers SQL computes with)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return _jsonable(value)
+
+
+def _jsonable(v):
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, datetime):
+        return v.astimezone(UTC).isoformat()
+    return v
+
+
+def new_id() -> str:
+    """Time-ordered UUID (v7 layout): index-friendly primary keys."""
+    import os
+    import time
+
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 68) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+ID = String(36)

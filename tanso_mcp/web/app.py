@@ -1,0 +1,138 @@
+"""The Starlette application: REST client API, health endpoints, OpenAPI, and (mounted
+last) the MCP endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import NotFound, TansoError
+from .jsonio import dumps
+from .middleware import AuthMiddleware, BodyLimitMiddleware
+from .openapi import build_openapi
+from .routing import Api, envelope_error
+
+if TYPE_CHECKING:
+    from ..bootstrap import AppContext
+
+log = logging.getLogger("tanso_mcp.web")
+
+
+def client_api() -> Api:
+    """Every REST module contributes its routes here."""
+    from .routes import system
+
+    api = Api("")
+    for module in (system,):
+        api.include(module.api)
+    return api
+
+
+def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
+    api = client_api()
+    openapi_doc = build_openapi(api)
+
+    async def healthz(_: Request) -> Response:
+        return Response(
+            dumps({"success": True, "data": {"status": "ok"}}), media_type="application/json"
+        )
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await asyncio.wait_for(ctx.db.ping(), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return Response(
+                dumps(
+                    {
+                        "success": False,
+                        "error": {"code": "unavailable", "message": "database unreachable"},
+                    }
+                ),
+                status_code=503,
+                media_type="application/json",
+            )
+        return Response(
+            dumps({"success": True, "data": {"status": "ready"}}), media_type="application/json"
+        )
+
+    async def openapi(_: Request) -> Response:
+        return Response(dumps(openapi_doc), media_type="application/json")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *api.starlette_routes(ctx),
+    ]
+
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return envelope_error(NotFound("no such endpoint"))
+        err = TansoError(exc.detail or "request not allowed")
+        err.status = exc.status_code
+        err.code = "method_not_allowed" if exc.status_code == 405 else "invalid_request"
+        return envelope_error(err)
+
+    async def tanso_error(_: Request, exc: TansoError) -> Response:
+        return envelope_error(exc)
+
+    async def server_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return Response(
+            dumps(
+                {
+                    "success": False,
+                    "error": {"code": "internal_error", "message": "internal server error"},
+                }
+            ),
+            status_code=500,
+            media_type="application/json",
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: http_error,
+            TansoError: tanso_error,
+            Exception: server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.add_middleware(AuthMiddleware, keys=ctx.keys)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    app.state.openapi = openapi_doc
+    return app
+
+
+async def _jobs_loop(ctx: AppContext) -> None:
+    from ..services.jobs import run_all_due
+
+    while True:
+        try:
+            ran = await run_all_due(ctx)
+            if ran:
+                log.info("jobs: ran %d due item(s)", ran)
+        except Exception:
+            log.exception("jobs pass failed")
+        await asyncio.sleep(ctx.settings.jobs_interval_seconds)

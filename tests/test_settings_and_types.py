@@ -1,0 +1,101 @@
+"""Configuration validation and storage types."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from tanso_mcp.errors import ConfigError
+from tanso_mcp.settings import load_settings
+
+
+def test_defaults_are_secure(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.host == "127.0.0.1" and s.port == 8080
+    assert s.database_url.startswith("sqlite+aiosqlite:///")
+    assert s.max_body_bytes == 1_048_576
+
+
+@pytest.mark.parametrize(
+    "var, value, named",
+    [
+        ("TANSO_PORT", "eighty", "port"),
+        ("TANSO_PORT", "70000", "port"),
+        ("TANSO_DATABASE_URL", "mysql://x", "database_url"),
+        ("TANSO_LOG_LEVEL", "LOUD", "log_level"),
+        ("TANSO_MAX_BODY_BYTES", "10", "max_body_bytes"),
+        ("TANSO_PUBLIC_BASE_URL", "ftp://x", "public_base_url"),
+    ],
+)
+def test_bad_environment_values_name_the_setting(monkeypatch, tmp_path, var, value, named):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert named in str(exc.value) and var in str(exc.value)
+
+
+def test_toml_file_is_read_and_validated(monkeypatch, tmp_path):
+    cfg = tmp_path / "conf.toml"
+    cfg.write_text('port = 9999\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("TANSO_CONFIG", str(cfg))
+    s = load_settings()
+    assert (s.host, s.port) == ("0.0.0.0", 9999)
+    monkeypatch.setenv("TANSO_PORT", "9000")  # environment wins over the file
+    assert load_settings().port == 9000
+    cfg.write_text('port = "x"\n')
+    monkeypatch.delenv("TANSO_PORT")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings()
+    cfg.write_text("unknown_setting = 1\n")
+    with pytest.raises(ConfigError, match="unknown_setting"):
+        load_settings()
+
+
+def test_missing_config_file_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TANSO_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="TANSO_CONFIG"):
+        load_settings()
+
+
+def test_example_config_documents_every_setting(repo_root):
+    from tanso_mcp.settings import Settings
+
+    text = (repo_root / "config.example.toml").read_text()
+    for name in Settings.model_fields:
+        assert f"{name} =" in text or f"# {name} =" in text, name
+
+
+def test_time_ordered_ids():
+    from tanso_mcp.db.types import new_id
+
+    ids = [new_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert all(len(i) == 36 and i[14] == "7" for i in ids)
+
+
+@pytest.mark.anyio
+async def test_datetimes_come_back_aware_utc_and_naive_is_rejected(ctx):
+    from tanso_mcp.db.models import Account
+
+    t = datetime(2026, 5, 1, 12, 30, 15, 123000, tzinfo=UTC)
+    async with ctx.db.unit_of_work() as s:
+        s.add(Account(name="tz", created_at=t))
+    async with ctx.db.reader() as s:
+        got = await s.scalar(select(Account.created_at).where(Account.name == "tz"))
+    assert got == t and got.tzinfo is not None
+    with pytest.raises(Exception, match="naive"):
+        async with ctx.db.unit_of_work() as s:
+            s.add(Account(name="naive", created_at=datetime(2026, 1, 1)))
+
+
+def test_scaled_quantities_are_exact():
+    from tanso_mcp.db.scale import int_to_qty, micros_from, micros_to, qty_to_int
+
+    assert qty_to_int(Decimal("0.00005")) == 1  # half-up at 4 dp
+    assert int_to_qty(qty_to_int(Decimal("123456789.1234"))) == Decimal("123456789.1234")
+    assert micros_to(micros_from(Decimal("0.0125"))) == Decimal("0.012500")
