@@ -29,6 +29,12 @@ class AppContext:
     async def now(self, principal: Principal) -> datetime:
         return await self.clocks.now(principal.environment_id, principal.mode)
 
+    async def emit(self, name: str, principal: Principal, payload: dict[str, Any]) -> None:
+        """Announce a committed domain event to plugins (called after the commit)."""
+        hook = self.extras.get("emit")
+        if hook is not None:
+            await hook(name, principal, payload)
+
     async def migrate(self) -> None:
         await upgrade(self.db.engine)
 

@@ -29,10 +29,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import system
+    from .routes import catalog, system
 
     api = Api("")
-    for module in (system,):
+    for module in (system, catalog):
         api.include(module.api)
     return api
 

@@ -1,0 +1,92 @@
+"""Customer use cases."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..db.models import Customer
+from ..errors import Conflict, InvalidRequest, NotFound
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def check_reference(value: Any, field: str = "customerReferenceId") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{field} is required", field=field)
+    if len(value) > 128:
+        raise InvalidRequest(f"{field} must be at most 128 characters", field=field)
+    return value
+
+
+def _opt_text(value: Any, field: str, max_len: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string", field=field)
+    if len(value) > max_len:
+        raise InvalidRequest(f"{field} must be at most {max_len} characters", field=field)
+    return value
+
+
+def check_email(value: Any, field: str = "email") -> str | None:
+    value = _opt_text(value, field, 320)
+    if value is not None and not EMAIL_RE.match(value):
+        raise InvalidRequest(f"{field} is not a valid email address", field=field)
+    return value
+
+
+async def by_reference(s: AsyncSession, env: str, ref: str,
+                       field: str = "customerReferenceId") -> Customer:
+    c = await find_by_reference(s, env, ref)
+    if c is None:
+        raise NotFound(f"customer {ref!r} not found", field=field)
+    return c
+
+
+async def find_by_reference(s: AsyncSession, env: str, ref: str) -> Customer | None:
+    return await s.scalar(select(Customer).where(Customer.environment_id == env,
+                                                 Customer.reference_id == ref))
+
+
+async def create_customer(s: AsyncSession, env: str, now: datetime, *, reference_id: Any,
+                          email: Any = None, first_name: Any = None, last_name: Any = None,
+                          phone_number: Any = None, source: str = "API") -> Customer:
+    ref = check_reference(reference_id)
+    c = Customer(environment_id=env, reference_id=ref, email=check_email(email),
+                 first_name=_opt_text(first_name, "firstName", 200),
+                 last_name=_opt_text(last_name, "lastName", 200),
+                 phone_number=_opt_text(phone_number, "phoneNumber", 64), source=source,
+                 metadata_={}, created_at=now, modified_at=now)
+    if await find_by_reference(s, env, ref) is not None:
+        raise Conflict(f"a customer with reference {ref!r} already exists",
+                       field="customerReferenceId")
+    try:
+        async with s.begin_nested():
+            s.add(c)
+            await s.flush()
+    except IntegrityError:  # a concurrent create won the race
+        raise Conflict(f"a customer with reference {ref!r} already exists",
+                       field="customerReferenceId") from None
+    return c
+
+
+async def update_customer(s: AsyncSession, env: str, now: datetime, ref: str,
+                          **changes: Any) -> Customer:
+    c = await by_reference(s, env, ref)
+    if changes.get("email") is not None:
+        c.email = check_email(changes["email"])
+    if changes.get("firstName") is not None:
+        c.first_name = _opt_text(changes["firstName"], "firstName", 200)
+    if changes.get("lastName") is not None:
+        c.last_name = _opt_text(changes["lastName"], "lastName", 200)
+    if changes.get("phoneNumber") is not None:
+        c.phone_number = _opt_text(changes["phoneNumber"], "phoneNumber", 64)
+    c.modified_at = now
+    await s.flush()
+    return c
