@@ -25,6 +25,17 @@ class AppContext:
     jobs: JobRegistry
     # filled by later layers (plugin manager, payment providers, hot-path caches…)
     extras: dict[str, Any] = field(default_factory=dict)
+    # per-environment generation counters: bumped after any committed change to the
+    # catalog, subscriptions, entitlements or credit pools, so in-process caches of
+    # decisions (entitlement checks) never serve a stale answer after a write made in
+    # this process
+    generations: dict[str, int] = field(default_factory=dict)
+
+    def invalidate(self, environment_id: str) -> None:
+        self.generations[environment_id] = self.generations.get(environment_id, 0) + 1
+
+    def generation(self, environment_id: str) -> int:
+        return self.generations.get(environment_id, 0)
 
     async def now(self, principal: Principal) -> datetime:
         return await self.clocks.now(principal.environment_id, principal.mode)

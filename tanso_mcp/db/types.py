@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import JSON, DateTime, Numeric, String, Text
+import orjson
+from sqlalchemy import DateTime, Numeric, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -65,26 +67,29 @@ class DecimalText(TypeDecorator[Decimal]):
 
 
 class JSONDoc(TypeDecorator):
-    """JSON that round-trips Decimals as exact strings (JSON columns hold documents,
-    never numbers SQL computes with)."""
+    """A JSON document stored as text, with Decimals written as exact JSON numbers and
+    read back as Decimals (the database never computes with these values)."""
 
-    impl = JSON
+    impl = Text
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return _jsonable(value)
+        if value is None:
+            return None
+        return orjson.dumps(value, default=_json_default).decode()
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return json.loads(value, parse_float=Decimal)
 
 
-def _jsonable(v):
+def _json_default(v):
     if isinstance(v, Decimal):
-        return format(v, "f")
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
+        return orjson.Fragment(format(v, "f").encode())
     if isinstance(v, datetime):
         return v.astimezone(UTC).isoformat()
-    return v
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def new_id() -> str:

@@ -41,8 +41,9 @@ def check_email(value: Any, field: str = "email") -> str | None:
     return value
 
 
-async def by_reference(s: AsyncSession, env: str, ref: str,
-                       field: str = "customerReferenceId") -> Customer:
+async def by_reference(
+    s: AsyncSession, env: str, ref: str, field: str = "customerReferenceId"
+) -> Customer:
     c = await find_by_reference(s, env, ref)
     if c is None:
         raise NotFound(f"customer {ref!r} not found", field=field)
@@ -50,34 +51,54 @@ async def by_reference(s: AsyncSession, env: str, ref: str,
 
 
 async def find_by_reference(s: AsyncSession, env: str, ref: str) -> Customer | None:
-    return await s.scalar(select(Customer).where(Customer.environment_id == env,
-                                                 Customer.reference_id == ref))
+    return await s.scalar(
+        select(Customer).where(Customer.environment_id == env, Customer.reference_id == ref)
+    )
 
 
-async def create_customer(s: AsyncSession, env: str, now: datetime, *, reference_id: Any,
-                          email: Any = None, first_name: Any = None, last_name: Any = None,
-                          phone_number: Any = None, source: str = "API") -> Customer:
+async def create_customer(
+    s: AsyncSession,
+    env: str,
+    now: datetime,
+    *,
+    reference_id: Any,
+    email: Any = None,
+    first_name: Any = None,
+    last_name: Any = None,
+    phone_number: Any = None,
+    source: str = "API",
+) -> Customer:
     ref = check_reference(reference_id)
-    c = Customer(environment_id=env, reference_id=ref, email=check_email(email),
-                 first_name=_opt_text(first_name, "firstName", 200),
-                 last_name=_opt_text(last_name, "lastName", 200),
-                 phone_number=_opt_text(phone_number, "phoneNumber", 64), source=source,
-                 metadata_={}, created_at=now, modified_at=now)
+    c = Customer(
+        environment_id=env,
+        reference_id=ref,
+        email=check_email(email),
+        first_name=_opt_text(first_name, "firstName", 200),
+        last_name=_opt_text(last_name, "lastName", 200),
+        phone_number=_opt_text(phone_number, "phoneNumber", 64),
+        source=source,
+        metadata_={},
+        created_at=now,
+        modified_at=now,
+    )
     if await find_by_reference(s, env, ref) is not None:
-        raise Conflict(f"a customer with reference {ref!r} already exists",
-                       field="customerReferenceId")
+        raise Conflict(
+            f"a customer with reference {ref!r} already exists", field="customerReferenceId"
+        )
     try:
         async with s.begin_nested():
             s.add(c)
             await s.flush()
     except IntegrityError:  # a concurrent create won the race
-        raise Conflict(f"a customer with reference {ref!r} already exists",
-                       field="customerReferenceId") from None
+        raise Conflict(
+            f"a customer with reference {ref!r} already exists", field="customerReferenceId"
+        ) from None
     return c
 
 
-async def update_customer(s: AsyncSession, env: str, now: datetime, ref: str,
-                          **changes: Any) -> Customer:
+async def update_customer(
+    s: AsyncSession, env: str, now: datetime, ref: str, **changes: Any
+) -> Customer:
     c = await by_reference(s, env, ref)
     if changes.get("email") is not None:
         c.email = check_email(changes["email"])

@@ -25,8 +25,14 @@ def derive_status(sub: Subscription, has_past_due: bool) -> str:
     return "active"
 
 
-def subscription_view(sub: Subscription, plan: Plan, customer: Customer, *, has_past_due: bool,
-                      scheduled: ScheduledChange | None = None) -> dict[str, Any]:
+def subscription_view(
+    sub: Subscription,
+    plan: Plan,
+    customer: Customer,
+    *,
+    has_past_due: bool,
+    scheduled: ScheduledChange | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": sub.id,
         "status": derive_status(sub, has_past_due),
@@ -46,26 +52,51 @@ def subscription_view(sub: Subscription, plan: Plan, customer: Customer, *, has_
     }
     if scheduled is not None:
         out["scheduledChange"] = {
-            "id": scheduled.id, "type": scheduled.type, "status": scheduled.status,
-            "fromPlanId": scheduled.from_plan_id, "toPlanId": scheduled.to_plan_id,
-            "effectiveAt": scheduled.effective_at, "createdAt": scheduled.created_at,
+            "id": scheduled.id,
+            "type": scheduled.type,
+            "status": scheduled.status,
+            "fromPlanId": scheduled.from_plan_id,
+            "toPlanId": scheduled.to_plan_id,
+            "effectiveAt": scheduled.effective_at,
+            "createdAt": scheduled.created_at,
         }
     return out
 
 
 async def subscriptions_for_customer_view(s: AsyncSession, c: Customer) -> list[dict[str, Any]]:
-    rows = (await s.execute(
-        select(Subscription, Plan).join(Plan, Plan.id == Subscription.plan_id)
-        .where(Subscription.customer_id == c.id).order_by(Subscription.created_at)
-    )).all()
+    rows = (
+        await s.execute(
+            select(Subscription, Plan)
+            .join(Plan, Plan.id == Subscription.plan_id)
+            .where(Subscription.customer_id == c.id)
+            .order_by(Subscription.created_at)
+        )
+    ).all()
     if not rows:
         return []
     ids = [sub.id for sub, _ in rows]
-    past_due = set((await s.execute(
-        select(Invoice.subscription_id).where(Invoice.subscription_id.in_(ids),
-                                              Invoice.status == "PAST_DUE"))).scalars())
-    pending = {sc.subscription_id: sc for sc in (await s.execute(
-        select(ScheduledChange).where(ScheduledChange.subscription_id.in_(ids),
-                                      ScheduledChange.status == "PENDING"))).scalars()}
-    return [subscription_view(sub, plan, c, has_past_due=sub.id in past_due,
-                              scheduled=pending.get(sub.id)) for sub, plan in rows]
+    past_due = set(
+        (
+            await s.execute(
+                select(Invoice.subscription_id).where(
+                    Invoice.subscription_id.in_(ids), Invoice.status == "PAST_DUE"
+                )
+            )
+        ).scalars()
+    )
+    pending = {
+        sc.subscription_id: sc
+        for sc in (
+            await s.execute(
+                select(ScheduledChange).where(
+                    ScheduledChange.subscription_id.in_(ids), ScheduledChange.status == "PENDING"
+                )
+            )
+        ).scalars()
+    }
+    return [
+        subscription_view(
+            sub, plan, c, has_past_due=sub.id in past_due, scheduled=pending.get(sub.id)
+        )
+        for sub, plan in rows
+    ]

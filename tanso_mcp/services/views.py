@@ -7,8 +7,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import CreditModel, CreditPool, Customer, Feature, Plan, PlanCreditAllocation, \
-    PlanFeature
+from ..db.models import (
+    CreditModel,
+    CreditPool,
+    Customer,
+    Feature,
+    Plan,
+    PlanCreditAllocation,
+    PlanFeature,
+)
 from ..db.scale import int_to_qty
 from ..domain.money import from_minor
 from ..domain.rules import parse_rule_value, render_pricing
@@ -16,31 +23,59 @@ from . import catalog
 
 
 def feature_view(f: Feature) -> dict[str, Any]:
-    return {"id": f.id, "key": f.key, "name": f.name, "description": f.description,
-            "isEnabled": f.is_enabled, "createdAt": f.created_at, "modifiedAt": f.modified_at}
+    return {
+        "id": f.id,
+        "key": f.key,
+        "name": f.name,
+        "description": f.description,
+        "isEnabled": f.is_enabled,
+        "createdAt": f.created_at,
+        "modifiedAt": f.modified_at,
+    }
 
 
 def plan_view(p: Plan) -> dict[str, Any]:
-    return {"id": p.id, "key": p.key, "name": p.name, "description": p.description,
-            "priceAmount": from_minor(p.price_minor, p.currency), "currency": p.currency,
-            "intervalMonths": p.interval_months, "billingTiming": p.billing_timing,
-            "status": p.status, "createdAt": p.created_at, "modifiedAt": p.modified_at}
+    return {
+        "id": p.id,
+        "key": p.key,
+        "name": p.name,
+        "description": p.description,
+        "priceAmount": from_minor(p.price_minor, p.currency),
+        "currency": p.currency,
+        "intervalMonths": p.interval_months,
+        "billingTiming": p.billing_timing,
+        "status": p.status,
+        "createdAt": p.created_at,
+        "modifiedAt": p.modified_at,
+    }
 
 
 def allocation_view(a: PlanCreditAllocation, m: CreditModel) -> dict[str, Any]:
-    return {"id": a.id, "creditModelId": m.id, "creditModelName": m.name,
-            "denomination": m.denomination, "creditAmount": int_to_qty(a.credit_amount_q),
-            "grantExpiresMonths": a.grant_expires_months,
-            "hardLimit": m.hard_limit if a.hard_limit is None else a.hard_limit,
-            "rolloverPolicy": m.rollover_policy,
-            "rolloverCap": int_to_qty(m.rollover_cap_q) if m.rollover_cap_q is not None else None,
-            "createdAt": a.created_at}
+    return {
+        "id": a.id,
+        "creditModelId": m.id,
+        "creditModelName": m.name,
+        "denomination": m.denomination,
+        "creditAmount": int_to_qty(a.credit_amount_q),
+        "grantExpiresMonths": a.grant_expires_months,
+        "hardLimit": m.hard_limit if a.hard_limit is None else a.hard_limit,
+        "rolloverPolicy": m.rollover_policy,
+        "rolloverCap": int_to_qty(m.rollover_cap_q) if m.rollover_cap_q is not None else None,
+        "createdAt": a.created_at,
+    }
 
 
 def rule_view(pf: PlanFeature, f: Feature | None = None) -> dict[str, Any]:
-    out = {"id": pf.id, "planId": pf.plan_id, "featureId": pf.feature_id, "type": pf.type,
-           "value": pf.value, "isEnabled": pf.is_enabled, "createdAt": pf.created_at,
-           "modifiedAt": pf.modified_at}
+    out = {
+        "id": pf.id,
+        "planId": pf.plan_id,
+        "featureId": pf.feature_id,
+        "type": pf.type,
+        "value": pf.value,
+        "isEnabled": pf.is_enabled,
+        "createdAt": pf.created_at,
+        "modifiedAt": pf.modified_at,
+    }
     if f is not None:
         out["featureKey"] = f.key
     return out
@@ -49,16 +84,22 @@ def rule_view(pf: PlanFeature, f: Feature | None = None) -> dict[str, Any]:
 def client_feature_view(pf: PlanFeature, f: Feature) -> dict[str, Any]:
     """A plan's feature as the client catalog shows it (pricingType + pricing)."""
     rendered = render_pricing(parse_rule_value(pf.value) if pf.value else None)
-    out = {"id": f.id, "name": f.name, "key": f.key, "description": f.description,
-           "isEnabled": pf.is_enabled and f.is_enabled}
+    out = {
+        "id": f.id,
+        "name": f.name,
+        "key": f.key,
+        "description": f.description,
+        "isEnabled": pf.is_enabled and f.is_enabled,
+    }
     out.update(rendered)
     if pf.value and pf.value.get("credits"):
         out["credits"] = pf.value["credits"]
     return out
 
 
-async def plans_with_features(s: AsyncSession, plans: list[Plan], *, admin: bool = False
-                              ) -> list[dict[str, Any]]:
+async def plans_with_features(
+    s: AsyncSession, plans: list[Plan], *, admin: bool = False
+) -> list[dict[str, Any]]:
     rules = await catalog.plan_rules(s, [p.id for p in plans])
     out = []
     for p in plans:
@@ -67,27 +108,48 @@ async def plans_with_features(s: AsyncSession, plans: list[Plan], *, admin: bool
         if admin:
             for item, (pf, _f) in zip(feats, rules[p.id], strict=True):
                 item["rule"] = rule_view(pf)
-        out.append({"plan": plan_view(p), "features": feats,
-                    "creditAllocations": [allocation_view(a, m) for a, m in allocations]})
+        out.append(
+            {
+                "plan": plan_view(p),
+                "features": feats,
+                "creditAllocations": [allocation_view(a, m) for a, m in allocations],
+            }
+        )
     return out
 
 
 def pool_view(p: CreditPool) -> dict[str, Any]:
-    return {"id": p.id, "name": p.name, "denomination": p.denomination,
-            "balance": int_to_qty(p.balance_q), "totalGranted": int_to_qty(p.total_granted_q),
-            "totalConsumed": int_to_qty(p.total_consumed_q),
-            "totalExpired": int_to_qty(p.total_expired_q), "hardLimit": p.hard_limit,
-            "rolloverPolicy": p.rollover_policy,
-            "rolloverCap": int_to_qty(p.rollover_cap_q) if p.rollover_cap_q is not None else None,
-            "status": p.status, "currency": p.currency, "createdAt": p.created_at,
-            "modifiedAt": p.modified_at}
+    return {
+        "id": p.id,
+        "name": p.name,
+        "denomination": p.denomination,
+        "balance": int_to_qty(p.balance_q),
+        "totalGranted": int_to_qty(p.total_granted_q),
+        "totalConsumed": int_to_qty(p.total_consumed_q),
+        "totalExpired": int_to_qty(p.total_expired_q),
+        "hardLimit": p.hard_limit,
+        "rolloverPolicy": p.rollover_policy,
+        "rolloverCap": int_to_qty(p.rollover_cap_q) if p.rollover_cap_q is not None else None,
+        "status": p.status,
+        "currency": p.currency,
+        "createdAt": p.created_at,
+        "modifiedAt": p.modified_at,
+    }
 
 
 def customer_base_view(c: Customer) -> dict[str, Any]:
-    return {"id": c.id, "customerReferenceId": c.reference_id,
-            "externalClientCustomerId": c.reference_id, "email": c.email,
-            "firstName": c.first_name, "lastName": c.last_name, "phoneNumber": c.phone_number,
-            "source": c.source, "createdAt": c.created_at, "modifiedAt": c.modified_at}
+    return {
+        "id": c.id,
+        "customerReferenceId": c.reference_id,
+        "externalClientCustomerId": c.reference_id,
+        "email": c.email,
+        "firstName": c.first_name,
+        "lastName": c.last_name,
+        "phoneNumber": c.phone_number,
+        "source": c.source,
+        "createdAt": c.created_at,
+        "modifiedAt": c.modified_at,
+    }
 
 
 async def subscription_views(s: AsyncSession, c: Customer) -> list[dict[str, Any]]:
@@ -100,8 +162,17 @@ async def subscription_views(s: AsyncSession, c: Customer) -> list[dict[str, Any
 async def customer_view(s: AsyncSession, c: Customer) -> dict[str, Any]:
     out = customer_base_view(c)
     out["subscriptions"] = await subscription_views(s, c)
-    pools = (await s.execute(select(CreditPool).where(CreditPool.customer_id == c.id)
-                             .order_by(CreditPool.denomination))).scalars().all()
+    pools = (
+        (
+            await s.execute(
+                select(CreditPool)
+                .where(CreditPool.customer_id == c.id)
+                .order_by(CreditPool.denomination)
+            )
+        )
+        .scalars()
+        .all()
+    )
     if pools:
         out["creditPools"] = [pool_view(p) for p in pools]
     return out

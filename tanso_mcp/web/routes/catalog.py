@@ -24,8 +24,10 @@ class CreateCustomer(ApiModel):
     def _reference(self):
         a, b = self.customerReferenceId, self.externalClientCustomerId
         if a and b and a != b:
-            raise InvalidRequest("customerReferenceId and externalClientCustomerId differ",
-                                 field="customerReferenceId")
+            raise InvalidRequest(
+                "customerReferenceId and externalClientCustomerId differ",
+                field="customerReferenceId",
+            )
         if not (a or b):
             raise InvalidRequest("customerReferenceId is required", field="customerReferenceId")
         self.customerReferenceId = a or b
@@ -39,66 +41,122 @@ class UpdateCustomer(ApiModel):
     phoneNumber: str | None = None
 
 
-@api.route("POST", "/customers", role="client", body=CreateCustomer, response=CustomerOut,
-           status=201, summary="Create a customer", tags=["customers"], errors=(409,))
+@api.route(
+    "POST",
+    "/customers",
+    role="client",
+    body=CreateCustomer,
+    response=CustomerOut,
+    status=201,
+    summary="Create a customer",
+    tags=["customers"],
+    errors=(409,),
+)
 async def create_customer(call: Call):
     b: CreateCustomer = call.body
     env = call.principal.environment_id
     now = await call.ctx.now(call.principal)
     async with call.ctx.db.unit_of_work() as s:
         c = await customers.create_customer(
-            s, env, now, reference_id=b.customerReferenceId, email=b.email,
-            first_name=b.firstName, last_name=b.lastName, phone_number=b.phoneNumber)
+            s,
+            env,
+            now,
+            reference_id=b.customerReferenceId,
+            email=b.email,
+            first_name=b.firstName,
+            last_name=b.lastName,
+            phone_number=b.phoneNumber,
+        )
         view = await views.customer_view(s, c)
     await call.ctx.emit("customer.created", call.principal, {"customer": view})
     return Result(view, 201)
 
 
-@api.route("GET", "/customers/{ref}", role="read", response=CustomerOut,
-           summary="A customer with its subscriptions and credit pools", tags=["customers"],
-           errors=(404,))
+@api.route(
+    "GET",
+    "/customers/{ref}",
+    role="read",
+    response=CustomerOut,
+    summary="A customer with its subscriptions and credit pools",
+    tags=["customers"],
+    errors=(404,),
+)
 async def get_customer(call: Call):
     async with call.ctx.db.reader() as s:
         c = await customers.by_reference(s, call.principal.environment_id, call.path["ref"])
         return await views.customer_view(s, c)
 
 
-@api.route("PATCH", "/customers/{ref}", role="client", body=UpdateCustomer, response=CustomerOut,
-           summary="Update the given fields of a customer", tags=["customers"], errors=(404,))
+@api.route(
+    "PATCH",
+    "/customers/{ref}",
+    role="client",
+    body=UpdateCustomer,
+    response=CustomerOut,
+    summary="Update the given fields of a customer",
+    tags=["customers"],
+    errors=(404,),
+)
 async def update_customer(call: Call):
     now = await call.ctx.now(call.principal)
     async with call.ctx.db.unit_of_work() as s:
-        c = await customers.update_customer(s, call.principal.environment_id, now,
-                                            call.path["ref"], **call.body.model_dump())
+        c = await customers.update_customer(
+            s, call.principal.environment_id, now, call.path["ref"], **call.body.model_dump()
+        )
         view = await views.customer_view(s, c)
+    call.ctx.invalidate(call.principal.environment_id)
     await call.ctx.emit("customer.updated", call.principal, {"customer": view})
     return view
 
 
-@api.route("GET", "/plans", role="read", query=Pagination, response=CatalogPlanOut,
-           paginated=True, summary="Active plans with their features, pricing and credits",
-           tags=["catalog"])
+@api.route(
+    "GET",
+    "/plans",
+    role="read",
+    query=Pagination,
+    response=CatalogPlanOut,
+    paginated=True,
+    summary="Active plans with their features, pricing and credits",
+    tags=["catalog"],
+)
 async def list_plans(call: Call):
     q: Pagination = call.query
     async with call.ctx.db.reader() as s:
-        plans, total = await catalog.list_plans(s, call.principal.environment_id,
-                                                active_only=True, limit=q.limit, offset=q.offset)
+        plans, total = await catalog.list_plans(
+            s, call.principal.environment_id, active_only=True, limit=q.limit, offset=q.offset
+        )
         items = await views.plans_with_features(s, plans)
     return Page(items, total, q.limit, q.offset)
 
 
-@api.route("GET", "/features", role="read", query=Pagination, response=FeatureOut,
-           paginated=True, summary="All features", tags=["catalog"])
+@api.route(
+    "GET",
+    "/features",
+    role="read",
+    query=Pagination,
+    response=FeatureOut,
+    paginated=True,
+    summary="All features",
+    tags=["catalog"],
+)
 async def list_features(call: Call):
     q: Pagination = call.query
     async with call.ctx.db.reader() as s:
-        rows, total = await catalog.list_features(s, call.principal.environment_id,
-                                                  q.limit, q.offset)
+        rows, total = await catalog.list_features(
+            s, call.principal.environment_id, q.limit, q.offset
+        )
     return Page([views.feature_view(f) for f in rows], total, q.limit, q.offset)
 
 
-@api.route("GET", "/features/{key}", role="read", response=FeatureOut,
-           summary="One feature by key", tags=["catalog"], errors=(404,))
+@api.route(
+    "GET",
+    "/features/{key}",
+    role="read",
+    response=FeatureOut,
+    summary="One feature by key",
+    tags=["catalog"],
+    errors=(404,),
+)
 async def get_feature(call: Call):
     async with call.ctx.db.reader() as s:
         f = await catalog.feature_by_key(s, call.principal.environment_id, call.path["key"])
