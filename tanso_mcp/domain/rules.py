@@ -497,7 +497,9 @@ def _translate(exc: ValidationError, path: str) -> InvalidRequest:
         message = f"must be {err.get('ctx', {}).get('expected')}"
     else:
         message = err["msg"]
-        if message[:1].isupper() and not message.startswith("Input"):
+        if message.startswith("Input should be "):
+            message = "must be " + message[len("Input should be ") :]
+        elif message[:1].isupper():
             message = message[0].lower() + message[1:]
     return _fail(where, message)
 
