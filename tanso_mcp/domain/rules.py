@@ -688,6 +688,12 @@ def _parse_pricing(value: Any, path: str) -> PricingModel | None:
             f"must be one of: {', '.join(PRICING_MODELS)} (got {data['model']!r})",
         )
     data["model"] = model
+    tiers = data.get("tiers")
+    if isinstance(tiers, list | tuple):
+        data["tiers"] = [
+            _snake(tier, field_path(path, "tiers", index)) if isinstance(tier, Mapping) else tier
+            for index, tier in enumerate(tiers)
+        ]
     if model == "usage":
         return _validate(UsagePricing, data, path)
     pricing: GraduatedPricing = _validate(GraduatedPricing, data, path)
