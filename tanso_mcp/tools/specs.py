@@ -995,9 +995,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         title="Catalog: update a plan",
         description=(
             "Changes a plan; omitted fields stay as they are. Everything may change while the "
-            "plan is DRAFT. Activating (status ACTIVE) needs a name, description, priceAmount, "
-            "intervalMonths and at least one linked feature; from then on key, priceAmount, "
-            "intervalMonths and billingTiming are frozen. An ACTIVE plan can be ARCHIVED (no "
+            "plan is DRAFT. Activating it (status ACTIVE) only works once it has a name, a "
+            "description, a price and an interval and grants one feature or more; from then "
+            "on key, priceAmount, intervalMonths and billingTiming are frozen. An ACTIVE plan can be ARCHIVED (no "
             "new subscriptions) and an ARCHIVED one reactivated; archived plans accept only "
             "that status change."
         ),
