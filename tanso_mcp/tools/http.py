@@ -49,7 +49,9 @@ def _security(
 ) -> TransportSecuritySettings:
     hosts = [host.strip() for host in allowed_hosts if host.strip()]
     if not hosts:
-        raise ValueError("allowed_hosts is empty: every request would be refused (use ['*'] to disable)")
+        raise ValueError(
+            "allowed_hosts is empty: every request would be refused (use ['*'] to disable)"
+        )
     if "*" in hosts:
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     if allowed_origins is None:

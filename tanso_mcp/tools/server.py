@@ -88,8 +88,8 @@ Preview = Callable[[Any, Principal, Any], Awaitable[Mapping[str, Any]]]
 INSTRUCTIONS = (
     "tanso-mcp is a monetization engine for B2B SaaS: plans and features, customers and "
     "subscriptions, entitlement checks, usage events, credits, invoices and Stripe. Every "
-    "answer is JSON. Failures come back as tool errors holding {\"error\": <type>, "
-    "\"message\": ...}; invalid_request names the offending parameter in \"field\". Tools "
+    'answer is JSON. Failures come back as tool errors holding {"error": <type>, '
+    '"message": ...}; invalid_request names the offending parameter in "field". Tools '
     "marked destructive need confirmAction: true and otherwise return "
     "confirmation_required with a preview of what they would do, without doing it."
 )
@@ -167,7 +167,9 @@ class RoleScopedToolList:
     def __init__(self, stdio_principal: Principal | None) -> None:
         self._stdio_principal = stdio_principal
 
-    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
         result = await call_next(ctx)
         if ctx.method != "tools/list" or not isinstance(result, dict):
             return result

@@ -110,7 +110,7 @@ def _object(description: str, **properties: Any) -> dict[str, Any]:
 def _list(description: str) -> dict[str, Any]:
     return {
         "type": "object",
-        "description": description + " Wrapped as {\"items\": [...]}.",
+        "description": description + ' Wrapped as {"items": [...]}.',
         "properties": {"items": {"type": "array", "items": _ANY}},
         "required": ["items"],
         "additionalProperties": True,
@@ -197,7 +197,8 @@ class CreditBalanceParams(ToolParams):
 
 class ImportStatusParams(ToolParams):
     jobId: Annotated[
-        RequiredText, Field(description="ID (UUID) of the import job, as returned by importStripeData")
+        RequiredText,
+        Field(description="ID (UUID) of the import job, as returned by importStripeData"),
     ]
 
 
@@ -267,7 +268,9 @@ class ChangePlanParams(ToolParams):
     subscriptionId: Annotated[
         RequiredText, Field(description="ID of the subscription to change (see getCustomer)")
     ]
-    newPlanId: Annotated[RequiredText, Field(description="ID of the plan to move to (see listPlans)")]
+    newPlanId: Annotated[
+        RequiredText, Field(description="ID of the plan to move to (see listPlans)")
+    ]
     changeType: Annotated[
         ChangeType,
         Field(
@@ -280,7 +283,8 @@ class ChangePlanParams(ToolParams):
 
 class MarkInvoicePaidParams(ToolParams):
     invoiceId: Annotated[
-        RequiredText, Field(description="ID of the invoice to mark as paid (see listCustomerInvoices)")
+        RequiredText,
+        Field(description="ID of the invoice to mark as paid (see listCustomerInvoices)"),
     ]
     confirmAction: Annotated[Flag, Field(description=_CONFIRM)] = False
 
@@ -390,7 +394,9 @@ class UpdateRuleParams(ToolParams):
     type: Annotated[RuleType | None, Field(description="Rule type; must be `BASE` if given")] = None
     valueJson: Annotated[
         JsonText | None,
-        Field(description="New pricing/cost rule as a JSON string (format as in adminLinkFeatureToPlan)"),
+        Field(
+            description="New pricing/cost rule as a JSON string (format as in adminLinkFeatureToPlan)"
+        ),
     ] = None
     isEnabled: Annotated[Flag | None, Field(description="Enable or disable the rule")] = None
 

@@ -47,7 +47,9 @@ def parse_seed(text: str) -> tuple[dict[str, tuple[str, list[tuple[str, str, boo
             else:
                 current = name
                 tools[current] = (section, [])
-            rows = re.findall(r"\|\s*([A-Za-z]+)\s*\|\s*(string|boolean)\s*\|\s*(yes|no)\s*\|", chunk)
+            rows = re.findall(
+                r"\|\s*([A-Za-z]+)\s*\|\s*(string|boolean)\s*\|\s*(yes|no)\s*\|", chunk
+            )
             tools[current][1].extend((p, t, r == "yes") for p, t, r in rows)
     first_paragraph = tail.split("If you call")[0]
     confirm = set(re.findall(r"`([a-zA-Z]+)`", first_paragraph)) - {"confirmAction", "true"}

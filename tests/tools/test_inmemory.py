@@ -11,8 +11,8 @@ import pytest
 from mcp.client import Client
 
 from tanso_mcp.errors import (
-    Conflict,
     ConfirmationRequired,
+    Conflict,
     DuplicateEvent,
     InsufficientCredits,
     NotFound,
@@ -95,7 +95,12 @@ async def test_contextvar_principal_wins_over_stdio_principal() -> None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     ("role", "tool"),
-    [("read", "createCustomer"), ("read", "cancelSubscription"), ("client", "adminCreatePlan"), ("client", "importStripeData")],
+    [
+        ("read", "createCustomer"),
+        ("read", "cancelSubscription"),
+        ("client", "adminCreatePlan"),
+        ("client", "importStripeData"),
+    ],
 )
 async def test_hidden_tools_are_forbidden(role: str, tool: str, mode: str) -> None:
     recorder = Recorder()
@@ -116,7 +121,9 @@ async def test_handler_receives_app_principal_and_typed_params(mode: str) -> Non
     recorder = Recorder({"success": True, "message": "created"})
     async with connect({"createCustomer": recorder}, role="client", mode=mode, app=app) as client:
         is_error, body = await call(
-            client, "createCustomer", {"customerReferenceId": "user_1", "email": "a@b.c", "lastName": "Doe"}
+            client,
+            "createCustomer",
+            {"customerReferenceId": "user_1", "email": "a@b.c", "lastName": "Doe"},
         )
     assert not is_error and body == {"success": True, "message": "created"}
     [(got_app, principal, params)] = recorder.calls
@@ -128,22 +135,30 @@ async def test_handler_receives_app_principal_and_typed_params(mode: str) -> Non
 
 async def test_list_results_are_wrapped_and_values_made_json() -> None:
     when = datetime(2026, 3, 16, 10, 30, tzinfo=UTC)
-    recorder = Recorder([{"id": "p1", "priceAmount": Decimal("99.00"), "rate": Decimal("0.10"), "at": when}])
+    recorder = Recorder(
+        [{"id": "p1", "priceAmount": Decimal("99.00"), "rate": Decimal("0.10"), "at": when}]
+    )
     async with connect({"listPlans": recorder}, role="read") as client:
         # The SDK client validates structuredContent against the declared outputSchema.
         is_error, body = await call(client, "listPlans", {})
     assert not is_error
-    assert body == {"items": [{"id": "p1", "priceAmount": 99, "rate": 0.1, "at": "2026-03-16T10:30:00Z"}]}
+    assert body == {
+        "items": [{"id": "p1", "priceAmount": 99, "rate": 0.1, "at": "2026-03-16T10:30:00Z"}]
+    }
 
 
 async def test_decimal_that_a_float_cannot_hold_stays_exact() -> None:
     recorder = Recorder({"balance": Decimal("0.12345678901234567890")})
     async with connect({"getCreditBalance": recorder}, role="read") as client:
-        _, body = await call(client, "getCreditBalance", {"customerReferenceId": "c", "poolId": "p"})
+        _, body = await call(
+            client, "getCreditBalance", {"customerReferenceId": "c", "poolId": "p"}
+        )
     assert body == {"balance": "0.12345678901234567890"}
 
 
-async def test_unserialisable_result_is_serialization_error(caplog: pytest.LogCaptureFixture) -> None:
+async def test_unserialisable_result_is_serialization_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     recorder = Recorder({"value": object()})
     async with connect({"getFeature": recorder}, role="read") as client:
         with caplog.at_level(logging.ERROR, logger="tanso_mcp.tools"):
@@ -153,7 +168,9 @@ async def test_unserialisable_result_is_serialization_error(caplog: pytest.LogCa
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_not_found_becomes_error_object(mode: str) -> None:
-    recorder = Recorder(NotFound("No customer with that reference ID.", field="customerReferenceId"))
+    recorder = Recorder(
+        NotFound("No customer with that reference ID.", field="customerReferenceId")
+    )
     async with connect({"getCustomer": recorder}, role="read", mode=mode) as client:
         is_error, body = await call(client, "getCustomer", {"customerReferenceId": "nobody"})
     assert is_error
@@ -168,15 +185,28 @@ async def test_not_found_becomes_error_object(mode: str) -> None:
     ("exc", "expected"),
     [
         (DuplicateEvent("seen before"), {"error": "duplicate_event", "message": "seen before"}),
-        (StripeApiError("card declined"), {"error": "stripe_api_error", "message": "card declined"}),
+        (
+            StripeApiError("card declined"),
+            {"error": "stripe_api_error", "message": "card declined"},
+        ),
         (PreconditionFailed("no key"), {"error": "precondition_failed", "message": "no key"}),
         (
             InsufficientCredits("pool empty", detail={"balance": Decimal("0")}),
-            {"error": "ingestion_failed", "message": "pool empty", "reason": "insufficient_credits", "detail": {"balance": 0}},
+            {
+                "error": "ingestion_failed",
+                "message": "pool empty",
+                "reason": "insufficient_credits",
+                "detail": {"balance": 0},
+            },
         ),
         (
             Conflict("taken", field="customerReferenceId"),
-            {"error": "invalid_request", "message": "taken", "field": "customerReferenceId", "reason": "conflict"},
+            {
+                "error": "invalid_request",
+                "message": "taken",
+                "field": "customerReferenceId",
+                "reason": "conflict",
+            },
         ),
     ],
 )
@@ -239,19 +269,40 @@ async def test_handlers_from_module_like_object() -> None:
         ("getCustomer", {"customerReferenceId": 42}, "customerReferenceId"),
         ("getCustomer", {"customerReferenceId": ""}, "customerReferenceId"),
         ("getCustomer", {"customerReferenceId": "c", "customerId": "x"}, "customerId"),
-        ("cancelSubscription", {"subscriptionId": "s", "cancelMode": "NOW", "confirmAction": True}, "cancelMode"),
-        ("changeSubscriptionPlan", {"subscriptionId": "s", "newPlanId": "p", "confirmAction": True}, "changeType"),
+        (
+            "cancelSubscription",
+            {"subscriptionId": "s", "cancelMode": "NOW", "confirmAction": True},
+            "cancelMode",
+        ),
         (
             "changeSubscriptionPlan",
-            {"subscriptionId": "s", "newPlanId": "p", "changeType": "SIDEWAYS", "confirmAction": True},
+            {"subscriptionId": "s", "newPlanId": "p", "confirmAction": True},
+            "changeType",
+        ),
+        (
+            "changeSubscriptionPlan",
+            {
+                "subscriptionId": "s",
+                "newPlanId": "p",
+                "changeType": "SIDEWAYS",
+                "confirmAction": True,
+            },
             "changeType",
         ),
         ("adminCreatePlan", {"key": "k", "name": "n", "priceAmount": "ten"}, "priceAmount"),
         ("adminCreatePlan", {"key": "k", "name": "n", "priceAmount": True}, "priceAmount"),
-        ("adminCreatePlan", {"key": "k", "name": "n", "priceAmount": "1", "billingTiming": "LATER"}, "billingTiming"),
+        (
+            "adminCreatePlan",
+            {"key": "k", "name": "n", "priceAmount": "1", "billingTiming": "LATER"},
+            "billingTiming",
+        ),
         ("adminUpdatePlan", {"planId": "p", "status": "LIVE"}, "status"),
         ("adminUpdateFeature", {"featureId": "f", "isEnabled": "maybe"}, "isEnabled"),
-        ("adminLinkFeatureToPlan", {"planId": "p", "featureId": "f", "valueJson": "{oops"}, "valueJson"),
+        (
+            "adminLinkFeatureToPlan",
+            {"planId": "p", "featureId": "f", "valueJson": "{oops"},
+            "valueJson",
+        ),
         ("adminLinkFeatureToPlan", {"planId": "p", "featureId": "f", "type": "EXTRA"}, "type"),
         ("ingestEvent", {**minimal_arguments("ingestEvent"), "usageUnits": [1]}, "usageUnits"),
         ("cancelSubscription", {"subscriptionId": "s", "confirmAction": "yes"}, "confirmAction"),
@@ -313,7 +364,11 @@ async def test_defaults_reach_the_handler() -> None:
         await call(client, "adminCreatePlan", minimal_arguments("adminCreatePlan"))
     assert event.calls[0][2].usageUnits == "1"
     created = plan.calls[0][2]
-    assert (created.intervalMonths, created.billingTiming, created.creditAllocations) == ("1", "IN_ADVANCE", None)
+    assert (created.intervalMonths, created.billingTiming, created.creditAllocations) == (
+        "1",
+        "IN_ADVANCE",
+        None,
+    )
 
 
 # --- confirmation guard ----------------------------------------------------------------
@@ -342,7 +397,9 @@ async def test_guarded_tools_need_confirmation(tool: str, confirm: Any, mode: st
 async def test_confirmed_calls_run(confirm: Any) -> None:
     recorder = Recorder()
     async with connect({"markInvoicePaid": recorder}, role="client") as client:
-        is_error, body = await call(client, "markInvoicePaid", {"invoiceId": "inv_1", "confirmAction": confirm})
+        is_error, body = await call(
+            client, "markInvoicePaid", {"invoiceId": "inv_1", "confirmAction": confirm}
+        )
     assert not is_error and body == {"success": True}
     assert recorder.calls[0][2].confirmAction is True
 
@@ -352,7 +409,9 @@ async def test_preview_function_is_merged_and_sees_validated_params() -> None:
     preview = Recorder({"entitlementsLost": ["api_access"], "creditAmount": Decimal("12.50")})
     impl = ToolImpl(handler, preview)
     async with connect({"cancelSubscription": impl}, role="client") as client:
-        _, body = await call(client, "cancelSubscription", {"subscriptionId": "sub_1", "cancelMode": "IMMEDIATELY"})
+        _, body = await call(
+            client, "cancelSubscription", {"subscriptionId": "sub_1", "cancelMode": "IMMEDIATELY"}
+        )
     assert body["error"] == "confirmation_required"
     assert body["preview"]["entitlementsLost"] == ["api_access"]
     assert body["preview"]["creditAmount"] == 12.5
@@ -365,14 +424,22 @@ async def test_preview_not_found_is_reported_as_such() -> None:
     impl = ToolImpl(Recorder(), Recorder(NotFound("No such subscription.", field="subscriptionId")))
     async with connect({"cancelSubscription": impl}, role="client") as client:
         _, body = await call(client, "cancelSubscription", {"subscriptionId": "nope"})
-    assert body == {"error": "not_found", "message": "No such subscription.", "field": "subscriptionId"}
+    assert body == {
+        "error": "not_found",
+        "message": "No such subscription.",
+        "field": "subscriptionId",
+    }
 
 
-async def test_broken_preview_falls_back_to_the_generic_one(caplog: pytest.LogCaptureFixture) -> None:
+async def test_broken_preview_falls_back_to_the_generic_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     impl = ToolImpl(Recorder(), Recorder(RuntimeError("boom")))
     async with connect({"adminUnlinkFeatureFromPlan": impl}, role="admin") as client:
         with caplog.at_level(logging.ERROR, logger="tanso_mcp.tools"):
-            _, body = await call(client, "adminUnlinkFeatureFromPlan", {"planId": "p", "featureId": "f"})
+            _, body = await call(
+                client, "adminUnlinkFeatureFromPlan", {"planId": "p", "featureId": "f"}
+            )
     assert body["error"] == "confirmation_required"
     assert body["preview"]["tool"] == "adminUnlinkFeatureFromPlan"
 
@@ -380,9 +447,15 @@ async def test_broken_preview_falls_back_to_the_generic_one(caplog: pytest.LogCa
 async def test_stripe_key_is_masked_in_the_preview() -> None:
     handler = Recorder()
     async with connect({"registerStripeApiKey": handler}, role="admin") as client:
-        _, body = await call(client, "registerStripeApiKey", {"stripeApiKey": "sk_test_supersecret"})
+        _, body = await call(
+            client, "registerStripeApiKey", {"stripeApiKey": "sk_test_supersecret"}
+        )
         assert "supersecret" not in str(body)
-        await call(client, "registerStripeApiKey", {"stripeApiKey": "sk_test_supersecret", "confirmAction": True})
+        await call(
+            client,
+            "registerStripeApiKey",
+            {"stripeApiKey": "sk_test_supersecret", "confirmAction": True},
+        )
     assert handler.calls[0][2].stripeApiKey.get_secret_value() == "sk_test_supersecret"
 
 
@@ -390,7 +463,11 @@ async def test_handler_raising_confirmation_required_keeps_its_preview() -> None
     handler = Recorder(ConfirmationRequired("really?", preview={"invoices": 2}))
     async with connect({"markInvoicePaid": handler}, role="client") as client:
         _, body = await call(client, "markInvoicePaid", {"invoiceId": "i", "confirmAction": True})
-    assert body == {"error": "confirmation_required", "message": "really?", "preview": {"invoices": 2}}
+    assert body == {
+        "error": "confirmation_required",
+        "message": "really?",
+        "preview": {"invoices": 2},
+    }
 
 
 def test_every_spec_is_registered() -> None:

@@ -154,16 +154,23 @@ def test_number_text_keeps_exact_value(raw, text) -> None:
     assert number_text(raw) == text
 
 
-@pytest.mark.parametrize("raw", [True, False, "abc", "", "1,5", "NaN", "inf", float("nan"), [1], None, "1_000"])
+@pytest.mark.parametrize(
+    "raw", [True, False, "abc", "", "1,5", "NaN", "inf", float("nan"), [1], None, "1_000"]
+)
 def test_number_text_rejects(raw) -> None:
     with pytest.raises(ValueError):
         number_text(raw)
 
 
 def test_enums_normalise_and_reject() -> None:
-    ok = CancelSubscriptionParams.model_validate({"subscriptionId": "s", "cancelMode": "immediately"})
+    ok = CancelSubscriptionParams.model_validate(
+        {"subscriptionId": "s", "cancelMode": "immediately"}
+    )
     assert ok.cancelMode == "IMMEDIATE"
-    assert CancelSubscriptionParams.model_validate({"subscriptionId": "s"}).cancelMode == "END_OF_PERIOD"
+    assert (
+        CancelSubscriptionParams.model_validate({"subscriptionId": "s"}).cancelMode
+        == "END_OF_PERIOD"
+    )
     with pytest.raises(ValidationError) as info:
         UpdatePlanParams.model_validate({"planId": "p", "status": "LIVE", "billingTiming": "LATER"})
     assert {e["loc"][0] for e in info.value.errors()} == {"status", "billingTiming"}
@@ -171,15 +178,26 @@ def test_enums_normalise_and_reject() -> None:
 
 def test_create_plan_defaults_and_numbers() -> None:
     params = CreatePlanParams.model_validate({"key": "k", "name": "n", "priceAmount": 0.1})
-    assert (params.priceAmount, params.intervalMonths, params.billingTiming) == ("0.1", "1", "IN_ADVANCE")
+    assert (params.priceAmount, params.intervalMonths, params.billingTiming) == (
+        "0.1",
+        "1",
+        "IN_ADVANCE",
+    )
 
 
 def test_value_json_accepts_text_or_object() -> None:
     text = '{"pricing": {"model": "usage", "price_per_unit": 0.10}}'
-    assert LinkFeatureParams.model_validate({"planId": "p", "featureId": "f", "valueJson": text}).valueJson == text
+    assert (
+        LinkFeatureParams.model_validate(
+            {"planId": "p", "featureId": "f", "valueJson": text}
+        ).valueJson
+        == text
+    )
     obj = LinkFeatureParams.model_validate(
         {"planId": "p", "featureId": "f", "valueJson": {"pricing": {"model": "usage"}}}
     )
     assert obj.valueJson == '{"pricing":{"model":"usage"}}'
     with pytest.raises(ValidationError):
-        LinkFeatureParams.model_validate({"planId": "p", "featureId": "f", "valueJson": "{not json"})
+        LinkFeatureParams.model_validate(
+            {"planId": "p", "featureId": "f", "valueJson": "{not json"}
+        )
