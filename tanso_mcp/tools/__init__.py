@@ -6,6 +6,21 @@ Public API:
 - ``mcp_http_app(server, allowed_hosts) -> McpHttpApp(app, lifespan)``
 - ``ToolImpl(handler, preview=None)``, ``handlers_from(module)``
 - ``TOOL_SPECS`` / ``SPECS_BY_NAME`` / ``specs_for_role(role)``
+
+Plugging in a tool: write ``async def cancel_subscription(app, principal, params)``
+(``params`` is ``SPECS_BY_NAME["cancelSubscription"].params``, already validated; numbers
+arrive as exact strings, enums upper-case) returning a dict or a list, and raise a
+``TansoError`` subclass from ``tanso_mcp.errors`` for expected failures. Guarded tools may
+add ``async def cancel_subscription_preview(app, principal, params) -> dict`` describing
+what would happen (entities touched, money moved, credits clawed back, entitlements lost);
+it must not write. Then ``build_mcp_server(app, handlers_from(module))`` or pass
+``{"cancelSubscription": ToolImpl(handler, preview)}``. Tools without a handler answer
+``precondition_failed`` ("not available yet").
+
+Serving: HTTP — ``mcp = mcp_http_app(server, allowed_hosts)``, mount ``mcp.app`` at
+``"/"`` as the last route and run ``mcp.lifespan`` in the host app's lifespan; the auth
+middleware sets ``current_principal``. stdio — ``build_mcp_server(app, handlers,
+stdio_principal=principal_of_TANSO_API_KEY)`` then ``await server.run_stdio_async()``.
 """
 
 from tanso_mcp.tools.http import McpHttpApp, mcp_http_app

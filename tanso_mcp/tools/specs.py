@@ -25,7 +25,7 @@ structured content.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -1167,7 +1167,3 @@ def _tidy_property(prop: Mapping[str, Any]) -> dict[str, Any]:
 def output_schema(spec: ToolSpec) -> dict[str, Any]:
     """A private copy of the tool's output schema (the table's copy stays untouched)."""
     return copy.deepcopy(dict(spec.output_schema))
-
-
-def names(specs: Iterable[ToolSpec]) -> list[str]:
-    return [spec.name for spec in specs]
