@@ -31,8 +31,9 @@ async def list_features(app: AppContext, p: Principal, params: Any):
 
 async def get_feature(app: AppContext, p: Principal, params: Any):
     async with app.db.reader() as s:
-        return views.feature_view(await catalog.feature_by_key(s, p.environment_id,
-                                                               params.featureKey))
+        return views.feature_view(
+            await catalog.feature_by_key(s, p.environment_id, params.featureKey)
+        )
 
 
 async def get_customer(app: AppContext, p: Principal, params: Any):
@@ -48,8 +49,14 @@ async def create_customer(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
         c = await customers.create_customer(
-            s, p.environment_id, now, reference_id=params.customerReferenceId,
-            email=params.email, first_name=params.firstName, last_name=params.lastName)
+            s,
+            p.environment_id,
+            now,
+            reference_id=params.customerReferenceId,
+            email=params.email,
+            first_name=params.firstName,
+            last_name=params.lastName,
+        )
         view = await views.customer_view(s, c)
     await app.emit("customer.created", p, {"customer": view})
     return view
@@ -59,8 +66,15 @@ async def update_customer(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
         c = await customers.update_customer(
-            s, p.environment_id, now, params.customerReferenceId, firstName=params.firstName,
-            lastName=params.lastName, email=params.email, phoneNumber=params.phoneNumber)
+            s,
+            p.environment_id,
+            now,
+            params.customerReferenceId,
+            firstName=params.firstName,
+            lastName=params.lastName,
+            email=params.email,
+            phoneNumber=params.phoneNumber,
+        )
         view = await views.customer_view(s, c)
     app.invalidate(p.environment_id)
     await app.emit("customer.updated", p, {"customer": view})
@@ -83,8 +97,14 @@ async def admin_list_plans(app: AppContext, p: Principal, params: Any):
 async def admin_create_feature(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        f = await catalog.create_feature(s, p.environment_id, now, key=params.key,
-                                         name=params.name, description=params.description)
+        f = await catalog.create_feature(
+            s,
+            p.environment_id,
+            now,
+            key=params.key,
+            name=params.name,
+            description=params.description,
+        )
     app.invalidate(p.environment_id)
     return views.feature_view(f)
 
@@ -92,10 +112,16 @@ async def admin_create_feature(app: AppContext, p: Principal, params: Any):
 async def admin_update_feature(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        f = await catalog.update_feature(s, p.environment_id, now, params.featureId,
-                                         key=params.key, name=params.name,
-                                         description=params.description,
-                                         isEnabled=params.isEnabled)
+        f = await catalog.update_feature(
+            s,
+            p.environment_id,
+            now,
+            params.featureId,
+            key=params.key,
+            name=params.name,
+            description=params.description,
+            isEnabled=params.isEnabled,
+        )
     app.invalidate(p.environment_id)
     return views.feature_view(f)
 
@@ -104,10 +130,17 @@ async def admin_create_plan(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
         plan = await catalog.create_plan(
-            s, p.environment_id, now, key=params.key, name=params.name,
-            price_amount=params.priceAmount, description=params.description,
-            interval_months=params.intervalMonths, billing_timing=params.billingTiming,
-            credit_allocations=params.creditAllocations)
+            s,
+            p.environment_id,
+            now,
+            key=params.key,
+            name=params.name,
+            price_amount=params.priceAmount,
+            description=params.description,
+            interval_months=params.intervalMonths,
+            billing_timing=params.billingTiming,
+            credit_allocations=params.creditAllocations,
+        )
         (out,) = await views.plans_with_features(s, [plan], admin=True)
     app.invalidate(p.environment_id)
     return out
@@ -117,10 +150,19 @@ async def admin_update_plan(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
         plan = await catalog.update_plan(
-            s, p.environment_id, now, params.planId, key=params.key, name=params.name,
-            priceAmount=params.priceAmount, description=params.description,
-            intervalMonths=params.intervalMonths, billingTiming=params.billingTiming,
-            status=params.status, creditAllocations=params.creditAllocations)
+            s,
+            p.environment_id,
+            now,
+            params.planId,
+            key=params.key,
+            name=params.name,
+            priceAmount=params.priceAmount,
+            description=params.description,
+            intervalMonths=params.intervalMonths,
+            billingTiming=params.billingTiming,
+            status=params.status,
+            creditAllocations=params.creditAllocations,
+        )
         (out,) = await views.plans_with_features(s, [plan], admin=True)
     app.invalidate(p.environment_id)
     return out
@@ -143,9 +185,16 @@ async def admin_get_feature_rule(app: AppContext, p: Principal, params: Any):
 async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        pf = await catalog.link_feature(s, p.environment_id, now, plan_id=params.planId,
-                                        feature_id=params.featureId, rule_type=params.type,
-                                        value_json=params.valueJson, is_enabled=params.isEnabled)
+        pf = await catalog.link_feature(
+            s,
+            p.environment_id,
+            now,
+            plan_id=params.planId,
+            feature_id=params.featureId,
+            rule_type=params.type,
+            value_json=params.valueJson,
+            is_enabled=params.isEnabled,
+        )
         f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
     app.invalidate(p.environment_id)
     return views.rule_view(pf, f)
@@ -154,9 +203,16 @@ async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any)
 async def admin_update_feature_rule(app: AppContext, p: Principal, params: Any):
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        pf = await catalog.update_rule(s, p.environment_id, now, plan_id=params.planId,
-                                       feature_id=params.featureId, rule_type=params.type,
-                                       value_json=params.valueJson, is_enabled=params.isEnabled)
+        pf = await catalog.update_rule(
+            s,
+            p.environment_id,
+            now,
+            plan_id=params.planId,
+            feature_id=params.featureId,
+            rule_type=params.type,
+            value_json=params.valueJson,
+            is_enabled=params.isEnabled,
+        )
         f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
     app.invalidate(p.environment_id)
     return views.rule_view(pf, f)
@@ -180,11 +236,17 @@ async def admin_unlink_feature_from_plan_preview(app: AppContext, p: Principal, 
         pf = await catalog.get_rule(s, p.environment_id, params.planId, params.featureId)
         plan = await catalog.plan_by_id(s, p.environment_id, params.planId)
         f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
-        active = await s.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.plan_id == plan.id, Subscription.is_active.is_(True)))
+        active = await s.scalar(
+            select(func.count())
+            .select_from(Subscription)
+            .where(Subscription.plan_id == plan.id, Subscription.is_active.is_(True))
+        )
     return {
-        "entities": {"plan": {"id": plan.id, "key": plan.key, "status": plan.status},
-                     "feature": {"id": f.id, "key": f.key}, "rule": views.rule_view(pf)},
+        "entities": {
+            "plan": {"id": plan.id, "key": plan.key, "status": plan.status},
+            "feature": {"id": f.id, "key": f.key},
+            "rule": views.rule_view(pf),
+        },
         "moneyMoved": "0",
         "entitlementsLost": {"featureKey": f.key, "activeSubscriptions": int(active or 0)},
     }
