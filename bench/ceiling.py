@@ -89,8 +89,9 @@ def make_mcp_app() -> Starlette:
     server = MCPServer("ceiling-mcp")
 
     @server.tool()
-    def checkEntitlement(customerReferenceId: str, featureKey: str) -> dict:  # noqa: N802,N803
-        """No-op stand-in for the product's checkEntitlement tool."""
+    async def checkEntitlement(customerReferenceId: str, featureKey: str) -> dict:  # noqa: N802,N803
+        """No-op stand-in for the product's checkEntitlement tool (async: a sync tool would
+        run in a worker thread, which costs more than the call itself)."""
         return {
             "customerReferenceId": customerReferenceId,
             "featureKey": featureKey,
