@@ -67,8 +67,10 @@ class Result:
     pct_of_ceiling: float | None = None
     target: str | None = None
     target_met: bool | None = None
+    paired_ceiling_req_per_s: float | None = None  # the ceiling timed alternately with it
     note: str = ""
     runs: list[dict] = field(default_factory=list)
+    paired_runs: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -95,92 +97,152 @@ def probe(ctx: Context, scenario: Scenario, shape) -> None:
             raise SetupError(f"probe answer is wrong: {problem}")
 
 
-def run_http(ctx: Context, scenario: Scenario, cfg: RunConfig, res: Result) -> None:
-    shape = request_shape(scenario, ctx.state)
-    probe(ctx, scenario, shape)
-    ctx.close()
-    method, path, headers, body = shape
-    conns = scenario.connections or cfg.connections
-    wrk_cpus = "1" if cfg.pin else None
+class Live:
+    """A scenario's server, started, set up and probed: ready for load."""
 
-    def once(duration: float) -> loadgen.WrkRun:
-        return loadgen.run_wrk(
-            cfg.wrk, ctx.base_url, method, path, headers, body,
-            duration_s=duration, connections=conns, threads=cfg.threads,
-            timeout_s=cfg.timeout_s, uid_header=scenario.uid_header, cpus=wrk_cpus,
-        )
+    def __init__(self, scenario: Scenario, cfg: RunConfig):
+        self.scenario = scenario
+        self.cfg = cfg
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
+        self.server: ServerProcess | None = None
+        self.ctx: Context | None = None
+        self.shape = None
 
-    if cfg.warmup_s > 0:
-        w = once(cfg.warmup_s)
-        if cfg.verbose:
-            log(f"    warm-up: {w.req_per_s:,.0f} req/s, {w.errors} errors")
-    runs = []
-    for i in range(cfg.reps):
-        run = once(cfg.duration_s)
-        runs.append(run)
-        log(f"    run {i + 1}/{cfg.reps}: {run.req_per_s:,.0f} req/s  p50 {run.p50_ms:.2f} ms"
-            f"  p99 {run.p99_ms:.2f} ms  errors {run.errors}")
-    res.req_per_s = statistics.median(r.req_per_s for r in runs)
-    res.throughput = res.req_per_s * scenario.items_per_request
-    res.p50_ms = statistics.median(r.p50_ms for r in runs)
-    res.p99_ms = statistics.median(r.p99_ms for r in runs)
-    res.errors = sum(r.errors for r in runs)
-    res.requests = sum(r.requests for r in runs)
-    res.runs = [r.to_dict() for r in runs]
-    res.note = f"{conns} connections, {cfg.threads} wrk thread(s), median of {cfg.reps}"
-
-
-def run_scenario(scenario: Scenario, cfg: RunConfig, keep: bool) -> Result:
-    res = Result(name=scenario.name, unit=scenario.unit, ceiling=scenario.ceiling)
-    if scenario.target:
-        res.target = scenario.target.describe(scenario.unit)
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{scenario.name}-"))
-    server = None
-    ctx = None
-    t0 = time.monotonic()
-    try:
+    def start(self) -> None:
+        s, cfg = self.scenario, self.cfg
         port = free_port()
-        sctx = ServerContext(port=port, tmpdir=tmp)
-        argv = scenario.server.argv(sctx)
-        env = scenario.server.env(sctx)
+        sctx = ServerContext(port=port, tmpdir=self.tmp)
+        argv = s.server.argv(sctx)
+        env = s.server.env(sctx)
         if cfg.pin:
             argv = ["taskset", "-c", "0", *argv]
         base_url = f"http://127.0.0.1:{port}"
         loadgen.assert_loopback(base_url)
-        log(f"  starting {scenario.server.name} on {base_url}")
-        server = ServerProcess(argv, env, tmp / "server.log", cwd=REPO_DIR)
-        server.wait_ready(base_url, scenario.server.ready_path, scenario.server.startup_timeout_s)
-        ctx = Context(scenario, server, base_url, tmp, cfg)
-        if scenario.setup:
-            s0 = time.monotonic()
-            scenario.setup(ctx)
-            log(f"  setup done in {time.monotonic() - s0:.1f}s")
+        log(f"  starting {s.server.name} on {base_url} for {s.name}")
+        self.server = ServerProcess(argv, env, self.tmp / "server.log", cwd=REPO_DIR)
+        self.server.wait_ready(base_url, s.server.ready_path, s.server.startup_timeout_s)
+        self.ctx = Context(s, self.server, base_url, self.tmp, cfg)
+        if s.setup:
+            t0 = time.monotonic()
+            s.setup(self.ctx)
+            log(f"  setup of {s.name} done in {time.monotonic() - t0:.1f}s")
+        if s.run is None:
+            self.shape = request_shape(s, self.ctx.state)
+            probe(self.ctx, s, self.shape)
+            self.ctx.close()
+
+    def load(self, duration_s: float) -> loadgen.WrkRun:
+        assert self.ctx is not None and self.shape is not None
+        method, path, headers, body = self.shape
+        return loadgen.run_wrk(
+            self.cfg.wrk, self.ctx.base_url, method, path, headers, body,
+            duration_s=duration_s, connections=self.connections, threads=self.cfg.threads,
+            timeout_s=self.cfg.timeout_s, uid_header=self.scenario.uid_header,
+            cpus="1" if self.cfg.pin else None,
+        )
+
+    @property
+    def connections(self) -> int:
+        return self.scenario.connections or self.cfg.connections
+
+    def stop(self, keep: bool = False) -> None:
+        if self.ctx is not None:
+            self.ctx.close()
+        if self.server is not None:
+            self.server.stop()
+        if keep:
+            log(f"  kept {self.tmp}")
+        else:
+            subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+def _fail(res: Result, e: BaseException, live: Live | None, cfg: RunConfig) -> None:
+    if isinstance(e, ScenarioUnavailable):
+        res.status, res.reason = "n/a", str(e)
+        return
+    text = str(e)
+    res.status, res.reason = "error", (text.splitlines()[0][:300] if text else repr(e))
+    log(f"  ERROR in {res.name}: {e}")
+    if cfg.verbose or not isinstance(e, SetupError):
+        log(traceback.format_exc())
+    if live is not None and live.server is not None:
+        log("  last server output:\n" + live.server.tail(20))
+
+
+def _log_run(label: str, run: loadgen.WrkRun) -> None:
+    log(f"    {label}: {run.req_per_s:,.0f} req/s  p50 {run.p50_ms:.2f} ms"
+        f"  p99 {run.p99_ms:.2f} ms  errors {run.errors}")
+
+
+def run_scenario(scenario: Scenario, cfg: RunConfig, keep: bool,
+                 paired: Scenario | None = None) -> Result:
+    """Start, set up, probe, warm up and time one scenario.
+
+    With `paired` (its ceiling), the ceiling's server runs beside it and the timed runs
+    alternate between the two (C S, S C, C S, …), so both see the same machine; the
+    share of the ceiling is then the median of the per-pair ratios. A ceiling that
+    cannot start leaves the scenario unpaired.
+    """
+    res = Result(name=scenario.name, unit=scenario.unit, ceiling=scenario.ceiling)
+    if scenario.target:
+        res.target = scenario.target.describe(scenario.unit)
+    t0 = time.monotonic()
+    live = Live(scenario, cfg)
+    twin: Live | None = None
+    try:
+        live.start()
         if scenario.run is not None:
-            m = scenario.run(ctx, cfg)
+            m = scenario.run(live.ctx, cfg)
             res.throughput, res.req_per_s = m.throughput, m.req_per_s
             res.p50_ms, res.p99_ms, res.errors = m.p50_ms, m.p99_ms, m.errors
             res.runs, res.note = m.runs, m.note
-        else:
-            run_http(ctx, scenario, cfg, res)
-    except ScenarioUnavailable as e:
-        res.status, res.reason = "n/a", str(e)
-    except (SetupError, Exception) as e:  # a broken scenario must not stop the others
-        res.status, res.reason = "error", str(e).splitlines()[0][:300] if str(e) else repr(e)
-        log(f"  ERROR in {scenario.name}: {e}")
-        if cfg.verbose or not isinstance(e, SetupError):
-            log(traceback.format_exc())
-        if server is not None:
-            log("  last server output:\n" + server.tail(20))
+            return res
+        if paired is not None and paired.run is None:
+            twin = Live(paired, cfg)
+            try:
+                twin.start()
+            except Exception as e:  # noqa: BLE001 - pairing is best effort
+                log(f"  paired ceiling {paired.name} unavailable ({e}); running unpaired")
+                twin.stop()
+                twin = None
+        if cfg.warmup_s > 0:
+            for lv in (twin, live):
+                if lv is not None:
+                    w = lv.load(cfg.warmup_s)
+                    if cfg.verbose:
+                        _log_run(f"warm-up {lv.scenario.name}", w)
+        runs, twin_runs = [], []
+        for i in range(cfg.reps):
+            order = [live] if twin is None else ([twin, live] if i % 2 == 0 else [live, twin])
+            for lv in order:
+                run = lv.load(cfg.duration_s)
+                (runs if lv is live else twin_runs).append(run)
+                _log_run(f"run {i + 1}/{cfg.reps} {lv.scenario.name}", run)
+        res.req_per_s = statistics.median(r.req_per_s for r in runs)
+        res.throughput = res.req_per_s * scenario.items_per_request
+        res.p50_ms = statistics.median(r.p50_ms for r in runs)
+        res.p99_ms = statistics.median(r.p99_ms for r in runs)
+        res.errors = sum(r.errors for r in runs)
+        res.requests = sum(r.requests for r in runs)
+        res.runs = [r.to_dict() for r in runs]
+        lo, hi = min(r.req_per_s for r in runs), max(r.req_per_s for r in runs)
+        res.note = (f"{live.connections} connections, {cfg.threads} wrk thread(s), median of "
+                    f"{cfg.reps} runs ({lo:,.0f}–{hi:,.0f} req/s)")
+        if twin_runs:
+            ratios = [r.req_per_s / c.req_per_s for r, c in zip(runs, twin_runs, strict=True)
+                      if c.req_per_s > 0]
+            res.paired_ceiling_req_per_s = statistics.median(c.req_per_s for c in twin_runs)
+            res.pct_of_ceiling = statistics.median(ratios) if ratios else None
+            res.paired_runs = [c.to_dict() for c in twin_runs]
+            res.note += (f"; paired {paired.name} runs: median "
+                         f"{res.paired_ceiling_req_per_s:,.0f} req/s")
+    except Exception as e:  # a broken scenario must not stop the others
+        _fail(res, e, live, cfg)
     finally:
-        if ctx is not None:
-            ctx.close()
-        if server is not None:
-            server.stop()
-        if keep:
-            log(f"  kept {tmp}")
-        else:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
-    res.seconds = time.monotonic() - t0
+        if twin is not None:
+            twin.stop(keep)
+        live.stop(keep)
+        res.seconds = time.monotonic() - t0
     return res
 
 
@@ -197,18 +259,22 @@ def fmt_ms(x: float | None) -> str:
     return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
 
 
-def markdown_table(results: list[Result]) -> str:
+def markdown_table(results: list[Result], self_check: bool = False) -> str:
     head = ("| scenario | req/s | throughput | p50 ms | p99 ms | errors | % of ceiling "
             "| target |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
+        name = r.name
+        if self_check and BY_NAME[r.name].product:
+            name += " [self-check]"
         if r.status != "ok":
             why = f"{r.status} ({r.reason})"
-            lines.append(f"| {r.name} | {why} | | | | | | {r.target or ''} |")
+            lines.append(f"| {name} | {why} | | | | | | {r.target or ''} |")
             continue
         thr = f"{fmt_num(r.throughput)} {r.unit}"
         if r.pct_of_ceiling is not None:
-            pct = f"{r.pct_of_ceiling:.0%} of {r.ceiling}"
+            paired = " (paired)" if r.paired_ceiling_req_per_s is not None else ""
+            pct = f"{r.pct_of_ceiling:.0%} of {r.ceiling}{paired}"
         elif r.ceiling:
             pct = f"— ({r.ceiling} n/a)"
         else:
@@ -221,7 +287,7 @@ def markdown_table(results: list[Result]) -> str:
         if r.requests and r.errors:
             errs = f"{r.errors} ({r.errors / r.requests:.1%})"
         lines.append(
-            f"| {r.name} | {fmt_num(r.req_per_s)} | {thr} | {fmt_ms(r.p50_ms)} | "
+            f"| {name} | {fmt_num(r.req_per_s)} | {thr} | {fmt_ms(r.p50_ms)} | "
             f"{fmt_ms(r.p99_ms)} | {errs} | {pct} | {target} |"
         )
     return "\n".join(lines)
@@ -231,7 +297,9 @@ def fill_ratios(results: list[Result]) -> None:
     by = {r.name: r for r in results}
     for r in results:
         c = by.get(r.ceiling) if r.ceiling else None
-        if r.status == "ok" and c and c.status == "ok" and c.req_per_s and r.req_per_s:
+        if r.pct_of_ceiling is not None:
+            pass  # measured against a paired ceiling, alternating runs
+        elif r.status == "ok" and c and c.status == "ok" and c.req_per_s and r.req_per_s:
             r.pct_of_ceiling = r.req_per_s / c.req_per_s
         t = BY_NAME[r.name].target
         if r.status == "ok" and t:
@@ -296,7 +364,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--renewals", type=int, help="subscriptions per advance (default 500)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the server to CPU 0 and wrk to CPU 1")
+    p.add_argument("--no-pair", action="store_true",
+                   help="do not time each scenario alternately with its ceiling; compare "
+                        "with the ceiling's own row instead")
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    p.add_argument("--tanso-cmd", metavar="CMD",
+                   help="command that starts the product (default: tanso-mcp from this "
+                        "Python's environment or PATH); `serve --host --port` is appended")
+    p.add_argument("--self-check", action="store_true",
+                   help="check the harness: run the tanso-mcp scenarios against the in-memory "
+                        "stand-in bench/selfcheck_server.py (numbers mean nothing)")
     p.add_argument("--keep", action="store_true",
                    help="keep each scenario's temporary directory (server log, database)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -347,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
     )
     chosen = select(args.scenarios)
+    if args.self_check:
+        args.tanso_cmd = f"{sys.executable} {BENCH_DIR / 'selfcheck_server.py'}"
+    if args.tanso_cmd:
+        os.environ["BENCH_TANSO_CMD"] = args.tanso_cmd
     try:
         cfg.wrk = loadgen.ensure_wrk(install=not args.no_install, log=log)
     except loadgen.LoadgenUnavailable as e:
@@ -359,19 +440,29 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for s in chosen:
         log(f"[{s.name}] {s.description}")
-        r = run_scenario(s, cfg, keep=args.keep)
+        paired = BY_NAME[s.ceiling] if (s.ceiling and not args.no_pair) else None
+        r = run_scenario(s, cfg, keep=args.keep, paired=paired)
         if r.status != "ok":
             log(f"  -> {r.status}: {r.reason}")
         results.append(r)
     fill_ratios(results)
+    if args.self_check:
+        for r in results:
+            if BY_NAME[r.name].product:
+                r.note = ("[self-check: in-memory stand-in, not the product] " + r.note).strip()
     print()
     print(f"tanso-mcp bench — {env['time']} — commit {env['commit'] or '?'} — "
           f"{env['cpus']} CPUs {env['cpu_model']} — Python {env['python']} — {env['wrk']}")
     print(f"{cfg.duration_s:g}s runs x {cfg.reps} (median) after {cfg.warmup_s:g}s warm-up, "
           f"{cfg.connections} connections unless noted, "
           f"{'server pinned to CPU 0 and wrk to CPU 1' if cfg.pin else 'no CPU pinning'}")
+    if args.self_check:
+        print("SELF-CHECK: the tanso-mcp rows ran against bench/selfcheck_server.py, an "
+              "in-memory stand-in; their numbers say nothing about the product.")
+    elif args.tanso_cmd:
+        print(f"tanso-mcp started with: {args.tanso_cmd}")
     print()
-    print(markdown_table(results))
+    print(markdown_table(results, self_check=args.self_check))
     notes = [f"- {r.name}: {r.note}" for r in results if r.status == "ok" and r.note]
     if notes:
         print()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -57,21 +59,25 @@ CEILING = Server(name="ceiling (bare Starlette)", argv=_ceiling_argv("bare"))
 CEILING_MCP = Server(name="ceiling (bare MCP SDK)", argv=_ceiling_argv("mcp"))
 
 
-def tanso_executable() -> str:
-    """`tanso-mcp` from this Python's environment, else from PATH."""
+def tanso_command() -> list[str]:
+    """How to start the product: $BENCH_TANSO_CMD (run.py --tanso-cmd / --self-check), else
+    `tanso-mcp` from this Python's environment, else from PATH."""
+    override = os.environ.get("BENCH_TANSO_CMD")
+    if override:
+        return shlex.split(override)
     beside = Path(sys.executable).parent / "tanso-mcp"
     if beside.exists():
-        return str(beside)
+        return [str(beside)]
     found = shutil.which("tanso-mcp")
     if found:
-        return found
+        return [found]
     raise ScenarioUnavailable(
         "tanso-mcp is not installed in this environment (pip install -e . from the repo root)"
     )
 
 
 def _tanso_argv(sctx: ServerContext) -> list[str]:
-    return [tanso_executable(), "serve", "--host", "127.0.0.1", "--port", str(sctx.port)]
+    return [*tanso_command(), "serve", "--host", "127.0.0.1", "--port", str(sctx.port)]
 
 
 def _tanso_env(sctx: ServerContext) -> dict[str, str]:
