@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+
 class ORJSONResponse(Response):
     media_type = "application/json"
 

@@ -54,9 +54,9 @@ class SetupError(Exception):
 
 @dataclass
 class RunConfig:
-    duration_s: float = 10.0
+    duration_s: float = 6.0
     warmup_s: float = 3.0
-    reps: int = 3
+    reps: int = 5
     connections: int = 64
     threads: int = 1
     timeout_s: float = 10.0
@@ -348,8 +348,9 @@ class Context:
     Hooks put what the request templates need into `state` (e.g. `api_key`, `ref`).
     """
 
-    def __init__(self, scenario: Scenario, server: ServerProcess, base_url: str, tmpdir: Path,
-                 cfg: RunConfig):
+    def __init__(
+        self, scenario: Scenario, server: ServerProcess, base_url: str, tmpdir: Path, cfg: RunConfig
+    ):
         self.scenario = scenario
         self.server = server
         self.base_url = base_url
@@ -359,9 +360,16 @@ class Context:
         self._conn: http.client.HTTPConnection | None = None
 
     # raw HTTP ---------------------------------------------------------------
-    def request(self, method: str, path: str, *, json_body: Any = None,
-                headers: dict[str, str] | None = None, body: bytes | str | None = None,
-                timeout: float = 120) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | str | None = None,
+        timeout: float = 600,
+    ) -> Response:
         """One request over a kept-alive connection (reopened once if it dropped)."""
         hdrs = dict(headers or {})
         if json_body is not None:
@@ -395,8 +403,15 @@ class Context:
         key = self.state.get("api_key")
         return {"X-API-Key": key} if key else {}
 
-    def api(self, method: str, path: str, json_body: Any = None, *,
-            expect: tuple[int, ...] = (200, 201), need: str = "") -> Any:
+    def api(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        expect: tuple[int, ...] = (200, 201),
+        need: str = "",
+    ) -> Any:
         """Call the product's REST API with `state["api_key"]`; return the envelope's `data`.
 
         404/405 raise ScenarioUnavailable ("needs <need>: METHOD path answered 404"),
@@ -414,8 +429,9 @@ class Context:
         return payload
 
     # MCP -------------------------------------------------------------------------
-    def mcp(self, tool: str, arguments: dict[str, Any], *, need: str = "",
-            path: str = "/mcp") -> Any:
+    def mcp(
+        self, tool: str, arguments: dict[str, Any], *, need: str = "", path: str = "/mcp"
+    ) -> Any:
         """Call an MCP tool over Streamable HTTP, stateless 2025-11-25 style (no handshake).
 
         Returns structuredContent, else the first text content parsed as JSON, else the
@@ -423,9 +439,15 @@ class Context:
         raises SetupError.
         """
         need = need or f"the MCP tool {tool}"
-        msg = {"jsonrpc": "2.0", "id": next(_rpc_ids), "method": "tools/call",
-               "params": {"name": tool, "arguments": arguments}}
-        r = self.request("POST", path, json_body=msg, headers=mcp_headers(self.state.get("api_key")))
+        msg = {
+            "jsonrpc": "2.0",
+            "id": next(_rpc_ids),
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments},
+        }
+        r = self.request(
+            "POST", path, json_body=msg, headers=mcp_headers(self.state.get("api_key"))
+        )
         if r.status in (404, 405):
             raise ScenarioUnavailable(f"needs {need}: POST {path} answered {r.status}")
         reply = r.json

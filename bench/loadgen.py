@@ -151,10 +151,10 @@ def make_lua_script(
     lines += [
         "function done(summary, latency, requests)",
         "  local e = summary.errors",
-        "  io.write(string.format('" + _MARK + "{\"requests\":%d,\"duration_us\":%d,"
-        "\"bytes\":%d,\"err_connect\":%d,\"err_read\":%d,\"err_write\":%d,"
-        "\"err_status\":%d,\"err_timeout\":%d,\"p50_us\":%.1f,\"p90_us\":%.1f,"
-        "\"p99_us\":%.1f,\"mean_us\":%.1f,\"max_us\":%.1f}\\n',",
+        "  io.write(string.format('" + _MARK + '{"requests":%d,"duration_us":%d,'
+        '"bytes":%d,"err_connect":%d,"err_read":%d,"err_write":%d,'
+        '"err_status":%d,"err_timeout":%d,"p50_us":%.1f,"p90_us":%.1f,'
+        '"p99_us":%.1f,"mean_us":%.1f,"max_us":%.1f}\\n\',',
         "    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,",
         "    e.status, e.timeout, latency:percentile(50), latency:percentile(90),",
         "    latency:percentile(99), latency.mean, latency.max))",

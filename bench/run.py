@@ -2,7 +2,7 @@
 """tanso-mcp benchmark: throughput and latency of each scenario beside the bare-framework
 ceiling measured in the same run on the same machine.
 
-    python bench/run.py                         # every scenario (about 6 minutes)
+    python bench/run.py                         # every scenario (about 8 minutes)
     python bench/run.py --quick                 # short runs, one repetition
     python bench/run.py --scenarios ceiling_get entitlement_check --json out.json
     python bench/run.py --list
@@ -135,9 +135,17 @@ class Live:
         assert self.ctx is not None and self.shape is not None
         method, path, headers, body = self.shape
         return loadgen.run_wrk(
-            self.cfg.wrk, self.ctx.base_url, method, path, headers, body,
-            duration_s=duration_s, connections=self.connections, threads=self.cfg.threads,
-            timeout_s=self.cfg.timeout_s, uid_header=self.scenario.uid_header,
+            self.cfg.wrk,
+            self.ctx.base_url,
+            method,
+            path,
+            headers,
+            body,
+            duration_s=duration_s,
+            connections=self.connections,
+            threads=self.cfg.threads,
+            timeout_s=self.cfg.timeout_s,
+            uid_header=self.scenario.uid_header,
             cpus="1" if self.cfg.pin else None,
         )
 
@@ -170,12 +178,15 @@ def _fail(res: Result, e: BaseException, live: Live | None, cfg: RunConfig) -> N
 
 
 def _log_run(label: str, run: loadgen.WrkRun) -> None:
-    log(f"    {label}: {run.req_per_s:,.0f} req/s  p50 {run.p50_ms:.2f} ms"
-        f"  p99 {run.p99_ms:.2f} ms  errors {run.errors}")
+    log(
+        f"    {label}: {run.req_per_s:,.0f} req/s  p50 {run.p50_ms:.2f} ms"
+        f"  p99 {run.p99_ms:.2f} ms  errors {run.errors}"
+    )
 
 
-def run_scenario(scenario: Scenario, cfg: RunConfig, keep: bool,
-                 paired: Scenario | None = None) -> Result:
+def run_scenario(
+    scenario: Scenario, cfg: RunConfig, keep: bool, paired: Scenario | None = None
+) -> Result:
     """Start, set up, probe, warm up and time one scenario.
 
     With `paired` (its ceiling), the ceiling's server runs beside it and the timed runs
@@ -226,16 +237,22 @@ def run_scenario(scenario: Scenario, cfg: RunConfig, keep: bool,
         res.requests = sum(r.requests for r in runs)
         res.runs = [r.to_dict() for r in runs]
         lo, hi = min(r.req_per_s for r in runs), max(r.req_per_s for r in runs)
-        res.note = (f"{live.connections} connections, {cfg.threads} wrk thread(s), median of "
-                    f"{cfg.reps} runs ({lo:,.0f}–{hi:,.0f} req/s)")
+        res.note = (
+            f"{live.connections} connections, {cfg.threads} wrk thread(s), median of "
+            f"{cfg.reps} runs ({lo:,.0f}–{hi:,.0f} req/s)"
+        )
         if twin_runs:
-            ratios = [r.req_per_s / c.req_per_s for r, c in zip(runs, twin_runs, strict=True)
-                      if c.req_per_s > 0]
+            ratios = [
+                r.req_per_s / c.req_per_s
+                for r, c in zip(runs, twin_runs, strict=True)
+                if c.req_per_s > 0
+            ]
             res.paired_ceiling_req_per_s = statistics.median(c.req_per_s for c in twin_runs)
             res.pct_of_ceiling = statistics.median(ratios) if ratios else None
             res.paired_runs = [c.to_dict() for c in twin_runs]
-            res.note += (f"; paired {paired.name} runs: median "
-                         f"{res.paired_ceiling_req_per_s:,.0f} req/s")
+            res.note += (
+                f"; paired {paired.name} runs: median {res.paired_ceiling_req_per_s:,.0f} req/s"
+            )
     except Exception as e:  # a broken scenario must not stop the others
         _fail(res, e, live, cfg)
     finally:
@@ -260,8 +277,7 @@ def fmt_ms(x: float | None) -> str:
 
 
 def markdown_table(results: list[Result], self_check: bool = False) -> str:
-    head = ("| scenario | req/s | throughput | p50 ms | p99 ms | errors | % of ceiling "
-            "| target |")
+    head = "| scenario | req/s | throughput | p50 ms | p99 ms | errors | % of ceiling | target |"
     lines = [head, "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         name = r.name
@@ -311,15 +327,28 @@ def fill_ratios(results: list[Result]) -> None:
 
 def environment(cfg: RunConfig) -> dict:
     versions = {}
-    for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "orjson", "mcp", "sqlalchemy",
-                "aiosqlite", "tanso-mcp"):
+    for pkg in (
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "orjson",
+        "mcp",
+        "sqlalchemy",
+        "aiosqlite",
+        "tanso-mcp",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     try:
-        commit = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except OSError:
         commit = ""
     cpu = ""
@@ -347,35 +376,57 @@ def environment(cfg: RunConfig) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark tanso-mcp beside a bare Starlette ceiling (loopback only).")
-    p.add_argument("--quick", action="store_true",
-                   help="3 s runs, 1 s warm-up, one repetition, 100 renewals")
-    p.add_argument("--scenarios", nargs="+", metavar="NAME",
-                   help="scenarios to run (names or comma lists; default: all). The ceilings "
-                        "they compare with are added.")
+        description="Benchmark tanso-mcp beside a bare Starlette ceiling (loopback only)."
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="3 s runs, 1 s warm-up, one repetition, 100 renewals"
+    )
+    p.add_argument(
+        "--scenarios",
+        nargs="+",
+        metavar="NAME",
+        help="scenarios to run (names or comma lists; default: all). The ceilings "
+        "they compare with are added.",
+    )
     p.add_argument("--json", metavar="OUT", help="also write all results as JSON to OUT")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("--duration", type=float, help="seconds per timed run (default 10)")
+    p.add_argument("--duration", type=float, help="seconds per timed run (default 6)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up (default 3)")
-    p.add_argument("--reps", type=int, help="timed runs per scenario, median kept (default 3)")
-    p.add_argument("--connections", type=int,
-                   help="concurrent connections (default 64; scenarios may set their own)")
+    p.add_argument("--reps", type=int, help="timed runs per scenario, median kept (default 5)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        help="concurrent connections (default 64; scenarios may set their own)",
+    )
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--renewals", type=int, help="subscriptions per advance (default 500)")
-    p.add_argument("--no-pin", action="store_true",
-                   help="do not pin the server to CPU 0 and wrk to CPU 1")
-    p.add_argument("--no-pair", action="store_true",
-                   help="do not time each scenario alternately with its ceiling; compare "
-                        "with the ceiling's own row instead")
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not pin the server to CPU 0 and wrk to CPU 1"
+    )
+    p.add_argument(
+        "--no-pair",
+        action="store_true",
+        help="do not time each scenario alternately with its ceiling; compare "
+        "with the ceiling's own row instead",
+    )
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
-    p.add_argument("--tanso-cmd", metavar="CMD",
-                   help="command that starts the product (default: tanso-mcp from this "
-                        "Python's environment or PATH); `serve --host --port` is appended")
-    p.add_argument("--self-check", action="store_true",
-                   help="check the harness: run the tanso-mcp scenarios against the in-memory "
-                        "stand-in bench/selfcheck_server.py (numbers mean nothing)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep each scenario's temporary directory (server log, database)")
+    p.add_argument(
+        "--tanso-cmd",
+        metavar="CMD",
+        help="command that starts the product (default: tanso-mcp from this "
+        "Python's environment or PATH); `serve --host --port` is appended",
+    )
+    p.add_argument(
+        "--self-check",
+        action="store_true",
+        help="check the harness: run the tanso-mcp scenarios against the in-memory "
+        "stand-in bench/selfcheck_server.py (numbers mean nothing)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep each scenario's temporary directory (server log, database)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -386,8 +437,7 @@ def select(names: list[str] | None) -> list[Scenario]:
     wanted = [n.strip() for arg in names for n in arg.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in BY_NAME]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; "
-                         f"known: {', '.join(BY_NAME)}")
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
     chosen: set[str] = set()
 
     def add(name: str) -> None:
@@ -413,9 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quick = args.quick
     cfg = RunConfig(
-        duration_s=args.duration or (3.0 if quick else 10.0),
+        duration_s=args.duration or (3.0 if quick else 6.0),
         warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
-        reps=args.reps or (1 if quick else 3),
+        reps=args.reps or (1 if quick else 5),
         connections=args.connections or 64,
         threads=max(1, args.threads),
         pin=not args.no_pin and (os.cpu_count() or 1) >= 2 and _has_taskset(),
@@ -434,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cannot run the benchmark: {e}")
         return 2
     env = environment(cfg)
-    log(f"bench: {len(chosen)} scenario(s); {cfg.duration_s:g}s x {cfg.reps} after "
+    log(
+        f"bench: {len(chosen)} scenario(s); {cfg.duration_s:g}s x {cfg.reps} after "
         f"{cfg.warmup_s:g}s warm-up; {cfg.connections} connections; {env['wrk']}; "
-        f"{env['cpus']} CPUs{' (server CPU 0, wrk CPU 1)' if cfg.pin else ''}")
+        f"{env['cpus']} CPUs{' (server CPU 0, wrk CPU 1)' if cfg.pin else ''}"
+    )
     results: list[Result] = []
     for s in chosen:
         log(f"[{s.name}] {s.description}")
@@ -451,14 +503,20 @@ def main(argv: list[str] | None = None) -> int:
             if BY_NAME[r.name].product:
                 r.note = ("[self-check: in-memory stand-in, not the product] " + r.note).strip()
     print()
-    print(f"tanso-mcp bench — {env['time']} — commit {env['commit'] or '?'} — "
-          f"{env['cpus']} CPUs {env['cpu_model']} — Python {env['python']} — {env['wrk']}")
-    print(f"{cfg.duration_s:g}s runs x {cfg.reps} (median) after {cfg.warmup_s:g}s warm-up, "
-          f"{cfg.connections} connections unless noted, "
-          f"{'server pinned to CPU 0 and wrk to CPU 1' if cfg.pin else 'no CPU pinning'}")
+    print(
+        f"tanso-mcp bench — {env['time']} — commit {env['commit'] or '?'} — "
+        f"{env['cpus']} CPUs {env['cpu_model']} — Python {env['python']} — {env['wrk']}"
+    )
+    print(
+        f"{cfg.duration_s:g}s runs x {cfg.reps} (median) after {cfg.warmup_s:g}s warm-up, "
+        f"{cfg.connections} connections unless noted, "
+        f"{'server pinned to CPU 0 and wrk to CPU 1' if cfg.pin else 'no CPU pinning'}"
+    )
     if args.self_check:
-        print("SELF-CHECK: the tanso-mcp rows ran against bench/selfcheck_server.py, an "
-              "in-memory stand-in; their numbers say nothing about the product.")
+        print(
+            "SELF-CHECK: the tanso-mcp rows ran against bench/selfcheck_server.py, an "
+            "in-memory stand-in; their numbers say nothing about the product."
+        )
     elif args.tanso_cmd:
         print(f"tanso-mcp started with: {args.tanso_cmd}")
     print()

@@ -49,8 +49,14 @@ def _ceiling_argv(app: str):
     def argv(sctx: ServerContext) -> list[str]:
         if app == "mcp" and importlib.util.find_spec("mcp") is None:
             raise ScenarioUnavailable("the `mcp` package is not installed in this Python")
-        return [sys.executable, str(BENCH_DIR / "ceiling.py"), "--port", str(sctx.port),
-                "--app", app]
+        return [
+            sys.executable,
+            str(BENCH_DIR / "ceiling.py"),
+            "--port",
+            str(sctx.port),
+            "--app",
+            app,
+        ]
 
     return argv
 
@@ -84,8 +90,13 @@ def _tanso_env(sctx: ServerContext) -> dict[str, str]:
     return {"TANSO_DATABASE_URL": f"sqlite+aiosqlite:///{sctx.tmpdir}/bench.db"}
 
 
-TANSO = Server(name="tanso-mcp serve (SQLite)", argv=_tanso_argv, env=_tanso_env,
-               ready_path="/readyz", startup_timeout_s=60)
+TANSO = Server(
+    name="tanso-mcp serve (SQLite)",
+    argv=_tanso_argv,
+    env=_tanso_env,
+    ready_path="/readyz",
+    startup_timeout_s=60,
+)
 
 # --------------------------------------------------------------------------- bodies
 
@@ -184,16 +195,16 @@ def check_mcp(status: int, js: Any) -> str | None:
 #    keeps unpaid invoices from pausing renewals. -> state["ref"], ["subscription_id"].
 #    An endpoint answering 404 -> n/a naming it.
 
-CATALOG = "the catalog API (MCP admin tools adminCreateFeature/adminCreatePlan/" \
-          "adminLinkFeatureToPlan/adminUpdatePlan)"
+CATALOG = (
+    "the catalog API (MCP admin tools adminCreateFeature/adminCreatePlan/"
+    "adminLinkFeatureToPlan/adminUpdatePlan)"
+)
 
 
 def tanso_admin_key(ctx: Context, timeout_s: float = 10) -> str:
     m = ctx.server.wait_for_output(r"(sk_test_[A-Za-z0-9_\-]+)", timeout_s)
     if not m:
-        raise ScenarioUnavailable(
-            "the server printed no sk_test_ admin key on its first start"
-        )
+        raise ScenarioUnavailable("the server printed no sk_test_ admin key on its first start")
     ctx.state["api_key"] = m.group(1)
     return m.group(1)
 
@@ -201,35 +212,64 @@ def tanso_admin_key(ctx: Context, timeout_s: float = 10) -> str:
 def tanso_catalog(ctx: Context) -> None:
     """One metered feature on one active monthly IN_ARREARS plan (see the contract above)."""
     feature_key, plan_key = "bench_api_calls", "bench_plan"
-    feature = ctx.mcp("adminCreateFeature",
-                      {"name": "Bench API calls", "key": feature_key,
-                       "description": "metered feature used by bench/"}, need=CATALOG)
+    feature = ctx.mcp(
+        "adminCreateFeature",
+        {
+            "name": "Bench API calls",
+            "key": feature_key,
+            "description": "metered feature used by bench/",
+        },
+        need=CATALOG,
+    )
     feature_id = find_key(feature, "featureId", "id")
-    plan = ctx.mcp("adminCreatePlan",
-                   {"key": plan_key, "name": "Bench plan", "priceAmount": "10.00",
-                    "description": "plan used by bench/", "intervalMonths": "1",
-                    "billingTiming": "IN_ARREARS"}, need=CATALOG)
+    plan = ctx.mcp(
+        "adminCreatePlan",
+        {
+            "key": plan_key,
+            "name": "Bench plan",
+            "priceAmount": "10.00",
+            "description": "plan used by bench/",
+            "intervalMonths": "1",
+            "billingTiming": "IN_ARREARS",
+        },
+        need=CATALOG,
+    )
     plan_id = find_key(plan, "planId", "id")
     if not feature_id or not plan_id:
         raise SetupError(f"no ids in the catalog answers: feature={feature!r} plan={plan!r}")
-    rule = {"pricing": {"model": "usage", "usage_unit_type": "api_calls",
-                        "price_per_unit": 0.001, "max_usage": 10**12}}
-    ctx.mcp("adminLinkFeatureToPlan",
-            {"planId": plan_id, "featureId": feature_id, "type": "BASE",
-             "valueJson": json.dumps(rule)}, need=CATALOG)
+    rule = {
+        "pricing": {
+            "model": "usage",
+            "usage_unit_type": "api_calls",
+            "price_per_unit": 0.001,
+            "max_usage": 10**12,
+        }
+    }
+    ctx.mcp(
+        "adminLinkFeatureToPlan",
+        {"planId": plan_id, "featureId": feature_id, "type": "BASE", "valueJson": json.dumps(rule)},
+        need=CATALOG,
+    )
     ctx.mcp("adminUpdatePlan", {"planId": plan_id, "status": "ACTIVE"}, need=CATALOG)
-    ctx.state.update(feature_key=feature_key, feature_id=feature_id, plan_id=plan_id,
-                     plan_key=plan_key)
+    ctx.state.update(
+        feature_key=feature_key, feature_id=feature_id, plan_id=plan_id, plan_key=plan_key
+    )
 
 
 def tanso_subscribed_customer(ctx: Context, ref: str) -> str:
     """Create customer `ref` and subscribe it to the bench plan; return the subscription id."""
-    ctx.api("POST", f"{API}/customers",
-            {"customerReferenceId": ref, "email": f"{ref}@bench.example"},
-            need="POST /customers")
-    data = ctx.api("POST", f"{API}/subscriptions",
-                   {"customerReferenceId": ref, "planKey": ctx.state["plan_key"],
-                    "gracePeriod": 36500}, need="POST /subscriptions")
+    ctx.api(
+        "POST",
+        f"{API}/customers",
+        {"customerReferenceId": ref, "email": f"{ref}@bench.example"},
+        need="POST /customers",
+    )
+    data = ctx.api(
+        "POST",
+        f"{API}/subscriptions",
+        {"customerReferenceId": ref, "planKey": ctx.state["plan_key"], "gracePeriod": 36500},
+        need="POST /subscriptions",
+    )
     sub = data.get("subscription", data) if isinstance(data, dict) else data
     sub_id = find_key(sub, "id", "subscriptionId")
     if not sub_id:
@@ -293,8 +333,7 @@ def run_renewal(ctx: Context, cfg: RunConfig) -> Measurement:
         _, end = _period(ctx, ids[0])
         to = (end + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
         t0 = time.perf_counter()
-        ctx.api("POST", f"{API}/test-clock/advance", {"to": to},
-                need="POST /test-clock/advance")
+        ctx.api("POST", f"{API}/test-clock/advance", {"to": to}, need="POST /test-clock/advance")
         times.append(time.perf_counter() - t0)
         for sid in (ids[0], ids[-1]):
             start, _ = _period(ctx, sid)
@@ -322,71 +361,123 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         name="ceiling_get",
         description="bare Starlette GET, small orjson document (the ceiling for GETs)",
-        server=CEILING, method="GET", path="/ceiling/get", is_ceiling=True,
+        server=CEILING,
+        method="GET",
+        path="/ceiling/get",
+        is_ceiling=True,
     ),
     Scenario(
         name="ceiling_post",
         description="bare Starlette POST, parses a one-event JSON body (ceiling for POSTs)",
-        server=CEILING, method="POST", path="/ceiling/post", headers=_JSON,
-        body=SINGLE_EVENT_BODY, setup=setup_ceiling_state, expect_status=(201,),
+        server=CEILING,
+        method="POST",
+        path="/ceiling/post",
+        headers=_JSON,
+        body=SINGLE_EVENT_BODY,
+        setup=setup_ceiling_state,
+        expect_status=(201,),
         is_ceiling=True,
     ),
     Scenario(
         name="ceiling_post_batch",
         description="bare Starlette POST, parses a 1000-event JSON body (ceiling for batches)",
-        server=CEILING, method="POST", path="/ceiling/post", headers=_JSON,
-        body=batch_body, setup=setup_ceiling_state, expect_status=(201,),
-        check=check_ceiling_batch, is_ceiling=True, items_per_request=BATCH_SIZE,
-        unit="events/s", connections=8,
+        server=CEILING,
+        method="POST",
+        path="/ceiling/post",
+        headers=_JSON,
+        body=batch_body,
+        setup=setup_ceiling_state,
+        expect_status=(201,),
+        check=check_ceiling_batch,
+        is_ceiling=True,
+        items_per_request=BATCH_SIZE,
+        unit="events/s",
+        connections=8,
     ),
     Scenario(
         name="ceiling_mcp",
         description="bare MCP SDK (stateless, JSON answers) no-op checkEntitlement tool",
-        server=CEILING_MCP, method="POST", path="/mcp", headers=mcp_headers(),
-        body=MCP_CHECK_BODY, setup=setup_ceiling_state, check=check_mcp,
-        is_ceiling=True, ceiling="ceiling_post",
+        server=CEILING_MCP,
+        method="POST",
+        path="/mcp",
+        headers=mcp_headers(),
+        body=MCP_CHECK_BODY,
+        setup=setup_ceiling_state,
+        check=check_mcp,
+        is_ceiling=True,
+        ceiling="ceiling_post",
     ),
     # ---- tanso-mcp (n/a with the reason until the product provides what they need) ----
     Scenario(
         name="entitlement_check",
         description="REST GET /entitlements/{ref}/{featureKey}, subscribed customer, "
-                    "metered feature",
-        server=TANSO, method="GET", path=API + "/entitlements/{{ref}}/{{feature_key}}",
-        headers={"X-API-Key": "{{api_key}}"}, setup=setup_tanso_customer,
-        check=check_entitlement, ceiling="ceiling_get", target=Target(pct_of_ceiling=0.60),
+        "metered feature",
+        server=TANSO,
+        method="GET",
+        path=API + "/entitlements/{{ref}}/{{feature_key}}",
+        headers={"X-API-Key": "{{api_key}}"},
+        setup=setup_tanso_customer,
+        check=check_entitlement,
+        ceiling="ceiling_get",
+        target=Target(pct_of_ceiling=0.60),
         product=True,
     ),
     Scenario(
         name="ingest_single",
         description="REST POST /events, one event, unique eventIdempotencyKey, durable "
-                    "when acknowledged",
-        server=TANSO, method="POST", path=API + "/events",
-        headers={**_JSON, "X-API-Key": "{{api_key}}"}, body=SINGLE_EVENT_BODY,
-        setup=setup_tanso_customer, expect_status=(201,), check=check_event,
-        ceiling="ceiling_post", target=Target(pct_of_ceiling=0.40), product=True,
+        "when acknowledged",
+        server=TANSO,
+        method="POST",
+        path=API + "/events",
+        headers={**_JSON, "X-API-Key": "{{api_key}}"},
+        body=SINGLE_EVENT_BODY,
+        setup=setup_tanso_customer,
+        expect_status=(201,),
+        check=check_event,
+        ceiling="ceiling_post",
+        target=Target(pct_of_ceiling=0.40),
+        product=True,
     ),
     Scenario(
         name="ingest_batch",
         description="REST POST /events/batch, 1000 events per request, unique keys",
-        server=TANSO, method="POST", path=API + "/events/batch",
-        headers={**_JSON, "X-API-Key": "{{api_key}}"}, body=batch_body,
-        setup=setup_tanso_customer, expect_status=(200, 201, 207), check=check_batch,
-        ceiling="ceiling_post_batch", items_per_request=BATCH_SIZE, unit="events/s",
-        connections=8, target=Target(min_throughput=50_000), product=True,
+        server=TANSO,
+        method="POST",
+        path=API + "/events/batch",
+        headers={**_JSON, "X-API-Key": "{{api_key}}"},
+        body=batch_body,
+        setup=setup_tanso_customer,
+        expect_status=(200, 201, 207),
+        check=check_batch,
+        ceiling="ceiling_post_batch",
+        items_per_request=BATCH_SIZE,
+        unit="events/s",
+        connections=8,
+        target=Target(min_throughput=50_000),
+        product=True,
     ),
     Scenario(
         name="mcp_tool_call",
         description="MCP tools/call checkEntitlement over Streamable HTTP, stateless "
-                    "2025-11-25 (no handshake)",
-        server=TANSO, method="POST", path="/mcp",
-        headers=mcp_headers("{{api_key}}"), body=MCP_CHECK_BODY,
-        setup=setup_tanso_customer, check=check_mcp, ceiling="ceiling_mcp", product=True,
+        "2025-11-25 (no handshake)",
+        server=TANSO,
+        method="POST",
+        path="/mcp",
+        headers=mcp_headers("{{api_key}}"),
+        body=MCP_CHECK_BODY,
+        setup=setup_tanso_customer,
+        check=check_mcp,
+        ceiling="ceiling_mcp",
+        product=True,
     ),
     Scenario(
         name="renewal",
         description="subscription renewals through POST /test-clock/advance "
-                    "(Python-driven, timed per advance)",
-        server=TANSO, setup=setup_renewal, run=run_renewal, unit="renewals/s",
+        "(Python-driven, timed per advance)",
+        server=TANSO,
+        setup=setup_renewal,
+        run=run_renewal,
+        unit="renewals/s",
         product=True,
     ),
 ]

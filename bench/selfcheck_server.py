@@ -87,16 +87,26 @@ async def create_subscription(request: Request) -> Response:
         return err("invalid_request", "planKey: no such active plan", 400)
     sid = str(uuid.uuid4())
     start = clock["now"]
-    subscriptions[sid] = {"id": sid, "status": "active", "planId": plan["id"],
-                          "customerReferenceId": body["customerReferenceId"],
-                          "start": start, "end": add_month(start)}
+    subscriptions[sid] = {
+        "id": sid,
+        "status": "active",
+        "planId": plan["id"],
+        "customerReferenceId": body["customerReferenceId"],
+        "start": start,
+        "end": add_month(start),
+    }
     return ok({"subscription": view(subscriptions[sid])}, 201)
 
 
 def view(sub: dict) -> dict:
-    return {"id": sub["id"], "status": sub["status"], "planId": sub["planId"],
-            "customerReferenceId": sub["customerReferenceId"],
-            "currentPeriodStart": iso(sub["start"]), "currentPeriodEnd": iso(sub["end"])}
+    return {
+        "id": sub["id"],
+        "status": sub["status"],
+        "planId": sub["planId"],
+        "customerReferenceId": sub["customerReferenceId"],
+        "currentPeriodStart": iso(sub["start"]),
+        "currentPeriodEnd": iso(sub["end"]),
+    }
 
 
 async def get_subscription(request: Request) -> Response:
@@ -109,8 +119,15 @@ async def entitlement(request: Request) -> Response:
         return err("unauthorized", "bad key", 401)
     ref, fk = request.path_params["ref"], request.path_params["fk"]
     allowed = ref in customers and fk in features
-    return ok({"customerReferenceId": ref, "featureKey": fk, "allowed": allowed,
-               "isAllowed": allowed, "usage": {"used": 0, "limit": 10**12}})
+    return ok(
+        {
+            "customerReferenceId": ref,
+            "featureKey": fk,
+            "allowed": allowed,
+            "isAllowed": allowed,
+            "usage": {"used": 0, "limit": 10**12},
+        }
+    )
 
 
 def ingest_one(ev: dict) -> tuple[str, str | None]:
@@ -127,8 +144,16 @@ async def events(request: Request) -> Response:
     status, eid = ingest_one(orjson.loads(await request.body()))
     if status == "duplicate":
         return err("duplicate_event", "duplicate", 409)
-    return ok({"eventId": eid, "usageLimitExceeded": False, "creditsDeducted": 0,
-               "overageUnits": 0, "customerAutoCreated": False}, 201)
+    return ok(
+        {
+            "eventId": eid,
+            "usageLimitExceeded": False,
+            "creditsDeducted": 0,
+            "overageUnits": 0,
+            "customerAutoCreated": False,
+        },
+        201,
+    )
 
 
 async def events_batch(request: Request) -> Response:
@@ -141,8 +166,10 @@ async def events_batch(request: Request) -> Response:
     acc = sum(r["status"] == "accepted" for r in results)
     # The harness sends unique keys only: a duplicate here means it is broken, and a 409
     # makes wrk count it as an error.
-    return ok({"results": results, "accepted": acc, "duplicates": len(results) - acc,
-               "errors": 0}, 200 if acc == len(results) else 409)
+    return ok(
+        {"results": results, "accepted": acc, "duplicates": len(results) - acc, "errors": 0},
+        200 if acc == len(results) else 409,
+    )
 
 
 async def advance(request: Request) -> Response:
@@ -188,12 +215,27 @@ async def mcp(request: Request) -> Response:
     try:
         out = tool(params.get("name"), params.get("arguments") or {})
     except KeyError as e:
-        return j({"jsonrpc": "2.0", "id": msg.get("id"),
-                  "result": {"isError": True, "content": [
-                      {"type": "text", "text": f"Unknown tool: {e}"}]}})
-    return j({"jsonrpc": "2.0", "id": msg.get("id"),
-              "result": {"content": [{"type": "text", "text": orjson.dumps(out).decode()}],
-                         "structuredContent": out, "isError": False}})
+        return j(
+            {
+                "jsonrpc": "2.0",
+                "id": msg.get("id"),
+                "result": {
+                    "isError": True,
+                    "content": [{"type": "text", "text": f"Unknown tool: {e}"}],
+                },
+            }
+        )
+    return j(
+        {
+            "jsonrpc": "2.0",
+            "id": msg.get("id"),
+            "result": {
+                "content": [{"type": "text", "text": orjson.dumps(out).decode()}],
+                "structuredContent": out,
+                "isError": False,
+            },
+        }
+    )
 
 
 @contextlib.asynccontextmanager
@@ -204,7 +246,8 @@ async def lifespan(app):
 
 app = Starlette(
     routes=[
-        Route("/healthz", health), Route("/readyz", health),
+        Route("/healthz", health),
+        Route("/readyz", health),
         Route(f"{API}/customers", create_customer, methods=["POST"]),
         Route(f"{API}/subscriptions", create_subscription, methods=["POST"]),
         Route(f"{API}/subscriptions/{{sid}}", get_subscription),
@@ -226,8 +269,15 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     a = p.parse_args()
-    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        app,
+        host=a.host,
+        port=a.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":
