@@ -250,9 +250,10 @@ class ServerProcess:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._reader.join(2)
                 raise SetupError(
-                    f"server exited with code {self.proc.returncode} before it was ready:\n"
-                    + self.tail()
+                    f"server exited with code {self.proc.returncode} before it was ready"
+                    f" ({self._last_line()})\n{self.tail()}"
                 )
             try:
                 status, _, _ = http_request(base_url, "GET", path, timeout=2)
@@ -262,7 +263,12 @@ class ServerProcess:
             except OSError as e:
                 last = str(e)
             time.sleep(0.1)
-        raise SetupError(f"server not ready after {timeout_s:.0f}s ({last}):\n" + self.tail())
+        raise SetupError(f"server not ready after {timeout_s:.0f}s ({last})\n{self.tail()}")
+
+    def _last_line(self) -> str:
+        with self._cond:
+            lines = [ln for ln in self._lines if ln.strip()]
+        return lines[-1].strip()[:200] if lines else "no output"
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc.poll() is None:

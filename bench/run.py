@@ -284,7 +284,7 @@ def markdown_table(results: list[Result], self_check: bool = False) -> str:
         if self_check and BY_NAME[r.name].product:
             name += " [self-check]"
         if r.status != "ok":
-            why = f"{r.status} ({r.reason})"
+            why = f"{r.status} ({r.reason})".replace("|", "\\|")
             lines.append(f"| {name} | {why} | | | | | | {r.target or ''} |")
             continue
         thr = f"{fmt_num(r.throughput)} {r.unit}"
