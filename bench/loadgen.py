@@ -68,7 +68,8 @@ def ensure_wrk(install: bool = True, log=print) -> str:
 
 def wrk_version(wrk: str) -> str:
     res = subprocess.run([wrk, "--version"], capture_output=True, text=True, timeout=10)
-    return (res.stdout + res.stderr).splitlines()[0].strip() if (res.stdout + res.stderr) else "?"
+    out = (res.stdout + res.stderr).strip()
+    return out.splitlines()[0].split(" Copyright")[0].strip() if out else "?"
 
 
 def assert_loopback(url: str) -> None:

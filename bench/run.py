@@ -10,8 +10,10 @@ ceiling measured in the same run on the same machine.
 Each scenario gets its own server process on a free 127.0.0.1 port (a fresh temporary
 directory, so a fresh database for the product), a setup hook, one probe request checked
 by Python, a wrk warm-up, then several timed wrk runs whose median is reported. The
-ceilings a selected scenario is compared with are always run too. This is a benchmark,
-not a test: it exits 0 unless the harness itself cannot run.
+ceilings a selected scenario is compared with are always run too, on their own and,
+unless --no-pair, alternately with the scenario (its "% of ceiling" is the median of
+the per-pair ratios). This is a benchmark, not a test: it exits 0 unless the harness
+itself cannot run. See bench/README.md.
 """
 
 from __future__ import annotations
