@@ -83,6 +83,34 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_stdio(args) -> int:
+    """MCP over stdio for desktop clients; the key comes from TANSO_API_KEY."""
+    from .bootstrap import build_context
+    from .tools.registry import all_handlers
+    from .tools.server import build_mcp_server
+
+    settings = _settings()
+    # stdout carries the protocol: logs go to stderr only
+    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    if not settings.api_key:
+        raise ConfigError("api_key (TANSO_API_KEY): set the API key the stdio server acts with")
+
+    async def run() -> int:
+        ctx = build_context(settings)
+        try:
+            await ctx.migrate()
+            principal = await ctx.keys.resolve(settings.api_key)
+            if principal is None:
+                raise ConfigError("api_key (TANSO_API_KEY): unknown or revoked API key")
+            server = build_mcp_server(ctx, all_handlers(), stdio_principal=principal)
+            await server.run_stdio_async()
+        finally:
+            await ctx.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def cmd_migrate(args) -> int:
     from .db.migrate import current_revision
 
@@ -175,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.set_defaults(fn=cmd_serve)
 
+    sub.add_parser("stdio", help="MCP over stdio (key from TANSO_API_KEY)").set_defaults(
+        fn=cmd_stdio
+    )
     sub.add_parser("migrate", help="apply database migrations").set_defaults(fn=cmd_migrate)
 
     k = sub.add_parser("keys", help="manage API keys")

@@ -68,11 +68,19 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     async def openapi(_: Request) -> Response:
         return Response(dumps(openapi_doc), media_type="application/json")
 
+    from ..tools.http import mcp_http_app
+    from ..tools.registry import all_handlers
+    from ..tools.server import build_mcp_server
+
+    mcp = mcp_http_app(build_mcp_server(ctx, all_handlers()), ctx.settings.allowed_hosts)
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.starlette_routes(ctx),
+        # the SDK's app routes on the unchanged path /mcp; a plain Route (not a Mount)
+        # keeps every other unknown path answering with our JSON 404
+        Route("/mcp", endpoint=mcp.app),
     ]
 
     async def http_error(_: Request, exc: HTTPException) -> Response:
@@ -103,7 +111,8 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
         try:
-            yield
+            async with mcp.lifespan():
+                yield
         finally:
             if task is not None:
                 task.cancel()
