@@ -6,9 +6,9 @@ from .server import ToolImpl, handlers_from
 
 
 def all_handlers() -> dict[str, ToolImpl]:
-    from .handlers import catalog
+    from .handlers import catalog, metering
 
     impls: dict[str, ToolImpl] = {}
-    for module in (catalog,):
+    for module in (catalog, metering):
         impls.update(handlers_from(module))
     return impls
