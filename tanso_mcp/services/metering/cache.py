@@ -27,9 +27,11 @@ Freshness rules — a check never serves a stale decision after a write in this 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -65,6 +67,14 @@ class Grant:
     feature_key: str
     rule_id: str
     rule: RuleValue | None
+    # the rule's max_usage as a JSON-friendly number (int when whole); None = unlimited
+    limit: Decimal | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule is not None and self.rule.pricing is not None:
+            m = self.rule.pricing.max_usage
+            if m is not None:
+                self.limit = int(m) if m == m.to_integral_value() else m
 
 
 @dataclass(slots=True)
@@ -125,6 +135,7 @@ class MeteringCache:
         self.counter_epoch: dict[CounterKey, int] = {}
         self.customer_epoch: dict[str, int] = {}
         self.loads = 0  # database loads, for tests
+        self._inflight: dict[Any, asyncio.Future] = {}
 
     # ------------------------------------------------------------------ envs
 
@@ -141,25 +152,63 @@ class MeteringCache:
 
     # ------------------------------------------------------------------ reads
 
+    async def _once(self, flight: Any, load: Any, valid: Any) -> Any:
+        """Single flight: concurrent misses of one entry share one database load (no
+        stampede when a popular entry expires). A caller that joined someone else's load
+        re-checks the result with ``valid`` (a metering commit or another write may have
+        landed while it was loading) and otherwise loads on its own."""
+        fut = self._inflight.get(flight)
+        if fut is not None:
+            result = await asyncio.shield(fut)
+            if valid(result):
+                return result
+            return await load()
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = fut
+        try:
+            result = await load()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: joiners re-raise it themselves
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
+            if self._inflight.get(flight) is fut:
+                del self._inflight[flight]
+
     async def customer(self, env_id: str, ref: str) -> CustomerInfo | None:
         cache = self.env(env_id)
         hit = cache.customers.get(ref)
         if hit is not None and self._fresh(hit[1]):
             return hit[0]
         gen = cache.generation
-        info, epoch = await self._load_customer(env_id, ref)
-        cache = self.env(env_id)
-        if (
-            cache.generation == gen
-            and (info is None or self.customer_epoch.get(info.id, 0) == epoch)
-            and self.ttl > 0
-        ):
-            self._trim(cache.customers)
-            cache.customers[ref] = (info, time.monotonic())
-            if info is not None:
-                cache.refs_by_customer[info.id] = ref
-                for pool in info.pools.values():
-                    cache.pools_by_id[pool.id] = pool
+
+        async def load() -> tuple[CustomerInfo | None, int, int]:
+            started = self.ctx.generation(env_id)
+            info, epoch = await self._load_customer(env_id, ref)
+            cache = self.env(env_id)
+            if (
+                cache.generation == started
+                and (info is None or self.customer_epoch.get(info.id, 0) == epoch)
+                and self.ttl > 0
+            ):
+                self._trim(cache.customers)
+                cache.customers[ref] = (info, time.monotonic())
+                if info is not None:
+                    cache.refs_by_customer[info.id] = ref
+                    for pool in info.pools.values():
+                        cache.pools_by_id[pool.id] = pool
+            return info, epoch, started
+
+        def valid(result: tuple[CustomerInfo | None, int, int]) -> bool:
+            info, epoch, started = result
+            return self.ctx.generation(env_id) == started and (
+                info is None or self.customer_epoch.get(info.id, 0) == epoch
+            )
+
+        info, _, _ = await self._once(("c", env_id, ref, gen), load, valid)
         return info
 
     async def feature(self, env_id: str, key: str) -> FeatureInfo | None:
@@ -167,21 +216,29 @@ class MeteringCache:
         hit = cache.features.get(key)
         if hit is not None and self._fresh(hit[1]):
             return hit[0]
-        gen = cache.generation
-        self.loads += 1
-        async with self.ctx.db.reader() as s:
-            row = (
-                await s.execute(
-                    select(Feature.id, Feature.key, Feature.is_enabled).where(
-                        Feature.environment_id == env_id, Feature.key == key
+
+        async def load() -> tuple[FeatureInfo | None, int]:
+            started = self.ctx.generation(env_id)
+            self.loads += 1
+            async with self.ctx.db.reader() as s:
+                row = (
+                    await s.execute(
+                        select(Feature.id, Feature.key, Feature.is_enabled).where(
+                            Feature.environment_id == env_id, Feature.key == key
+                        )
                     )
-                )
-            ).first()
-        info = None if row is None else FeatureInfo(row[0], row[1], bool(row[2]))
-        cache = self.env(env_id)
-        if cache.generation == gen and self.ttl > 0:
-            self._trim(cache.features)
-            cache.features[key] = (info, time.monotonic())
+                ).first()
+            info = None if row is None else FeatureInfo(row[0], row[1], bool(row[2]))
+            cache = self.env(env_id)
+            if cache.generation == started and self.ttl > 0:
+                self._trim(cache.features)
+                cache.features[key] = (info, time.monotonic())
+            return info, started
+
+        def valid(result: tuple[FeatureInfo | None, int]) -> bool:
+            return self.ctx.generation(env_id) == result[1]
+
+        info, _ = await self._once(("f", env_id, key), load, valid)
         return info
 
     async def counter(self, env_id: str, key: CounterKey) -> tuple[int, int]:
@@ -189,23 +246,31 @@ class MeteringCache:
         hit = cache.counters.get(key)
         if hit is not None and self._fresh(hit[2]):
             return hit[0], hit[1]
-        epoch = self.counter_epoch.get(key, 0)
-        self.loads += 1
-        async with self.ctx.db.reader() as s:
-            row = (
-                await s.execute(
-                    select(UsageCounter.used_q, UsageCounter.overage_q).where(
-                        UsageCounter.subscription_id == key[0],
-                        UsageCounter.feature_id == key[1],
-                        UsageCounter.window_start == key[2],
+
+        async def load() -> tuple[tuple[int, int], int]:
+            epoch = self.counter_epoch.get(key, 0)
+            self.loads += 1
+            async with self.ctx.db.reader() as s:
+                row = (
+                    await s.execute(
+                        select(UsageCounter.used_q, UsageCounter.overage_q).where(
+                            UsageCounter.subscription_id == key[0],
+                            UsageCounter.feature_id == key[1],
+                            UsageCounter.window_start == key[2],
+                        )
                     )
-                )
-            ).first()
-        value = (0, 0) if row is None else (int(row[0]), int(row[1]))
-        if self.counter_epoch.get(key, 0) == epoch and self.ttl > 0:
-            cache = self.env(env_id)
-            self._trim(cache.counters)
-            cache.counters[key] = (value[0], value[1], time.monotonic())
+                ).first()
+            value = (0, 0) if row is None else (int(row[0]), int(row[1]))
+            if self.counter_epoch.get(key, 0) == epoch and self.ttl > 0:
+                cache = self.env(env_id)
+                self._trim(cache.counters)
+                cache.counters[key] = (value[0], value[1], time.monotonic())
+            return value, epoch
+
+        def valid(result: tuple[tuple[int, int], int]) -> bool:
+            return self.counter_epoch.get(key, 0) == result[1]
+
+        value, _ = await self._once(("n", env_id, key), load, valid)
         return value
 
     def _trim(self, d: dict) -> None:

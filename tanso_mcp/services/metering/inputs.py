@@ -34,7 +34,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -50,6 +50,8 @@ MAX_UNITS = Decimal(10) ** 14  # usage_q must fit a signed 64-bit integer
 MAX_AMOUNT = Decimal(10) ** 12
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _UNIT_PLACES = Decimal("0.0001")
+_ONE = Decimal(1)
+_MAX_INT_UNITS = 10**14
 
 CLIENT_TRACKED = "CLIENT_TRACKED"
 ENTITLEMENT_CHECKED = "ENTITLEMENT_CHECKED"
@@ -115,9 +117,11 @@ class EventIn:
     flow_id: str | None = None
     event_type: str = CLIENT_TRACKED
     # extra context stamped on the stored event (entitlement audit flags, references)
-    context: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] | None = None
     # True when the key was generated here (no client retry can collide with it)
     key_generated: bool = False
+    # no cost, revenue, costInput, meta, flowId or references: the writer's fast path
+    simple: bool = False
 
 
 def _text(raw: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -126,13 +130,17 @@ def _text(raw: dict[str, Any], name: str, *, required: bool = False) -> str | No
         if required:
             raise InvalidRequest(f"{name} is required", field=name)
         return None
+    return _text_value(value, name)
+
+
+def _text_value(value: Any, name: str) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_TEXT and not value.isspace():
+        return value
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be a string", field=name)
     if not value.strip():
         raise InvalidRequest(f"{name} must not be empty", field=name)
-    if len(value) > MAX_TEXT:
-        raise InvalidRequest(f"{name} must be at most {MAX_TEXT} characters", field=name)
-    return value
+    raise InvalidRequest(f"{name} must be at most {MAX_TEXT} characters", field=name)
 
 
 def _number(value: Any, name: str, limit: Decimal) -> Decimal:
@@ -158,14 +166,22 @@ def units_to_q(units: Decimal) -> int:
     return int(units * QTY_SCALE)
 
 
+_GOOD_KEYS: set[str] = set()
+
+
 def check_feature_key(value: str, name: str = "featureKey") -> str:
-    if not _KEY_RE.match(value):
-        raise InvalidRequest(
-            f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
-            "starting with a letter or digit",
-            field=name,
-        )
-    return value
+    if value in _GOOD_KEYS:
+        return value
+    if _KEY_RE.match(value):
+        if len(_GOOD_KEYS) > 10_000:
+            _GOOD_KEYS.clear()
+        _GOOD_KEYS.add(value)
+        return value
+    raise InvalidRequest(
+        f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit",
+        field=name,
+    )
 
 
 def parse_event(
@@ -177,43 +193,62 @@ def parse_event(
     header_key: str | None = None,
 ) -> EventIn:
     """Validate one event object; raises ``InvalidRequest`` naming the field."""
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         raise InvalidRequest("an event must be a JSON object", field="body")
-    for name in raw:
-        if name not in FIELDS:
-            raise InvalidRequest(f"{name} is not a recognised event field", field=name)
+    if not FIELDS.issuperset(raw):
+        name = next(n for n in raw if n not in FIELDS)
+        raise InvalidRequest(f"{name} is not a recognised event field", field=name)
+    get = raw.get
 
-    key = header_key if header_key is not None else _text(raw, "eventIdempotencyKey")
+    if header_key is not None:
+        if not header_key.strip() or len(header_key) > MAX_TEXT:
+            raise InvalidRequest(
+                f"X-Idempotency-Key must be 1-{MAX_TEXT} characters", field="X-Idempotency-Key"
+            )
+        key = header_key
+    else:
+        key = get("eventIdempotencyKey")
+        if key is not None:
+            key = _text_value(key, "eventIdempotencyKey")
     generated = key is None
-    if header_key is not None and (not header_key.strip() or len(header_key) > MAX_TEXT):
-        raise InvalidRequest(
-            f"X-Idempotency-Key must be 1-{MAX_TEXT} characters", field="X-Idempotency-Key"
-        )
     if key is None:
         key = time_ordered_key()
 
-    event_name = _text(raw, "eventName", required=True)
+    event_name = get("eventName")
+    if event_name is None:
+        raise InvalidRequest("eventName is required", field="eventName")
+    event_name = _text_value(event_name, "eventName")
 
-    refs = [n for n in ("customerReferenceId", "customerId", "stripeCustomerId") if raw.get(n)]
-    if not refs:
-        raise InvalidRequest(
-            "customerReferenceId is required (or customerId / stripeCustomerId)",
-            field="customerReferenceId",
-        )
-    if len(refs) > 1:
-        raise InvalidRequest(
-            f"send one customer identifier, not several ({', '.join(refs)})", field=refs[1]
-        )
-    customer_ref = _text(raw, "customerReferenceId")
-    customer_id = _text(raw, "customerId")
-    stripe_id = _text(raw, "stripeCustomerId")
+    customer_ref = get("customerReferenceId")
+    customer_id = get("customerId")
+    stripe_id = get("stripeCustomerId")
+    given = (customer_ref is not None) + (customer_id is not None) + (stripe_id is not None)
+    if given != 1:
+        refs = [n for n in ("customerReferenceId", "customerId", "stripeCustomerId") if get(n)]
+        if not refs:
+            raise InvalidRequest(
+                "customerReferenceId is required (or customerId / stripeCustomerId)",
+                field="customerReferenceId",
+            )
+        if len(refs) > 1:
+            raise InvalidRequest(
+                f"send one customer identifier, not several ({', '.join(refs)})", field=refs[1]
+            )
+    if customer_ref is not None:
+        customer_ref = _text_value(customer_ref, "customerReferenceId")
+    if customer_id is not None:
+        customer_id = _text_value(customer_id, "customerId")
+    if stripe_id is not None:
+        stripe_id = _text_value(stripe_id, "stripeCustomerId")
 
-    feature_key = _text(raw, "featureKey")
+    feature_key = get("featureKey")
     if feature_key is not None:
-        check_feature_key(feature_key)
-    feature_id = _text(raw, "featureId")
+        feature_key = check_feature_key(_text_value(feature_key, "featureKey"))
+    feature_id = get("featureId")
+    if feature_id is not None:
+        feature_id = _text_value(feature_id, "featureId")
 
-    occurred_raw = raw.get("occurredAt")
+    occurred_raw = get("occurredAt")
     if occurred_raw is None:
         occurred_at = now
     else:
@@ -228,46 +263,68 @@ def parse_event(
                 field="occurredAt",
             )
 
-    units_raw = raw.get("usageUnits")
-    units = Decimal(1) if units_raw is None else parse_units(units_raw)
+    units_raw = get("usageUnits")
+    if units_raw is None:
+        units, usage_q = _ONE, QTY_SCALE
+    elif type(units_raw) is int and 0 <= units_raw < _MAX_INT_UNITS:
+        units, usage_q = Decimal(units_raw), units_raw * QTY_SCALE
+    else:
+        units = parse_units(units_raw)
+        usage_q = units_to_q(units)
 
-    cost_amount = raw.get("costAmount")
+    cost_amount = get("costAmount")
     if cost_amount is not None:
         cost_amount = _number(cost_amount, "costAmount", MAX_AMOUNT)
-    revenue = raw.get("revenueAmount")
+    revenue = get("revenueAmount")
     revenue_micros = (
         None if revenue is None else to_micros(_number(revenue, "revenueAmount", MAX_AMOUNT))
     )
-    cost_input = parse_cost_input(raw.get("costInput"), "costInput")
-    meta = raw.get("meta")
-    if meta is not None and not isinstance(meta, dict):
+    cost_input = get("costInput")
+    if cost_input is not None:
+        cost_input = parse_cost_input(cost_input, "costInput")
+    meta = get("meta")
+    if meta is not None and type(meta) is not dict:
         raise InvalidRequest("meta must be a JSON object", field="meta")
+    subscription_id = get("subscriptionId")
+    if subscription_id is not None:
+        subscription_id = _text_value(subscription_id, "subscriptionId")
+    flow_id = get("flowId")
+    if flow_id is not None:
+        flow_id = _text_value(flow_id, "flowId")
 
-    context: dict[str, Any] = {}
+    context: dict[str, Any] | None = None
     for name in ("entitlementId", "invoiceId"):
-        value = _text(raw, name)
+        value = get(name)
         if value is not None:
-            context[name] = value
+            context = context or {}
+            context[name] = _text_value(value, name)
 
     return EventIn(
-        environment_id=environment_id,
-        key=key,
-        event_name=event_name,
-        occurred_at=occurred_at,
-        now=now,
-        usage_q=units_to_q(units),
-        units=units,
-        customer_ref=customer_ref,
-        customer_id=customer_id,
-        stripe_customer_id=stripe_id,
-        feature_key=feature_key,
-        feature_id=feature_id,
-        subscription_id=_text(raw, "subscriptionId"),
-        cost_amount=cost_amount,
-        revenue_micros=revenue_micros,
-        cost_input=cost_input,
-        meta=meta,
-        flow_id=_text(raw, "flowId"),
-        context=context,
-        key_generated=generated,
+        environment_id,
+        key,
+        event_name,
+        occurred_at,
+        now,
+        usage_q,
+        units,
+        customer_ref,
+        customer_id,
+        stripe_id,
+        feature_key,
+        feature_id,
+        subscription_id,
+        cost_amount,
+        revenue_micros,
+        cost_input,
+        meta,
+        flow_id,
+        CLIENT_TRACKED,
+        context,
+        generated,
+        cost_amount is None
+        and revenue_micros is None
+        and cost_input is None
+        and meta is None
+        and flow_id is None
+        and context is None,
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...db.scale import QTY_SCALE
 from ...domain.credits import credits_for_units
-from ...domain.limits import limit_reached, remaining_usage, would_exceed
+from ...domain.limits import remaining_usage, would_exceed
 from ...domain.money import to_credit_units
 from ...errors import DuplicateEvent, InvalidRequest, NotFound, TansoError
 from ...principal import Principal
@@ -58,8 +58,15 @@ def metering(ctx: AppContext) -> Metering:
     return m
 
 
-def _q(value: int) -> Decimal:
-    return Decimal(value) / QTY_SCALE
+def _q(value: int) -> Decimal | int:
+    """A scaled quantity as a JSON-friendly number: an int when whole (orjson writes ints
+    natively, Decimals need a callback), else the exact Decimal."""
+    whole, rest = divmod(value, QTY_SCALE)
+    return whole if rest == 0 else Decimal(value) / QTY_SCALE
+
+
+def _num(value: Decimal) -> Decimal | int:
+    return int(value) if value == value.to_integral_value() else value
 
 
 # --------------------------------------------------------------------------- ingest
@@ -138,7 +145,18 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
     for index, o in zip(positions, outcomes, strict=True):
         if o.status == ACCEPTED:
             accepted += 1
-            results[index] = {"index": index, "status": "accepted", **outcome_data(o)}
+            # lean per-item answer (a batch answers 1000 of them): the defaults
+            # (usageLimitExceeded false, no credits, overage = the units sent, customer
+            # known) are left out
+            item = {"index": index, "status": "accepted", "eventId": o.event_id}
+            if o.limit_exceeded:
+                item["usageLimitExceeded"] = True
+            if o.credits_deducted:
+                item["creditsDeducted"] = o.credits_deducted
+                item["overageUnits"] = o.overage_units
+            if o.customer_auto_created:
+                item["customerAutoCreated"] = True
+            results[index] = item
         elif o.status == DUPLICATE:
             duplicates += 1
             results[index] = {
@@ -189,16 +207,19 @@ async def _decide_grant(
 ) -> Decision:
     rule = grant.rule
     d = Decision(True, sub=sub, grant=grant)
-    used = Decimal(0)
+    used: Decimal | int = 0
     limit = None
     if rule is not None and rule.pricing is not None:
         ws = window_start(sub.period, rule.pricing.reset_mode, now)
         used_q, _ = await cache.counter(env, (sub.id, grant.feature_id, ws))
         used = _q(used_q)
-        limit = rule.pricing.max_usage
-        d.usage = {"used": used, "limit": limit, "remaining": remaining_usage(used, limit)}
-        if limit_reached(used, limit):
-            d.allowed, d.reason = False, "Usage limit exceeded"
+        limit = grant.limit
+        if limit is None:
+            d.usage = {"used": used}
+        else:
+            d.usage = {"used": used, "limit": limit, "remaining": max(limit - used, 0)}
+            if used >= limit:
+                d.allowed, d.reason = False, "Usage limit exceeded"
     if rule is not None and rule.credits is not None:
         denom = rule.credits.denomination
         pool = customer.pools.get(denom)
@@ -211,11 +232,11 @@ async def _decide_grant(
                 available_q = min(available_q, link[1] - link[2])
         d.credit = {
             "denomination": denom,
-            "balance": _q(pool.balance_q) if pool is not None else Decimal(0),
-            "totalGranted": _q(pool.total_granted_q) if pool is not None else Decimal(0),
-            "totalConsumed": _q(pool.total_consumed_q) if pool is not None else Decimal(0),
+            "balance": _q(pool.balance_q) if pool is not None else 0,
+            "totalGranted": _q(pool.total_granted_q) if pool is not None else 0,
+            "totalConsumed": _q(pool.total_consumed_q) if pool is not None else 0,
             "hardLimit": hard,
-            "weight": rule.credits.weight,
+            "weight": _num(rule.credits.weight),
         }
         probe = requested if requested is not None else Decimal(1)
         needed_q = to_credit_units(credits_for_units(probe, rule.credits.weight))
@@ -225,11 +246,12 @@ async def _decide_grant(
         projected = used + requested
         exceed = would_exceed(used, requested, limit)
         d.simulation = {
-            "requestedUsage": requested,
-            "projectedUsage": projected,
-            "projectedRemaining": remaining_usage(projected, limit),
+            "requestedUsage": _num(requested),
+            "projectedUsage": _num(Decimal(projected)),
             "wouldExceedLimit": exceed,
         }
+        if limit is not None:
+            d.simulation["projectedRemaining"] = _num(remaining_usage(projected, limit))
         if d.allowed and exceed:
             d.allowed, d.reason = False, "Proposed usage would exceed limit"
     return d

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
@@ -31,6 +32,15 @@ def in_list(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
         params[name] = v
         names.append(":" + name)
     return ", ".join(names) if names else "NULL"
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...], style: str) -> str:
+    if style == "qmark":
+        marks = ", ".join("?" for _ in columns)
+    else:
+        marks = ", ".join(f":c{i}" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 class SqliteTx:
@@ -49,6 +59,11 @@ class SqliteTx:
     def many(self, sql: str, seq: Sequence[dict[str, Any]]) -> None:
         if seq:
             self.conn.executemany(sql, seq)
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        """Positional rows (no per-row dict: this is the events' hot path)."""
+        if rows:
+            self.conn.executemany(_insert_sql(table, columns, "qmark"), rows)
 
     @staticmethod
     def dt(value: datetime | None) -> str | None:
@@ -91,6 +106,14 @@ class AlchemyTx:
     def many(self, sql: str, seq: Sequence[dict[str, Any]]) -> None:
         if seq:
             self.conn.execute(text(sql), list(seq))
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        if rows:
+            names = [f"c{i}" for i in range(len(columns))]
+            self.conn.execute(
+                text(_insert_sql(table, columns, "named")),
+                [dict(zip(names, row, strict=True)) for row in rows],
+            )
 
     def dt(self, value: datetime | None) -> Any:
         if self.dialect == "sqlite":

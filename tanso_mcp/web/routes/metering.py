@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import InvalidRequest
 from ...services import metering as svc
 from ...services.metering.service import MAX_BATCH
+from ..hotpath import batch_events, loads_exact
 from ..jsonio import loads
 from ..routing import Api, Call, Page, Pagination, Result
 
@@ -161,7 +162,7 @@ class EvaluateDoc(BaseModel):
     errors=(409, 413),
 )
 async def post_event(call: Call):
-    raw = loads(await call.request.body())
+    raw = loads_exact(await call.request.body())
     header = call.request.headers.get("x-idempotency-key")
     data, status = await svc.ingest_event(call.ctx, call.principal, raw, header_key=header)
     return Result(data, status)
@@ -178,15 +179,8 @@ async def post_event(call: Call):
     errors=(413,),
 )
 async def post_event_batch(call: Call):
-    raw = loads(await call.request.body())
-    if not isinstance(raw, dict):
-        raise InvalidRequest("request body must be a JSON object", field="body")
-    extra = sorted(set(raw) - {"events"})
-    if extra:
-        raise InvalidRequest(f"{extra[0]} is not a recognised field", field=extra[0])
-    if "events" not in raw:
-        raise InvalidRequest("events is required", field="events")
-    return await svc.ingest_batch(call.ctx, call.principal, raw["events"])
+    events = batch_events(loads_exact(await call.request.body()))
+    return await svc.ingest_batch(call.ctx, call.principal, events)
 
 
 # --------------------------------------------------------------------------- entitlements
