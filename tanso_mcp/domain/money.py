@@ -228,9 +228,7 @@ def to_positive(value: Any, field: str) -> Decimal:
 def normalize_currency(code: Any, field: str = "currency") -> str:
     """Upper-case a three-letter currency code; ``InvalidRequest`` otherwise."""
     if not isinstance(code, str) or not _CURRENCY_RE.match(code.strip().upper()):
-        raise InvalidRequest(
-            f"{field} must be a three-letter ISO-4217 currency code", field=field
-        )
+        raise InvalidRequest(f"{field} must be a three-letter ISO-4217 currency code", field=field)
     return code.strip().upper()
 
 

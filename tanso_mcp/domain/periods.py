@@ -105,9 +105,7 @@ def _check_interval(interval_months: int) -> None:
         or not isinstance(interval_months, int)
         or interval_months < 1
     ):
-        raise InvalidRequest(
-            "intervalMonths must be a positive integer", field="intervalMonths"
-        )
+        raise InvalidRequest("intervalMonths must be a positive integer", field="intervalMonths")
 
 
 def period_bounds(
@@ -121,9 +119,7 @@ def period_bounds(
     return start, add_months(start, interval_months, anchor_day)
 
 
-def nth_period(
-    anchor: datetime, interval_months: int, index: int
-) -> tuple[datetime, datetime]:
+def nth_period(anchor: datetime, interval_months: int, index: int) -> tuple[datetime, datetime]:
     """Period number ``index`` (0 = the first) of a schedule that started at ``anchor``;
     every boundary is computed from the anchor, so Jan 31 gives Feb 28, Mar 31, Apr 30…"""
     anchor = ensure_utc(anchor, "anchor")

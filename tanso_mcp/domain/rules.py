@@ -767,7 +767,9 @@ def parse_cost_model(raw: Any, field: str = "cost") -> CostModel | None:
     return _parse_cost(data, field)
 
 
-def parse_default_cost_config(raw: Any, field: str = "defaultCostConfig") -> DefaultCostConfig | None:
+def parse_default_cost_config(
+    raw: Any, field: str = "defaultCostConfig"
+) -> DefaultCostConfig | None:
     """Parse an environment default cost config: ``{"model_costs"?, "default_cost_per_unit"?
     (alias ``default_input_cost_per_unit``), "default_output_cost_per_unit"?,
     "cost_unit"?}`` (``"model": "model_aware"`` tolerated). Empty -> ``None``."""
