@@ -317,7 +317,7 @@ def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list
                 raise _fail(field_path(path, key), f"duplicates {camel}")
             normalized[camel] = value
         try:
-            allocation = CreditAllocation.model_validate(normalized, by_alias=True)
+            allocation = CreditAllocation.model_validate(normalized)
         except ValidationError as exc:
             raise _translate(exc, path) from None
         if allocation.rollover_policy is RolloverPolicy.CAPPED and allocation.rollover_cap is None:
