@@ -189,6 +189,8 @@ def is_past_grace(due_at: datetime | date, grace_days: int, now: datetime) -> bo
     """Whether a ``DUE`` invoice has become ``PAST_DUE``: the UTC date of ``now`` is
     after ``due date + grace_days`` (Appendix B: due Mar 1, grace 3 -> past due from
     Mar 5 on). Day granularity, so the time of day of ``now`` does not matter."""
+    if isinstance(grace_days, bool) or not isinstance(grace_days, int) or grace_days < 0:
+        raise InvalidRequest("gracePeriod must be a whole number of days >= 0", field="gracePeriod")
     due = due_at if not isinstance(due_at, datetime) else ensure_utc(due_at, "dueDate").date()
     today = ensure_utc(now, "now").date()
     return today > due + timedelta(days=grace_days)

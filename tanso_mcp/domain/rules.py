@@ -147,8 +147,8 @@ def _positive(value: Decimal) -> Decimal:
 def _up_to(value: Any) -> Decimal | None:
     if isinstance(value, str) and value.strip().lower() in (INF, "infinity"):
         return None
-    if value is None:
-        raise PydanticCustomError("up_to", 'must be a number or "inf"')
+    if value is None:  # Python callers: None means "inf"; JSON null is refused earlier
+        return None
     try:
         number = coerce_decimal(value)
     except NumberError as exc:
@@ -213,7 +213,8 @@ class Tier(BaseModel):
     model_config = _CONFIG
 
     up_to: Annotated[Decimal | None, BeforeValidator(_up_to)]
-    """Upper bound (inclusive) of the bracket; ``None`` means ``"inf"``."""
+    """Upper bound (inclusive) of the bracket; ``None`` means ``"inf"`` (JSON ``null`` is
+    refused by :func:`parse_rule_value`; ``"inf"`` must be written out)."""
     price_per_unit: NonNegative
     flat_fee: NonNegative | None = None
 
@@ -497,7 +498,9 @@ def _translate(exc: ValidationError, path: str) -> InvalidRequest:
         message = f"must be {err.get('ctx', {}).get('expected')}"
     else:
         message = err["msg"]
-        if message[:1].isupper() and not message.startswith("Input"):
+        if message.startswith("Input should be "):
+            message = "must be " + message[len("Input should be ") :]
+        elif message[:1].isupper():
             message = message[0].lower() + message[1:]
     return _fail(where, message)
 
@@ -686,6 +689,15 @@ def _parse_pricing(value: Any, path: str) -> PricingModel | None:
             f"must be one of: {', '.join(PRICING_MODELS)} (got {data['model']!r})",
         )
     data["model"] = model
+    tiers = data.get("tiers")
+    if isinstance(tiers, list | tuple):
+        data["tiers"] = [
+            _snake(tier, field_path(path, "tiers", index)) if isinstance(tier, Mapping) else tier
+            for index, tier in enumerate(tiers)
+        ]
+        for index, tier in enumerate(data["tiers"]):
+            if isinstance(tier, dict) and "up_to" in tier and tier["up_to"] is None:
+                raise _fail(field_path(path, "tiers", index, "up_to"), 'must be a number or "inf"')
     if model == "usage":
         return _validate(UsagePricing, data, path)
     pricing: GraduatedPricing = _validate(GraduatedPricing, data, path)

@@ -1,0 +1,344 @@
+"""Credit maths (reference §2.9, §4.8, Appendix B "Credits before overage").
+
+* ``credits_for_units``: credits an event burns, ``units × weight`` rounded to 4 dp.
+* ``covered_units``: how many of an event's units the deducted credits paid for. The
+  reference floors ``deducted / weight`` to whole units. Usage may be fractional here,
+  so the floor is taken at the precision of the event's own units (whole units for a
+  whole-unit event, exactly the reference; 2 decimals for ``2.50`` units), and when the
+  deduction covered the event's full credit cost every unit is covered (no overage from
+  4-dp rounding). Without ``units`` the floor is to whole units. The remainder is
+  *overage*, which is what gets billed (``credit_coverage`` does both).
+* ``plan_draw``: spread an amount over a customer's pools of one denomination, lowest
+  ``draw_priority`` first (ties keep the caller's order, so pass pools in a stable order,
+  e.g. by creation), each giving ``min(still needed, balance, draw limit remaining)``,
+  skipping empty ones.
+* ``fifo_allocation``: spread an amount over a pool's grants, oldest first (ties by the
+  caller's order).
+* ``rollover_expiry``: what a pool loses at period end before the new grant: ``NONE``
+  everything, ``FULL`` nothing, ``CAPPED`` ``balance − cap`` when positive. Which grants
+  lose it is ``fifo_allocation(grants, expiry)`` (oldest first).
+
+All allocation functions return exact Decimals, never take more than is available, and
+take in total exactly ``min(amount, total available)``.
+
+Additions: :class:`Coverage`/:func:`credit_coverage`, :func:`credit_delta` (upgrade
+grants), :func:`plan_grant_key`, :class:`CreditAllocation` and
+:func:`parse_credit_allocations` (the ``creditAllocations`` JSON of
+``adminCreatePlan``/``adminUpdatePlan``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from enum import StrEnum
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from tanso_mcp.domain.money import decimal_context, dumps_json, round_credits
+from tanso_mcp.domain.periods import ensure_utc
+from tanso_mcp.domain.rules import (
+    NonNegative,
+    _denomination,
+    _fail,
+    _load,
+    _translate,
+    field_path,
+)
+
+__all__ = [
+    "Coverage",
+    "CreditAllocation",
+    "GrantSlice",
+    "PoolSlot",
+    "RolloverPolicy",
+    "covered_units",
+    "credit_coverage",
+    "credit_delta",
+    "credits_for_units",
+    "dumps_allocations",
+    "fifo_allocation",
+    "parse_credit_allocations",
+    "plan_draw",
+    "plan_grant_key",
+    "rollover_expiry",
+]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RolloverPolicy(StrEnum):
+    NONE = "NONE"
+    FULL = "FULL"
+    CAPPED = "CAPPED"
+
+
+def _amount(value: Decimal | int, name: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"{name} must be a Decimal or int, got {type(value).__name__}")
+    result = Decimal(value)
+    if not result.is_finite():
+        raise ValueError(f"{name} must be finite")
+    return result
+
+
+def credits_for_units(units: Decimal | int, weight: Decimal | int = 1) -> Decimal:
+    """Credits burnt by ``units`` at ``weight`` credits per unit, 4 dp half-up."""
+    with decimal_context():
+        return round_credits(_amount(units, "units") * _amount(weight, "weight"))
+
+
+def covered_units(
+    deducted: Decimal | int, weight: Decimal | int = 1, units: Decimal | int | None = None
+) -> Decimal:
+    """Units paid for by ``deducted`` credits (see the module docstring)."""
+    deducted = _amount(deducted, "deducted")
+    weight = _amount(weight, "weight")
+    if weight <= 0:
+        raise ValueError("weight must be > 0")
+    if deducted <= 0:
+        return Decimal(0)
+    if units is None:
+        places = 0
+        cap = None
+    else:
+        cap = _amount(units, "units")
+        if deducted >= credits_for_units(cap, weight):
+            return cap
+        exponent = cap.as_tuple().exponent
+        places = max(0, -exponent) if isinstance(exponent, int) else 0
+    with decimal_context():
+        covered = (deducted / weight).quantize(Decimal(1).scaleb(-places), rounding=ROUND_FLOOR)
+    if cap is not None:
+        covered = min(covered, cap)
+    return covered
+
+
+class Coverage(NamedTuple):
+    credits_needed: Decimal
+    credits_deducted: Decimal
+    covered_units: Decimal
+    overage_units: Decimal
+
+
+def credit_coverage(
+    units: Decimal | int, weight: Decimal | int, available: Decimal | int
+) -> Coverage:
+    """Deduct-before-overage for one event: ``available`` is what the pools can give
+    (sum of their draw limits). Appendix B: 130 units, weight 1, 100 available ->
+    ``(130, 100, 100, 30)``. With a hard limit the caller rejects the event instead when
+    ``credits_deducted < credits_needed``."""
+    units = _amount(units, "units")
+    needed = credits_for_units(units, weight)
+    available = max(_amount(available, "available"), Decimal(0))
+    deducted = min(needed, available)
+    covered = covered_units(deducted, weight, units)
+    with decimal_context():
+        overage = units - covered
+    return Coverage(needed, deducted, covered, overage)
+
+
+class PoolSlot(NamedTuple):
+    pool_id: Any
+    draw_priority: int
+    balance: Decimal
+    draw_limit_remaining: Decimal | None = None
+    """``None``: no per-period draw limit on this pool-subscription link."""
+
+
+def plan_draw(
+    pools: Iterable[PoolSlot | tuple[Any, int, Decimal, Decimal | None]],
+    amount: Decimal | int,
+) -> list[tuple[Any, Decimal]]:
+    """Ordered ``[(pool_id, take), …]`` covering as much of ``amount`` as possible."""
+    remaining = _amount(amount, "amount")
+    slots = [PoolSlot(*pool) for pool in pools]
+    order = sorted(range(len(slots)), key=lambda i: (slots[i].draw_priority, i))
+    plan: list[tuple[Any, Decimal]] = []
+    with decimal_context():
+        for i in order:
+            if remaining <= 0:
+                break
+            slot = slots[i]
+            room = _amount(slot.balance, "balance")
+            if slot.draw_limit_remaining is not None:
+                room = min(room, _amount(slot.draw_limit_remaining, "draw_limit_remaining"))
+            take = min(room, remaining)
+            if take > 0:
+                plan.append((slot.pool_id, take))
+                remaining -= take
+    return plan
+
+
+class GrantSlice(NamedTuple):
+    grant_id: Any
+    remaining: Decimal
+    order: Any
+    """Sort key, oldest first: typically ``created_at`` or ``(created_at, id)``."""
+
+
+def fifo_allocation(
+    grants: Iterable[GrantSlice | tuple[Any, Decimal, Any]], amount: Decimal | int
+) -> list[tuple[Any, Decimal]]:
+    """Ordered ``[(grant_id, take), …]`` consuming ``amount`` from the oldest grants."""
+    remaining = _amount(amount, "amount")
+    slices = [GrantSlice(*grant) for grant in grants]
+    order = sorted(range(len(slices)), key=lambda i: (slices[i].order, i))
+    plan: list[tuple[Any, Decimal]] = []
+    with decimal_context():
+        for i in order:
+            if remaining <= 0:
+                break
+            grant = slices[i]
+            take = min(_amount(grant.remaining, "remaining"), remaining)
+            if take > 0:
+                plan.append((grant.grant_id, take))
+                remaining -= take
+    return plan
+
+
+def rollover_expiry(
+    policy: RolloverPolicy | str, cap: Decimal | int | None, balance: Decimal | int
+) -> Decimal:
+    """Credits to expire at period end under ``policy`` (never negative)."""
+    policy = RolloverPolicy(policy.upper() if isinstance(policy, str) else policy)
+    balance = max(_amount(balance, "balance"), Decimal(0))
+    if policy is RolloverPolicy.FULL:
+        return Decimal(0)
+    if policy is RolloverPolicy.NONE:
+        return balance
+    if cap is None:
+        raise ValueError("CAPPED rollover needs a cap")
+    with decimal_context():
+        return max(balance - max(_amount(cap, "cap"), Decimal(0)), Decimal(0))
+
+
+def credit_delta(
+    old: Mapping[str, Decimal | int], new: Mapping[str, Decimal | int]
+) -> dict[str, Decimal]:
+    """Per denomination, what an upgrade grants now: ``new − old`` when positive
+    (reference §4.5 "credit delta rule"); denominations that do not grow are omitted."""
+    out: dict[str, Decimal] = {}
+    with decimal_context():
+        for denomination, amount in new.items():
+            delta = _amount(amount, "amount") - _amount(old.get(denomination, 0), "amount")
+            if delta > 0:
+                out[denomination] = delta
+    return out
+
+
+def plan_grant_key(subscription_id: Any, denomination: str, period_start: datetime) -> str:
+    """Idempotency key of a period's plan grant (reference §4.8):
+    ``plan_grant_<subscriptionId>_<DENOMINATION>_<periodStartEpochMillis>``."""
+    start = ensure_utc(period_start, "periodStart")
+    millis = (start - _EPOCH) // timedelta(milliseconds=1)
+    return f"plan_grant_{subscription_id}_{denomination}_{millis}"
+
+
+# ---------------------------------------------------------------------------
+# plan credit allocations
+
+
+class CreditAllocation(BaseModel):
+    """One entry of a plan's ``creditAllocations``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    denomination: Annotated[str, BeforeValidator(_denomination)]
+    credit_amount: NonNegative = Field(alias="creditAmount")
+    grant_expires_months: Annotated[int, Field(ge=1, le=1200, strict=True)] | None = Field(
+        default=None, alias="grantExpiresMonths"
+    )
+    hard_limit: Annotated[bool, Field(strict=True)] | None = Field(default=None, alias="hardLimit")
+    rollover_policy: (
+        Annotated[
+            RolloverPolicy,
+            BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v),
+        ]
+        | None
+    ) = Field(default=None, alias="rolloverPolicy")
+    rollover_cap: NonNegative | None = Field(default=None, alias="rolloverCap")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "denomination": self.denomination,
+            "creditAmount": self.credit_amount,
+        }
+        if self.grant_expires_months is not None:
+            out["grantExpiresMonths"] = self.grant_expires_months
+        if self.hard_limit is not None:
+            out["hardLimit"] = self.hard_limit
+        if self.rollover_policy is not None:
+            out["rolloverPolicy"] = self.rollover_policy.value
+        if self.rollover_cap is not None:
+            out["rolloverCap"] = self.rollover_cap
+        return out
+
+
+_ALLOCATION_KEYS = {
+    "denomination": "denomination",
+    "creditAmount": "credit_amount",
+    "grantExpiresMonths": "grant_expires_months",
+    "hardLimit": "hard_limit",
+    "rolloverPolicy": "rollover_policy",
+    "rolloverCap": "rollover_cap",
+}
+
+
+def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list[CreditAllocation]:
+    """Parse a ``creditAllocations`` JSON string (or already-parsed list): a list of
+    ``{"denomination", "creditAmount" >= 0, "grantExpiresMonths"? (1..1200),
+    "hardLimit"? (bool), "rolloverPolicy"? NONE|FULL|CAPPED, "rolloverCap"? >= 0}``.
+    ``None``/blank -> ``[]``. ``rolloverCap`` is required with ``CAPPED`` and refused with
+    the other policies; a denomination may appear once. Keys are camelCase (snake_case
+    accepted)."""
+    if isinstance(raw, str | bytes | bytearray):
+        data = _load(raw, field)
+    else:
+        data = raw
+    if data is None:
+        return []
+    if isinstance(data, Mapping) or not isinstance(data, list | tuple):
+        raise _fail(field, "must be a JSON array of allocation objects")
+    out: list[CreditAllocation] = []
+    seen: set[str] = set()
+    for index, item in enumerate(data):
+        path = field_path(field, index)
+        if not isinstance(item, Mapping):
+            raise _fail(path, "must be an object")
+        snake_to_camel = {v: k for k, v in _ALLOCATION_KEYS.items()}
+        normalized: dict[str, Any] = {}
+        for key, value in item.items():
+            camel = snake_to_camel.get(key, key)
+            if camel in normalized:
+                raise _fail(field_path(path, key), f"duplicates {camel}")
+            normalized[camel] = value
+        try:
+            allocation = CreditAllocation.model_validate(normalized)
+        except ValidationError as exc:
+            raise _translate(exc, path) from None
+        if allocation.rollover_policy is RolloverPolicy.CAPPED and allocation.rollover_cap is None:
+            raise _fail(
+                field_path(path, "rolloverCap"), "is required when rolloverPolicy is CAPPED"
+            )
+        if allocation.rollover_cap is not None and allocation.rollover_policy is not (
+            RolloverPolicy.CAPPED
+        ):
+            raise _fail(
+                field_path(path, "rolloverCap"), "is only allowed with rolloverPolicy CAPPED"
+            )
+        if allocation.denomination in seen:
+            raise _fail(
+                field_path(path, "denomination"), f"{allocation.denomination} is listed twice"
+            )
+        seen.add(allocation.denomination)
+        out.append(allocation)
+    return out
+
+
+def dumps_allocations(allocations: Iterable[CreditAllocation]) -> str:
+    """JSON text of allocations (exact numbers)."""
+    return dumps_json([allocation.to_json() for allocation in allocations])
