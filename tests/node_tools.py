@@ -186,31 +186,38 @@ def _proxy_app(upstream: str, key: str, client: httpx.AsyncClient):
 
 
 @asynccontextmanager
+async def serve_asgi(app) -> AsyncIterator[str]:
+    """Any ASGI app under uvicorn on a free loopback port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        http="h11",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+        date_header=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
 async def key_injecting_proxy(upstream: str, key: str) -> AsyncIterator[str]:
     """A loopback proxy in front of ``upstream`` (a base URL) that authenticates every
     request with ``key``; yields the proxy's base URL."""
-    port = free_port()
     async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=None)) as client:
-        config = uvicorn.Config(
-            _proxy_app(upstream, key, client),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            loop="asyncio",
-            http="h11",
-            timeout_graceful_shutdown=2,
-            server_header=False,
-            date_header=False,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
+        async with serve_asgi(_proxy_app(upstream, key, client)) as base:
+            yield base

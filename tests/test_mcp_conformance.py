@@ -11,10 +11,13 @@ and on any listed scenario that passes (a stale entry), like the suite's own
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 
 from tests.mcp_helpers import live_server
@@ -24,6 +27,7 @@ from tests.node_tools import (
     key_injecting_proxy,
     require_node_tools,
     run_node,
+    serve_asgi,
 )
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +124,118 @@ async def test_official_conformance_suite(ctx, tenant, tmp_path):
     assert MUST_PASS <= results.keys() - failing
     # the suite's own baseline verdict agrees
     assert run.returncode == 0, output
+
+
+# --- the authenticating proxy itself --------------------------------------------------
+
+
+def _fake_upstream(events: dict[str, asyncio.Event]):
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        start = {"type": "http.response.start", "status": 200}
+        if scope["path"] == "/echo":
+            headers = {}
+            for k, v in scope["headers"]:
+                headers.setdefault(k.decode(), []).append(v.decode())
+            payload = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "query": scope["query_string"].decode(),
+                "body": body.decode(),
+                "headers": headers,
+            }
+            await send({**start, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+            return
+        await send({**start, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: 0\n\n", "more_body": True})
+        if scope["path"] == "/stream":
+            # the next event only once the client has seen the first one
+            await events["first_seen"].wait()
+            await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+            return
+        # /forever: an SSE stream that never sends again, until the client goes away
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        events["upstream_disconnected"].set()
+
+    return app
+
+
+async def test_proxy_injects_the_key_and_forwards_the_rest():
+    events = {"first_seen": asyncio.Event(), "upstream_disconnected": asyncio.Event()}
+    async with (
+        serve_asgi(_fake_upstream(events)) as upstream,
+        key_injecting_proxy(upstream, "sk_test_injected") as proxy,
+        httpx.AsyncClient(timeout=5) as http,
+    ):
+        r = await http.post(
+            f"{proxy}/echo?a=1",
+            content=b'{"x": 1}',
+            headers={
+                "X-API-Key": "client-key",
+                "Authorization": "Bearer client-token",
+                "Origin": "http://evil.example.com",
+                "Host": "evil.example.com",
+            },
+        )
+        seen = r.json()
+        assert (seen["method"], seen["path"], seen["query"]) == ("POST", "/echo", "a=1")
+        assert seen["body"] == '{"x": 1}'
+        assert seen["headers"]["x-api-key"] == ["sk_test_injected"]
+        assert "authorization" not in seen["headers"]
+        # Host and Origin reach the server as the client sent them (DNS-rebinding check)
+        assert seen["headers"]["host"] == ["evil.example.com"]
+        assert seen["headers"]["origin"] == ["http://evil.example.com"]
+
+        # streamed responses are passed on chunk by chunk, not buffered
+        with anyio.fail_after(5):
+            async with http.stream("GET", f"{proxy}/stream") as r:
+                assert r.headers["content-type"] == "text/event-stream"
+                chunks = r.aiter_raw()
+                assert await anext(chunks) == b"data: 0\n\n"
+                events["first_seen"].set()
+                assert b"".join([c async for c in chunks]) == b"data: 1\n\n"
+
+        # a stream that never ends is closed upstream when the client goes away
+        with anyio.fail_after(5):
+            async with http.stream("GET", f"{proxy}/forever") as r:
+                assert await anext(r.aiter_raw()) == b"data: 0\n\n"
+            await events["upstream_disconnected"].wait()
+
+
+async def test_proxy_in_front_of_the_server(ctx, tenant):
+    headers = {"Accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    async with (
+        live_server(ctx) as base,
+        key_injecting_proxy(base, tenant.key("admin")) as proxy,
+        httpx.AsyncClient(timeout=5) as http,
+    ):
+        assert (await http.post(f"{base}/mcp", json=init, headers=headers)).status_code == 401
+        r = await http.post(f"{proxy}/mcp", json=init, headers=headers)
+        assert r.status_code == 200
+        assert r.json()["result"]["serverInfo"]["name"] == "tanso-mcp"
+        r = await http.post(
+            f"{proxy}/mcp", json=init, headers={**headers, "Host": "evil.example.com"}
+        )
+        assert r.status_code == 421  # the server's own DNS-rebinding check
