@@ -42,11 +42,11 @@ same model). Prices as published up to late 2025; check before relying on them.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from tanso_mcp.domain.money import (
@@ -342,6 +342,11 @@ def match_model_name(name: str, keys: Iterable[str]) -> tuple[str, bool] | None:
     return by_lower[best], True
 
 
+@lru_cache(maxsize=4096)
+def _match_builtin(model: str) -> tuple[str, bool] | None:
+    return match_model_name(model, _BUILTIN.keys())
+
+
 @dataclass(frozen=True)
 class ModelPriceMatch:
     requested: str
@@ -371,7 +376,12 @@ def lookup_model_price(
     built-in entries of the same model."""
     day = ensure_utc(at, "at").date()
     override_index = _index(overrides) if overrides else {}
-    found = match_model_name(model, {**_BUILTIN, **override_index}.keys())
+    if override_index:
+        found = match_model_name(model, {**_BUILTIN, **override_index}.keys())
+    elif isinstance(model, str):
+        found = _match_builtin(model)
+    else:
+        found = None
     if found is None:
         return None
     key, fuzzy = found

@@ -253,13 +253,20 @@ class CreditAllocation(BaseModel):
         default=None, alias="grantExpiresMonths"
     )
     hard_limit: Annotated[bool, Field(strict=True)] | None = Field(default=None, alias="hardLimit")
-    rollover_policy: Annotated[
-        RolloverPolicy, BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)
-    ] | None = Field(default=None, alias="rolloverPolicy")
+    rollover_policy: (
+        Annotated[
+            RolloverPolicy,
+            BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v),
+        ]
+        | None
+    ) = Field(default=None, alias="rolloverPolicy")
     rollover_cap: NonNegative | None = Field(default=None, alias="rolloverCap")
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"denomination": self.denomination, "creditAmount": self.credit_amount}
+        out: dict[str, Any] = {
+            "denomination": self.denomination,
+            "creditAmount": self.credit_amount,
+        }
         if self.grant_expires_months is not None:
             out["grantExpiresMonths"] = self.grant_expires_months
         if self.hard_limit is not None:
@@ -310,17 +317,23 @@ def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list
                 raise _fail(field_path(path, key), f"duplicates {camel}")
             normalized[camel] = value
         try:
-            allocation = CreditAllocation.model_validate(normalized, by_alias=True)
+            allocation = CreditAllocation.model_validate(normalized)
         except ValidationError as exc:
             raise _translate(exc, path) from None
         if allocation.rollover_policy is RolloverPolicy.CAPPED and allocation.rollover_cap is None:
-            raise _fail(field_path(path, "rolloverCap"), "is required when rolloverPolicy is CAPPED")
+            raise _fail(
+                field_path(path, "rolloverCap"), "is required when rolloverPolicy is CAPPED"
+            )
         if allocation.rollover_cap is not None and allocation.rollover_policy is not (
             RolloverPolicy.CAPPED
         ):
-            raise _fail(field_path(path, "rolloverCap"), "is only allowed with rolloverPolicy CAPPED")
+            raise _fail(
+                field_path(path, "rolloverCap"), "is only allowed with rolloverPolicy CAPPED"
+            )
         if allocation.denomination in seen:
-            raise _fail(field_path(path, "denomination"), f"{allocation.denomination} is listed twice")
+            raise _fail(
+                field_path(path, "denomination"), f"{allocation.denomination} is listed twice"
+            )
         seen.add(allocation.denomination)
         out.append(allocation)
     return out

@@ -52,12 +52,12 @@ def margin_status(margin: Decimal | int) -> MarginStatus:
     return MarginStatus.UNDERWATER
 
 
-def monthly_recurring_revenue(
-    price: Decimal | int, interval_months: int, currency: str
-) -> Decimal:
+def monthly_recurring_revenue(price: Decimal | int, interval_months: int, currency: str) -> Decimal:
     """``$600`` per 3 months -> ``200.00``."""
-    if isinstance(interval_months, bool) or not isinstance(interval_months, int) or (
-        interval_months < 1
+    if (
+        isinstance(interval_months, bool)
+        or not isinstance(interval_months, int)
+        or (interval_months < 1)
     ):
         raise ValueError("interval_months must be a positive integer")
     with decimal_context():

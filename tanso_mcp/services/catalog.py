@@ -3,9 +3,7 @@ credit allocations. Every query is scoped to the caller's environment."""
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -15,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import CreditModel, Feature, Plan, PlanCreditAllocation, PlanFeature
 from ..db.scale import int_to_qty, qty_to_int
+from ..domain.credits import CreditAllocation, parse_credit_allocations
 from ..domain.money import from_minor, normalize_currency, parse_money_amount, to_decimal, to_minor
 from ..domain.rules import RuleValue, parse_rule_value
 from ..errors import Conflict, InvalidRequest, NotFound
@@ -177,90 +176,6 @@ async def update_feature(
 # --------------------------------------------------------------------------- credit models
 
 
-@dataclass
-class AllocationInput:
-    denomination: str
-    credit_amount: Decimal
-    grant_expires_months: int | None
-    hard_limit: bool | None
-    rollover_policy: str | None
-    rollover_cap: Decimal | None
-
-
-def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list[AllocationInput]:
-    """`creditAllocations`: a JSON string (or an already-parsed list) of
-    {denomination, creditAmount, grantExpiresMonths?, hardLimit?, rolloverPolicy?, rolloverCap?}."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw, parse_float=Decimal) if raw.strip() else []
-        except ValueError as exc:
-            raise InvalidRequest(f"{field} is not valid JSON: {exc}", field=field) from None
-    if not isinstance(raw, list):
-        raise InvalidRequest(f"{field} must be a JSON array", field=field)
-    out: list[AllocationInput] = []
-    seen: set[str] = set()
-    allowed = {
-        "denomination",
-        "creditAmount",
-        "grantExpiresMonths",
-        "hardLimit",
-        "rolloverPolicy",
-        "rolloverCap",
-    }
-    for i, item in enumerate(raw):
-        p = f"{field}[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{p} must be an object", field=p)
-        extra = set(item) - allowed
-        if extra:
-            name = sorted(extra)[0]
-            raise InvalidRequest(f"{p}.{name} is not a recognised field", field=f"{p}.{name}")
-        denom = item.get("denomination")
-        if not isinstance(denom, str) or not DENOM_RE.match(denom.upper()):
-            raise InvalidRequest(
-                "denomination must be an identifier such as AI_TOKENS", field=f"{p}.denomination"
-            )
-        denom = denom.upper()
-        if denom in seen:
-            raise InvalidRequest(
-                f"denomination {denom} is allocated twice", field=f"{p}.denomination"
-            )
-        seen.add(denom)
-        if "creditAmount" not in item:
-            raise InvalidRequest("creditAmount is required", field=f"{p}.creditAmount")
-        amount = to_decimal(item["creditAmount"], f"{p}.creditAmount")
-        if amount <= 0 or amount != amount.quantize(Decimal("0.0001")):
-            raise InvalidRequest(
-                "creditAmount must be > 0 with at most 4 decimal places", field=f"{p}.creditAmount"
-            )
-        gem = item.get("grantExpiresMonths")
-        if gem is not None:
-            gem_d = to_decimal(gem, f"{p}.grantExpiresMonths")
-            if gem_d != gem_d.to_integral_value() or not 1 <= gem_d <= 120:
-                raise InvalidRequest(
-                    "grantExpiresMonths must be a whole number from 1 to 120",
-                    field=f"{p}.grantExpiresMonths",
-                )
-            gem = int(gem_d)
-        hard = item.get("hardLimit")
-        if hard is not None and not isinstance(hard, bool):
-            raise InvalidRequest("hardLimit must be true or false", field=f"{p}.hardLimit")
-        policy = item.get("rolloverPolicy")
-        if policy is not None:
-            policy = parse_choice(policy, f"{p}.rolloverPolicy", ROLLOVER)
-        cap = item.get("rolloverCap")
-        if cap is not None:
-            cap = to_decimal(cap, f"{p}.rolloverCap")
-            if cap < 0:
-                raise InvalidRequest("rolloverCap must be >= 0", field=f"{p}.rolloverCap")
-        if policy == "CAPPED" and cap is None:
-            raise InvalidRequest(
-                "rolloverPolicy CAPPED needs a rolloverCap", field=f"{p}.rolloverCap"
-            )
-        out.append(AllocationInput(denom, amount, gem, hard, policy, cap))
-    return out
-
-
 async def upsert_credit_model(
     s: AsyncSession,
     env: str,
@@ -303,7 +218,7 @@ async def upsert_credit_model(
 
 
 async def _replace_allocations(
-    s: AsyncSession, env: str, now: datetime, plan: Plan, allocations: list[AllocationInput]
+    s: AsyncSession, env: str, now: datetime, plan: Plan, allocations: list[CreditAllocation]
 ) -> None:
     await s.execute(delete(PlanCreditAllocation).where(PlanCreditAllocation.plan_id == plan.id))
     for a in allocations:
@@ -313,7 +228,7 @@ async def _replace_allocations(
             now,
             a.denomination,
             hard_limit=a.hard_limit,
-            rollover_policy=a.rollover_policy,
+            rollover_policy=a.rollover_policy.value if a.rollover_policy else None,
             rollover_cap=a.rollover_cap,
         )
         s.add(

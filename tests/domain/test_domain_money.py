@@ -203,7 +203,7 @@ def test_json_number_and_dumps():
     assert json_number(D("1E-7")) == "0.0000001"
     assert json_number(D("-0.00")) == "0.00"
     assert json_number(5) == "5"
-    text = dumps_json({"a": [D("0.10"), 1, None, True, False, "é\""], "b": {"c": D("5.00")}})
+    text = dumps_json({"a": [D("0.10"), 1, None, True, False, 'é"'], "b": {"c": D("5.00")}})
     assert text == '{"a":[0.10,1,null,true,false,"é\\""],"b":{"c":5.00}}'
     with pytest.raises(TypeError):
         dumps_json({"a": 0.1})

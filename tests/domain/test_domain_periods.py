@@ -109,8 +109,16 @@ def test_period_bounds_and_month_end_schedule():
 
 def test_period_containing():
     anchor = utc(2025, 1, 31, 10)
-    assert period_containing(anchor, 1, utc(2025, 3, 5)) == (1, utc(2025, 2, 28, 10), utc(2025, 3, 31, 10))
-    assert period_containing(anchor, 1, utc(2025, 2, 28, 10)) == (1, utc(2025, 2, 28, 10), utc(2025, 3, 31, 10))
+    assert period_containing(anchor, 1, utc(2025, 3, 5)) == (
+        1,
+        utc(2025, 2, 28, 10),
+        utc(2025, 3, 31, 10),
+    )
+    assert period_containing(anchor, 1, utc(2025, 2, 28, 10)) == (
+        1,
+        utc(2025, 2, 28, 10),
+        utc(2025, 3, 31, 10),
+    )
     assert period_containing(anchor, 1, utc(2025, 2, 28, 9))[0] == 0
     assert period_containing(anchor, 1, anchor)[0] == 0
     assert period_containing(anchor, 1, utc(2024, 12, 31, 10))[0] == -1
@@ -155,7 +163,9 @@ def test_grace_period_appendix_b():
 
 # --- properties --------------------------------------------------------------
 
-aware = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC))
+aware = st.datetimes(
+    min_value=datetime(1990, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
 
 
 @PROPS

@@ -116,7 +116,9 @@ def test_charges_from_parsed_seed_rule():
 
 # --- properties --------------------------------------------------------------
 
-units_st = st.decimals(min_value=0, max_value=10**7, places=3, allow_nan=False, allow_infinity=False)
+units_st = st.decimals(
+    min_value=0, max_value=10**7, places=3, allow_nan=False, allow_infinity=False
+)
 price_st = st.decimals(min_value=0, max_value=100, places=4, allow_nan=False, allow_infinity=False)
 
 
@@ -127,7 +129,11 @@ def tier_lists(draw):
     for bound in bounds:
         fee = draw(st.one_of(st.none(), price_st))
         tiers.append(Tier(up_to=D(bound), price_per_unit=draw(price_st), flat_fee=fee))
-    tiers.append(Tier(up_to=None, price_per_unit=draw(price_st), flat_fee=draw(st.one_of(st.none(), price_st))))
+    tiers.append(
+        Tier(
+            up_to=None, price_per_unit=draw(price_st), flat_fee=draw(st.one_of(st.none(), price_st))
+        )
+    )
     return tuple(tiers)
 
 
@@ -142,7 +148,9 @@ def test_graduated_is_monotone(tiers, a, b):
 @PROPS
 @given(price_st, units_st)
 def test_single_inf_tier_equals_usage(price, units):
-    assert graduated_charge(units, [Tier(up_to=None, price_per_unit=price)]) == usage_charge(units, price)
+    assert graduated_charge(units, [Tier(up_to=None, price_per_unit=price)]) == usage_charge(
+        units, price
+    )
 
 
 @PROPS
@@ -165,8 +173,12 @@ def test_graduated_matches_unit_by_unit_definition(tiers, units):
 @PROPS
 @given(
     st.one_of(
-        tier_lists().map(lambda t: GraduatedPricing(usage_unit_type="u", tiers=t, reset_mode="accumulate")),
-        price_st.map(lambda p: UsagePricing(usage_unit_type="u", price_per_unit=p, reset_mode="accumulate")),
+        tier_lists().map(
+            lambda t: GraduatedPricing(usage_unit_type="u", tiers=t, reset_mode="accumulate")
+        ),
+        price_st.map(
+            lambda p: UsagePricing(usage_unit_type="u", price_per_unit=p, reset_mode="accumulate")
+        ),
     ),
     st.lists(units_st, min_size=1, max_size=8),
 )

@@ -125,14 +125,18 @@ def test_seed_examples_roundtrip(raw):
 
 
 def test_numbers_keep_their_digits():
-    rule = parse_rule_value('{"pricing":{"model":"usage","usage_unit_type":"t","price_per_unit":0.1000000000000000055511151231257827}}')
+    rule = parse_rule_value(
+        '{"pricing":{"model":"usage","usage_unit_type":"t","price_per_unit":0.1000000000000000055511151231257827}}'
+    )
     assert rule.pricing.price_per_unit == D("0.1000000000000000055511151231257827")
     text = dumps_json(rule.to_json())
     assert "0.1000000000000000055511151231257827" in text
 
 
 def test_already_parsed_mapping_with_floats():
-    rule = parse_rule_value({"pricing": {"model": "usage", "usage_unit_type": "x", "price_per_unit": 0.1}})
+    rule = parse_rule_value(
+        {"pricing": {"model": "usage", "usage_unit_type": "x", "price_per_unit": 0.1}}
+    )
     assert rule.pricing.price_per_unit == D("0.1")
 
 
@@ -167,7 +171,10 @@ def test_model_aware_aliases_and_two_rate_map():
                 "model": "model_aware",
                 "default_input_cost_per_unit": "0.000002",
                 "default_output_cost_per_unit": "0.000008",
-                "model_costs": {"gpt-4o": {"input": 0.0000025, "output": 0.00001}, "x": {"input": 1}},
+                "model_costs": {
+                    "gpt-4o": {"input": 0.0000025, "output": 0.00001},
+                    "x": {"input": 1},
+                },
                 "cost_unit": "tokens",
             }
         }
@@ -183,7 +190,13 @@ def test_model_aware_aliases_and_two_rate_map():
     }
     assert parse_rule_value(rule.to_json()) == rule
     same = parse_rule_value(
-        {"cost": {"model": "model_aware", "default_cost_per_unit": 1, "default_input_cost_per_unit": "1.0"}}
+        {
+            "cost": {
+                "model": "model_aware",
+                "default_cost_per_unit": 1,
+                "default_input_cost_per_unit": "1.0",
+            }
+        }
     )
     assert same.cost.default_cost_per_unit == 1
 
@@ -233,7 +246,9 @@ def test_legacy_model_inference_and_cost_model_forms():
         '{"model":"usage","usage_unit_type":"t","price_per_unit":1,"cost_model":{"model":"simple","cost_per_unit":0.5}}'
     )
     assert rule.cost == SimpleCost(cost_per_unit=D("0.5"))
-    rule = parse_rule_value('{"model":"usage","cost_model":"simple","cost_per_unit":0.5,"price_per_unit":2}')
+    rule = parse_rule_value(
+        '{"model":"usage","cost_model":"simple","cost_per_unit":0.5,"price_per_unit":2}'
+    )
     assert rule.cost == SimpleCost(cost_per_unit=D("0.5"))
     assert rule.pricing.price_per_unit == 2
     rule = parse_rule_value('{"cost_per_unit":0.03}')
@@ -268,7 +283,10 @@ INVALID = [
     ('{"a":1,"a":2}', "valueJson"),
     (USAGE % "NaN", "valueJson"),
     (USAGE % "Infinity", "valueJson"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1e999}}', "valueJson.pricing.price_per_unit"),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1e999}}',
+        "valueJson.pricing.price_per_unit",
+    ),
     ('{"unknown":1}', "valueJson.unknown"),
     ('{"pricing":5}', "valueJson.pricing"),
     ('{"pricing":{"usage_unit_type":"x"}}', "valueJson.pricing.model"),
@@ -280,43 +298,122 @@ INVALID = [
     (USAGE % "null", "valueJson.pricing.price_per_unit"),
     ('{"pricing":{"model":"usage","usage_unit_type":"x"}}', "valueJson.pricing.price_per_unit"),
     ('{"pricing":{"model":"usage","price_per_unit":1}}', "valueJson.pricing.usage_unit_type"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"  ","price_per_unit":1}}', "valueJson.pricing.usage_unit_type"),
-    ('{"pricing":{"model":"usage","usage_unit_type":3,"price_per_unit":1}}', "valueJson.pricing.usage_unit_type"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"max_usage":-1}}', "valueJson.pricing.max_usage"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"reset_mode":"never"}}', "valueJson.pricing.reset_mode"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"max_usgae":1}}', "valueJson.pricing.max_usgae"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"maxUsage":1,"max_usage":2}}', "valueJson.pricing.max_usage"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"tiers":[]}}', "valueJson.pricing.tiers"),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"  ","price_per_unit":1}}',
+        "valueJson.pricing.usage_unit_type",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":3,"price_per_unit":1}}',
+        "valueJson.pricing.usage_unit_type",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"max_usage":-1}}',
+        "valueJson.pricing.max_usage",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"reset_mode":"never"}}',
+        "valueJson.pricing.reset_mode",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"max_usgae":1}}',
+        "valueJson.pricing.max_usgae",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"maxUsage":1,"max_usage":2}}',
+        "valueJson.pricing.max_usage",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"tiers":[]}}',
+        "valueJson.pricing.tiers",
+    ),
     ('{"pricing":{"model":"graduated","usage_unit_type":"x"}}', "valueJson.pricing.tiers"),
     (GRAD % "[]", "valueJson.pricing.tiers"),
     (GRAD % "{}", "valueJson.pricing.tiers"),
     (GRAD % "[5]", "valueJson.pricing.tiers[0]"),
-    (GRAD % '[{"up_to":100,"price_per_unit":1},{"up_to":100,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[1].up_to"),
-    (GRAD % '[{"up_to":100,"price_per_unit":1},{"up_to":50,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[1].up_to"),
-    (GRAD % '[{"up_to":"inf","price_per_unit":1},{"up_to":100,"price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
-    (GRAD % '[{"up_to":100,"price_per_unit":1},{"up_to":200,"price_per_unit":1}]', "valueJson.pricing.tiers[1].up_to"),
-    (GRAD % '[{"up_to":0,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
-    (GRAD % '[{"up_to":-5,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
+    (
+        GRAD
+        % '[{"up_to":100,"price_per_unit":1},{"up_to":100,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[1].up_to",
+    ),
+    (
+        GRAD
+        % '[{"up_to":100,"price_per_unit":1},{"up_to":50,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[1].up_to",
+    ),
+    (
+        GRAD % '[{"up_to":"inf","price_per_unit":1},{"up_to":100,"price_per_unit":1}]',
+        "valueJson.pricing.tiers[0].up_to",
+    ),
+    (
+        GRAD % '[{"up_to":100,"price_per_unit":1},{"up_to":200,"price_per_unit":1}]',
+        "valueJson.pricing.tiers[1].up_to",
+    ),
+    (
+        GRAD % '[{"up_to":0,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[0].up_to",
+    ),
+    (
+        GRAD % '[{"up_to":-5,"price_per_unit":1},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[0].up_to",
+    ),
     (GRAD % '[{"up_to":null,"price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
     (GRAD % '[{"up_to":"lots","price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
     (GRAD % '[{"price_per_unit":1}]', "valueJson.pricing.tiers[0].up_to"),
-    (GRAD % '[{"up_to":10,"price_per_unit":1},{"up_to":"inf","price_per_unit":-1}]', "valueJson.pricing.tiers[1].price_per_unit"),
-    (GRAD % '[{"up_to":10,"price_per_unit":1,"flat_fee":-5},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[0].flat_fee"),
-    (GRAD % '[{"up_to":10,"price_per_unit":1,"fee":5},{"up_to":"inf","price_per_unit":1}]', "valueJson.pricing.tiers[0].fee"),
-    (GRAD % ("[" + ",".join('{"up_to":%d,"price_per_unit":1}' % i for i in range(1, 101)) + ',{"up_to":"inf","price_per_unit":1}]'), "valueJson.pricing.tiers"),
+    (
+        GRAD % '[{"up_to":10,"price_per_unit":1},{"up_to":"inf","price_per_unit":-1}]',
+        "valueJson.pricing.tiers[1].price_per_unit",
+    ),
+    (
+        GRAD % '[{"up_to":10,"price_per_unit":1,"flat_fee":-5},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[0].flat_fee",
+    ),
+    (
+        GRAD % '[{"up_to":10,"price_per_unit":1,"fee":5},{"up_to":"inf","price_per_unit":1}]',
+        "valueJson.pricing.tiers[0].fee",
+    ),
+    (
+        GRAD
+        % (
+            "["
+            + ",".join(f'{{"up_to":{i},"price_per_unit":1}}' for i in range(1, 101))
+            + ',{"up_to":"inf","price_per_unit":1}]'
+        ),
+        "valueJson.pricing.tiers",
+    ),
     ('{"cost":{"cost_per_unit":1}}', "valueJson.cost.model"),
     ('{"cost":{"model":"fancy"}}', "valueJson.cost.model"),
     ('{"cost":{"model":"simple"}}', "valueJson.cost.cost_per_unit"),
     ('{"cost":{"model":"simple","cost_per_unit":-1}}', "valueJson.cost.cost_per_unit"),
     ('{"cost":{"model":"simple","cost_per_unit":1,"cost_unit":"EUR"}}', "valueJson.cost.cost_unit"),
     ('{"cost":{"model":"model_aware","model_costs":{}}}', "valueJson.cost.default_cost_per_unit"),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":-1}}', "valueJson.cost.default_cost_per_unit"),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"default_input_cost_per_unit":2}}', "valueJson.cost.default_input_cost_per_unit"),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"default_output_cost_per_unit":-2}}', "valueJson.cost.default_output_cost_per_unit"),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":[]}}', "valueJson.cost.model_costs"),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt-4":-1}}}', 'valueJson.cost.model_costs["gpt-4"].input'),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt-4":{"input":1,"output":"x"}}}}', 'valueJson.cost.model_costs["gpt-4"].output'),
-    ('{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt4":{"output":1}}}}', "valueJson.cost.model_costs.gpt4.input"),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":-1}}',
+        "valueJson.cost.default_cost_per_unit",
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"default_input_cost_per_unit":2}}',
+        "valueJson.cost.default_input_cost_per_unit",
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"default_output_cost_per_unit":-2}}',
+        "valueJson.cost.default_output_cost_per_unit",
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":[]}}',
+        "valueJson.cost.model_costs",
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt-4":-1}}}',
+        'valueJson.cost.model_costs["gpt-4"].input',
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt-4":{"input":1,"output":"x"}}}}',
+        'valueJson.cost.model_costs["gpt-4"].output',
+    ),
+    (
+        '{"cost":{"model":"model_aware","default_cost_per_unit":1,"model_costs":{"gpt4":{"output":1}}}}',
+        "valueJson.cost.model_costs.gpt4.input",
+    ),
     ('{"credits":{"weight":1}}', "valueJson.credits.denomination"),
     ('{"credits":{"denomination":"ai tokens"}}', "valueJson.credits.denomination"),
     ('{"credits":{"denomination":""}}', "valueJson.credits.denomination"),
@@ -328,11 +425,23 @@ INVALID = [
     ('{"model":"usage","usage_unit_type":"x","price_per_unit":-1}', "valueJson.price_per_unit"),
     ('{"model":"bogus","price_per_unit":1}', "valueJson.model"),
     ('{"model":"usage","cost_rate":"abc"}', "valueJson.cost_rate"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1},"price_per_unit":2}', "valueJson.price_per_unit"),
-    ('{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"cost_per_unit":1},"cost":{"model":"simple","cost_per_unit":1}}', "valueJson.pricing.cost_per_unit"),
-    ('{"price_per_unit":1,"cost_per_unit":1,"cost":{"model":"simple","cost_per_unit":1}}', "valueJson.cost_per_unit"),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1},"price_per_unit":2}',
+        "valueJson.price_per_unit",
+    ),
+    (
+        '{"pricing":{"model":"usage","usage_unit_type":"x","price_per_unit":1,"cost_per_unit":1},"cost":{"model":"simple","cost_per_unit":1}}',
+        "valueJson.pricing.cost_per_unit",
+    ),
+    (
+        '{"price_per_unit":1,"cost_per_unit":1,"cost":{"model":"simple","cost_per_unit":1}}',
+        "valueJson.cost_per_unit",
+    ),
     ('{"price_per_unit":1,"cost_model":"fancy","cost_per_unit":1}', "valueJson.cost_model"),
-    ('{"price_per_unit":1,"cost_model":{"model":"simple","cost_per_unit":1},"cost_per_unit":1}', "valueJson.cost_per_unit"),
+    (
+        '{"price_per_unit":1,"cost_model":{"model":"simple","cost_per_unit":1},"cost_per_unit":1}',
+        "valueJson.cost_per_unit",
+    ),
     ('{"price_per_unit":1,"cost_model":{"model":"simple"}}', "valueJson.cost_model.cost_per_unit"),
     ('{"price_per_unit":1,"cost_per_unit":1,"cost_rate":2}', "valueJson.cost_rate"),
     ('{"price_per_unit":1,"cost_unit":"TOKENS"}', "valueJson.cost_per_unit"),
@@ -361,20 +470,29 @@ def test_custom_field_prefix_and_non_object_inputs():
 
 
 def test_field_path():
-    assert field_path("valueJson", "pricing", "tiers", 1, "up_to") == "valueJson.pricing.tiers[1].up_to"
+    assert (
+        field_path("valueJson", "pricing", "tiers", 1, "up_to")
+        == "valueJson.pricing.tiers[1].up_to"
+    )
     assert field_path("v", "model_costs", "gpt-4o") == 'v.model_costs["gpt-4o"]'
     assert field_path("", "a") == "a"
 
 
 def test_parse_cost_model_and_default_config():
-    assert parse_cost_model('{"model":"simple","cost_per_unit":1}') == SimpleCost(cost_per_unit=D(1))
+    assert parse_cost_model('{"model":"simple","cost_per_unit":1}') == SimpleCost(
+        cost_per_unit=D(1)
+    )
     assert parse_cost_model(None) is None
     assert parse_default_cost_config(None) is None
     assert parse_default_cost_config("{}") is None
-    config = parse_default_cost_config({"model_costs": {"gpt-4o": {"input": "0.0000025", "output": "0.00001"}}})
+    config = parse_default_cost_config(
+        {"model_costs": {"gpt-4o": {"input": "0.0000025", "output": "0.00001"}}}
+    )
     assert config.default_cost_per_unit is None
     assert config.model_costs["gpt-4o"].output == D("0.00001")
-    config = parse_default_cost_config({"model": "model_aware", "default_input_cost_per_unit": 0.001})
+    config = parse_default_cost_config(
+        {"model": "model_aware", "default_input_cost_per_unit": 0.001}
+    )
     assert config.default_cost_per_unit == D("0.001")
     assert parse_default_cost_config(config.to_json()) == config
     with pytest.raises(InvalidRequest) as info:
@@ -382,7 +500,7 @@ def test_parse_cost_model_and_default_config():
     assert info.value.field == "settings.defaultCost.model"
     with pytest.raises(InvalidRequest) as info:
         parse_default_cost_config({"model_costs": {"a": -1}}, "cfg")
-    assert info.value.field == 'cfg.model_costs.a.input'
+    assert info.value.field == "cfg.model_costs.a.input"
 
 
 def test_models_are_frozen():
@@ -403,18 +521,31 @@ def rule_values(draw):
     kind = draw(st.sampled_from(["usage", "graduated", None]))
     reset = draw(st.sampled_from(["reset", "accumulate"]))
     if kind == "usage":
-        value["pricing"] = {"model": "usage", "usage_unit_type": "u", "price_per_unit": draw(amounts), "reset_mode": reset}
+        value["pricing"] = {
+            "model": "usage",
+            "usage_unit_type": "u",
+            "price_per_unit": draw(amounts),
+            "reset_mode": reset,
+        }
     elif kind == "graduated":
         bounds = sorted(set(draw(st.lists(st.integers(1, 10**6), max_size=5))))
         tiers = [{"up_to": b, "price_per_unit": draw(amounts)} for b in bounds]
         tiers.append({"up_to": "inf", "price_per_unit": draw(amounts), "flat_fee": draw(amounts)})
-        value["pricing"] = {"model": "graduated", "usage_unit_type": "u", "tiers": tiers, "reset_mode": reset}
+        value["pricing"] = {
+            "model": "graduated",
+            "usage_unit_type": "u",
+            "tiers": tiers,
+            "reset_mode": reset,
+        }
     if kind and draw(st.booleans()):
         value["pricing"]["max_usage"] = draw(amounts)
     if draw(st.booleans()):
         value["cost"] = {"model": "simple", "cost_per_unit": draw(amounts), "cost_unit": "CREDITS"}
     if draw(st.booleans()):
-        value["credits"] = {"denomination": "AI_TOKENS", "weight": draw(amounts.filter(lambda d: d > 0))}
+        value["credits"] = {
+            "denomination": "AI_TOKENS",
+            "weight": draw(amounts.filter(lambda d: d > 0)),
+        }
     return value
 
 
