@@ -29,10 +29,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import catalog, system
+    from .routes import billing, catalog, system
 
     api = Api("")
-    for module in (system, catalog):
+    for module in (system, catalog, billing):
         api.include(module.api)
     return api
 
