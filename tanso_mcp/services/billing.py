@@ -1016,6 +1016,7 @@ async def cancel_subscription(
         fx.status_after = await status_of(s, sub)
         return fx
     # IMMEDIATE
+    period_end = sub.current_period_end
     ratio = remaining_fraction(now, sub.current_period_start, sub.current_period_end)
     refund = Decimal(0)
     if plan.billing_timing == "IN_ADVANCE":
@@ -1037,7 +1038,6 @@ async def cancel_subscription(
     )
     if not res.rowcount:
         raise InvalidRequest("Subscription is already cancelled", field="subscriptionId")
-    period_start, period_end = sub.current_period_start, sub.current_period_end
     open_invoices = (
         await s.scalars(
             select(Invoice)
@@ -1047,8 +1047,8 @@ async def cancel_subscription(
         )
     ).all()
     for inv in open_invoices:
-        if inv.status == "PAST_DUE" and inv.period_start != period_start:
-            continue  # a debt for an earlier period stays payable
+        if inv.status == "PAST_DUE" and inv.period_end is not None and inv.period_end <= now:
+            continue  # a debt for a period that is over stays payable
         if await inv_svc.set_status(s, inv, "VOID", now, only_from=inv_svc.UNPAID):
             await _record_invoice(s, fx, inv, "invoices_voided")
             fx.event("invoice.voided", invoiceId=inv.id)

@@ -6,9 +6,9 @@ from .server import ToolImpl, handlers_from
 
 
 def all_handlers() -> dict[str, ToolImpl]:
-    from .handlers import catalog
+    from .handlers import billing, catalog
 
     impls: dict[str, ToolImpl] = {}
-    for module in (catalog,):
+    for module in (catalog, billing):
         impls.update(handlers_from(module))
     return impls

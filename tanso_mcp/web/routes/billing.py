@@ -27,7 +27,7 @@ class CreateSubscription(ApiModel):
     externalClientCustomerId: str | None = Field(default=None, max_length=128)
     planId: str | None = Field(default=None, max_length=64)
     planKey: str | None = Field(default=None, max_length=128)
-    gracePeriod: int | str | None = None
+    gracePeriod: Any = None  # validated by the service (whole days, 0-365)
     metadata: dict[str, Any] | None = None
 
 
