@@ -182,10 +182,11 @@ async def admin_get_feature_rule(app: AppContext, p: Principal, params: Any):
     return views.rule_view(pf, f)
 
 
-async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any):
+async def _write_rule(service, app: AppContext, p: Principal, params: Any):
+    """Link or update a plan-feature rule (the two tools take the same arguments)."""
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        pf = await catalog.link_feature(
+        pf = await service(
             s,
             p.environment_id,
             now,
@@ -198,24 +199,14 @@ async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any)
         f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
     app.invalidate(p.environment_id)
     return views.rule_view(pf, f)
+
+
+async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any):
+    return await _write_rule(catalog.link_feature, app, p, params)
 
 
 async def admin_update_feature_rule(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        pf = await catalog.update_rule(
-            s,
-            p.environment_id,
-            now,
-            plan_id=params.planId,
-            feature_id=params.featureId,
-            rule_type=params.type,
-            value_json=params.valueJson,
-            is_enabled=params.isEnabled,
-        )
-        f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
-    app.invalidate(p.environment_id)
-    return views.rule_view(pf, f)
+    return await _write_rule(catalog.update_rule, app, p, params)
 
 
 async def admin_unlink_feature_from_plan(app: AppContext, p: Principal, params: Any):
