@@ -334,10 +334,12 @@ async def provision_period_credits(
 ) -> None:
     """Grant the plan's credit allocations for the period starting at ``period_start``:
     once per (subscription, denomination, period) through the grant idempotency key."""
+    todo = []
     for alloc, model in await catalog.plan_allocations(s, plan.id):
-        if alloc.credit_amount_q <= 0:
-            continue
-        pool = await _plan_pool(s, env, sub, plan, alloc, model, now)
+        if alloc.credit_amount_q > 0:
+            todo.append((alloc, model, await _plan_pool(s, env, sub, plan, alloc, model, now)))
+    await _lock_in_order(s, env, [pool for _, _, pool in todo])
+    for alloc, model, pool in todo:
         g = await credits.grant(
             s,
             env,
@@ -356,6 +358,13 @@ async def provision_period_credits(
         )
         if g is not None:
             fx.add_credits(fx.credits_granted, {model.denomination: alloc.credit_amount_q})
+
+
+async def _lock_in_order(s: AsyncSession, env: str, pools: list[CreditPool]) -> None:
+    """Lock several pools in id order (the order every multi-pool writer uses, metering
+    included), so concurrent writers never wait on each other in a cycle."""
+    for pool_id in sorted({p.id for p in pools}):
+        await credits.lock_pool(s, env, pool_id)
 
 
 async def _plan_pool(s, env, sub, plan, alloc, model, now) -> CreditPool:
@@ -382,7 +391,7 @@ async def _rollover(
             select(CreditPool)
             .join(CreditPoolSubscription, CreditPoolSubscription.pool_id == CreditPool.id)
             .where(CreditPoolSubscription.subscription_id == sub.id)
-            .order_by(CreditPool.denomination)
+            .order_by(CreditPool.id)  # lock order: by id, like every multi-pool writer
         )
     ).all()
     for pool in pools:
@@ -770,11 +779,14 @@ async def _upgrade_now(
             for a, m in await catalog.plan_allocations(s, current.id)
         }
         change_id = new_id()
+        todo = []
         for alloc, model in await catalog.plan_allocations(s, target.id):
             delta = alloc.credit_amount_q - old.get(model.denomination, 0)
-            if delta <= 0:
-                continue
-            pool = await _plan_pool(s, env, sub, target, alloc, model, now)
+            if delta > 0:
+                pool = await _plan_pool(s, env, sub, target, alloc, model, now)
+                todo.append((alloc, model, pool, delta))
+        await _lock_in_order(s, env, [t[2] for t in todo])
+        for alloc, model, pool, delta in todo:
             key = (
                 plan_grant_key(sub.id, model.denomination, sub.current_period_start)
                 if model.denomination not in old

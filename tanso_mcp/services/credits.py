@@ -580,9 +580,11 @@ async def claw_back_subscription(
     grants = list((await s.scalars(_plan_grants_of(env_id, subscription_id))).all())
     out: dict[str, int] = {}
     pools: dict[str, CreditPool] = {}
+    # lock every pool first, in id order (the order every multi-pool writer uses, so two
+    # of them never wait on each other in a cycle)
+    for pool_id in sorted({g.pool_id for g in grants}):
+        pools[pool_id] = await lock_pool(s, env_id, pool_id)
     for g in grants:
-        if g.pool_id not in pools:
-            pools[g.pool_id] = await lock_pool(s, env_id, g.pool_id)
         pool = pools[g.pool_id]
         await s.refresh(g)
         if g.voided_at is not None:
