@@ -10,6 +10,8 @@ from typing import Any
 from .clock import Clock, SystemClock
 from .db.engine import Database
 from .db.migrate import upgrade
+from .db.types import new_id
+from .plugin import DomainEvent, Plugins, build_plugins
 from .principal import Principal
 from .services.auth import KeyResolver
 from .services.clocks import EnvironmentClocks
@@ -46,11 +48,30 @@ class AppContext:
     async def now(self, principal: Principal) -> datetime:
         return await self.clocks.now(principal.environment_id, principal.mode)
 
+    @property
+    def plugins(self) -> Plugins:
+        return self.extras["plugins"]
+
     async def emit(self, name: str, principal: Principal, payload: dict[str, Any]) -> None:
-        """Announce a committed domain event to plugins (called after the commit)."""
+        """Announce a committed domain event to plugins (call it after the commit; the
+        `tanso_domain_event` hook). A failing plugin never fails the caller."""
         hook = self.extras.get("emit")
         if hook is not None:
             await hook(name, principal, payload)
+            return
+        plugins: Plugins | None = self.extras.get("plugins")
+        if plugins is None:
+            return
+        event = DomainEvent(
+            name=name,
+            environment_id=principal.environment_id,
+            account_id=principal.account_id,
+            mode=principal.mode,
+            occurred_at=await self.now(principal),
+            payload=payload,
+            id=new_id(),
+        )
+        await plugins.emit(event, self)
 
     async def migrate(self) -> None:
         await upgrade(self.db.engine)
@@ -63,17 +84,26 @@ class AppContext:
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
+    from .services import billing_jobs
+
+    billing_jobs.register(registry)
 
 
-def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
+def build_context(
+    settings: Settings, clock: Clock | None = None, plugins: Plugins | None = None
+) -> AppContext:
+    """``plugins``: a prepared plugin manager (tests inject fakes this way); by default
+    the built-ins plus whatever the ``tanso_mcp`` entry-point group provides."""
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     clocks = EnvironmentClocks(db, clock or SystemClock(), ttl_seconds=settings.key_cache_seconds)
     jobs = JobRegistry()
     register_jobs(jobs)
-    return AppContext(
+    ctx = AppContext(
         settings=settings,
         db=db,
         clocks=clocks,
         keys=KeyResolver(db, settings.key_cache_seconds),
         jobs=jobs,
     )
+    ctx.extras["plugins"] = plugins if plugins is not None else build_plugins()
+    return ctx

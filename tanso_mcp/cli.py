@@ -172,6 +172,31 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def cmd_plugins(args) -> int:
+    """List the payment providers and plugin hooks this installation has."""
+    from .plugin import build_plugins
+
+    info = build_plugins().describe()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print("Payment providers:")
+    for p in info["providers"]:
+        caps = ", ".join(p["capabilities"])
+        print(f"  {p['name']:<12} {p['title']}  [{caps}]  (plugin {p['plugin']})")
+    print("Plugins:")
+    for p in info["plugins"]:
+        origin = "built-in" if p["builtin"] else (p["distribution"] or "registered in code")
+        desc = (p["info"] or {}).get("description", "")
+        print(f"  {p['name']:<20} {origin}{'  - ' + desc if desc else ''}")
+    print("Hooks:")
+    for h in info["hooks"]:
+        impls = ", ".join(h["implementations"]) or "-"
+        print(f"  {h['name']:<30} {h['summary']}")
+        print(f"  {'':<30} implemented by: {impls}")
+    return 0
+
+
 def cmd_accounts(args) -> int:
     from .services import tenancy
 
@@ -228,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     ac = asub.add_parser("create", help="create an account with test and live environments")
     ac.add_argument("name")
     a.set_defaults(fn=cmd_accounts)
+
+    pl = sub.add_parser("plugins", help="list payment providers and plugin hooks")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.set_defaults(fn=cmd_plugins)
 
     j = sub.add_parser("jobs", help="background jobs")
     jsub = j.add_subparsers(dest="jobs_cmd", required=True)

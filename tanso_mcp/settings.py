@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str | None = None
 
+    # --- plugins ---
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-plugin configuration tables, e.g. [plugins.webhooks] (see plugins/README.md)",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_db(cls, v: str) -> str:

@@ -26,6 +26,12 @@ def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]])
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # The sqlite3 driver's own transaction handling emits BEGIN lazily (before the first
+    # INSERT/UPDATE/DELETE only). A SAVEPOINT issued first then becomes the outermost
+    # transaction and its RELEASE commits: work the unit of work later rolls back would
+    # survive. So the driver is told to keep out of it and SQLAlchemy emits BEGIN itself
+    # (SQLAlchemy's documented recipe for pysqlite/aiosqlite).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -34,10 +40,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn) -> None:
+    # Units of work take SQLite's write lock when they start (BEGIN IMMEDIATE): two
+    # writers then queue on busy_timeout instead of the later one failing with
+    # SQLITE_BUSY_SNAPSHOT when it upgrades a read snapshot that another writer has
+    # moved past. Readers begin deferred.
+    if conn.get_execution_options().get("tanso_writer"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
@@ -55,6 +73,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.writer_sessionmaker = async_sessionmaker(
+            self.engine.execution_options(tanso_writer=True), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -65,7 +86,7 @@ class Database:
         """One transaction: committed when the block exits cleanly, rolled back on error.
         Callbacks registered with `after_commit` run once the commit has succeeded
         (domain events, plugin hooks, calls to external systems)."""
-        async with self.sessionmaker() as session:
+        async with self.writer_sessionmaker() as session:
             async with session.begin():
                 yield session
             callbacks = session.info.pop("after_commit", [])

@@ -239,6 +239,7 @@ class Subscription(Base):
     __tablename__ = "subscriptions"
     __table_args__ = (
         Index("ix_subscriptions_env_period_end", "environment_id", "current_period_end"),
+        Index("ix_subscriptions_env_cancel_at", "environment_id", "cancel_effective_at"),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
@@ -267,6 +268,16 @@ class Subscription(Base):
 
 class ScheduledChange(Base):
     __tablename__ = "scheduled_changes"
+    __table_args__ = (
+        # at most one pending change per subscription (a new one replaces the old)
+        Index(
+            "uq_scheduled_changes_pending",
+            "subscription_id",
+            unique=True,
+            sqlite_where=text("status = 'PENDING'"),
+            postgresql_where=text("status = 'PENDING'"),
+        ),
+    )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
     subscription_id: Mapped[str] = mapped_column(
@@ -325,6 +336,15 @@ class Invoice(Base):
             postgresql_where=text("type = 'IN_ADVANCE_INITIAL'"),
         ),
         Index("ix_invoices_env_status_due", "environment_id", "status", "due_date"),
+        # one CREDIT (immediate-cancellation refund) invoice per subscription
+        Index(
+            "uq_invoices_credit",
+            "subscription_id",
+            unique=True,
+            sqlite_where=text("type = 'CREDIT'"),
+            postgresql_where=text("type = 'CREDIT'"),
+        ),
+        Index("ix_invoices_subscription_status", "subscription_id", "status"),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
@@ -417,6 +437,8 @@ class CreditGrant(Base):
     __table_args__ = (
         UniqueConstraint("environment_id", "idempotency_key"),
         Index("ix_credit_grants_pool_created", "pool_id", "created_at"),
+        Index("ix_credit_grants_env_expires", "environment_id", "expires_at"),
+        Index("ix_credit_grants_subscription", "subscription_id"),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()

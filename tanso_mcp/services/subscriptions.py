@@ -1,5 +1,5 @@
-"""Subscription use cases (lifecycle, plan changes and cancellation arrive with the
-billing work; this module starts with the read side the customer views need)."""
+"""Subscription read side: the derived status and the subscription presenter. The
+lifecycle (subscribe, pay, plan change, cancel, renew) is in ``services/billing.py``."""
 
 from __future__ import annotations
 

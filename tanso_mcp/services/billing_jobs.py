@@ -1,0 +1,175 @@
+"""Billing and credit jobs on the environment clock (reference §4.3).
+
+Each kind finds its due items in the domain tables (so the schedule cannot drift from
+the data) and runs one item per unit of work through the same service functions as the
+API. Every run re-checks its condition and claims its transition with a conditional
+UPDATE; invoices and grants are also backed by unique indexes, so several processes
+running the same items at once produce each effect once (``tests/test_billing_concurrency.py``).
+
+Kinds, in the order they run when due at the same instant:
+
+1. ``credits.expire``          — a grant's ``expires_at`` passed: EXPIRATION of the rest;
+2. ``invoice.past_due``        — DUE invoice past due date + grace: PAST_DUE, entitlements
+   revoked, renewal paused;
+3. ``invoice.due``             — PENDING invoice reached its due date: recomputed, DUE;
+4. ``subscription.cancel``     — END_OF_PERIOD cancellation takes effect;
+5. ``subscription.renew``      — period rollover (applies a scheduled plan change first).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..db.engine import after_commit
+from ..db.models import CreditGrant, Environment, Invoice, Subscription
+from ..principal import Principal
+from . import billing
+from .jobs import JobRegistry
+
+if TYPE_CHECKING:
+    from ..bootstrap import AppContext
+
+SYSTEM_KEY_ID = "system:jobs"
+
+
+async def system_principal(s: AsyncSession, env_id: str) -> Principal:
+    row = (
+        await s.execute(
+            select(Environment.account_id, Environment.mode).where(Environment.id == env_id)
+        )
+    ).one()
+    return Principal(
+        account_id=row[0], environment_id=env_id, mode=row[1], role="admin", key_id=SYSTEM_KEY_ID
+    )
+
+
+async def announce(s: AsyncSession, ctx: AppContext, env_id: str, fx: Any) -> None:
+    """After the job's commit: invalidate the environment's caches, emit its events."""
+    if fx is None:
+        return
+    principal = await system_principal(s, env_id)
+
+    async def done() -> None:
+        ctx.invalidate(env_id)
+        for name, payload in fx.events:
+            await ctx.emit(name, principal, payload)
+
+    after_commit(s, done)
+
+
+def register(registry: JobRegistry) -> None:
+    def item(name: str, at: datetime, key: str):
+        return registry.item(name, at, key)
+
+    # -- credits.expire -------------------------------------------------------
+    async def expire_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        rows = await s.execute(
+            select(CreditGrant.id, CreditGrant.expires_at)
+            .where(
+                CreditGrant.environment_id == env,
+                CreditGrant.expires_at.is_not(None),
+                CreditGrant.expires_at <= until,
+                CreditGrant.remaining_q > 0,
+                CreditGrant.voided_at.is_(None),
+            )
+            .order_by(CreditGrant.expires_at)
+            .limit(limit)
+        )
+        return [item("credits.expire", at, gid) for gid, at in rows]
+
+    async def expire_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await announce(s, ctx, env, await billing.expire_grant_job(s, env, key, now))
+
+    # -- invoice.past_due -----------------------------------------------------
+    async def past_due_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        rows = await s.execute(
+            select(Invoice.id, Invoice.due_date, Subscription.grace_period_days)
+            .join(Subscription, Subscription.id == Invoice.subscription_id)
+            .where(
+                Invoice.environment_id == env,
+                Invoice.status == "DUE",
+                Invoice.due_date <= until,
+                Subscription.provider_subscription_id.is_(None),
+            )
+            .order_by(Invoice.due_date)
+            .limit(limit)
+        )
+        out = []
+        for iid, due, grace in rows:
+            at = billing.past_due_at(due, grace)
+            if at <= until:
+                out.append(item("invoice.past_due", at, iid))
+        return out
+
+    async def past_due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await announce(s, ctx, env, await billing.invoice_past_due(s, env, key, now))
+
+    # -- invoice.due ------------------------------------------------------------
+    async def due_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        rows = await s.execute(
+            select(Invoice.id, Invoice.due_date)
+            .where(
+                Invoice.environment_id == env,
+                Invoice.status == "PENDING",
+                Invoice.due_date <= until,
+                Invoice.provider_invoice_id.is_(None),
+            )
+            .order_by(Invoice.due_date)
+            .limit(limit)
+        )
+        return [item("invoice.due", at, iid) for iid, at in rows]
+
+    async def due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await announce(s, ctx, env, await billing.invoice_due(s, env, key, now))
+
+    # -- subscription.cancel ----------------------------------------------------
+    async def cancel_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        rows = await s.execute(
+            select(Subscription.id, Subscription.cancel_effective_at)
+            .where(
+                Subscription.environment_id == env,
+                Subscription.cancel_mode == "END_OF_PERIOD",
+                Subscription.ended_at.is_(None),
+                Subscription.cancel_effective_at <= until,
+            )
+            .order_by(Subscription.cancel_effective_at)
+            .limit(limit)
+        )
+        return [item("subscription.cancel", at, sid) for sid, at in rows]
+
+    async def cancel_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await announce(s, ctx, env, await billing.end_at_period_end(s, env, key, now))
+
+    # -- subscription.renew -----------------------------------------------------
+    async def renew_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        past_due = exists().where(
+            Invoice.subscription_id == Subscription.id, Invoice.status == "PAST_DUE"
+        )
+        rows = await s.execute(
+            select(Subscription.id, Subscription.current_period_end)
+            .where(
+                Subscription.environment_id == env,
+                Subscription.is_active.is_(True),
+                Subscription.ended_at.is_(None),
+                Subscription.cancel_mode.is_(None),
+                Subscription.provider_subscription_id.is_(None),
+                Subscription.current_period_end <= until,
+                ~past_due,
+            )
+            .order_by(Subscription.current_period_end)
+            .limit(limit)
+        )
+        return [item("subscription.renew", at, sid) for sid, at in rows]
+
+    async def renew_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await announce(s, ctx, env, await billing.renew(s, env, key, now))
+
+    registry.register("credits.expire", expire_find, expire_run)
+    registry.register("invoice.past_due", past_due_find, past_due_run)
+    registry.register("invoice.due", due_find, due_run)
+    registry.register("subscription.cancel", cancel_find, cancel_run)
+    registry.register("subscription.renew", renew_find, renew_run)

@@ -1,0 +1,420 @@
+"""Subscriptions, invoices and credits (SPEC §4). Thin: parse, then one billing_ops call
+(the same functions the MCP tools call)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from ...errors import InvalidRequest
+from ...services import billing_ops as ops
+from ..routing import Api, ApiModel, Call, Page, Pagination, QueryModel, Result
+from .schemas import CreditPoolOut, Out, PlanOut, SubscriptionOut
+
+api = Api("/api/v1/client")
+
+Number = Decimal | int | str
+
+
+# --------------------------------------------------------------------------- models
+
+
+class CreateSubscription(ApiModel):
+    customerReferenceId: str | None = Field(default=None, max_length=128)
+    externalClientCustomerId: str | None = Field(default=None, max_length=128)
+    planId: str | None = Field(default=None, max_length=64)
+    planKey: str | None = Field(default=None, max_length=128)
+    gracePeriod: Any = None  # validated by the service (whole days, 0-365)
+    metadata: dict[str, Any] | None = None
+
+
+class PlanChange(ApiModel):
+    changeToPlanId: str = Field(max_length=64)
+    changeType: str
+
+    @field_validator("changeType")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if not isinstance(v, str) or v.upper() not in ("UPGRADE", "DOWNGRADE"):
+            raise InvalidRequest("changeType must be UPGRADE or DOWNGRADE", field="changeType")
+        return v.upper()
+
+
+class CancelQuery(QueryModel):
+    cancelMode: str = "END_OF_PERIOD"
+
+    @field_validator("cancelMode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        v = (v or "").upper()
+        if v == "IMMEDIATELY":
+            v = "IMMEDIATE"
+        if v not in ("END_OF_PERIOD", "IMMEDIATE"):
+            raise InvalidRequest(
+                "cancelMode must be END_OF_PERIOD or IMMEDIATE", field="cancelMode"
+            )
+        return v
+
+
+class TopUp(ApiModel):
+    denomination: str
+    amount: Number
+    grantType: str = "PURCHASED"
+    expiresAt: str | None = None
+    idempotencyKey: str
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class InvoiceItemOut(Out):
+    id: str
+    description: str
+    chargeAmount: Decimal
+    kind: str | None = None
+    quantity: Decimal | None = None
+
+
+class InvoiceOut(Out):
+    id: str
+    type: str
+    status: str
+    amount: Decimal
+    currency: str
+    dueDate: datetime | None = None
+    periodStart: datetime | None = None
+    periodEnd: datetime | None = None
+    subscriptionId: str | None = None
+    items: list[InvoiceItemOut] | None = None
+
+
+class SubscribedOut(Out):
+    subscription: SubscriptionOut
+    invoice: InvoiceOut | None = None
+
+
+class EffectsOut(Out):
+    success: bool = True
+    message: str | None = None
+    action: str
+    subscriptionId: str | None = None
+    statusBefore: str | None = None
+    statusAfter: str | None = None
+    effectiveAt: datetime | None = None
+    planBefore: PlanOut | dict[str, Any] | None = None
+    planAfter: PlanOut | dict[str, Any] | None = None
+    subscription: SubscriptionOut | None = None
+    invoice: InvoiceOut | None = None
+    invoicesCreated: list[InvoiceOut] = []
+    invoicesVoided: list[InvoiceOut] = []
+    invoicesPaid: list[InvoiceOut] = []
+    amountToPay: Decimal
+    amountCredited: Decimal
+    entitlementsGranted: list[str] = []
+    entitlementsRevoked: list[str] = []
+    creditsGranted: dict[str, Decimal] = {}
+    creditsClawedBack: dict[str, Decimal] = {}
+    creditsExpired: dict[str, Decimal] = {}
+    scheduledChange: dict[str, Any] | None = None
+    notes: list[str] = []
+
+
+class PoolOut(CreditPoolOut):
+    name: str
+    totalReversed: Decimal
+    currency: str
+
+
+class TransactionOut(Out):
+    id: str
+    type: str
+    amount: Decimal
+    balanceBefore: Decimal
+    balanceAfter: Decimal
+    createdAt: datetime
+
+
+class GrantOut(Out):
+    id: str
+    grantType: str
+    amount: Decimal
+    remaining: Decimal
+    status: str
+    expiresAt: datetime | None = None
+    idempotencyKey: str
+    createdAt: datetime
+
+
+class TopUpOut(Out):
+    grant: GrantOut
+    pool: PoolOut
+
+
+def _drop_success(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in out.items() if k != "success"}
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+@api.route(
+    "POST",
+    "/subscriptions",
+    role="client",
+    body=CreateSubscription,
+    response=SubscribedOut,
+    status=201,
+    summary="Subscribe a customer to an ACTIVE plan (planId or planKey)",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def create_subscription(call: Call):
+    b: CreateSubscription = call.body
+    a, c = b.customerReferenceId, b.externalClientCustomerId
+    if a and c and a != c:
+        raise InvalidRequest(
+            "customerReferenceId and externalClientCustomerId differ", field="customerReferenceId"
+        )
+    if not (a or c):
+        raise InvalidRequest("customerReferenceId is required", field="customerReferenceId")
+    out = await ops.create_subscription(
+        call.ctx,
+        call.principal,
+        customer_ref=a or c,
+        plan_id=b.planId,
+        plan_key=b.planKey,
+        grace_period=b.gracePeriod,
+    )
+    return Result(out, 201)
+
+
+@api.route(
+    "GET",
+    "/subscriptions/{id}",
+    role="read",
+    response=SubscriptionOut,
+    summary="One subscription with its derived status",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def get_subscription(call: Call):
+    return await ops.get_subscription(call.ctx, call.principal, call.path["id"])
+
+
+@api.route(
+    "POST",
+    "/subscriptions/{id}/plan-change",
+    role="client",
+    body=PlanChange,
+    response=EffectsOut,
+    summary="UPGRADE now (prorated) or DOWNGRADE at the end of the period",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def change_plan(call: Call):
+    b: PlanChange = call.body
+    out = await ops.change_plan(
+        call.ctx, call.principal, call.path["id"], b.changeToPlanId, b.changeType
+    )
+    return _drop_success(out)
+
+
+@api.route(
+    "DELETE",
+    "/subscriptions/{id}/plan-change/scheduled",
+    role="client",
+    response=EffectsOut,
+    summary="Cancel the subscription's scheduled plan change",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def undo_plan_change(call: Call):
+    return _drop_success(await ops.undo_plan_change(call.ctx, call.principal, call.path["id"]))
+
+
+@api.route(
+    "POST",
+    "/subscriptions/cancellation/{id}",
+    role="client",
+    query=CancelQuery,
+    response=EffectsOut,
+    summary="Cancel at the end of the period (default) or IMMEDIATE",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def cancel_subscription(call: Call):
+    out = await ops.cancel(call.ctx, call.principal, call.path["id"], call.query.cancelMode)
+    return _drop_success(out)
+
+
+@api.route(
+    "DELETE",
+    "/subscriptions/cancellation/{id}/scheduled",
+    role="client",
+    response=EffectsOut,
+    summary="Undo an END_OF_PERIOD cancellation that has not taken effect",
+    tags=["subscriptions"],
+    errors=(404,),
+)
+async def undo_cancellation(call: Call):
+    return _drop_success(await ops.undo_cancel(call.ctx, call.principal, call.path["id"]))
+
+
+# --------------------------------------------------------------------------- invoices
+
+
+@api.route(
+    "GET",
+    "/billing/invoices/{ref}",
+    role="read",
+    query=Pagination,
+    response=InvoiceOut,
+    paginated=True,
+    summary="A customer's invoices (all subscriptions, newest first, with items)",
+    tags=["billing"],
+    errors=(404,),
+)
+async def list_invoices(call: Call):
+    q: Pagination = call.query
+    items, total = await ops.list_invoices(
+        call.ctx, call.principal, call.path["ref"], limit=q.limit, offset=q.offset
+    )
+    return Page(items, total, q.limit, q.offset)
+
+
+@api.route(
+    "GET",
+    "/billing/invoice/{invoiceId}",
+    role="read",
+    response=InvoiceOut,
+    summary="One invoice with its line items",
+    tags=["billing"],
+    errors=(404,),
+)
+async def get_invoice(call: Call):
+    return await ops.get_invoice(call.ctx, call.principal, call.path["invoiceId"])
+
+
+@api.route(
+    "POST",
+    "/billing/invoices/{invoiceId}/mark-paid",
+    role="client",
+    response=EffectsOut,
+    summary="Record a payment made outside the system (native billing only)",
+    tags=["billing"],
+    errors=(404, 409),
+)
+async def mark_paid(call: Call):
+    return _drop_success(await ops.mark_paid(call.ctx, call.principal, call.path["invoiceId"]))
+
+
+# --------------------------------------------------------------------------- credits
+
+
+@api.route(
+    "GET",
+    "/credits/{ref}/pools",
+    role="read",
+    query=Pagination,
+    response=PoolOut,
+    paginated=True,
+    summary="A customer's credit pools",
+    tags=["credits"],
+    errors=(404,),
+)
+async def list_pools(call: Call):
+    q: Pagination = call.query
+    items, total = await ops.list_pools(
+        call.ctx, call.principal, call.path["ref"], limit=q.limit, offset=q.offset
+    )
+    return Page(items, total, q.limit, q.offset)
+
+
+@api.route(
+    "GET",
+    "/credits/{ref}/pools/{poolId}",
+    role="read",
+    response=PoolOut,
+    summary="One credit pool",
+    tags=["credits"],
+    errors=(404,),
+)
+async def get_pool(call: Call):
+    return await ops.get_pool(call.ctx, call.principal, call.path["ref"], call.path["poolId"])
+
+
+@api.route(
+    "GET",
+    "/credits/{ref}/pools/{poolId}/transactions",
+    role="read",
+    query=Pagination,
+    response=TransactionOut,
+    paginated=True,
+    summary="A pool's ledger, oldest first",
+    tags=["credits"],
+    errors=(404,),
+)
+async def list_transactions(call: Call):
+    q: Pagination = call.query
+    items, total = await ops.list_transactions(
+        call.ctx,
+        call.principal,
+        call.path["ref"],
+        call.path["poolId"],
+        limit=q.limit,
+        offset=q.offset,
+    )
+    return Page(items, total, q.limit, q.offset)
+
+
+@api.route(
+    "GET",
+    "/credits/{ref}/pools/{poolId}/grants",
+    role="read",
+    query=Pagination,
+    response=GrantOut,
+    paginated=True,
+    summary="A pool's grants, oldest first",
+    tags=["credits"],
+    errors=(404,),
+)
+async def list_grants(call: Call):
+    q: Pagination = call.query
+    items, total = await ops.list_grants(
+        call.ctx,
+        call.principal,
+        call.path["ref"],
+        call.path["poolId"],
+        limit=q.limit,
+        offset=q.offset,
+    )
+    return Page(items, total, q.limit, q.offset)
+
+
+@api.route(
+    "POST",
+    "/credits/{ref}/grants",
+    role="client",
+    body=TopUp,
+    response=TopUpOut,
+    status=201,
+    summary="Top up a customer's credits (PURCHASED, PROMOTIONAL or MANUAL)",
+    tags=["credits"],
+    errors=(404, 409),
+)
+async def top_up(call: Call):
+    b: TopUp = call.body
+    out = await ops.top_up(
+        call.ctx,
+        call.principal,
+        call.path["ref"],
+        denomination=b.denomination,
+        amount=b.amount,
+        grant_type=b.grantType,
+        expires_at=b.expiresAt,
+        idempotency_key=b.idempotencyKey,
+    )
+    return Result(out, 201)
