@@ -8,14 +8,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select, update
 
 from tanso_mcp.bootstrap import AppContext
 from tanso_mcp.db.models import (
-    CreditGrant,
-    CreditPool,
     CreditPoolSubscription,
-    CreditTransaction,
     Customer,
     Entitlement,
     Feature,
@@ -24,7 +21,7 @@ from tanso_mcp.db.models import (
 )
 from tanso_mcp.db.scale import qty_to_int
 from tanso_mcp.domain.periods import add_months
-from tanso_mcp.services import customers
+from tanso_mcp.services import credits, customers
 from tests.factories import make_plan
 
 __all__ = ["give_credits", "ledger_problems", "make_plan", "metered_setup", "subscribe"]
@@ -96,7 +93,7 @@ async def give_credits(
     denomination: str,
     amount: str | Decimal,
     *,
-    hard_limit: bool = False,
+    hard_limit: bool | None = None,
     subscription_id: str | None = None,
     draw_priority: int = 0,
     draw_limit: str | None = None,
@@ -104,80 +101,40 @@ async def give_credits(
     created_at: datetime | None = None,
     grant_type: str = "PURCHASED",
 ) -> str:
-    """Grant credits to the customer's pool of `denomination` (created when missing, with
-    `hard_limit`), optionally linked to a subscription; writes the GRANT ledger row."""
+    """Grant credits to the customer's pool of `denomination` through billing's credits
+    service (pool created on first use, `hard_limit` applied), optionally linked to a
+    subscription with a draw priority and limit; returns the pool id."""
     now = created_at or ctx.clocks.system_now()
-    q = qty_to_int(Decimal(amount))
     async with ctx.db.unit_of_work() as s:
         c = await s.scalar(
             select(Customer).where(Customer.environment_id == env, Customer.reference_id == ref)
         )
         assert c is not None, ref
-        pool = await s.scalar(
-            select(CreditPool).where(
-                CreditPool.customer_id == c.id, CreditPool.denomination == denomination
-            )
-        )
-        if pool is None:
-            pool = CreditPool(
-                environment_id=env,
-                customer_id=c.id,
-                denomination=denomination,
-                name=f"{denomination} - {c.id}",
-                currency="USD",
-                balance_q=0,
-                hard_limit=hard_limit,
-                created_at=now,
-                modified_at=now,
-            )
-            s.add(pool)
-            await s.flush()
-        before = pool.balance_q
-        grant = CreditGrant(
-            environment_id=env,
-            pool_id=pool.id,
-            grant_type=grant_type,
-            amount_q=q,
-            remaining_q=q,
+        pool = await credits.ensure_pool(s, env, c.id, denomination, now, hard_limit=hard_limit)
+        key = f"test_grant_{pool.id}_{pool.total_granted_q}_{now.timestamp()}_{amount}"
+        await credits.grant(
+            s,
+            env,
+            pool,
+            qty_to_int(Decimal(amount)),
+            grant_type,
+            now,
+            idempotency_key=key,
             expires_at=expires_at,
-            idempotency_key=f"test_grant_{pool.id}_{before}_{now.timestamp()}_{q}",
             subscription_id=subscription_id,
-            created_at=now,
-        )
-        s.add(grant)
-        await s.flush()
-        pool.balance_q = before + q
-        pool.total_granted_q = pool.total_granted_q + q
-        s.add(
-            CreditTransaction(
-                environment_id=env,
-                pool_id=pool.id,
-                grant_id=grant.id,
-                type="GRANT",
-                amount_q=q,
-                balance_before_q=before,
-                balance_after_q=before + q,
-                created_at=now,
-            )
         )
         if subscription_id is not None:
-            link = await s.scalar(
-                select(CreditPoolSubscription).where(
-                    CreditPoolSubscription.pool_id == pool.id,
-                    CreditPoolSubscription.subscription_id == subscription_id,
-                )
+            await credits.link_subscription(
+                s, env, pool.id, subscription_id, draw_priority=draw_priority
             )
-            if link is None:
-                s.add(
-                    CreditPoolSubscription(
-                        environment_id=env,
-                        pool_id=pool.id,
-                        subscription_id=subscription_id,
-                        draw_priority=draw_priority,
-                        draw_limit_q=None
-                        if draw_limit is None
-                        else qty_to_int(Decimal(draw_limit)),
+            if draw_limit is not None:
+                await s.execute(
+                    update(CreditPoolSubscription)
+                    .where(
+                        CreditPoolSubscription.pool_id == pool.id,
+                        CreditPoolSubscription.subscription_id == subscription_id,
                     )
+                    .values(draw_limit_q=qty_to_int(Decimal(draw_limit)))
                 )
         pool_id = pool.id
     ctx.invalidate(env)
@@ -185,51 +142,10 @@ async def give_credits(
 
 
 async def ledger_problems(ctx: AppContext, env: str) -> list[str]:
-    """Credit invariant (SPEC §3): balance = Σ ledger, grant remainders sum to the
-    balance, nothing negative under a hard limit, totals consistent."""
-    problems: list[str] = []
+    """Billing's credit invariant check (balance = Σ ledger = Σ grant remainders, totals
+    consistent, nothing negative)."""
     async with ctx.db.reader() as s:
-        pools = (
-            (await s.execute(select(CreditPool).where(CreditPool.environment_id == env)))
-            .scalars()
-            .all()
-        )
-        for p in pools:
-            ledger = await s.scalar(
-                select(func.coalesce(func.sum(CreditTransaction.amount_q), 0)).where(
-                    CreditTransaction.pool_id == p.id
-                )
-            )
-            grants = await s.scalar(
-                select(func.coalesce(func.sum(CreditGrant.remaining_q), 0)).where(
-                    CreditGrant.pool_id == p.id, CreditGrant.voided_at.is_(None)
-                )
-            )
-            negative = await s.scalar(
-                select(func.count())
-                .select_from(CreditGrant)
-                .where(CreditGrant.pool_id == p.id, CreditGrant.remaining_q < 0)
-            )
-            bad_rows = await s.scalar(
-                select(func.count())
-                .select_from(CreditTransaction)
-                .where(
-                    CreditTransaction.pool_id == p.id,
-                    CreditTransaction.balance_after_q
-                    != CreditTransaction.balance_before_q + CreditTransaction.amount_q,
-                )
-            )
-            if int(ledger) != p.balance_q:
-                problems.append(f"pool {p.id}: balance {p.balance_q} != ledger {ledger}")
-            if int(grants) != p.balance_q:
-                problems.append(f"pool {p.id}: balance {p.balance_q} != grants {grants}")
-            if p.hard_limit and p.balance_q < 0:
-                problems.append(f"pool {p.id}: negative balance under a hard limit")
-            if negative:
-                problems.append(f"pool {p.id}: {negative} grant(s) below zero")
-            if bad_rows:
-                problems.append(f"pool {p.id}: {bad_rows} ledger row(s) with before+amount!=after")
-    return problems
+        return await credits.ledger_problems(s, env)
 
 
 async def metered_setup(

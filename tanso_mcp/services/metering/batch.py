@@ -66,7 +66,7 @@ from .windows import SubPeriod, window_start
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 ERROR = "error"
-DRAWABLE_POOL_STATUSES = ("ACTIVE", "DEPLETED")
+DRAWABLE_POOL_STATUSES = ("ACTIVE",)  # as services.credits.deduct
 
 
 class GuardFailed(RuntimeError):
@@ -125,9 +125,11 @@ class _Pool:
     denomination: str
     balance_q: int
     consumed_q: int
+    expired_q: int
     hard_limit: bool
     status: str
     taken_q: int = 0
+    expiring_q: int = 0  # expired by this batch before drawing (as credits.deduct does)
 
 
 @dataclass(slots=True)
@@ -145,7 +147,10 @@ class _Grant:
     remaining_q: int
     expires_at: datetime | None
     created_at: datetime
+    grant_type: str
+    subscription_id: str | None
     taken_q: int = 0
+    expired_q: int = 0
 
 
 # parsed rule values by (rule id, raw JSON text): parsing is far dearer than the lookup
@@ -636,6 +641,10 @@ class _Env:
         return found
 
     def _lock_credits(self, needs: set[tuple[str, str]]):
+        """Lock the pools the batch draws from (id order, like every multi-pool write in
+        services/credits.py), their subscription links and live grants; grants whose
+        expiry has passed are expired first, as ``credits.deduct`` does, so usage never
+        eats credits that are no longer valid even if the expiry job has not run."""
         tx, env = self.tx, self.env
         if not needs:
             return {}, {}, {}, {}
@@ -643,16 +652,16 @@ class _Env:
         denoms = sorted({n[1] for n in needs})
         p: dict[str, Any] = {"env": env}
         pools: dict[tuple[str, str], _Pool] = {}
-        for pid, cid, denom, bal, consumed, hard, status in tx.rows(
-            "SELECT id, customer_id, denomination, balance_q, total_consumed_q, hard_limit, "
-            f"status FROM credit_pools WHERE environment_id = :env "
+        for pid, cid, denom, bal, consumed, expired, hard, status in tx.rows(
+            "SELECT id, customer_id, denomination, balance_q, total_consumed_q, "
+            "total_expired_q, hard_limit, status FROM credit_pools WHERE environment_id = :env "
             f"AND customer_id IN ({in_list('c', custs, p)}) "
             f"AND denomination IN ({in_list('d', denoms, p)}) ORDER BY id{tx.lock}",
             p,
         ):
             if (cid, denom) in needs:
                 pools[(cid, denom)] = _Pool(
-                    pid, cid, denom, int(bal), int(consumed), bool(hard), status
+                    pid, cid, denom, int(bal), int(consumed), int(expired), bool(hard), status
                 )
         links: dict[tuple[str, str], _Link] = {}
         grants: dict[str, list[_Grant]] = defaultdict(list)
@@ -669,17 +678,26 @@ class _Env:
                     lid, int(prio), None if limit is None else int(limit), int(drawn)
                 )
             p = {}
-            for gid, pid, remaining, expires, created in tx.rows(
-                "SELECT id, pool_id, remaining_q, expires_at, created_at FROM credit_grants "
+            for gid, pid, remaining, expires, created, gtype, gsub in tx.rows(
+                "SELECT id, pool_id, remaining_q, expires_at, created_at, grant_type, "
+                "subscription_id FROM credit_grants "
                 f"WHERE pool_id IN ({in_list('p', pool_ids, p)}) AND remaining_q > 0 "
                 f"AND voided_at IS NULL ORDER BY id{tx.lock}",
                 p,
             ):
                 grants[pid].append(
-                    _Grant(gid, int(remaining), tx.from_dt(expires), tx.from_dt(created))
+                    _Grant(
+                        gid,
+                        int(remaining),
+                        tx.from_dt(expires),
+                        tx.from_dt(created),
+                        gtype,
+                        gsub,
+                    )
                 )
             for lst in grants.values():
                 lst.sort(key=lambda g: (g.created_at, g.id))
+            self._expire_due(pools, grants)
         model_hard: dict[str, bool] = {}
         without_pool = sorted({d for c, d in needs if (c, d) not in pools})
         if without_pool:
@@ -691,6 +709,65 @@ class _Env:
             ):
                 model_hard[denom] = bool(hard)
         return pools, links, grants, model_hard
+
+    def _expire_due(self, pools: dict, grants: dict[str, list[_Grant]]) -> None:
+        """EXPIRATION rows for live grants past their expiry (written at once: the
+        pool's ledger must show them before this batch's deductions)."""
+        tx, env = self.tx, self.env
+        now = max(self.items[i].now for i in self.idxs)
+        stamp = tx.dt(now)
+        for pool in sorted(pools.values(), key=lambda x: x.id):
+            rows = []
+            for g in grants.get(pool.id, ()):
+                if g.expires_at is not None and g.expires_at <= now and g.remaining_q > 0:
+                    before = pool.balance_q - pool.expiring_q
+                    rows.append(
+                        {
+                            "id": new_id(),
+                            "env": env,
+                            "pool": pool.id,
+                            "grant": g.id,
+                            "type": "EXPIRATION",
+                            "amount": -g.remaining_q,
+                            "before": before,
+                            "after": before - g.remaining_q,
+                            "event": None,
+                            "sub": g.subscription_id,
+                            "desc": f"expiry of {g.grant_type} grant",
+                            "created": stamp,
+                        }
+                    )
+                    pool.expiring_q += g.remaining_q
+                    g.expired_q = g.remaining_q
+            if not rows:
+                continue
+            if pool.balance_q - pool.expiring_q < 0:
+                raise GuardFailed(f"credit pool {pool.id}: grants exceed the balance")
+            tx.many(
+                "UPDATE credit_grants SET remaining_q = 0 WHERE id = :id AND remaining_q = :r",
+                [{"id": r["grant"], "r": -r["amount"]} for r in rows],
+            )
+            n = tx.run(
+                "UPDATE credit_pools SET balance_q = balance_q - :x, total_expired_q = "
+                "total_expired_q + :x, modified_at = :now WHERE id = :id AND balance_q >= :x",
+                {"x": pool.expiring_q, "now": stamp, "id": pool.id},
+            )
+            if n != 1:
+                raise GuardFailed(f"credit pool {pool.id} moved under the batch")
+            tx.many(_LEDGER_SQL, rows)
+            pool.balance_q -= pool.expiring_q
+            pool.expired_q += pool.expiring_q
+            pool.expiring_q = 0
+            for g in grants[pool.id]:
+                if g.expired_q:
+                    g.remaining_q = 0
+            grants[pool.id] = [g for g in grants[pool.id] if g.remaining_q > 0]
+            self.effects.pools.setdefault(env, {})[pool.id] = {
+                "balance_q": pool.balance_q,
+                "total_consumed_q": pool.consumed_q,
+                "customer_id": pool.customer_id,
+            }
+            self.effects.pool_customers.add(pool.customer_id)
 
     # writing -------------------------------------------------------------------
 
@@ -931,6 +1008,7 @@ class _Env:
                         "env": env,
                         "pool": pool.id,
                         "grant": first_grant,
+                        "type": "DEDUCTION",
                         "amount": -take_q,
                         "before": before,
                         "after": before - take_q,
@@ -997,8 +1075,9 @@ class _Env:
     def _draw(
         self, pool: _Pool, link: _Link | None, grants, item: EventIn, take_q: int
     ) -> str | None:
-        """Take ``take_q`` from the pool, FIFO over its live grants; returns the first
-        grant drawn (recorded on the ledger row)."""
+        """Take ``take_q`` from the pool, FIFO over its live grants; returns the grant
+        drawn when a single one covered it (recorded on the ledger row, as
+        ``credits.deduct`` does), else None."""
         pool.taken_q += take_q
         if link is not None:
             link.taken_q += take_q
@@ -1015,11 +1094,10 @@ class _Env:
             t = min(room, left)
             g.taken_q += t
             left -= t
-            if first is None:
-                first = g.id
+            first = g.id if first is None else ""
         if left:
             raise GuardFailed(f"credit grants of pool {pool.id} cannot cover a computed draw")
-        return first
+        return first or None
 
     def _write_credits(self, pools, links, grants, ledger, now) -> None:
         tx = self.tx
@@ -1043,13 +1121,7 @@ class _Env:
             "WHERE id = :id",
             [{"d": lk.taken_q, "id": lk.id} for lk in touched_links],
         )
-        tx.many(
-            "INSERT INTO credit_transactions (id, environment_id, pool_id, grant_id, type, "
-            "amount_q, balance_before_q, balance_after_q, event_id, subscription_id, "
-            "description, created_at) VALUES (:id, :env, :pool, :grant, 'DEDUCTION', :amount, "
-            ":before, :after, :event, :sub, :desc, :created)",
-            ledger,
-        )
+        tx.many(_LEDGER_SQL, ledger)
         p: dict[str, Any] = {}
         back = {
             r[0]: (int(r[1]), int(r[2]))
@@ -1083,6 +1155,13 @@ class _Env:
                 if back_g.get(g.id) != g.remaining_q - g.taken_q:
                     raise GuardFailed(f"credit grant {g.id} moved under the batch")
 
+
+_LEDGER_SQL = (
+    "INSERT INTO credit_transactions (id, environment_id, pool_id, grant_id, type, amount_q, "
+    "balance_before_q, balance_after_q, event_id, subscription_id, description, created_at) "
+    "VALUES (:id, :env, :pool, :grant, :type, :amount, :before, :after, :event, :sub, :desc, "
+    ":created)"
+)
 
 _EVENT_COLUMNS = (
     "id",

@@ -226,7 +226,7 @@ async def _decide_grant(
         hard = pool.hard_limit if pool is not None else customer.model_hard.get(denom, False)
         available_q = 0
         if pool is not None:
-            available_q = pool.balance_q if pool.status in ("ACTIVE", "DEPLETED") else 0
+            available_q = pool.balance_q if pool.status == "ACTIVE" else 0
             link = pool.links.get(sub.id)
             if link is not None and link[1] is not None:
                 available_q = min(available_q, link[1] - link[2])
