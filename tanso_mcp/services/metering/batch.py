@@ -521,23 +521,32 @@ class _Env:
         # attribution depends only on (customer, feature, event type, named subscription):
         # decided once per distinct tuple, not once per event
         decided: dict[tuple, tuple] = {}
+        accumulate = ResetMode.ACCUMULATE
         for i in live:
             item = items[i]
-            cid = self._customer_of(i, customers)
-            feat = self._feature_of(i, features)
-            fid = feat[0] if feat else None
-            dkey = (cid, fid, item.event_type, item.subscription_id)
+            dkey = (
+                item.customer_ref,
+                item.customer_id,
+                item.stripe_customer_id,
+                item.feature_key,
+                item.feature_id,
+                item.event_type,
+                item.subscription_id,
+            )
             hit = decided.get(dkey)
             if hit is None:
-                hit = decided[dkey] = self._attribute(cid, feat, item, subs, grants_feature, plans)
-            chosen, plan = hit
+                cid = self._customer_of(i, customers)
+                feat = self._feature_of(i, features)
+                chosen, plan = self._attribute(cid, feat, item, subs, grants_feature, plans)
+                hit = decided[dkey] = (cid, feat[0] if feat else None, chosen, plan)
+            cid, fid, chosen, plan = hit
             key = None
             if plan is not None:
                 if plan.pricing is not None:
                     period = chosen.period
                     at = item.occurred_at
-                    if period.period_start <= at < period.period_end and (
-                        plan.reset_mode is not ResetMode.ACCUMULATE
+                    if plan.reset_mode is not accumulate and (
+                        period.period_start <= at < period.period_end
                     ):
                         ws = period.period_start
                     else:
@@ -800,6 +809,11 @@ class _Env:
         }
         no_default_cost = default_cost is None
         b_false = tx.b(False)
+        out = self.out
+        append_short = short_rows.append
+        dt_memo = dt.memo
+        revenue_memo: dict[tuple[int, int], int] = {}
+        units_memo: dict[int, Decimal | int] = {}
         for n, i in enumerate(live):
             item = items[i]
             cid, fid, sub, rp, ckey = ctx[i]
@@ -815,12 +829,17 @@ class _Env:
                 if counter is not None:
                     counter[3] += usage_q
                     counter[4] += usage_q
-                    revenue = rp.revenue_micros(usage_q, 0)
+                    rkey = (id(rp), usage_q)
+                    revenue = revenue_memo.get(rkey)
+                    if revenue is None:
+                        revenue = revenue_memo[rkey] = rp.revenue_micros(usage_q, 0)
                 else:
                     revenue = None
                 event_id = ids[n]
                 sid = sub.id if sub is not None else None
-                short_rows.append(
+                at = dt_memo.get(item.occurred_at) or dt(item.occurred_at)
+                created = dt_memo.get(item.now) or dt(item.now)
+                append_short(
                     (
                         event_id,
                         env,
@@ -830,7 +849,7 @@ class _Env:
                         cid,
                         fid,
                         sid,
-                        dt(item.occurred_at),
+                        at,
                         usage_q,
                         usage_q,
                         usage_q,
@@ -838,15 +857,18 @@ class _Env:
                         b_false,
                         revenue,
                         None,
-                        dt(item.now),
+                        created,
                     )
                 )
-                self.out[i] = Outcome(
+                units = units_memo.get(usage_q)
+                if units is None:
+                    units = units_memo[usage_q] = _q(usage_q)
+                out[i] = Outcome(
                     ACCEPTED,
                     event_id,
                     False,
                     0,
-                    _q(usage_q),
+                    units,
                     bool(created_by) and created_by.get(_ref_of(item)) == i,
                     cid,
                     sid,
@@ -1299,16 +1321,12 @@ def _ids(n: int) -> list[str]:
         return []
     ms = (time.time_ns() // 1_000_000) & ((1 << 48) - 1)
     rnd = int.from_bytes(os.urandom(10), "big")
-    head = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{(rnd >> 64) & 0xFFF:03x}-"
-    mask = (1 << 62) - 1
-    start = rnd & mask
-    if start > mask - n:  # leave room for the counter
-        start -= n
-    out = []
-    for b in range(start, start + n):
-        v = (0b10 << 62) | b
-        out.append(f"{head}{v >> 48:04x}-{v & 0xFFFFFFFFFFFF:012x}")
-    return out
+    low = rnd & ((1 << 48) - 1)
+    if low > (1 << 48) - 1 - n:  # keep the counter inside the last 48 bits
+        low -= n
+    high = 0x8000 | ((rnd >> 48) & 0x3FFF)  # variant 10 + 14 random bits
+    prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{(rnd >> 64) & 0xFFF:03x}-{high:04x}-"
+    return [f"{prefix}{x:012x}" for x in range(low, low + n)]
 
 
 def _q(value: int) -> Decimal | int:
