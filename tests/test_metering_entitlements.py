@@ -379,3 +379,28 @@ async def test_concurrent_checks_share_one_load(ctx, client, tenant):
     results = await asyncio.gather(*(check(client, tenant) for _ in range(30)))
     assert all(r["allowed"] for r in results)
     assert cache.loads - before <= 3  # one customer load, one counter load (+ slack)
+
+
+async def test_other_processes_writes_are_seen_within_the_ttl(ctx, client, tenant):
+    """A write this process did not make (another server on the same database) reaches
+    the cache when the entry expires: the expired entry answers once more while it is
+    refreshed in the background, then the fresh state answers."""
+    import asyncio
+
+    from tanso_mcp.services.metering import metering
+
+    env = tenant.env_ids["test"]
+    s = await metered_setup(ctx, env)
+    metering(ctx).cache.ttl = 0.2
+    assert (await check(client, tenant))["allowed"] is True
+    async with ctx.db.unit_of_work() as s_:  # no ctx.invalidate: "another process"
+        await s_.execute(
+            update(Entitlement)
+            .where(Entitlement.subscription_id == s["subscription_id"])
+            .values(revoked_at=START)
+        )
+    assert (await check(client, tenant))["allowed"] is True  # within the TTL
+    await asyncio.sleep(0.25)
+    await check(client, tenant)  # expired: answers, refreshes in the background
+    await asyncio.sleep(0.1)
+    assert (await check(client, tenant))["allowed"] is False

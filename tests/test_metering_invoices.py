@@ -171,4 +171,6 @@ async def test_zeroed_events_over_the_limit_are_not_billed(ctx, client, tenant):
     d = await ingest(b, "x3", 5)  # zeroed
     assert d["usageLimitExceeded"] is True
     await b.to("2026-02-15T00:00:00Z")
-    assert lines((await b.invoices("c"))[0], True) == [("Usage for api_calls: 12 units", D("12.00"))]
+    assert lines((await b.invoices("c"))[0], True) == [
+        ("Usage for api_calls: 12 units", D("12.00"))
+    ]

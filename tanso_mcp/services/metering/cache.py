@@ -20,14 +20,19 @@ Freshness rules — a check never serves a stale decision after a write in this 
    loader that raced with such a commit (per-counter and per-customer epochs) does not
    store what it read.
 3. **Other processes** (several servers on one PostgreSQL database, or a CLI on the
-   same SQLite file) are seen within ``entitlement_cache_seconds`` (every entry expires).
-   A check is a read: the authoritative limit and credit decisions are taken again, under
-   lock, when the usage is ingested.
+   same SQLite file) are seen within ``entitlement_cache_seconds`` plus one refresh:
+   an expired entry is refreshed in the background while it keeps answering (for at most
+   one more such period), so a popular entry never makes every request wait for the
+   database. A check is a read: the authoritative limit and credit decisions are taken
+   again, under lock, when the usage is ingested.
+
+Concurrent misses of one entry share a single database load (single flight).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +60,8 @@ from .windows import SubPeriod
 
 if TYPE_CHECKING:
     from ...bootstrap import AppContext
+
+log = logging.getLogger("tanso_mcp.metering")
 
 CounterKey = tuple[str, str, datetime]
 
@@ -136,6 +143,7 @@ class MeteringCache:
         self.customer_epoch: dict[str, int] = {}
         self.loads = 0  # database loads, for tests
         self._inflight: dict[Any, asyncio.Future] = {}
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ envs
 
@@ -149,6 +157,33 @@ class MeteringCache:
 
     def _fresh(self, stamp: float) -> bool:
         return time.monotonic() - stamp < self.ttl
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled or failed: either way done
+                pass
+
+    def _usable(self, stamp: float) -> bool:
+        """Expired, but young enough to answer with while a refresh runs in the
+        background (expiry only bounds how late other processes' writes are seen;
+        this process's writes have already reached the entry or dropped it)."""
+        return time.monotonic() - stamp < 2 * self.ttl
+
+    def _refresh(self, flight: Any, load: Any, valid: Any) -> None:
+        if flight in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._once(flight, load, valid))
+        self._background.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background cache refresh failed: %r", task.exception())
 
     # ------------------------------------------------------------------ reads
 
@@ -208,7 +243,11 @@ class MeteringCache:
                 info is None or self.customer_epoch.get(info.id, 0) == epoch
             )
 
-        info, _, _ = await self._once(("c", env_id, ref, gen), load, valid)
+        flight = ("c", env_id, ref, gen)
+        if hit is not None and self._usable(hit[1]):
+            self._refresh(flight, load, valid)
+            return hit[0]
+        info, _, _ = await self._once(flight, load, valid)
         return info
 
     async def feature(self, env_id: str, key: str) -> FeatureInfo | None:
@@ -238,7 +277,11 @@ class MeteringCache:
         def valid(result: tuple[FeatureInfo | None, int]) -> bool:
             return self.ctx.generation(env_id) == result[1]
 
-        info, _ = await self._once(("f", env_id, key), load, valid)
+        flight = ("f", env_id, key)
+        if hit is not None and self._usable(hit[1]):
+            self._refresh(flight, load, valid)
+            return hit[0]
+        info, _ = await self._once(flight, load, valid)
         return info
 
     async def counter(self, env_id: str, key: CounterKey) -> tuple[int, int]:
@@ -270,7 +313,11 @@ class MeteringCache:
         def valid(result: tuple[tuple[int, int], int]) -> bool:
             return self.counter_epoch.get(key, 0) == result[1]
 
-        value, _ = await self._once(("n", env_id, key), load, valid)
+        flight = ("n", env_id, key)
+        if hit is not None and self._usable(hit[2]):
+            self._refresh(flight, load, valid)
+            return hit[0], hit[1]
+        value, _ = await self._once(flight, load, valid)
         return value
 
     def _trim(self, d: dict) -> None:

@@ -47,6 +47,7 @@ class Metering:
 
     async def close(self) -> None:
         await self.writer.close()
+        await self.cache.close()
 
 
 def metering(ctx: AppContext) -> Metering:

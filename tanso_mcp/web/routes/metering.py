@@ -23,7 +23,7 @@ api = Api("/api/v1/client")
 # --------------------------------------------------------------------------- documents
 
 
-class CostInputDoc(BaseModel):
+class CostInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
     modelProvider: str | None = None
@@ -32,11 +32,11 @@ class CostInputDoc(BaseModel):
     costUnits: Decimal | None = None
 
 
-class EventDoc(BaseModel):
+class Event(BaseModel):
     """A usage event. Exactly one customer identifier; unknown customers and feature
     keys are created on the fly."""
 
-    model_config = ConfigDict(extra="forbid", title="Event")
+    model_config = ConfigDict(extra="forbid")
     eventIdempotencyKey: str | None = Field(
         default=None,
         max_length=128,
@@ -56,14 +56,14 @@ class EventDoc(BaseModel):
     usageUnits: Decimal | None = Field(default=None, ge=0, description="default 1, ≤4 dp")
     costAmount: Decimal | None = Field(default=None, ge=0)
     revenueAmount: Decimal | None = Field(default=None, ge=0)
-    costInput: CostInputDoc | None = None
+    costInput: CostInput | None = None
     flowId: str | None = Field(default=None, max_length=128)
     meta: dict[str, Any] | None = None
 
 
-class BatchDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="EventBatch")
-    events: list[EventDoc] = Field(min_length=1, max_length=MAX_BATCH)
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class EventOut(BaseModel):
@@ -124,26 +124,26 @@ class SubscriptionEntitlementsOut(BaseModel):
     entitlements: list[dict[str, Any]]
 
 
-class TrackDoc(BaseModel):
+class TrackUsage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     eventName: str | None = Field(default=None, max_length=128)
     usageUnits: Decimal | None = Field(default=None, gt=0)
     meta: dict[str, Any] | None = None
 
 
-class EvalContextDoc(BaseModel):
+class EvaluationContext(BaseModel):
     model_config = ConfigDict(extra="allow")
     idempotencyKey: str | None = Field(default=None, max_length=128)
     flowId: str | None = Field(default=None, max_length=128)
 
 
-class EvaluateDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="EntitlementEvaluation")
+class EntitlementEvaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     customerReferenceId: str = Field(max_length=128)
     featureKey: str = Field(max_length=128)
-    track: TrackDoc | None = Field(default=None, description="usage to simulate (alias usage)")
-    usage: TrackDoc | None = None
-    context: EvalContextDoc | None = None
+    track: TrackUsage | None = Field(default=None, description="usage to simulate (alias usage)")
+    usage: TrackUsage | None = None
+    context: EvaluationContext | None = None
 
 
 # --------------------------------------------------------------------------- events
@@ -153,7 +153,7 @@ class EvaluateDoc(BaseModel):
     "POST",
     "/events",
     role="client",
-    body_doc=EventDoc,
+    body_doc=Event,
     response=EventOut,
     status=201,
     summary="Record a usage event (201; 200 with usageLimitExceeded once the limit is "
@@ -172,7 +172,7 @@ async def post_event(call: Call):
     "POST",
     "/events/batch",
     role="client",
-    body_doc=BatchDoc,
+    body_doc=EventBatch,
     response=BatchOut,
     summary="Record up to 1000 events in one transaction; per-item results in input order",
     tags=["events"],
@@ -261,7 +261,7 @@ async def _evaluate(call: Call, *, simulate: bool) -> dict[str, Any]:
     "POST",
     "/entitlements",
     role="client",
-    body_doc=EvaluateDoc,
+    body_doc=EntitlementEvaluation,
     response=EntitlementOut,
     summary="Evaluate an entitlement, optionally simulating usage (records a zero-usage "
     "audit event, never usage)",
@@ -275,7 +275,7 @@ async def evaluate(call: Call):
     "POST",
     "/entitlements/check",
     role="client",
-    body_doc=EvaluateDoc,
+    body_doc=EntitlementEvaluation,
     response=EntitlementOut,
     summary="Check an entitlement (body form; same as POST /entitlements)",
     tags=["entitlements"],
