@@ -215,3 +215,192 @@ async def test_batch_limits(ctx, client, tenant):
     assert r.status_code in (400, 413)
     r = await client.post(f"{API}/events/batch", json={"evts": []}, headers=h)
     assert r.status_code == 400
+
+
+async def stored(ctx, key):
+    async with ctx.db.reader() as s:
+        return await s.scalar(select(Event).where(Event.idempotency_key == key))
+
+
+async def test_cost_chain_and_revenue(ctx, client, tenant):
+    """costAmount -> rule cost model -> environment default -> model price table -> none;
+    revenue: revenueAmount -> the rule's price of the uncovered units."""
+    env = tenant.env_ids["test"]
+    simple = {
+        "pricing": {"model": "usage", "usage_unit_type": "calls", "price_per_unit": "0.10"},
+        "cost": {"model": "simple", "cost_per_unit": "0.03"},
+    }
+    aware = {
+        "pricing": {"model": "usage", "usage_unit_type": "tokens", "price_per_unit": "0.001"},
+        "cost": {
+            "model": "model_aware",
+            "default_cost_per_unit": "0.00003",
+            "model_costs": {"gpt-4": "0.00006"},
+        },
+    }
+    tokens = {"cost": {"model": "simple", "cost_per_unit": 2, "cost_unit": "TOKENS"}}
+    await metered_setup(
+        ctx,
+        env,
+        rule=simple,
+        extra_features={"aware": json.dumps(aware), "tok": json.dumps(tokens)},
+    )
+    assert (
+        await post(
+            client, tenant, ev("explicit", usageUnits=4, costAmount=0.5, revenueAmount="1.25")
+        )
+    ).status_code == 201
+    await post(client, tenant, ev("rule", usageUnits=4))
+    await post(
+        client,
+        tenant,
+        ev(
+            "aware",
+            featureKey="aware",
+            usageUnits=1000,
+            costInput={"model": "gpt-4-0613", "inputTokens": 700, "outputTokens": 300},
+        ),
+    )
+    await post(client, tenant, ev("tok", featureKey="tok", usageUnits=5))
+    await post(
+        client,
+        tenant,
+        ev(
+            "table",
+            featureKey="unpriced",
+            usageUnits=1,
+            costInput={"model": "claude-sonnet-4-5", "inputTokens": 3000, "outputTokens": 500},
+        ),
+    )
+    await post(client, tenant, ev("none", featureKey="unpriced", usageUnits=1))
+    e = await stored(ctx, "explicit")
+    assert (e.cost_micros, e.cost_source, e.revenue_micros) == (500_000, "explicit", 1_250_000)
+    e = await stored(ctx, "rule")
+    assert (e.cost_micros, e.cost_source, e.revenue_micros) == (120_000, "rule", 400_000)
+    e = await stored(ctx, "aware")
+    # fuzzy model name: gpt-4-0613 -> gpt-4 rate; two-rate maths on tokens
+    assert (e.cost_micros, e.cost_source) == (60_000, "rule")
+    assert e.model == "gpt-4-0613" and (e.input_tokens, e.output_tokens) == (700, 300)
+    e = await stored(ctx, "tok")
+    # a cost counted in tokens is not money: kept out of cost_micros
+    assert e.cost_micros is None and e.context["sys_cost_unit"] == "TOKENS"
+    assert e.context["sys_cost_amount"] == 10
+    e = await stored(ctx, "table")
+    assert (e.cost_micros, e.cost_source, e.model_provider) == (
+        16_500,
+        "global_model_pricing",
+        "anthropic",
+    )
+    assert e.subscription_id is None and e.revenue_micros is None
+    e = await stored(ctx, "none")
+    assert (e.cost_micros, e.cost_source) == (None, None)
+    # an environment default cost config applies when the rule has no cost model
+    from tanso_mcp.db.models import Environment
+
+    async with ctx.db.unit_of_work() as s:
+        envrow = await s.get(Environment, env)
+        envrow.settings = {"defaultCostConfig": {"default_cost_per_unit": "0.002"}}
+    await post(client, tenant, ev("default", featureKey="unpriced", usageUnits=10))
+    e = await stored(ctx, "default")
+    assert (e.cost_micros, e.cost_source) == (20_000, "account_default")
+
+
+async def test_customer_identifiers_feature_id_meta_and_named_subscription(ctx, client, tenant):
+    env = tenant.env_ids["test"]
+    s = await metered_setup(ctx, env)
+    async with ctx.db.reader() as s_:
+        cust = await s_.scalar(select(Customer).where(Customer.reference_id == "cus_1"))
+        feat = await s_.scalar(select(Feature).where(Feature.key == "api_calls"))
+    body = {
+        "eventIdempotencyKey": "by-id",
+        "eventName": "x",
+        "customerId": cust.id,
+        "featureId": feat.id,
+        "subscriptionId": s["subscription_id"],
+        "usageUnits": "2.5",
+        "meta": {"request": {"id": "r1", "tokens": [1, 2.5]}},
+        "flowId": "flow-1",
+        "entitlementId": "ent-1",
+    }
+    r = await post(client, tenant, body)
+    assert r.status_code == 201, r.text
+    e = await stored(ctx, "by-id")
+    assert e.customer_id == cust.id and e.feature_id == feat.id
+    assert e.subscription_id == s["subscription_id"] and e.usage_q == 25000
+    assert e.meta == {"request": {"id": "r1", "tokens": [1, Decimal("2.5")]}}
+    assert e.context["flowId"] == "flow-1" and e.context["entitlementId"] == "ent-1"
+    r = await post(client, tenant, {**body, "eventIdempotencyKey": "missing", "customerId": "nope"})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "customerId"
+    r = await post(
+        client,
+        tenant,
+        {
+            "eventIdempotencyKey": "stripe",
+            "eventName": "x",
+            "stripeCustomerId": "cus_Stripe123",
+            "featureKey": "api_calls",
+        },
+    )
+    assert r.status_code == 201 and r.json()["data"]["customerAutoCreated"] is True
+    async with ctx.db.reader() as s_:
+        c = await s_.scalar(
+            select(Customer).where(Customer.provider_customer_id == "cus_Stripe123")
+        )
+    assert c is not None and c.source == "EVENT_AUTO_CREATED"
+    r = await post(
+        client,
+        tenant,
+        {"eventIdempotencyKey": "stripe2", "eventName": "x", "stripeCustomerId": "cus_Stripe123"},
+    )
+    assert r.json()["data"]["customerAutoCreated"] is False
+    assert await count(ctx, Customer) == 2
+
+
+async def test_one_failing_request_does_not_fail_the_others(ctx, client, tenant, monkeypatch):
+    """A unit that breaks the writer's transaction is written alone (and fails alone);
+    the events of other requests in the same group commit are stored."""
+    import asyncio
+
+    from tanso_mcp.services.metering import batch, writer
+
+    env = tenant.env_ids["test"]
+    await metered_setup(ctx, env)
+    real = batch.process_batch
+
+    def flaky(tx, items, probe=True):
+        if any(i.key == "poison" for i in items):
+            raise RuntimeError("boom")
+        return real(tx, items, probe=probe)
+
+    monkeypatch.setattr(writer, "process_batch", flaky)
+    results = await asyncio.gather(
+        *(post(client, tenant, ev(f"ok{i}")) for i in range(10)),
+        post(client, tenant, ev("poison")),
+        *(post(client, tenant, ev(f"ok{i}")) for i in range(10, 20)),
+    )
+    codes = [r.status_code for r in results]
+    assert codes[10] == 400 and results[10].json()["error"]["code"] == "ingestion_failed"
+    assert codes[:10] + codes[11:] == [201] * 20
+    assert await count(ctx, Event) == 20
+
+
+async def test_two_environments_in_one_group_commit(ctx, client, tenant):
+    import asyncio
+
+    from tests.conftest import make_tenant
+
+    other = await make_tenant(ctx, "globex")
+    for t in (tenant, other):
+        await metered_setup(ctx, t.env_ids["test"])
+    results = await asyncio.gather(
+        *(
+            post(client, t, ev(f"same-key-{i}", usageUnits=i + 1))
+            for t in (tenant, other)
+            for i in range(5)
+        )
+    )
+    assert [r.status_code for r in results] == [201] * 10
+    for t in (tenant, other):
+        d = (await client.get(f"{API}/entitlements/cus_1/api_calls", headers=t.headers())).json()
+        assert d["data"]["usage"]["used"] == 15
+    assert await count(ctx, Event) == 10
