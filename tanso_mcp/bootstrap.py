@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,11 @@ class AppContext:
     # decisions (entitlement checks) never serve a stale answer after a write made in
     # this process
     generations: dict[str, int] = field(default_factory=dict)
+    # awaited (last registered first) by close(): background writers, threads…
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self.closers.append(fn)
 
     def invalidate(self, environment_id: str) -> None:
         self.generations[environment_id] = self.generations.get(environment_id, 0) + 1
@@ -71,6 +77,8 @@ class AppContext:
         await upgrade(self.db.engine)
 
     async def close(self) -> None:
+        while self.closers:
+            await self.closers.pop()()
         await self.db.dispose()
 
 

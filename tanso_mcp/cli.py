@@ -65,6 +65,9 @@ def cmd_serve(args) -> int:
     # a fresh context: database connections must belong to uvicorn's event loop
     ctx = build_context(settings)
     app = create_app(ctx, run_jobs=settings.jobs_enabled)
+    from .web.hotpath import tune_gc
+
+    tune_gc()
     print(
         f"tanso-mcp serving on http://{settings.host}:{settings.port} "
         f"(REST /api/v1/client, MCP /mcp)",

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
 
     # --- events ---
     event_future_skew_seconds: int = Field(default=300, ge=0, le=86_400)
+    entitlement_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="how long an entitlement check may answer from this process's cache; "
+        "writes made in this process are seen at once, writes made by other processes "
+        "sharing the database within this time (0 = read the database on every check)",
+    )
 
     # --- secrets / Stripe ---
     secret_key: str | None = Field(

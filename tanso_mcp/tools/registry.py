@@ -6,9 +6,9 @@ from .server import ToolImpl, handlers_from
 
 
 def all_handlers() -> dict[str, ToolImpl]:
-    from .handlers import billing, catalog
+    from .handlers import billing, catalog, metering
 
     impls: dict[str, ToolImpl] = {}
-    for module in (catalog, billing):
+    for module in (catalog, billing, metering):
         impls.update(handlers_from(module))
     return impls

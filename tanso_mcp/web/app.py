@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import NotFound, TansoError
+from .hotpath import HotPaths
 from .jsonio import dumps
 from .middleware import AuthMiddleware, BodyLimitMiddleware
 from .openapi import build_openapi
@@ -29,10 +30,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import billing, catalog, system
+    from .routes import billing, catalog, metering, system
 
     api = Api("")
-    for module in (system, catalog, billing):
+    for module in (system, catalog, billing, metering):
         api.include(module.api)
     return api
 
@@ -128,6 +129,8 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # innermost: the entitlement-check fast lane runs after authentication
+    app.add_middleware(HotPaths, ctx=ctx)
     app.add_middleware(AuthMiddleware, keys=ctx.keys)
     app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
     app.state.openapi = openapi_doc

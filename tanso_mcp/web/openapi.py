@@ -87,12 +87,11 @@ def build_openapi(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[s
                 )
         if params:
             op["parameters"] = params
-        if r.body is not None:
+        body = r.body if r.body is not None else r.body_doc
+        if body is not None:
             op["requestBody"] = {
                 "required": True,
-                "content": {
-                    "application/json": {"schema": _schema_for(r.body, "validation", defs)}
-                },
+                "content": {"application/json": {"schema": _schema_for(body, "validation", defs)}},
             }
         data_schema = _schema_for(r.response, "serialization", defs)
         ok: dict[str, Any] = {"success": {"const": True}}

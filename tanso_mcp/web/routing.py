@@ -123,6 +123,9 @@ class ApiRoute:
     paginated: bool = False
     tags: list[str] = field(default_factory=list)
     errors: tuple[int, ...] = ()
+    # documents the request body in /openapi.json when the handler reads and validates
+    # the body itself (hot paths, per-item validation of batches)
+    body_doc: Any = None
 
 
 class Api:
@@ -144,6 +147,7 @@ class Api:
         paginated: bool = False,
         tags: list[str] | None = None,
         errors: tuple[int, ...] = (),
+        body_doc: Any = None,
     ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             self.routes.append(
@@ -160,6 +164,7 @@ class Api:
                     paginated,
                     tags or [],
                     errors,
+                    body_doc,
                 )
             )
             return fn

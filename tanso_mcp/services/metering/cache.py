@@ -1,0 +1,455 @@
+"""In-process cache behind the entitlement checks: a warm check reads no database.
+
+What is cached, per environment:
+
+- customers by reference: the customer's active subscriptions (period, plan) with the
+  features each one currently grants (non-revoked entitlement, enabled rule, enabled
+  feature, not past due) and their parsed rules, and the customer's credit pools (with
+  their subscription links) — or "no such customer";
+- features by key (or "no such feature"), to tell "unknown feature" from "not granted";
+- usage counters by (subscription, feature, window start).
+
+Freshness rules — a check never serves a stale decision after a write in this process:
+
+1. **Other writes** (catalog, subscriptions, entitlements, credit grants…) bump the
+   environment's generation (``AppContext.invalidate``) after they commit; an
+   environment whose generation moved is dropped whole. A loader remembers the
+   generation it started under and stores nothing if it moved meanwhile.
+2. **Metering writes** go through the writer, which publishes the committed values it
+   computed under lock (counters, pool balances) *before* answering the request; a
+   loader that raced with such a commit (per-counter and per-customer epochs) does not
+   store what it read.
+3. **Other processes** (several servers on one PostgreSQL database, or a CLI on the
+   same SQLite file) are seen within ``entitlement_cache_seconds`` (every entry expires).
+   A check is a read: the authoritative limit and credit decisions are taken again, under
+   lock, when the usage is ingested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from ...db.models import (
+    CreditModel,
+    CreditPool,
+    CreditPoolSubscription,
+    Customer,
+    Entitlement,
+    Feature,
+    Invoice,
+    Plan,
+    PlanFeature,
+    Subscription,
+    UsageCounter,
+)
+from ...domain.rules import RuleValue
+from .batch import Effects, _rule_value
+from .windows import SubPeriod
+
+if TYPE_CHECKING:
+    from ...bootstrap import AppContext
+
+CounterKey = tuple[str, str, datetime]
+
+
+@dataclass(slots=True)
+class Grant:
+    """A feature granted through one subscription."""
+
+    feature_id: str
+    feature_key: str
+    rule_id: str
+    rule: RuleValue | None
+    # the rule's max_usage as a JSON-friendly number (int when whole); None = unlimited
+    limit: Decimal | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule is not None and self.rule.pricing is not None:
+            m = self.rule.pricing.max_usage
+            if m is not None:
+                self.limit = int(m) if m == m.to_integral_value() else m
+
+
+@dataclass(slots=True)
+class SubInfo:
+    id: str
+    plan_id: str
+    plan_key: str
+    period: SubPeriod
+    grants: dict[str, Grant]  # by feature key
+
+
+@dataclass(slots=True)
+class PoolInfo:
+    id: str
+    denomination: str
+    balance_q: int
+    total_granted_q: int
+    total_consumed_q: int
+    hard_limit: bool
+    status: str
+    links: dict[str, tuple[int, int | None, int]]  # sub id -> (priority, limit_q, drawn_q)
+
+
+@dataclass(slots=True)
+class CustomerInfo:
+    id: str
+    reference_id: str
+    subs: list[SubInfo]
+    pools: dict[str, PoolInfo]  # by denomination
+    model_hard: dict[str, bool]  # denomination -> credit model hard limit (no pool yet)
+
+
+@dataclass(slots=True)
+class FeatureInfo:
+    id: str
+    key: str
+    enabled: bool
+
+
+@dataclass
+class EnvCache:
+    generation: int
+    customers: dict[str, tuple[CustomerInfo | None, float]] = field(default_factory=dict)
+    features: dict[str, tuple[FeatureInfo | None, float]] = field(default_factory=dict)
+    counters: dict[CounterKey, tuple[int, int, float]] = field(default_factory=dict)
+    pools_by_id: dict[str, PoolInfo] = field(default_factory=dict)
+    refs_by_customer: dict[str, str] = field(default_factory=dict)
+
+
+class MeteringCache:
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, ctx: AppContext, ttl_seconds: float):
+        self.ctx = ctx
+        self.ttl = ttl_seconds
+        self.envs: dict[str, EnvCache] = {}
+        # bumped by every metering commit that changed the value (never reset)
+        self.counter_epoch: dict[CounterKey, int] = {}
+        self.customer_epoch: dict[str, int] = {}
+        self.loads = 0  # database loads, for tests
+        self._inflight: dict[Any, asyncio.Future] = {}
+
+    # ------------------------------------------------------------------ envs
+
+    def env(self, env_id: str) -> EnvCache:
+        gen = self.ctx.generation(env_id)
+        cache = self.envs.get(env_id)
+        if cache is None or cache.generation != gen:
+            cache = EnvCache(gen)
+            self.envs[env_id] = cache
+        return cache
+
+    def _fresh(self, stamp: float) -> bool:
+        return time.monotonic() - stamp < self.ttl
+
+    # ------------------------------------------------------------------ reads
+
+    async def _once(self, flight: Any, load: Any, valid: Any) -> Any:
+        """Single flight: concurrent misses of one entry share one database load (no
+        stampede when a popular entry expires). A caller that joined someone else's load
+        re-checks the result with ``valid`` (a metering commit or another write may have
+        landed while it was loading) and otherwise loads on its own."""
+        fut = self._inflight.get(flight)
+        if fut is not None:
+            result = await asyncio.shield(fut)
+            if valid(result):
+                return result
+            return await load()
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = fut
+        try:
+            result = await load()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: joiners re-raise it themselves
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
+            if self._inflight.get(flight) is fut:
+                del self._inflight[flight]
+
+    async def customer(self, env_id: str, ref: str) -> CustomerInfo | None:
+        cache = self.env(env_id)
+        hit = cache.customers.get(ref)
+        if hit is not None and self._fresh(hit[1]):
+            return hit[0]
+        gen = cache.generation
+
+        async def load() -> tuple[CustomerInfo | None, int, int]:
+            started = self.ctx.generation(env_id)
+            info, epoch = await self._load_customer(env_id, ref)
+            cache = self.env(env_id)
+            if (
+                cache.generation == started
+                and (info is None or self.customer_epoch.get(info.id, 0) == epoch)
+                and self.ttl > 0
+            ):
+                self._trim(cache.customers)
+                cache.customers[ref] = (info, time.monotonic())
+                if info is not None:
+                    cache.refs_by_customer[info.id] = ref
+                    for pool in info.pools.values():
+                        cache.pools_by_id[pool.id] = pool
+            return info, epoch, started
+
+        def valid(result: tuple[CustomerInfo | None, int, int]) -> bool:
+            info, epoch, started = result
+            return self.ctx.generation(env_id) == started and (
+                info is None or self.customer_epoch.get(info.id, 0) == epoch
+            )
+
+        info, _, _ = await self._once(("c", env_id, ref, gen), load, valid)
+        return info
+
+    async def feature(self, env_id: str, key: str) -> FeatureInfo | None:
+        cache = self.env(env_id)
+        hit = cache.features.get(key)
+        if hit is not None and self._fresh(hit[1]):
+            return hit[0]
+
+        async def load() -> tuple[FeatureInfo | None, int]:
+            started = self.ctx.generation(env_id)
+            self.loads += 1
+            async with self.ctx.db.reader() as s:
+                row = (
+                    await s.execute(
+                        select(Feature.id, Feature.key, Feature.is_enabled).where(
+                            Feature.environment_id == env_id, Feature.key == key
+                        )
+                    )
+                ).first()
+            info = None if row is None else FeatureInfo(row[0], row[1], bool(row[2]))
+            cache = self.env(env_id)
+            if cache.generation == started and self.ttl > 0:
+                self._trim(cache.features)
+                cache.features[key] = (info, time.monotonic())
+            return info, started
+
+        def valid(result: tuple[FeatureInfo | None, int]) -> bool:
+            return self.ctx.generation(env_id) == result[1]
+
+        info, _ = await self._once(("f", env_id, key), load, valid)
+        return info
+
+    async def counter(self, env_id: str, key: CounterKey) -> tuple[int, int]:
+        cache = self.env(env_id)
+        hit = cache.counters.get(key)
+        if hit is not None and self._fresh(hit[2]):
+            return hit[0], hit[1]
+
+        async def load() -> tuple[tuple[int, int], int]:
+            epoch = self.counter_epoch.get(key, 0)
+            self.loads += 1
+            async with self.ctx.db.reader() as s:
+                row = (
+                    await s.execute(
+                        select(UsageCounter.used_q, UsageCounter.overage_q).where(
+                            UsageCounter.subscription_id == key[0],
+                            UsageCounter.feature_id == key[1],
+                            UsageCounter.window_start == key[2],
+                        )
+                    )
+                ).first()
+            value = (0, 0) if row is None else (int(row[0]), int(row[1]))
+            if self.counter_epoch.get(key, 0) == epoch and self.ttl > 0:
+                cache = self.env(env_id)
+                self._trim(cache.counters)
+                cache.counters[key] = (value[0], value[1], time.monotonic())
+            return value, epoch
+
+        def valid(result: tuple[tuple[int, int], int]) -> bool:
+            return self.counter_epoch.get(key, 0) == result[1]
+
+        value, _ = await self._once(("n", env_id, key), load, valid)
+        return value
+
+    def _trim(self, d: dict) -> None:
+        if len(d) >= self.MAX_ENTRIES:
+            d.clear()
+
+    # ------------------------------------------------------------------ writer
+
+    def apply(self, effects: Effects, generations: dict[str, int]) -> None:
+        """Take over the values a metering transaction committed (called on the event
+        loop after the commit, before the requests are answered). ``generations``: each
+        environment's generation when the batch started."""
+        now = time.monotonic()
+        for env_id, counters in effects.counters.items():
+            cache = self.envs.get(env_id)
+            for key, (used, over) in counters.items():
+                self.counter_epoch[key] = self.counter_epoch.get(key, 0) + 1
+                if cache is not None:
+                    cache.counters[key] = (used, over, now)
+        for customer_id in effects.pool_customers:
+            self.customer_epoch[customer_id] = self.customer_epoch.get(customer_id, 0) + 1
+        for env_id, pools in effects.pools.items():
+            cache = self.envs.get(env_id)
+            if cache is None:
+                continue
+            if self.ctx.generation(env_id) != generations.get(env_id):
+                # another write committed meanwhile: what is cached may predate this
+                # batch's deductions; forget those customers rather than guess
+                for values in pools.values():
+                    ref = cache.refs_by_customer.get(values["customer_id"])
+                    if ref is not None:
+                        cache.customers.pop(ref, None)
+                continue
+            for pool_id, values in pools.items():
+                pool = cache.pools_by_id.get(pool_id)
+                if pool is not None:
+                    pool.balance_q = values["balance_q"]
+                    pool.total_consumed_q = values["total_consumed_q"]
+
+    # ------------------------------------------------------------------ loading
+
+    async def _load_customer(self, env_id: str, ref: str) -> tuple[CustomerInfo | None, int]:
+        self.loads += 1
+        async with self.ctx.db.reader() as s:
+            cid = await s.scalar(
+                select(Customer.id).where(
+                    Customer.environment_id == env_id, Customer.reference_id == ref
+                )
+            )
+            if cid is None:
+                return None, 0
+            epoch = self.customer_epoch.get(cid, 0)
+            rows = (
+                await s.execute(
+                    select(
+                        Subscription.id,
+                        Subscription.plan_id,
+                        Plan.key,
+                        Subscription.started_at,
+                        Subscription.current_period_start,
+                        Subscription.current_period_end,
+                        Subscription.interval_months,
+                        Subscription.billing_anchor_day,
+                    )
+                    .join(Plan, Plan.id == Subscription.plan_id)
+                    .where(
+                        Subscription.environment_id == env_id,
+                        Subscription.customer_id == cid,
+                        Subscription.is_active.is_(True),
+                        Subscription.ended_at.is_(None),
+                    )
+                    .order_by(Subscription.created_at, Subscription.id)
+                )
+            ).all()
+            subs: list[SubInfo] = []
+            if rows:
+                sub_ids = [r[0] for r in rows]
+                past_due = set(
+                    (
+                        await s.execute(
+                            select(Invoice.subscription_id).where(
+                                Invoice.environment_id == env_id,
+                                Invoice.status == "PAST_DUE",
+                                Invoice.subscription_id.in_(sub_ids),
+                            )
+                        )
+                    ).scalars()
+                )
+                entitled = set(
+                    (
+                        await s.execute(
+                            select(Entitlement.subscription_id, Entitlement.feature_id).where(
+                                Entitlement.environment_id == env_id,
+                                Entitlement.subscription_id.in_(sub_ids),
+                                Entitlement.revoked_at.is_(None),
+                            )
+                        )
+                    ).all()
+                )
+                plan_ids = sorted({r[1] for r in rows})
+                rules: dict[str, list[tuple[str, str, str, Any]]] = {}
+                for pid, fid, fkey, rid, value in (
+                    await s.execute(
+                        select(
+                            PlanFeature.plan_id,
+                            Feature.id,
+                            Feature.key,
+                            PlanFeature.id,
+                            PlanFeature.value,
+                        )
+                        .join(Feature, Feature.id == PlanFeature.feature_id)
+                        .where(
+                            PlanFeature.plan_id.in_(plan_ids),
+                            PlanFeature.is_enabled.is_(True),
+                            Feature.is_enabled.is_(True),
+                        )
+                    )
+                ).all():
+                    rules.setdefault(pid, []).append((fid, fkey, rid, value))
+                for sid, pid, pkey, started, ps, pe, interval, anchor in rows:
+                    if sid in past_due:
+                        continue
+                    grants = {
+                        fkey: Grant(fid, fkey, rid, _rule_value(rid, value))
+                        for fid, fkey, rid, value in rules.get(pid, [])
+                        if (sid, fid) in entitled
+                    }
+                    subs.append(
+                        SubInfo(
+                            sid,
+                            pid,
+                            pkey,
+                            SubPeriod(started, ps, pe, int(interval), int(anchor)),
+                            grants,
+                        )
+                    )
+            pools: dict[str, PoolInfo] = {}
+            for p in (
+                await s.execute(select(CreditPool).where(CreditPool.customer_id == cid))
+            ).scalars():
+                pools[p.denomination] = PoolInfo(
+                    p.id,
+                    p.denomination,
+                    p.balance_q,
+                    p.total_granted_q,
+                    p.total_consumed_q,
+                    p.hard_limit,
+                    p.status,
+                    {},
+                )
+            if pools:
+                by_id = {p.id: p for p in pools.values()}
+                for link in (
+                    await s.execute(
+                        select(CreditPoolSubscription).where(
+                            CreditPoolSubscription.pool_id.in_(list(by_id))
+                        )
+                    )
+                ).scalars():
+                    by_id[link.pool_id].links[link.subscription_id] = (
+                        link.draw_priority,
+                        link.draw_limit_q,
+                        link.total_drawn_q,
+                    )
+            denoms = {
+                g.rule.credits.denomination
+                for sub in subs
+                for g in sub.grants.values()
+                if g.rule is not None and g.rule.credits is not None
+            } - set(pools)
+            model_hard: dict[str, bool] = {}
+            if denoms:
+                for denom, hard in (
+                    await s.execute(
+                        select(CreditModel.denomination, CreditModel.hard_limit).where(
+                            CreditModel.environment_id == env_id,
+                            CreditModel.denomination.in_(sorted(denoms)),
+                        )
+                    )
+                ).all():
+                    model_hard[denom] = bool(hard)
+        return CustomerInfo(cid, ref, subs, pools, model_hard), epoch

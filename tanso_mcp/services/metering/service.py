@@ -1,0 +1,457 @@
+"""Metering use cases shared by the REST API and the MCP tools: ingest (single and batch),
+entitlement check, evaluation (simulation + audit record) and the entitlement list.
+
+``metering(ctx)`` returns the process's :class:`Metering` (writer + cache), created on
+first use and closed with the application context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ...db.scale import QTY_SCALE
+from ...domain.credits import credits_for_units
+from ...domain.limits import remaining_usage, would_exceed
+from ...domain.money import to_credit_units
+from ...errors import DuplicateEvent, InvalidRequest, NotFound, TansoError
+from ...principal import Principal
+from .batch import ACCEPTED, DUPLICATE, Outcome
+from .cache import CustomerInfo, Grant, MeteringCache, SubInfo
+from .inputs import (
+    ENTITLEMENT_CHECKED,
+    MAX_TEXT,
+    EventIn,
+    parse_event,
+    parse_units,
+    time_ordered_key,
+    units_to_q,
+)
+from .windows import window_start
+from .writer import MeteringWriter
+
+if TYPE_CHECKING:
+    from ...bootstrap import AppContext
+
+MAX_BATCH = 1000
+EXTRA_KEY = "metering"
+
+
+class Metering:
+    def __init__(self, ctx: AppContext):
+        self.ctx = ctx
+        self.cache = MeteringCache(ctx, ctx.settings.entitlement_cache_seconds)
+        self.writer = MeteringWriter(ctx, on_commit=self.cache.apply)
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+
+def metering(ctx: AppContext) -> Metering:
+    m = ctx.extras.get(EXTRA_KEY)
+    if m is None:
+        m = Metering(ctx)
+        ctx.extras[EXTRA_KEY] = m
+        ctx.on_close(m.close)
+    return m
+
+
+def _q(value: int) -> Decimal | int:
+    """A scaled quantity as a JSON-friendly number: an int when whole (orjson writes ints
+    natively, Decimals need a callback), else the exact Decimal."""
+    whole, rest = divmod(value, QTY_SCALE)
+    return whole if rest == 0 else Decimal(value) / QTY_SCALE
+
+
+def _num(value: Decimal) -> Decimal | int:
+    return int(value) if value == value.to_integral_value() else value
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+DUPLICATE_MESSAGE = (
+    "Duplicate event. An event with this idempotency key has already been processed."
+)
+
+
+def outcome_data(o: Outcome) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "eventId": o.event_id,
+        "usageLimitExceeded": o.limit_exceeded,
+        "creditsDeducted": o.credits_deducted,
+        "overageUnits": o.overage_units,
+        "customerAutoCreated": o.customer_auto_created,
+    }
+    if o.limit_exceeded:
+        data["message"] = (
+            f"Usage limit of {o.limit} exceeded. Event recorded but zeroed out."
+            if o.limit is not None
+            else "Usage limit exceeded. Event recorded but zeroed out."
+        )
+    return data
+
+
+async def ingest_event(
+    ctx: AppContext, principal: Principal, raw: Any, *, header_key: str | None = None
+) -> tuple[dict[str, Any], int]:
+    """One event: ``(data, status)``; 201 accepted, 200 accepted over the limit.
+    Raises ``DuplicateEvent`` (409), ``InsufficientCredits`` (409) or ``InvalidRequest``."""
+    now = await ctx.now(principal)
+    item = parse_event(
+        raw,
+        environment_id=principal.environment_id,
+        now=now,
+        future_skew_seconds=ctx.settings.event_future_skew_seconds,
+        header_key=header_key,
+    )
+    (o,) = await metering(ctx).writer.submit([item])
+    if o.status == DUPLICATE:
+        raise DuplicateEvent(DUPLICATE_MESSAGE, field="eventIdempotencyKey")
+    if o.status != ACCEPTED:
+        assert o.error is not None
+        raise o.error
+    return outcome_data(o), 200 if o.limit_exceeded else 201
+
+
+async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> dict[str, Any]:
+    """Up to 1000 events in one transaction; per-item results in input order."""
+    if not isinstance(events, list):
+        raise InvalidRequest("events must be an array of event objects", field="events")
+    if not 1 <= len(events) <= MAX_BATCH:
+        raise InvalidRequest(f"events must hold 1 to {MAX_BATCH} events", field="events")
+    now = await ctx.now(principal)
+    skew = ctx.settings.event_future_skew_seconds
+    results: list[dict[str, Any] | None] = [None] * len(events)
+    items: list[EventIn] = []
+    positions: list[int] = []
+    for index, raw in enumerate(events):
+        try:
+            items.append(
+                parse_event(
+                    raw,
+                    environment_id=principal.environment_id,
+                    now=now,
+                    future_skew_seconds=skew,
+                )
+            )
+            positions.append(index)
+        except TansoError as exc:
+            results[index] = {"index": index, "status": "error", "error": _error(exc, index)}
+    outcomes = await metering(ctx).writer.submit(items) if items else []
+    accepted = duplicates = 0
+    for index, o in zip(positions, outcomes, strict=True):
+        if o.status == ACCEPTED:
+            accepted += 1
+            # lean per-item answer (a batch answers 1000 of them): the defaults
+            # (usageLimitExceeded false, no credits, overage = the units sent, customer
+            # known) are left out
+            item = {"index": index, "status": "accepted", "eventId": o.event_id}
+            if o.limit_exceeded:
+                item["usageLimitExceeded"] = True
+            if o.credits_deducted:
+                item["creditsDeducted"] = o.credits_deducted
+                item["overageUnits"] = o.overage_units
+            if o.customer_auto_created:
+                item["customerAutoCreated"] = True
+            results[index] = item
+        elif o.status == DUPLICATE:
+            duplicates += 1
+            results[index] = {
+                "index": index,
+                "status": "duplicate",
+                "error": {"code": "duplicate_event", "message": DUPLICATE_MESSAGE},
+            }
+        else:
+            assert o.error is not None
+            results[index] = {"index": index, "status": "error", "error": _error(o.error, index)}
+    return {
+        "results": results,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "errors": len(events) - accepted - duplicates,
+    }
+
+
+def _error(exc: TansoError, index: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.field:
+        out["field"] = f"events[{index}].{exc.field}"
+    return out
+
+
+# --------------------------------------------------------------------------- entitlements
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    reason: str | None = None
+    sub: SubInfo | None = None
+    grant: Grant | None = None
+    usage: dict[str, Any] | None = None
+    credit: dict[str, Any] | None = None
+    simulation: dict[str, Any] | None = None
+
+
+async def _decide_grant(
+    cache: MeteringCache,
+    env: str,
+    customer: CustomerInfo,
+    sub: SubInfo,
+    grant: Grant,
+    now: datetime,
+    requested: Decimal | None,
+) -> Decision:
+    rule = grant.rule
+    d = Decision(True, sub=sub, grant=grant)
+    used: Decimal | int = 0
+    limit = None
+    if rule is not None and rule.pricing is not None:
+        ws = window_start(sub.period, rule.pricing.reset_mode, now)
+        used_q, _ = await cache.counter(env, (sub.id, grant.feature_id, ws))
+        used = _q(used_q)
+        limit = grant.limit
+        if limit is None:
+            d.usage = {"used": used}
+        else:
+            d.usage = {"used": used, "limit": limit, "remaining": max(limit - used, 0)}
+            if used >= limit:
+                d.allowed, d.reason = False, "Usage limit exceeded"
+    if rule is not None and rule.credits is not None:
+        denom = rule.credits.denomination
+        pool = customer.pools.get(denom)
+        hard = pool.hard_limit if pool is not None else customer.model_hard.get(denom, False)
+        available_q = 0
+        if pool is not None:
+            available_q = pool.balance_q if pool.status == "ACTIVE" else 0
+            link = pool.links.get(sub.id)
+            if link is not None and link[1] is not None:
+                available_q = min(available_q, link[1] - link[2])
+        d.credit = {
+            "denomination": denom,
+            "balance": _q(pool.balance_q) if pool is not None else 0,
+            "totalGranted": _q(pool.total_granted_q) if pool is not None else 0,
+            "totalConsumed": _q(pool.total_consumed_q) if pool is not None else 0,
+            "hardLimit": hard,
+            "weight": _num(rule.credits.weight),
+        }
+        probe = requested if requested is not None else Decimal(1)
+        needed_q = to_credit_units(credits_for_units(probe, rule.credits.weight))
+        if d.allowed and hard and available_q < needed_q:
+            d.allowed, d.reason = False, "Credit limit reached"
+    if requested is not None:
+        projected = used + requested
+        exceed = would_exceed(used, requested, limit)
+        d.simulation = {
+            "requestedUsage": _num(requested),
+            "projectedUsage": _num(Decimal(projected)),
+            "wouldExceedLimit": exceed,
+        }
+        if limit is not None:
+            d.simulation["projectedRemaining"] = _num(remaining_usage(projected, limit))
+        if d.allowed and exceed:
+            d.allowed, d.reason = False, "Proposed usage would exceed limit"
+    return d
+
+
+async def decide(
+    ctx: AppContext,
+    env: str,
+    ref: str,
+    feature_key: str,
+    now: datetime,
+    requested: Decimal | None = None,
+) -> tuple[Decision, CustomerInfo | None]:
+    cache = metering(ctx).cache
+    customer = await cache.customer(env, ref)
+    if customer is None:
+        return Decision(False, "Customer not found"), None
+    first: Decision | None = None
+    for sub in customer.subs:
+        grant = sub.grants.get(feature_key)
+        if grant is None:
+            continue
+        d = await _decide_grant(cache, env, customer, sub, grant, now, requested)
+        if d.allowed:
+            return d, customer
+        first = first or d
+    if first is not None:
+        return first, customer
+    feature = await cache.feature(env, feature_key)
+    if feature is None:
+        return Decision(False, f"Feature {feature_key!r} not found"), customer
+    return Decision(False, "No active subscription found for this feature"), customer
+
+
+def decision_view(ref: str, feature_key: str, d: Decision) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "customerReferenceId": ref,
+        "referenceCustomerId": ref,
+        "featureKey": feature_key,
+        "allowed": d.allowed,
+        "isAllowed": d.allowed,
+    }
+    if d.sub is not None:
+        out["subscriptionId"] = d.sub.id
+    if d.usage is not None:
+        out["usage"] = d.usage
+    if d.credit is not None:
+        out["credit"] = d.credit
+    if d.simulation is not None:
+        out["simulation"] = d.simulation
+    if d.reason is not None:
+        out["reason"] = d.reason
+        out["meta"] = {"reason": {"description": d.reason}}
+    return out
+
+
+def check_text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{field} is required", field=field)
+    if len(value) > MAX_TEXT:
+        raise InvalidRequest(f"{field} must be at most {MAX_TEXT} characters", field=field)
+    return value
+
+
+async def check_entitlement(
+    ctx: AppContext, principal: Principal, ref: str, feature_key: str
+) -> dict[str, Any]:
+    """GET /entitlements/{ref}/{featureKey} and MCP checkEntitlement: a read; records
+    nothing. An unknown customer or feature is ``allowed: false`` with a reason."""
+    check_text(ref, "customerReferenceId")
+    check_text(feature_key, "featureKey")
+    now = await ctx.now(principal)
+    d, _ = await decide(ctx, principal.environment_id, ref, feature_key, now)
+    return decision_view(ref, feature_key, d)
+
+
+async def evaluate_entitlement(
+    ctx: AppContext,
+    principal: Principal,
+    ref: str,
+    feature_key: str,
+    *,
+    requested: Any = None,
+    event_name: str | None = None,
+    meta: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    flow_id: str | None = None,
+) -> dict[str, Any]:
+    """Check with an optional usage simulation; records a zero-usage
+    ``ENTITLEMENT_CHECKED`` audit event (never usage) for a known customer."""
+    check_text(ref, "customerReferenceId")
+    check_text(feature_key, "featureKey")
+    req = None
+    if requested is not None:
+        req = parse_units(requested, "usageUnits")
+        if req <= 0:
+            raise InvalidRequest("usageUnits must be greater than 0", field="usageUnits")
+    if event_name is not None:
+        check_text(event_name, "eventName")
+    if idempotency_key is not None:
+        check_text(idempotency_key, "context.idempotencyKey")
+    if flow_id is not None:
+        check_text(flow_id, "context.flowId")
+    now = await ctx.now(principal)
+    env = principal.environment_id
+    d, customer = await decide(ctx, env, ref, feature_key, now, req)
+    flow = flow_id or time_ordered_key()
+    out = decision_view(ref, feature_key, d)
+    out["flowId"] = flow
+    if customer is not None:
+        feature_id = d.grant.feature_id if d.grant is not None else None
+        if feature_id is None:
+            feature = await metering(ctx).cache.feature(env, feature_key)
+            feature_id = feature.id if feature is not None else None
+        context: dict[str, Any] = {
+            "sys_simulation": req is not None,
+            "allowed": d.allowed,
+            "featureKey": feature_key,
+        }
+        if req is not None:
+            context["sys_simulated_usage"] = req
+            context["sys_simulated_would_exceed"] = bool(
+                d.simulation and d.simulation["wouldExceedLimit"]
+            )
+        if d.reason:
+            context["reason"] = d.reason
+        audit = EventIn(
+            environment_id=env,
+            key=idempotency_key or time_ordered_key(),
+            event_name=event_name or feature_key,
+            occurred_at=now,
+            now=now,
+            usage_q=0,
+            units=Decimal(0),
+            customer_id=customer.id,
+            feature_id=feature_id,
+            subscription_id=d.sub.id if d.sub is not None else None,
+            meta=meta,
+            flow_id=flow,
+            event_type=ENTITLEMENT_CHECKED,
+            context=context,
+            key_generated=idempotency_key is None,
+        )
+        (o,) = await metering(ctx).writer.submit([audit])
+        if o.status == ACCEPTED:
+            out["auditEventId"] = o.event_id
+    return out
+
+
+async def list_entitlements(
+    ctx: AppContext, principal: Principal, ref: str
+) -> list[dict[str, Any]]:
+    """Every feature the customer may use now, grouped by subscription, with limits,
+    usage and credits."""
+    check_text(ref, "customerReferenceId")
+    env = principal.environment_id
+    now = await ctx.now(principal)
+    cache = metering(ctx).cache
+    customer = await cache.customer(env, ref)
+    if customer is None:
+        raise NotFound(f"customer {ref!r} not found", field="customerReferenceId")
+    out = []
+    for sub in customer.subs:
+        items = []
+        for key in sorted(sub.grants):
+            grant = sub.grants[key]
+            d = await _decide_grant(cache, env, customer, sub, grant, now, None)
+            entry: dict[str, Any] = {
+                "featureKey": key,
+                "featureId": grant.feature_id,
+                "allowed": d.allowed,
+                "isAllowed": d.allowed,
+            }
+            if d.usage is not None:
+                entry["usage"] = d.usage
+            if d.credit is not None:
+                entry["credit"] = d.credit
+            if d.reason:
+                entry["reason"] = d.reason
+            items.append(entry)
+        out.append(
+            {
+                "subscriptionId": sub.id,
+                "planId": sub.plan_id,
+                "planKey": sub.plan_key,
+                "currentPeriodStart": sub.period.period_start,
+                "currentPeriodEnd": sub.period.period_end,
+                "entitlements": items,
+            }
+        )
+    return out
+
+
+__all__ = [
+    "Metering",
+    "check_entitlement",
+    "evaluate_entitlement",
+    "ingest_batch",
+    "ingest_event",
+    "list_entitlements",
+    "metering",
+    "units_to_q",
+]

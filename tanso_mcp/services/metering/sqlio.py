@@ -1,0 +1,128 @@
+"""The narrow SQL interface the batch processor runs on, with two implementations:
+
+- :class:`SqliteTx` — a plain ``sqlite3`` connection owned by the writer thread (no
+  SQLAlchemy, no aiosqlite thread hops: ARCHITECTURE.md "Performance shape");
+- :class:`AlchemyTx` — a synchronous SQLAlchemy ``Connection`` (on PostgreSQL, the
+  ``run_sync`` facade over asyncpg), so the same statements run in both places.
+
+Statements are plain SQL text with ``:name`` parameters, understood natively by
+``sqlite3`` and by SQLAlchemy's ``text()``. Values cross the interface as Python values;
+each adapter converts datetimes and booleans the way the SQLAlchemy column types store
+them (SQLite: ``YYYY-MM-DD HH:MM:SS.ffffff`` text in UTC, 0/1), so rows written here and
+rows written through the ORM are indistinguishable.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import text
+
+
+def in_list(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
+    """``:p0, :p1, …`` for an IN list, filling ``params``. An empty list gives ``NULL``
+    (``x IN (NULL)`` matches nothing)."""
+    names = []
+    for i, v in enumerate(values):
+        name = f"{prefix}{i}"
+        params[name] = v
+        names.append(":" + name)
+    return ", ".join(names) if names else "NULL"
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...], style: str) -> str:
+    if style == "qmark":
+        marks = ", ".join("?" for _ in columns)
+    else:
+        marks = ", ".join(f":c{i}" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+class SqliteTx:
+    dialect = "sqlite"
+    lock = ""  # BEGIN IMMEDIATE already holds the database's write lock
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self.conn.execute(sql, params or {}).fetchall()
+
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        return self.conn.execute(sql, params or {}).rowcount
+
+    def many(self, sql: str, seq: Sequence[dict[str, Any]]) -> None:
+        if seq:
+            self.conn.executemany(sql, seq)
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        """Positional rows (no per-row dict: this is the events' hot path)."""
+        if rows:
+            self.conn.executemany(_insert_sql(table, columns, "qmark"), rows)
+
+    @staticmethod
+    def dt(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return (
+            f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
+        )
+
+    @staticmethod
+    def from_dt(value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    @staticmethod
+    def b(value: bool) -> int:
+        return 1 if value else 0
+
+
+class AlchemyTx:
+    lock = " FOR UPDATE"
+
+    def __init__(self, conn: Any):  # sqlalchemy.engine.Connection
+        self.conn = conn
+        self.dialect = conn.dialect.name
+        if self.dialect == "sqlite":
+            self.lock = ""
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return [tuple(r) for r in self.conn.execute(text(sql), params or {})]
+
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        return self.conn.execute(text(sql), params or {}).rowcount
+
+    def many(self, sql: str, seq: Sequence[dict[str, Any]]) -> None:
+        if seq:
+            self.conn.execute(text(sql), list(seq))
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        if rows:
+            names = [f"c{i}" for i in range(len(columns))]
+            self.conn.execute(
+                text(_insert_sql(table, columns, "named")),
+                [dict(zip(names, row, strict=True)) for row in rows],
+            )
+
+    def dt(self, value: datetime | None) -> Any:
+        if self.dialect == "sqlite":
+            return SqliteTx.dt(value)
+        return value
+
+    @staticmethod
+    def from_dt(value: Any) -> datetime | None:
+        return SqliteTx.from_dt(value)
+
+    def b(self, value: bool) -> Any:
+        return SqliteTx.b(value) if self.dialect == "sqlite" else bool(value)
