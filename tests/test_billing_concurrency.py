@@ -21,16 +21,15 @@ from tests.billing_helpers import Billing, money
 from tests.conftest import PG_URL
 from tests.factories import make_plan
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TANSO_TEST_DATABASE_URL)"),
-]
+pytestmark = pytest.mark.anyio
+needs_pg = pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TANSO_TEST_DATABASE_URL)")
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 6
 T = datetime(2026, 2, 20, tzinfo=UTC)
 
 
+@needs_pg
 async def test_jobs_run_concurrently_from_separate_processes_do_everything_once(
     ctx, client, tenant
 ):
@@ -155,4 +154,51 @@ async def test_jobs_run_concurrently_from_separate_processes_do_everything_once(
     for ref in arr_refs + adv_refs:
         promo = (await b.pools(ref))["PROMO"]
         assert (money(promo["balance"]), money(promo["totalExpired"])) == (0, 30)
+    await b.check()
+
+
+async def test_concurrent_api_calls_pay_cancel_and_top_up_once(ctx, client, tenant):
+    """The same request sent many times at once: one wins, the others get a clear 4xx,
+    and the effects (activation, plan credits, refund, top-up) happen once."""
+    b = Billing(ctx, client, tenant)
+    plan = await make_plan(
+        ctx,
+        b.env,
+        key="p",
+        price="30.00",
+        credit_allocations='[{"denomination": "AI_TOKENS", "creditAmount": 40}]',
+    )
+    await b.customer("c")
+    sub, inv = await b.subscribe("c", plan["plan_id"])
+    path = f"/api/v1/client/billing/invoices/{inv['id']}/mark-paid"
+    codes = Counter(
+        r.status_code
+        for r in await asyncio.gather(*[client.post(path, headers=b.h) for _ in range(8)])
+    )
+    assert codes == {200: 1, 409: 7}
+    assert money((await b.pools("c"))["AI_TOKENS"]["balance"]) == 40
+    body = {"denomination": "AI_TOKENS", "amount": 5, "idempotencyKey": "same"}
+    codes = Counter(
+        r.status_code
+        for r in await asyncio.gather(
+            *[
+                client.post("/api/v1/client/credits/c/grants", json=body, headers=b.h)
+                for _ in range(8)
+            ]
+        )
+    )
+    assert codes == {201: 1, 409: 7}
+    cancel = f"/api/v1/client/subscriptions/cancellation/{sub['id']}?cancelMode=IMMEDIATE"
+    codes = Counter(
+        r.status_code
+        for r in await asyncio.gather(*[client.post(cancel, headers=b.h) for _ in range(8)])
+    )
+    assert codes == {200: 1, 400: 7}
+    invs = await b.invoices("c")
+    assert [(i["type"], money(i["amount"])) for i in invs] == [
+        ("IN_ADVANCE_INITIAL", Decimal("30.00")),
+        ("CREDIT", Decimal("-29.60")),  # 10 of 744 hours used: 30 x 734/744
+    ]
+    pool = (await b.pools("c"))["AI_TOKENS"]
+    assert (money(pool["balance"]), money(pool["totalReversed"])) == (5, 40)
     await b.check()

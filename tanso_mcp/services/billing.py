@@ -65,7 +65,7 @@ from ..domain.credits import plan_grant_key
 from ..domain.money import from_minor
 from ..domain.periods import add_months, is_past_grace, remaining_fraction, start_of_day
 from ..domain.proration import cancellation_refund, upgrade_adjustment
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..plugin.api import MULTIPLE_SUBSCRIPTIONS
 from . import catalog, credits
 from . import invoices as inv_svc
@@ -196,13 +196,20 @@ async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: st
 
 
 async def load_subscription(
-    s: AsyncSession, env: str, sub_id: str, field: str = "subscriptionId"
+    s: AsyncSession, env: str, sub_id: str, field: str = "subscriptionId", *, lock: bool = False
 ) -> Subscription:
-    sub = await s.scalar(
+    """``lock``: hold the subscription row until the transaction ends (PostgreSQL
+    ``FOR UPDATE``; SQLite's write transactions are serial anyway). Every billing write
+    locks its subscription first, then touches invoices, then credit pools (in id order),
+    then grants: one lock order for API calls and jobs alike."""
+    q = (
         select(Subscription)
         .where(Subscription.environment_id == env, Subscription.id == sub_id)
         .execution_options(populate_existing=True)
     )
+    if lock:
+        q = q.with_for_update()
+    sub = await s.scalar(q)
     if sub is None:
         raise NotFound(f"subscription {sub_id} not found", field=field)
     return sub
@@ -451,6 +458,7 @@ async def create_subscription(
     grace_days: int,
     capabilities: frozenset[str],
     plan_field: str = "planId",
+    metadata: dict[str, Any] | None = None,
 ) -> Effects:
     fx = Effects(action="SUBSCRIBE")
     if plan.status != "ACTIVE":
@@ -486,7 +494,7 @@ async def create_subscription(
         started_at=start,
         current_period_start=start,
         current_period_end=end,
-        metadata_={},
+        metadata_=dict(metadata or {}),
         created_at=now,
         modified_at=now,
     )
@@ -558,9 +566,11 @@ async def mark_invoice_paid(s: AsyncSession, env: str, invoice_id: str, now: dat
     fx = Effects(action="MARK_PAID", subscription_id=inv.subscription_id)
     sub = None
     if inv.subscription_id:
-        sub = await load_subscription(s, env, inv.subscription_id)
+        sub = await load_subscription(s, env, inv.subscription_id, lock=True)
         fx.status_before = await status_of(s, sub)
         fx.plan_before = _plan_brief(await _plan(s, sub.plan_id))
+        inv = await inv_svc.get_invoice(s, env, invoice_id)  # as of the lock
+        inv_svc.check_payable(inv)
     await _settle(s, env, inv, now, fx)
     if sub is not None:
         sub = await _reload(s, sub)
@@ -644,7 +654,7 @@ async def change_plan(
     change_type = (change_type or "").upper()
     if change_type not in ("UPGRADE", "DOWNGRADE"):
         raise InvalidRequest("changeType must be UPGRADE or DOWNGRADE", field="changeType")
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     target = await catalog.plan_by_id(s, env, to_plan_id, field=plan_field)
     current = await _plan(s, sub.plan_id)
     status = await status_of(s, sub)
@@ -811,13 +821,17 @@ async def _upgrade_now(
                 fx.add_credits(fx.credits_granted, {model.denomination: delta})
     await s.execute(
         update(Subscription)
-        .where(Subscription.id == sub.id, Subscription.plan_id == current.id)
+        .where(
+            Subscription.id == sub.id,
+            Subscription.plan_id == current.id,
+            Subscription.current_period_start == sub.current_period_start,
+        )
         .values(plan_id=target.id, modified_at=now)
         .execution_options(synchronize_session=False)
     )
     sub = await _reload(s, sub)
     if sub.plan_id != target.id:
-        raise InvalidRequest("the subscription changed concurrently; retry", field="subscriptionId")
+        raise Conflict("the subscription changed concurrently; retry", field="subscriptionId")
     await reconcile_entitlements(s, env, sub, target, now, fx)
     sc = ScheduledChange(
         id=new_id(),
@@ -925,7 +939,7 @@ def _iso(v: Any) -> str:
 
 
 async def undo_scheduled_change(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effects:
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     status = await status_of(s, sub)
     fx = Effects(action="UNDO_PLAN_CHANGE", subscription_id=sub.id, status_before=status)
     pending = await pending_change(s, sub.id)
@@ -986,7 +1000,7 @@ async def cancel_subscription(
         mode = "IMMEDIATE"
     if mode not in ("IMMEDIATE", "END_OF_PERIOD"):
         raise InvalidRequest("cancelMode must be END_OF_PERIOD or IMMEDIATE", field="cancelMode")
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     status = await status_of(s, sub)
     plan = await _plan(s, sub.plan_id)
     fx = Effects(
@@ -1095,7 +1109,7 @@ async def cancel_subscription(
 
 
 async def undo_cancellation(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effects:
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     status = await status_of(s, sub)
     fx = Effects(action="UNDO_CANCELLATION", subscription_id=sub.id, status_before=status)
     if status == "cancelled":
@@ -1139,7 +1153,7 @@ def next_period(
 async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effects | None:
     """Period rollover (reference §4.4), exactly once per period: the claim is a
     conditional UPDATE of the period; a concurrent runner matches no row."""
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     if (
         not sub.is_active
         or sub.ended_at is not None
@@ -1160,6 +1174,7 @@ async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effect
         .where(
             Subscription.id == sub.id,
             Subscription.current_period_start == old_start,
+            Subscription.plan_id == old_plan.id,
             Subscription.is_active.is_(True),
             Subscription.ended_at.is_(None),
             Subscription.cancel_mode.is_(None),
@@ -1249,7 +1264,7 @@ async def end_at_period_end(
     s: AsyncSession, env: str, sub_id: str, now: datetime
 ) -> Effects | None:
     """An END_OF_PERIOD cancellation takes effect (reference §4.7)."""
-    sub = await load_subscription(s, env, sub_id)
+    sub = await load_subscription(s, env, sub_id, lock=True)
     if (
         sub.cancel_mode != "END_OF_PERIOD"
         or sub.ended_at is not None
@@ -1318,7 +1333,11 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
     inv = await inv_svc.get_invoice(s, env, invoice_id)
     if inv.status != "PENDING" or inv.due_date is None or inv.due_date > now:
         return None
-    sub = await s.get(Subscription, inv.subscription_id) if inv.subscription_id else None
+    sub = (
+        await load_subscription(s, env, inv.subscription_id, lock=True)
+        if inv.subscription_id
+        else None
+    )
     await inv_svc.recompute(s, inv, sub, now)
     if not await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",)):
         return None
@@ -1346,7 +1365,7 @@ async def invoice_past_due(
     inv = await inv_svc.get_invoice(s, env, invoice_id)
     if inv.status != "DUE" or inv.due_date is None or inv.subscription_id is None:
         return None
-    sub = await load_subscription(s, env, inv.subscription_id)
+    sub = await load_subscription(s, env, inv.subscription_id, lock=True)
     if not is_past_grace(inv.due_date, sub.grace_period_days, now):
         return None
     status = await status_of(s, sub)

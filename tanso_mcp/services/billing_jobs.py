@@ -135,6 +135,7 @@ def register(registry: JobRegistry) -> None:
                 Subscription.cancel_mode == "END_OF_PERIOD",
                 Subscription.ended_at.is_(None),
                 Subscription.cancel_effective_at <= until,
+                Subscription.provider_subscription_id.is_(None),
             )
             .order_by(Subscription.cancel_effective_at)
             .limit(limit)

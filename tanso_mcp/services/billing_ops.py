@@ -105,6 +105,7 @@ async def create_subscription(
     plan_id: str | None = None,
     plan_key: str | None = None,
     grace_period: Any = None,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     _plan_ref(plan_id, plan_key)
     grace = billing.parse_grace(grace_period)
@@ -134,6 +135,7 @@ async def create_subscription(
             grace_days=grace,
             capabilities=provider.capabilities,
             plan_field="planId" if plan_id else "planKey",
+            metadata=metadata,
         )
         out = {
             "subscription": await subscription_out(s, env, fx.subscription_id),

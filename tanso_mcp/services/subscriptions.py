@@ -49,6 +49,7 @@ def subscription_view(
         "cancelEffectiveAt": sub.cancel_effective_at,
         "cancelledAt": sub.cancelled_at,
         "createdAt": sub.created_at,
+        "metadata": sub.metadata_ or None,
     }
     if scheduled is not None:
         out["scheduledChange"] = {

@@ -187,6 +187,7 @@ async def create_subscription(call: Call):
         plan_id=b.planId,
         plan_key=b.planKey,
         grace_period=b.gracePeriod,
+        metadata=b.metadata,
     )
     return Result(out, 201)
 
