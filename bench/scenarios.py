@@ -190,7 +190,7 @@ def check_mcp(status: int, js: Any) -> str | None:
 #    tool's result. -> state["feature_key"], ["feature_id"], ["plan_id"], ["plan_key"].
 #    /mcp answering 404, or an unknown tool -> n/a "needs the catalog API (…)".
 # 3. Customers and subscriptions, over REST: POST /customers {customerReferenceId, email}
-#    (201); POST /subscriptions {customerReferenceId, planKey, gracePeriod: 36500}
+#    (201); POST /subscriptions {customerReferenceId, planKey, gracePeriod: 365}
 #    (201, data.subscription.id). IN_ARREARS -> active at once, and the long grace period
 #    keeps unpaid invoices from pausing renewals. -> state["ref"], ["subscription_id"].
 #    An endpoint answering 404 -> n/a naming it.
@@ -267,7 +267,7 @@ def tanso_subscribed_customer(ctx: Context, ref: str) -> str:
     data = ctx.api(
         "POST",
         f"{API}/subscriptions",
-        {"customerReferenceId": ref, "planKey": ctx.state["plan_key"], "gracePeriod": 36500},
+        {"customerReferenceId": ref, "planKey": ctx.state["plan_key"], "gracePeriod": 365},
         need="POST /subscriptions",
     )
     sub = data.get("subscription", data) if isinstance(data, dict) else data
