@@ -34,7 +34,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    # FULL: an acknowledged payment, top-up or invoice survives a power loss, not only a
+    # crash of this process (WAL + NORMAL may lose the last commits). About 0.3 ms per
+    # write transaction here; the ingest hot path batches its fsyncs (metering writer).
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
