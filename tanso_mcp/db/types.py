@@ -23,6 +23,8 @@ from sqlalchemy import DateTime, Numeric, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from .. import jsonnum
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
@@ -84,7 +86,7 @@ class JSONDoc(TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return json.loads(value, parse_float=Decimal)
+        return json.loads(value, parse_float=Decimal, parse_int=jsonnum.wide_int)
 
 
 def _json_default(v):

@@ -22,7 +22,7 @@ import orjson
 from ..errors import Forbidden, InvalidRequest, TansoError
 from ..principal import current_principal
 from ..services.metering import check_entitlement, ingest_batch, ingest_event
-from .jsonio import dumps, loads
+from .jsonio import MAX_DEPTH, dumps, loads, too_deep
 from .routing import envelope_error
 
 if TYPE_CHECKING:
@@ -112,32 +112,35 @@ def batch_events(raw: Any) -> Any:
 
 def loads_exact(body: bytes) -> Any:
     """JSON with exact numbers, fast: orjson parses; a document holding any non-integer
-    number is parsed again with Decimals (``jsonio.loads``), as is anything orjson
-    refuses (which then gets jsonio's error message)."""
+    number (or an integer orjson only has as a float) is parsed again with Decimals
+    (``jsonio.loads``), as is anything orjson refuses (which then gets jsonio's error
+    message). Nesting is bounded as in ``jsonio``."""
     if not body:
         return loads(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return loads(body)
-    if _has_float(data):
+    if _has_float(data, 1):
         return loads(body)
     return data
 
 
-def _has_float(value: Any) -> bool:
+def _has_float(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        raise too_deep()
     t = type(value)
     if t is float:
         return True
     if t is dict:
         for v in value.values():
             tv = type(v)
-            if tv is float or ((tv is dict or tv is list) and _has_float(v)):
+            if tv is float or ((tv is dict or tv is list) and _has_float(v, depth + 1)):
                 return True
     elif t is list:
         for v in value:
             tv = type(v)
-            if tv is float or ((tv is dict or tv is list) and _has_float(v)):
+            if tv is float or ((tv is dict or tv is list) and _has_float(v, depth + 1)):
                 return True
     return False
 

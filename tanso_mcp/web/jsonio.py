@@ -1,5 +1,6 @@
-"""JSON in and out. Numbers are parsed as Decimal (never float) and Decimals are
-written as JSON numbers, exactly."""
+"""JSON in and out. Numbers are parsed as Decimal (never float), bounded (see
+``jsonnum``), and Decimals are written as JSON numbers, exactly. Request bodies nest at
+most ``MAX_DEPTH`` levels."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from typing import Any
 
 import orjson
 
+from .. import jsonnum
 from ..clock import iso
 from ..errors import InvalidRequest
+
+MAX_DEPTH = 64
 
 
 def _default(obj: Any) -> Any:
@@ -38,11 +42,48 @@ def loads(body: bytes) -> Any:
     if not body:
         raise InvalidRequest("request body is empty; a JSON object is expected", field="body")
     try:
-        return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+        data = json.loads(
+            body,
+            parse_float=jsonnum.parse_float,
+            parse_constant=_reject_constant,
+        )
     except InvalidRequest:
         raise
+    except jsonnum.NumberOutOfRange as exc:
+        raise InvalidRequest(str(exc), field="body") from None
+    except RecursionError:
+        raise too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
+    check_depth(data)
+    return data
+
+
+def too_deep() -> InvalidRequest:
+    return InvalidRequest(f"JSON nested deeper than {MAX_DEPTH} levels", field="body")
+
+
+def check_depth(data: Any) -> None:
+    """Level by level (no recursion), so a deep document cannot exhaust the stack here
+    or in whatever walks it later. Also refuses integers that orjson cannot write back
+    (beyond 64 bits; a larger number can be sent with an exponent, as a Decimal)."""
+    level = [data] if type(data) is dict or type(data) is list else []
+    depth = 1
+    while level:
+        if depth > MAX_DEPTH:
+            raise too_deep()
+        below = []
+        for container in level:
+            for child in container.values() if type(container) is dict else container:
+                t = type(child)
+                if t is dict or t is list:
+                    below.append(child)
+                elif t is int and not jsonnum.INT_MIN <= child <= jsonnum.INT_MAX:
+                    raise InvalidRequest(
+                        f"the integer {str(child)[:40]} is out of the 64-bit range", field="body"
+                    )
+        level = below
+        depth += 1
 
 
 def strip_nones(obj: Any) -> Any:

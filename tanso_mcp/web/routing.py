@@ -36,6 +36,9 @@ class QueryModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+MAX_OFFSET = 2**31 - 1  # far beyond any real list; keeps OFFSET a database integer
+
+
 class Pagination(QueryModel):
     limit: int = 50
     offset: int = 0
@@ -43,8 +46,8 @@ class Pagination(QueryModel):
     def model_post_init(self, _ctx: Any) -> None:
         if not 1 <= self.limit <= 500:
             raise InvalidRequest("limit must be between 1 and 500", field="limit")
-        if self.offset < 0:
-            raise InvalidRequest("offset must be >= 0", field="offset")
+        if not 0 <= self.offset <= MAX_OFFSET:
+            raise InvalidRequest(f"offset must be between 0 and {MAX_OFFSET}", field="offset")
 
 
 @dataclass
