@@ -3,7 +3,7 @@
 Non-integers become ``Decimal`` (never float). Numbers are bounded because a JSON literal
 such as ``1E+999999999`` is cheap to send and ruinous to use: turning it into an int or
 writing it out in full takes minutes and gigabytes. Request bodies refuse integers
-beyond 64 bits (``jsonio.check_depth``); stored documents read such values (written from
+beyond 64 bits (``jsonio.check_shape``); stored documents read such values (written from
 a Decimal like ``1e20``) back as exact ``Decimal`` so that orjson can write them again.
 """
 

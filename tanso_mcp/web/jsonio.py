@@ -55,7 +55,7 @@ def loads(body: bytes) -> Any:
         raise too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
-    check_depth(data)
+    check_shape(data)
     return data
 
 
@@ -63,9 +63,9 @@ def too_deep() -> InvalidRequest:
     return InvalidRequest(f"JSON nested deeper than {MAX_DEPTH} levels", field="body")
 
 
-def check_depth(data: Any) -> None:
-    """Level by level (no recursion), so a deep document cannot exhaust the stack here
-    or in whatever walks it later. Also refuses integers that orjson cannot write back
+def check_shape(data: Any) -> None:
+    """Nesting, level by level (no recursion), so a deep document cannot exhaust the stack
+    here or in whatever walks it later; and integers orjson cannot write back
     (beyond 64 bits; a larger number can be sent with an exponent, as a Decimal)."""
     level = [data] if type(data) is dict or type(data) is list else []
     depth = 1
