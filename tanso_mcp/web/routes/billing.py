@@ -264,6 +264,14 @@ async def undo_cancellation(call: Call):
     return _drop_success(await ops.undo_cancel(call.ctx, call.principal, call.path["id"]))
 
 
+async def _page(call: Call, fetch, *path_keys: str) -> Page:
+    """A paginated list: the path values named, then the query's limit and offset."""
+    q: Pagination = call.query
+    args = (call.path[k] for k in path_keys)
+    items, total = await fetch(call.ctx, call.principal, *args, limit=q.limit, offset=q.offset)
+    return Page(items, total, q.limit, q.offset)
+
+
 # --------------------------------------------------------------------------- invoices
 
 
@@ -279,11 +287,7 @@ async def undo_cancellation(call: Call):
     errors=(404,),
 )
 async def list_invoices(call: Call):
-    q: Pagination = call.query
-    items, total = await ops.list_invoices(
-        call.ctx, call.principal, call.path["ref"], limit=q.limit, offset=q.offset
-    )
-    return Page(items, total, q.limit, q.offset)
+    return await _page(call, ops.list_invoices, "ref")
 
 
 @api.route(
@@ -327,11 +331,7 @@ async def mark_paid(call: Call):
     errors=(404,),
 )
 async def list_pools(call: Call):
-    q: Pagination = call.query
-    items, total = await ops.list_pools(
-        call.ctx, call.principal, call.path["ref"], limit=q.limit, offset=q.offset
-    )
-    return Page(items, total, q.limit, q.offset)
+    return await _page(call, ops.list_pools, "ref")
 
 
 @api.route(
@@ -359,16 +359,7 @@ async def get_pool(call: Call):
     errors=(404,),
 )
 async def list_transactions(call: Call):
-    q: Pagination = call.query
-    items, total = await ops.list_transactions(
-        call.ctx,
-        call.principal,
-        call.path["ref"],
-        call.path["poolId"],
-        limit=q.limit,
-        offset=q.offset,
-    )
-    return Page(items, total, q.limit, q.offset)
+    return await _page(call, ops.list_transactions, "ref", "poolId")
 
 
 @api.route(
@@ -383,16 +374,7 @@ async def list_transactions(call: Call):
     errors=(404,),
 )
 async def list_grants(call: Call):
-    q: Pagination = call.query
-    items, total = await ops.list_grants(
-        call.ctx,
-        call.principal,
-        call.path["ref"],
-        call.path["poolId"],
-        limit=q.limit,
-        offset=q.offset,
-    )
-    return Page(items, total, q.limit, q.offset)
+    return await _page(call, ops.list_grants, "ref", "poolId")
 
 
 @api.route(
