@@ -246,3 +246,25 @@ def test_registry_rejects_duplicates_and_orders_ties():
     b = reg.item("one", _t(1), "k")
     assert sorted([a, b]) == [b, a]
     assert isinstance(a, DueItem)
+
+
+async def test_testing_tool_group_sees_and_moves_the_clock(ctx, tenant, clock):
+    from tests.mcp_helpers import fails, inmemory, ok
+
+    async with inmemory(ctx, tenant.keys[("test", "admin")], ("testing",)) as mcp:
+        state = await ok(mcp, "getTestClock")
+        assert state == {"now": "2026-01-15T10:00:00Z", "frozen": False, "offsetSeconds": 0}
+        moved = await ok(mcp, "advanceTestClock", {"days": 1})
+        assert moved["now"] == "2026-01-16T10:00:00Z" and moved["jobsRun"] == 0
+        frozen = await ok(mcp, "setTestClockFrozen", {"frozen": True})
+        assert frozen["frozen"] is True and frozen["offsetSeconds"] == 86400
+        clock.set(clock.now() + timedelta(minutes=3))
+        assert (await ok(mcp, "getTestClock"))["now"] == "2026-01-16T10:00:00Z"
+        bad = await fails(mcp, "advanceTestClock", {"days": 1, "seconds": 5})
+        assert bad["error"] == "invalid_request" and bad["field"] == "days"
+    async with inmemory(ctx, tenant.keys[("live", "admin")], ("testing",)) as mcp:
+        live = await fails(mcp, "getTestClock")
+        assert live["error"] == "invalid_request" and live["field"] == "environment"
+    async with inmemory(ctx, tenant.keys[("test", "admin")]) as mcp:
+        names = {tool.name for tool in (await mcp.list_tools()).tools}
+        assert "getTestClock" not in names and len(names) == 34
