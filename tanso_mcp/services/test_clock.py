@@ -60,7 +60,9 @@ async def advance(
     its own due instant. The clock ends exactly ``delta`` further than before (a running
     clock keeps running, shifted by ``delta``; a frozen one stands at its new instant)."""
     _require_test(principal)
-    given = [name for name, v in (("days", days), ("seconds", seconds), ("to", to)) if v is not None]
+    given = [
+        name for name, v in (("days", days), ("seconds", seconds), ("to", to)) if v is not None
+    ]
     if len(given) != 1:
         raise InvalidRequest("give exactly one of days, seconds or to", field="days")
     env_id = principal.environment_id

@@ -53,6 +53,7 @@ from tanso_mcp.errors import (
     TansoError,
 )
 from tanso_mcp.principal import Principal, current_principal
+from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.results import (
     error_object,
     error_result,
@@ -60,7 +61,6 @@ from tanso_mcp.tools.results import (
     success_result,
     to_json_value,
 )
-from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.specs import ToolSpec, input_schema, output_schema
 
 __all__ = [
