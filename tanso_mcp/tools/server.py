@@ -41,7 +41,8 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tanso_mcp import __version__
@@ -188,6 +189,26 @@ class RoleScopedToolList:
             return principal is not None and spec.allows(principal.role)
 
         return {**result, "tools": [tool for tool in tools if visible(tool)]}
+
+
+class UnknownPromptIsInvalidParams:
+    """Server middleware: ``prompts/get`` for a prompt that does not exist answers the
+    JSON-RPC error the protocol names (-32602, invalid params), like an unknown resource.
+    The SDK raises a plain ``ValueError`` there, which goes out as code 0 with an ERROR
+    traceback in the log for what is only a client's mistake."""
+
+    def __init__(self, server: MCPServer) -> None:
+        self._server = server
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            known = {prompt.name for prompt in await self._server.list_prompts()}
+            if name not in known:
+                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}", {"name": name})
+        return await call_next(ctx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,4 +390,5 @@ def build_mcp_server(
         log_level="WARNING",
     )
     server.middleware.append(RoleScopedToolList(stdio_principal))
+    server.middleware.append(UnknownPromptIsInvalidParams(server))
     return server

@@ -65,3 +65,28 @@ async def test_server_lists_and_calls_only_enabled_groups() -> None:
     async with connect(handlers, role="read", tool_groups=("testing",)) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert "getTestClock" in names and "advanceTestClock" not in names
+
+
+def _type_arrays(schema, path="$"):
+    if isinstance(schema, dict):
+        if isinstance(schema.get("type"), list):
+            yield path
+        for key, value in schema.items():
+            yield from _type_arrays(value, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            yield from _type_arrays(value, f"{path}[{i}]")
+
+
+def test_schemas_use_single_type_branches() -> None:
+    """A ``type`` array is legal JSON Schema, but clients that map tool schemas onto a
+    one-type dialect reject or weaken it (the MCP Inspector's --strict warning)."""
+    from tanso_mcp.tools.specs import input_schema, output_schema
+
+    found = [
+        (spec.name, where)
+        for spec in all_specs()
+        for schema in (input_schema(spec), output_schema(spec))
+        for where in _type_arrays(schema)
+    ]
+    assert found == []
