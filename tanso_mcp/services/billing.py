@@ -189,7 +189,9 @@ def _change_view(sc: ScheduledChange) -> dict[str, Any]:
 
 async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: str) -> None:
     items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
-    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items))
+    # the same invoice view as listCustomerInvoices, customer reference included
+    ref = await s.scalar(select(Customer.reference_id).where(Customer.id == inv.customer_id))
+    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items, ref))
 
 
 # --------------------------------------------------------------------------- loading

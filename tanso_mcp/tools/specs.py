@@ -33,6 +33,25 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from tanso_mcp.principal import Role, role_allows
+from tanso_mcp.services.outputs import (
+    CatalogPlanOut,
+    CheckOut,
+    CreditPoolDetailOut,
+    CustomerOut,
+    CustomerWriteOut,
+    EffectsOut,
+    EventOut,
+    FeatureOut,
+    FeatureWriteOut,
+    InvoiceOut,
+    PlanOut,
+    PlanWriteOut,
+    RuleOut,
+    RuleWriteOut,
+    SubscribedWriteOut,
+    SubscriptionEntitlementsOut,
+    UnlinkOut,
+)
 from tanso_mcp.tools.fields import Flag, JsonText, NumberText, RequiredText, Text, choice
 
 __all__ = [
@@ -107,6 +126,71 @@ def _object(description: str, **properties: Any) -> dict[str, Any]:
         "properties": properties,
         "additionalProperties": True,
     }
+
+
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """Resolve ``$ref``s into ``$defs`` (the models are not recursive) and drop pydantic's
+    titles: an outputSchema that stands alone, readable by any client."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target = _inline(defs[ref.rsplit("/", 1)[-1]], defs)
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            return {**target, **_inline(extra, defs)}
+        return {
+            k: _inline(v, defs)
+            for k, v in node.items()
+            if k not in ("$defs", "title") or isinstance(v, dict) and k == "title"
+        }
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+class _Declared(dict):
+    """A tool's declared output schema (what ``tools/list`` shows) that also keeps the
+    answer model's strict schema (``strict``: every field declared, required ones listed)
+    for the tests.
+
+    The declared form relaxes only the top level (no required fields, other properties
+    allowed): the same outputSchema also covers the tool's error answers
+    (``{"error", "message", …}`` with ``isError: true``), which clients such as the
+    TypeScript SDK validate against it as well."""
+
+    strict: dict[str, Any]
+
+
+def _declare(strict: dict[str, Any]) -> _Declared:
+    declared = _Declared(copy.deepcopy(strict))
+    declared.pop("required", None)
+    declared["additionalProperties"] = True
+    declared.strict = strict
+    return declared
+
+
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(mode="serialization")
+    out = _inline(schema, schema.get("$defs", {}))
+    out.setdefault("description", (model.__doc__ or "").strip() or model.__name__)
+    return out
+
+
+def _model(model: type[BaseModel]) -> _Declared:
+    """The tool's output schema, generated from the answer's model (``services.outputs``),
+    the same model the REST API documents."""
+    return _declare(_model_schema(model))
+
+
+def _items(model: type[BaseModel], description: str) -> _Declared:
+    return _declare(
+        {
+            "type": "object",
+            "description": description + ' Wrapped as {"items": [...]}.',
+            "properties": {"items": {"type": "array", "items": _model_schema(model)}},
+            "required": ["items"],
+            "additionalProperties": False,
+        }
+    )
 
 
 def _list(description: str) -> dict[str, Any]:
@@ -448,7 +532,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_plans",
         capability=_CATALOG,
-        output_schema=_list("Active plans with their features and credit allocations."),
+        output_schema=_items(
+            CatalogPlanOut, "Active plans with their features and credit allocations."
+        ),
     ),
     ToolSpec(
         name="listFeatures",
@@ -464,7 +550,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_features",
         capability=_CATALOG,
-        output_schema=_list("Features of this environment."),
+        output_schema=_items(FeatureOut, "Features of this environment."),
     ),
     ToolSpec(
         name="getFeature",
@@ -479,7 +565,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_feature",
         capability=_CATALOG,
-        output_schema=_object("The feature.", id=_STR, key=_STR, name=_STR),
+        output_schema=_model(FeatureOut),
     ),
     ToolSpec(
         name="getCustomer",
@@ -496,13 +582,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_customer",
         capability=_CUSTOMERS,
-        output_schema=_object(
-            "The customer with subscriptions and credit pools.",
-            customerReferenceId=_STR,
-            email=_OPT_STR,
-            subscriptions={"type": "array", "items": _ANY},
-            creditPools={"type": "array", "items": _ANY},
-        ),
+        output_schema=_model(CustomerOut),
     ),
     ToolSpec(
         name="checkEntitlement",
@@ -520,16 +600,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="check_entitlement",
         capability=_ENTITLEMENTS,
-        output_schema=_object(
-            "Access decision.",
-            customerReferenceId=_STR,
-            featureKey=_STR,
-            allowed=_BOOL,
-            isAllowed=_BOOL,
-            usage=_ANY,
-            credit=_ANY,
-            reason=_STR,
-        ),
+        output_schema=_model(CheckOut),
     ),
     ToolSpec(
         name="listCustomerEntitlements",
@@ -544,7 +615,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_customer_entitlements",
         capability=_ENTITLEMENTS,
-        output_schema=_list("The customer's entitlements."),
+        output_schema=_items(
+            SubscriptionEntitlementsOut, "The customer's entitlements, per subscription."
+        ),
     ),
     ToolSpec(
         name="evaluateEntitlement",
@@ -562,18 +635,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="evaluate_entitlement",
         capability=_ENTITLEMENTS,
-        output_schema=_object(
-            "Access decision with a simulation block.",
-            allowed=_BOOL,
-            isAllowed=_BOOL,
-            simulation=_object(
-                "Projected effect of the requested usage.",
-                requestedUsage=_NUM,
-                projectedUsage=_NUM,
-                projectedRemaining=_NUM,
-                wouldExceedLimit=_BOOL,
-            ),
-        ),
+        output_schema=_model(CheckOut),
     ),
     ToolSpec(
         name="listCustomerInvoices",
@@ -589,7 +651,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_customer_invoices",
         capability=_BILLING,
-        output_schema=_list("The customer's invoices, newest first."),
+        output_schema=_items(InvoiceOut, "The customer's invoices, newest first."),
     ),
     ToolSpec(
         name="getCreditPools",
@@ -605,7 +667,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_credit_pools",
         capability=_CREDITS,
-        output_schema=_list("The customer's credit pools."),
+        output_schema=_items(CreditPoolDetailOut, "The customer's credit pools."),
     ),
     ToolSpec(
         name="getCreditBalance",
@@ -620,9 +682,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_credit_balance",
         capability=_CREDITS,
-        output_schema=_object(
-            "The credit pool.", id=_STR, denomination=_STR, balance=_NUM, status=_STR
-        ),
+        output_schema=_model(CreditPoolDetailOut),
     ),
     ToolSpec(
         name="getStripeIntegrationStatus",
@@ -713,7 +773,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="create_customer",
         capability=_CUSTOMERS,
-        output_schema=_WRITE,
+        output_schema=_model(CustomerWriteOut),
     ),
     ToolSpec(
         name="updateCustomer",
@@ -729,7 +789,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="update_customer",
         capability=_CUSTOMERS,
-        output_schema=_WRITE,
+        output_schema=_model(CustomerWriteOut),
     ),
     ToolSpec(
         name="createSubscription",
@@ -746,13 +806,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="create_subscription",
         capability=_SUBSCRIPTIONS,
-        output_schema=_object(
-            "The new subscription and its first invoice.",
-            success=_BOOL,
-            subscription=_ANY,
-            invoice=_ANY,
-            checkoutUrl=_STR,
-        ),
+        output_schema=_model(SubscribedWriteOut),
     ),
     ToolSpec(
         name="ingestEvent",
@@ -771,15 +825,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="ingest_event",
         capability=_EVENTS,
-        output_schema=_object(
-            "What the event did.",
-            success=_BOOL,
-            eventId=_STR,
-            usageLimitExceeded=_BOOL,
-            creditsDeducted=_NUM,
-            overageUnits=_NUM,
-            customerAutoCreated=_BOOL,
-        ),
+        output_schema=_model(EventOut),
     ),
     # --- guarded (role client) ---------------------------------------------------------
     ToolSpec(
@@ -799,7 +845,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="cancel_subscription",
         capability=_SUBSCRIPTIONS,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Cancels the subscription: at the end of the current period, or at once with "
         "cancelMode IMMEDIATE (access revoked, open invoices voided, unused prepaid time "
         "credited, unused plan credits removed).",
@@ -820,7 +866,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="change_subscription_plan",
         capability=_SUBSCRIPTIONS,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Switches the subscription to the new plan: now with proration for an UPGRADE, "
         "at the end of the current period for a DOWNGRADE.",
     ),
@@ -840,7 +886,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="mark_invoice_paid",
         capability=_BILLING,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Marks the invoice PAID, which may activate or restore the subscription it "
         "belongs to.",
     ),
@@ -933,7 +979,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_list_features",
         capability=_ADMIN_CATALOG,
-        output_schema=_list("All features."),
+        output_schema=_items(FeatureOut, "Features of this environment."),
     ),
     ToolSpec(
         name="adminListPlans",
@@ -949,7 +995,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_list_plans",
         capability=_ADMIN_CATALOG,
-        output_schema=_list("All plans."),
+        output_schema=_items(PlanOut, "Plans of every status."),
     ),
     # --- admin writes ------------------------------------------------------------------
     ToolSpec(
@@ -966,7 +1012,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_create_feature",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(FeatureWriteOut),
     ),
     ToolSpec(
         name="adminUpdateFeature",
@@ -982,7 +1028,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_update_feature",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(FeatureWriteOut),
     ),
     ToolSpec(
         name="adminCreatePlan",
@@ -1000,7 +1046,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_create_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(PlanWriteOut),
     ),
     ToolSpec(
         name="adminUpdatePlan",
@@ -1019,7 +1065,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_update_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(PlanWriteOut),
     ),
     ToolSpec(
         name="adminGetPlanWithFeatures",
@@ -1035,12 +1081,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_get_plan_with_features",
         capability=_ADMIN_CATALOG,
-        output_schema=_object(
-            "The plan with features and credit allocations.",
-            plan=_ANY,
-            features={"type": "array", "items": _ANY},
-            creditAllocations={"type": "array", "items": _ANY},
-        ),
+        output_schema=_model(CatalogPlanOut),
     ),
     ToolSpec(
         name="adminGetFeatureRule",
@@ -1055,7 +1096,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_get_feature_rule",
         capability=_ADMIN_CATALOG,
-        output_schema=_object("The plan-feature rule.", type=_STR, isEnabled=_BOOL),
+        output_schema=_model(RuleOut),
     ),
     ToolSpec(
         name="adminLinkFeatureToPlan",
@@ -1082,7 +1123,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_link_feature_to_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(RuleWriteOut),
     ),
     ToolSpec(
         name="adminUpdateFeatureRule",
@@ -1098,7 +1139,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_update_feature_rule",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(RuleWriteOut),
     ),
     ToolSpec(
         name="adminUnlinkFeatureFromPlan",
@@ -1114,7 +1155,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="admin_unlink_feature_from_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(UnlinkOut),
         effect="Deletes the plan-feature rule: the plan stops granting and pricing the feature.",
     ),
 )
@@ -1122,7 +1163,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
 SPECS_BY_NAME: Mapping[str, ToolSpec] = {spec.name: spec for spec in TOOL_SPECS}
 
 LIST_TOOLS: frozenset[str] = frozenset(
-    spec.name for spec in TOOL_SPECS if spec.output_schema.get("required") == ["items"]
+    spec.name
+    for spec in TOOL_SPECS
+    if getattr(spec.output_schema, "strict", spec.output_schema).get("required") == ["items"]
 )
 """Tools whose result is a list, answered as ``{"items": [...]}``."""
 
@@ -1171,5 +1214,11 @@ def _tidy_property(prop: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def output_schema(spec: ToolSpec) -> dict[str, Any]:
-    """A private copy of the tool's output schema (the table's copy stays untouched)."""
+    """A private copy of the tool's declared output schema (the table's stays untouched)."""
     return copy.deepcopy(dict(spec.output_schema))
+
+
+def strict_output_schema(spec: ToolSpec) -> dict[str, Any]:
+    """The schema a successful answer must match exactly: the answer model's, with its
+    required fields (the declared schema relaxes the top level, see ``_Declared``)."""
+    return copy.deepcopy(getattr(spec.output_schema, "strict", dict(spec.output_schema)))

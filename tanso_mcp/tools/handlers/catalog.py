@@ -59,7 +59,7 @@ async def create_customer(app: AppContext, p: Principal, params: Any):
         )
         view = await views.customer_view(s, c)
     await app.emit("customer.created", p, {"customer": view})
-    return view
+    return {"success": True, "message": "Customer created.", "customer": view}
 
 
 async def update_customer(app: AppContext, p: Principal, params: Any):
@@ -78,7 +78,7 @@ async def update_customer(app: AppContext, p: Principal, params: Any):
         view = await views.customer_view(s, c)
     app.invalidate(p.environment_id)
     await app.emit("customer.updated", p, {"customer": view})
-    return view
+    return {"success": True, "message": "Customer updated.", "customer": view}
 
 
 # --------------------------------------------------------------------------- admin catalog
@@ -106,7 +106,7 @@ async def admin_create_feature(app: AppContext, p: Principal, params: Any):
             description=params.description,
         )
     app.invalidate(p.environment_id)
-    return views.feature_view(f)
+    return {"success": True, "message": "Feature created.", "feature": views.feature_view(f)}
 
 
 async def admin_update_feature(app: AppContext, p: Principal, params: Any):
@@ -123,7 +123,7 @@ async def admin_update_feature(app: AppContext, p: Principal, params: Any):
             isEnabled=params.isEnabled,
         )
     app.invalidate(p.environment_id)
-    return views.feature_view(f)
+    return {"success": True, "message": "Feature updated.", "feature": views.feature_view(f)}
 
 
 async def admin_create_plan(app: AppContext, p: Principal, params: Any):
@@ -143,7 +143,7 @@ async def admin_create_plan(app: AppContext, p: Principal, params: Any):
         )
         (out,) = await views.plans_with_features(s, [plan], admin=True)
     app.invalidate(p.environment_id)
-    return out
+    return {"success": True, "message": "Plan created (status DRAFT).", **out}
 
 
 async def admin_update_plan(app: AppContext, p: Principal, params: Any):
@@ -165,7 +165,7 @@ async def admin_update_plan(app: AppContext, p: Principal, params: Any):
         )
         (out,) = await views.plans_with_features(s, [plan], admin=True)
     app.invalidate(p.environment_id)
-    return out
+    return {"success": True, "message": "Plan updated.", **out}
 
 
 async def admin_get_plan_with_features(app: AppContext, p: Principal, params: Any):
@@ -182,7 +182,7 @@ async def admin_get_feature_rule(app: AppContext, p: Principal, params: Any):
     return views.rule_view(pf, f)
 
 
-async def _write_rule(service, app: AppContext, p: Principal, params: Any):
+async def _write_rule(service, message: str, app: AppContext, p: Principal, params: Any):
     """Link or update a plan-feature rule (the two tools take the same arguments)."""
     now = await _now(app, p)
     async with app.db.unit_of_work() as s:
@@ -198,15 +198,15 @@ async def _write_rule(service, app: AppContext, p: Principal, params: Any):
         )
         f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
     app.invalidate(p.environment_id)
-    return views.rule_view(pf, f)
+    return {"success": True, "message": message, "rule": views.rule_view(pf, f)}
 
 
 async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any):
-    return await _write_rule(catalog.link_feature, app, p, params)
+    return await _write_rule(catalog.link_feature, "Feature linked to plan.", app, p, params)
 
 
 async def admin_update_feature_rule(app: AppContext, p: Principal, params: Any):
-    return await _write_rule(catalog.update_rule, app, p, params)
+    return await _write_rule(catalog.update_rule, "Rule updated.", app, p, params)
 
 
 async def admin_unlink_feature_from_plan(app: AppContext, p: Principal, params: Any):
