@@ -766,6 +766,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "permanent record; a reference ID that already exists is refused. When Stripe "
             "collects payments the customer is created in Stripe too. Usually followed by "
             "createSubscription."
+            ' Answers {"success": true, "message", "customer": {...}}.'
         ),
         params=CreateCustomerParams,
         role="client",
@@ -782,6 +783,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes a customer's first or last name, email or phone number. Only the fields "
             "you pass change; omitted ones keep their values, and repeating the call has no "
             "further effect. When Stripe collects payments the change is mirrored there."
+            ' Answers {"success": true, "message", "customer": {...}}.'
         ),
         params=UpdateCustomerParams,
         role="client",
@@ -799,6 +801,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "first invoice. On a paid plan billed IN_ADVANCE, access starts once that invoice "
             "is paid (when Stripe collects payments, a checkout URL is returned for that); "
             "IN_ARREARS and free plans grant access immediately. Writes data."
+            ' Answers {"success": true, "message", "subscription": {...}, "invoice": {...}}.'
         ),
         params=CreateSubscriptionParams,
         role="client",
@@ -1005,6 +1008,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Adds a feature to the catalog. Its key must be unique in this environment; it is "
             "the identifier entitlement checks and usage events refer to. Writes data. Attach "
             "it to plans with adminLinkFeatureToPlan."
+            ' Answers {"success": true, "message", "feature": {...}} (the new id is feature.id).'
         ),
         params=CreateFeatureParams,
         role="admin",
@@ -1021,6 +1025,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes a feature's name, key, description or enabled flag; omitted fields stay "
             "as they are and repeating the call has no further effect. A new key must still "
             "be unique."
+            ' Answers {"success": true, "message", "feature": {...}}.'
         ),
         params=UpdateFeatureParams,
         role="admin",
@@ -1039,6 +1044,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "billingTiming to IN_ADVANCE; creditAllocations optionally grants credits every "
             "period. Next: link features with adminLinkFeatureToPlan, then activate with "
             "adminUpdatePlan(status: ACTIVE)."
+            ' Answers {"success": true, "message", "plan": {...}, "features", "creditAllocations"} (the new id is plan.id).'
         ),
         params=CreatePlanParams,
         role="admin",
@@ -1058,6 +1064,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "on key, priceAmount, intervalMonths and billingTiming are frozen. An ACTIVE plan can be ARCHIVED (no "
             "new subscriptions) and an ARCHIVED one reactivated; archived plans accept only "
             "that status change."
+            ' Answers {"success": true, "message", "plan": {...}, "features", "creditAllocations"}.'
         ),
         params=UpdatePlanParams,
         role="admin",
@@ -1116,6 +1123,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "older flat form with cost keys inside pricing is accepted and converted. Example: "
             '{"pricing":{"model":"usage","usage_unit_type":"api_calls","price_per_unit":0.02,'
             '"max_usage":5000}}. Writes data.'
+            ' Answers {"success": true, "message", "rule": {...}}.'
         ),
         params=LinkFeatureParams,
         role="admin",
@@ -1132,6 +1140,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes an existing plan-feature rule: its type, its valueJson (same format as "
             "adminLinkFeatureToPlan) or its enabled flag. Omitted fields stay as they are and "
             "repeating the call has no further effect."
+            ' Answers {"success": true, "message", "rule": {...}}.'
         ),
         params=UpdateRuleParams,
         role="admin",
@@ -1148,6 +1157,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Detaches a feature from a plan by deleting their rule, so the plan no longer "
             "grants or prices it. Requires confirmAction: true; without it nothing changes "
             "and the answer previews the consequences."
+            ' Answers {"success": true, "message", "ruleId"}.'
         ),
         params=UnlinkFeatureParams,
         role="admin",
