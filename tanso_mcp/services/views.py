@@ -1,4 +1,5 @@
-"""Presenters: the JSON shapes of SPEC §4, shared by the REST API and the MCP tools."""
+"""Presenters: the answer shapes declared in services/outputs.py, shared by the REST API and
+the MCP tools."""
 
 from __future__ import annotations
 

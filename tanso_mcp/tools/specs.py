@@ -1,4 +1,4 @@
-"""The 34 MCP tools of tanso-mcp, as data.
+"""The 34 standard MCP tools of tanso-mcp, as data (optional groups: ``specs_<group>.py``).
 
 One ``ToolSpec`` per tool: its name, title, description, parameter model, the minimum
 role that may see and call it, its annotations, whether it is guarded by
@@ -8,18 +8,20 @@ MCP server and the services plug handlers into it.
 
 Parameter models follow the tool contract exactly: field names are the contract's
 parameter names, required fields are the contract's required parameters. Two deliberate
-extensions come from the product spec (§3): ``adminCreatePlan`` and ``adminUpdatePlan``
-take an optional ``creditAllocations`` JSON string. ``confirmAction`` is a plain field
+extensions: ``adminCreatePlan`` and ``adminUpdatePlan`` take an optional
+``creditAllocations`` JSON string. ``confirmAction`` is a plain field
 (never an alias), defaults to ``False`` in the model so that an omitted value reaches the
 confirmation guard instead of failing validation, and is still advertised as required in
 the tool's input schema, as the contract lists it.
 
-Result conventions (``output_schema``): every result is a JSON object. Tools whose
-natural answer is a list (listPlans, listFeatures, …) answer ``{"items": [...]}``; the
-server wraps a list returned by a handler accordingly. Object schemas name the fields a
-caller can rely on but stay open (``additionalProperties`` allowed, nothing beyond
-``items`` required) so services can add fields without breaking clients that validate
-structured content.
+Result conventions (``output_schema``): every result is a JSON object whose schema is
+generated from its answer model in ``services.outputs`` (the models the REST API
+documents too). Tools whose natural answer is a list answer ``{"items": [...]}``; the
+server wraps a list returned by a handler accordingly. Write tools answer
+``{"success": true, "message": ..., <resource key>: ...}``. The declared schema is the
+model's, relaxed at the top level only so that it also admits the tool's error objects
+(see ``_Declared``); ``strict_output_schema`` is the model's own, which successful answers
+match exactly.
 """
 
 from __future__ import annotations
