@@ -3,10 +3,12 @@
 An autouse fixture wraps the two places where answers leave the application: the MCP
 tool runner (each successful ``structuredContent``, whatever the transport: in-memory,
 Streamable HTTP, in-process stdio) and the REST endpoint wrapper (each 2xx body). Each
-answer is validated against the declared schema (the tool's ``outputSchema``, the
-endpoint's /openapi.json response) with ``additionalProperties: false`` forced on every
-object in the test's copy, so an undeclared field fails as surely as a missing or
-mistyped one. The workflow tests thereby double as schema tests.
+answer is validated against the schema generated from its answer model (the tool's
+strict output schema, the endpoint's /openapi.json response). The models in
+``services.outputs`` forbid undeclared fields, so for them an extra field fails as surely
+as a missing or mistyped one; ``tests/test_answer_schemas.py`` additionally closes every
+object in its copy of the schemas. The workflow tests thereby double as schema tests: a
+new field in an answer must be declared in ``tanso_mcp/services/outputs.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def closed(schema: Any) -> Any:
 def _violations(schema: Any, value: Any) -> list[str]:
     from jsonschema import Draft202012Validator
 
-    validator = Draft202012Validator(closed(schema))
+    validator = Draft202012Validator(schema)
     return [
         f"{'/'.join(str(p) for p in err.absolute_path) or '(top)'}: {err.message[:300]}"
         for err in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
@@ -126,6 +128,7 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
     if problems:
         unique = list(dict.fromkeys(problems))
         pytest.fail(
-            "answers that do not match their declared schema:\n" + "\n".join(unique[:40]),
+            "answers that do not match their declared schema (declare new fields in "
+            "tanso_mcp/services/outputs.py):\n" + "\n".join(unique[:40]),
             pytrace=False,
         )
