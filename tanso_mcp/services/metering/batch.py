@@ -45,6 +45,7 @@ import orjson
 from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...db.types import _json_default, new_id
+from ...domain.analytics_costs import parse_overrides
 from ...domain.cost import resolve_cost
 from ...domain.credits import covered_units, credits_for_units
 from ...domain.money import minor_units, to_credit_units, to_micros
@@ -155,7 +156,7 @@ class _Grant:
 
 # parsed rule values by (rule id, raw JSON text): parsing is far dearer than the lookup
 _RULE_CACHE: dict[tuple[str, str], RuleValue | None] = {}
-_SETTINGS_CACHE: dict[str, tuple[DefaultCostConfig | None]] = {}
+_SETTINGS_CACHE: dict[str, tuple[DefaultCostConfig | None, tuple]] = {}
 
 
 def _rule_value(rule_id: str, raw: Any) -> RuleValue | None:
@@ -178,26 +179,30 @@ def _rule_value(rule_id: str, raw: Any) -> RuleValue | None:
     return value
 
 
-def _default_cost(raw: Any) -> DefaultCostConfig | None:
+def _cost_settings(raw: Any) -> tuple[DefaultCostConfig | None, tuple]:
+    """The environment's default cost config and model price overrides, parsed once per
+    distinct settings text (a changed setting is a new key: nothing to invalidate)."""
     if raw is None:
-        return None
+        return None, ()
     text = raw if isinstance(raw, str) else orjson.dumps(raw, default=_json_default).decode()
     hit = _SETTINGS_CACHE.get(text)
     if hit is not None:
-        return hit[0]
+        return hit
     import json
 
-    config = None
+    config, overrides = None, ()
     try:
         settings = json.loads(text, parse_float=Decimal)
-        if isinstance(settings, dict) and settings.get("defaultCostConfig") is not None:
-            config = parse_default_cost_config(settings["defaultCostConfig"])
+        if isinstance(settings, dict):
+            if settings.get("defaultCostConfig") is not None:
+                config = parse_default_cost_config(settings["defaultCostConfig"])
+            overrides = parse_overrides(settings.get("modelPriceOverrides"))
     except (TansoError, ValueError):
-        config = None
+        pass
     if len(_SETTINGS_CACHE) > 10_000:
         _SETTINGS_CACHE.clear()
-    _SETTINGS_CACHE[text] = (config,)
-    return config
+    hit = _SETTINGS_CACHE[text] = (config, overrides)
+    return hit
 
 
 def _dumps(obj: Any) -> str | None:
@@ -238,6 +243,7 @@ class _Env:
         self.idxs = idxs
         self.out = out
         self.effects = effects
+        self.price_overrides: tuple = ()  # the environment's model prices (_settings)
 
     # ------------------------------------------------------------------ helpers
 
@@ -602,7 +608,8 @@ class _Env:
         if not need:
             return None
         rows = self.tx.rows("SELECT settings FROM environments WHERE id = :env", {"env": self.env})
-        return _default_cost(rows[0][0]) if rows else None
+        config, self.price_overrides = _cost_settings(rows[0][0]) if rows else (None, ())
+        return config
 
     def _lock_counters(self, keys: set[tuple[str, str, datetime]]) -> dict:
         tx, env = self.tx, self.env
@@ -948,6 +955,7 @@ class _Env:
                     cost_input=ci,
                     rule_cost_model=rp.cost if rp is not None else None,
                     default_config=default_cost,
+                    overrides=self.price_overrides,
                 )
                 cost_source = cost.source
                 provider = cost.provider
