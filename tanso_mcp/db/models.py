@@ -546,8 +546,10 @@ class UsageCounter(Base):
 
 class AnalyticsRollup(Base):
     """Sums of CLIENT_TRACKED events per (environment, grain, bucket, customer, feature,
-    model, subscription). ``grain`` is h|d|m (hour, day, calendar month, UTC);
-    ``bucket`` the epoch hour its bucket starts at. Absent dimensions are '' (so the
+    model, subscription). ``grain`` is the time grain h|d|m (hour, day, calendar month,
+    UTC) followed by the row set: ``*`` every dimension, ``c``/``f``/``o``/``s`` only
+    the customer/feature/model/subscription, ``t`` totals; ``bucket`` the epoch hour
+    its bucket starts at. Absent dimensions are '' (so the
     unique key matches them). Maintained by the rollup job from a watermark over the
     events (``analytics_state``); every view adds the events past the watermark."""
 
@@ -557,7 +559,7 @@ class AnalyticsRollup(Base):
     )
     # the primary key is the rollup key (absent dimensions are '')
     environment_id: Mapped[str] = mapped_column(ID, primary_key=True)
-    grain: Mapped[str] = mapped_column(String(1), primary_key=True)
+    grain: Mapped[str] = mapped_column(String(2), primary_key=True)
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     feature_id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -216,7 +216,7 @@ def _units(q: int) -> Decimal | int:
 
 
 def _money(micros: int) -> Decimal:
-    return (Decimal(micros) / 1_000_000).quantize(Decimal("0.000001"))
+    return Decimal(micros).scaleb(-6)
 
 
 def margin_of(revenue_micros: int, cost_micros: int) -> tuple[Decimal | None, str | None]:

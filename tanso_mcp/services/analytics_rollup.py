@@ -116,35 +116,90 @@ async def _set_watermark(s: AsyncSession, value: int) -> None:
     )
 
 
+# Row sets kept at each grain: '*' every dimension (customer-scoped reads filter it by
+# customer), one dimension alone (grouped views read a few rows per bucket), 't' totals.
+# The grain column holds time grain + row set, e.g. 'dc' = daily rows by customer.
+ROW_SETS = {
+    "*": ("customer_id", "feature_id", "model", "subscription_id"),
+    "c": ("customer_id",),
+    "f": ("feature_id",),
+    "o": ("model",),
+    "s": ("subscription_id",),
+    "t": (),
+}
+ROW_SET_OF_DIM = {"customer": "c", "feature": "f", "model": "o", "subscription": "s", None: "t"}
+_DIM_COLUMNS = ("customer_id", "feature_id", "model", "subscription_id")
+
+
+def _from_hour_sql(dialect: str, grain: str) -> str:
+    """Bucket start (epoch hour) of the staged epoch hour ``h`` at ``grain``."""
+    if grain == HOUR:
+        return "h"
+    if grain == DAY:
+        return "(h / 24) * 24"
+    if dialect == "sqlite":
+        return (
+            "CAST(strftime('%s', datetime(h * 3600, 'unixepoch', 'start of month')) "
+            "AS INTEGER) / 3600"
+        )
+    return (
+        "CAST(EXTRACT(EPOCH FROM date_trunc('month', to_timestamp(h * 3600), 'UTC')) "
+        "AS BIGINT) / 3600"
+    )
+
+
 async def _roll(s: AsyncSession, dialect: str, lo: int, hi: int) -> None:
-    """Add the CLIENT_TRACKED events with ``lo <= seq < hi`` to the three grains."""
+    """Add the CLIENT_TRACKED events with ``lo <= seq < hi`` to every grain and row set:
+    the chunk is first summed per (hour, all dimensions) into a staging table, and every
+    rollup row is derived from that small table."""
     seq = _seq(dialect)
-    table = _events_table(dialect)
-    for grain in (HOUR, DAY, MONTH):
+    if dialect == "sqlite":
         await s.execute(
             text(
-                "INSERT INTO analytics_rollup (environment_id, grain, bucket, customer_id, "
-                f"feature_id, model, subscription_id, {_SUMS}) "
-                f"SELECT environment_id, '{grain}', {_bucket_sql(dialect, grain)}, customer_id, "
-                "COALESCE(feature_id, ''), COALESCE(model, ''), COALESCE(subscription_id, ''), "
-                "COUNT(*), SUM(usage_q), COALESCE(SUM(revenue_micros), 0), "
-                "COALESCE(SUM(cost_micros), 0), COUNT(cost_micros), "
-                "SUM(CASE WHEN model IS NOT NULL AND cost_source IS NULL THEN 1 ELSE 0 END) "
-                f"FROM {table} WHERE {seq} >= :lo AND {seq} < :hi "
-                "AND event_type = 'CLIENT_TRACKED' "
-                "GROUP BY 1, 2, 3, 4, 5, 6, 7 "
-                "ON CONFLICT (environment_id, grain, bucket, customer_id, feature_id, model, "
-                "subscription_id) DO UPDATE SET "
-                "events = analytics_rollup.events + excluded.events, "
-                "usage_q = analytics_rollup.usage_q + excluded.usage_q, "
-                "revenue_micros = analytics_rollup.revenue_micros + excluded.revenue_micros, "
-                "cost_micros = analytics_rollup.cost_micros + excluded.cost_micros, "
-                "costed_events = analytics_rollup.costed_events + excluded.costed_events, "
-                "unknown_model_events = analytics_rollup.unknown_model_events "
-                "+ excluded.unknown_model_events"
-            ),
-            {"lo": lo, "hi": hi},
+                "CREATE TEMP TABLE IF NOT EXISTS analytics_stage (environment_id TEXT, "
+                "h INTEGER, customer_id TEXT, feature_id TEXT, model TEXT, "
+                f"subscription_id TEXT, {_SUMS.replace(',', ' INTEGER,')} INTEGER)"
+            )
         )
+        await s.execute(text("DELETE FROM analytics_stage"))
+    else:
+        await s.execute(
+            text(
+                "CREATE TEMP TABLE IF NOT EXISTS analytics_stage (environment_id TEXT, "
+                "h BIGINT, customer_id TEXT, feature_id TEXT, model TEXT, "
+                f"subscription_id TEXT, {_SUMS.replace(',', ' BIGINT,')} BIGINT) "
+                "ON COMMIT DELETE ROWS"
+            )
+        )
+    await s.execute(
+        text(
+            f"INSERT INTO analytics_stage SELECT environment_id, {_bucket_sql(dialect, HOUR)}, "
+            "customer_id, COALESCE(feature_id, ''), COALESCE(model, ''), "
+            "COALESCE(subscription_id, ''), COUNT(*), SUM(usage_q), "
+            "COALESCE(SUM(revenue_micros), 0), COALESCE(SUM(cost_micros), 0), "
+            "COUNT(cost_micros), "
+            "SUM(CASE WHEN model IS NOT NULL AND cost_source IS NULL THEN 1 ELSE 0 END) "
+            f"FROM {_events_table(dialect)} WHERE {seq} >= :lo AND {seq} < :hi "
+            "AND event_type = 'CLIENT_TRACKED' GROUP BY 1, 2, 3, 4, 5, 6"
+        ),
+        {"lo": lo, "hi": hi},
+    )
+    sums = ", ".join(f"SUM({c})" for c in _SUMS.split(", "))
+    updates = ", ".join(f"{c} = analytics_rollup.{c} + excluded.{c}" for c in _SUMS.split(", "))
+    for grain in (HOUR, DAY, MONTH):
+        for code, dims in ROW_SETS.items():
+            cols = ", ".join(c if c in dims else "''" for c in _DIM_COLUMNS)
+            await s.execute(
+                text(
+                    "INSERT INTO analytics_rollup (environment_id, grain, bucket, customer_id, "
+                    f"feature_id, model, subscription_id, {_SUMS}) "
+                    f"SELECT environment_id, '{grain}{code}', {_from_hour_sql(dialect, grain)}, "
+                    f"{cols}, {sums} FROM analytics_stage WHERE 1 = 1 "
+                    "GROUP BY 1, 2, 3, 4, 5, 6, 7 "
+                    "ON CONFLICT (environment_id, grain, bucket, customer_id, feature_id, model, "
+                    f"subscription_id) DO UPDATE SET {updates}"
+                )
+            )
 
 
 async def roll_up_chunk(s: AsyncSession) -> bool:
@@ -239,8 +294,9 @@ def _arms(
 ) -> list[str]:
     arms = []
     col = _ROLLUP_DIMS[dim]
+    row_set = "*" if where else ROW_SET_OF_DIM[dim]
     for n, (grain, lo, hi) in enumerate(parts):
-        params[f"g{n}"], params[f"lo{n}"], params[f"hi{n}"] = grain, lo, hi
+        params[f"g{n}"], params[f"lo{n}"], params[f"hi{n}"] = grain + row_set, lo, hi
         bucket = "bucket" if with_bucket else "0"
         arms.append(
             f"SELECT {col} AS k, {bucket} AS b, {_SUMS} FROM analytics_rollup "

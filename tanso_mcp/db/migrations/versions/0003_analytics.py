@@ -36,7 +36,7 @@ def upgrade() -> None:
     op.create_table(
         'analytics_rollup',
         sa.Column('environment_id', sa.String(length=36), nullable=False),
-        sa.Column('grain', sa.String(length=1), nullable=False),
+        sa.Column('grain', sa.String(length=2), nullable=False),
         sa.Column('bucket', sa.BigInteger(), nullable=False),
         sa.Column('customer_id', sa.String(length=36), nullable=False),
         sa.Column('feature_id', sa.String(length=36), nullable=False),
