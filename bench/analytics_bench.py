@@ -137,7 +137,9 @@ def build(path: str, n_events: int, seed: int = 7) -> tuple[str, dict]:
     while done < n_events:
         n = min(chunk, n_events - done)
         picks = rnd.choices(customers, weights=weights, k=n)
-        offsets = sorted(rnd.randrange(seconds) for _ in range(n))
+        # events arrive in time order, as they do in production
+        lo_s, hi_s = seconds * done // n_events, seconds * (done + n) // n_events
+        offsets = sorted(rnd.randrange(lo_s, max(hi_s, lo_s + 1)) for _ in range(n))
         rows = []
         for j in range(n):
             cid, sid, fid, model = picks[j]

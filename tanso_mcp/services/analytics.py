@@ -265,23 +265,38 @@ async def timeseries(
     spans = buckets(interval, start, end)
     parts = decompose_for(interval, start, end)
     dim = _dim(group_by) if group_by is not None else None
-    raw = await read_sums(s, env, start, end, parts=parts, dim=dim, with_bucket=True)
-    names = await _names(s, env, dim, {k for k, _ in raw}) if dim else {}
-    per_bucket: dict[datetime, dict[str, Sums]] = {}
-    overall: dict[str, Sums] = {}
-    for (k, b), sums in raw.items():
-        key = names.get(k, NONE_KEY if not k else k) if dim else ""
-        at = max(bucket_start(interval, b), start)
-        per_bucket.setdefault(at, {}).setdefault(key, Sums()).add(sums)
-        overall.setdefault(key, Sums()).add(sums)
     keys: list[str] = []
+    per_bucket: dict[datetime, dict[str, Sums]] = {}
+
+    def add(raw: dict, names: dict[str, str] | None) -> dict[str, Sums]:
+        merged: dict[str, Sums] = {}
+        for (k, b), sums in raw.items():
+            key = names.get(k, NONE_KEY if not k else k) if names is not None else ""
+            at = max(bucket_start(interval, b), start)
+            per_bucket.setdefault(at, {}).setdefault(key, Sums()).add(sums)
+            merged.setdefault(key, Sums()).add(sums)
+        return merged
+
+    overall = add(await read_sums(s, env, start, end, parts=parts, with_bucket=True), None)
     if dim:
-        ranked = sort_rows([margin_row(k, v) for k, v in overall.items()], sort, order)
+        # the page of keys first (few rows per bucket), then their series alone
+        whole = await read_sums(s, env, start, end, parts=decompose(start, end), dim=dim)
+        names = await _names(s, env, dim, {k for k, _ in whole})
+        merged: dict[str, Sums] = {}
+        for (k, _b), sums in whole.items():
+            merged.setdefault(names.get(k, NONE_KEY if not k else k), Sums()).add(sums)
+        ranked = sort_rows([margin_row(k, v) for k, v in merged.items()], sort, order)
         keys = [r["key"] for r in ranked[offset : offset + limit]]
+        wanted = set(keys)
+        ids = sorted(k for k, _ in whole if names.get(k, NONE_KEY if not k else k) in wanted)
+        raw = await read_sums(
+            s, env, start, end, parts=parts, dim=dim, with_bucket=True, dim_ids=ids
+        )
+        add(raw, names)
     series = []
     for a, b in spans:
         groups = per_bucket.get(a, {})
-        point: dict[str, Any] = {"start": a, "end": b, **_totals(groups)}
+        point: dict[str, Any] = {"start": a, "end": b, **_totals({"": groups.get("", Sums())})}
         if dim:
             point["groups"] = [margin_row(k, groups.get(k, Sums())) for k in keys]
         series.append(point)
@@ -293,5 +308,5 @@ async def timeseries(
         "currency": await _currency(s, env),
         "keys": keys if dim else None,
         "buckets": series,
-        "totals": _totals(overall),
+        "totals": _totals({"": overall.get("", Sums())}),
     }

@@ -317,6 +317,7 @@ async def read_sums(
     with_bucket: bool = False,
     customer_id: str | None = None,
     subscription_id: str | None = None,
+    dim_ids: list[str] | None = None,
 ) -> dict[tuple[str, int], Sums]:
     """Sums of the CLIENT_TRACKED events of ``env`` with ``start <= occurredAt < end``,
     grouped by ``dim`` (customer|feature|model|subscription, ids; '' = none) and, with
@@ -344,8 +345,15 @@ async def read_sums(
         params["sid"] = subscription_id
         where += " AND subscription_id = :sid"
         raw_where += " AND subscription_id = :sid"
-    arms = _arms(dialect, dim, with_bucket, parts, params, where)
     raw_dim = _RAW_DIMS[dim]
+    if dim_ids is not None:
+        # only these keys of ``dim`` (e.g. one page of customers)
+        marks = ", ".join(f":k{n}" for n in range(len(dim_ids))) or "NULL"
+        params.update({f"k{n}": v for n, v in enumerate(dim_ids)})
+        raw_where += f" AND {raw_dim} IN ({marks})"
+    arms = _arms(dialect, dim, with_bucket, parts, params, where)
+    if dim_ids is not None:
+        arms = [f"{arm} AND {_ROLLUP_DIMS[dim]} IN ({marks})" for arm in arms]
     hour = _bucket_sql(dialect, HOUR) if with_bucket else "0"
     watermark = "(SELECT COALESCE(MAX(value), 0) FROM analytics_state WHERE name = :wm)"
     # events not yet rolled up
