@@ -55,13 +55,25 @@ async def _currency(s: AsyncSession, env: str) -> str:
     return await s.scalar(select(Environment.currency).where(Environment.id == env)) or "USD"
 
 
+# customer references and feature keys never change: remembered per process
+_KNOWN_NAMES: dict[tuple[str, str], str] = {}
+_MAX_KNOWN = 200_000
+
+
 async def _names(s: AsyncSession, env: str, dim: str, ids: set[str]) -> dict[str, str]:
     """Display keys of dimension ids ('' -> ``(none)``). ``subscription`` maps to the
-    plan key."""
+    plan key (its current plan: not remembered)."""
     out = {"": NONE_KEY}
     ids = {i for i in ids if i}
     if dim == "model":
         return {**out, **{i: i for i in ids}}
+    cacheable = dim in ("customer", "feature")
+    if cacheable:
+        for i in list(ids):
+            name = _KNOWN_NAMES.get((env, i))
+            if name is not None:
+                out[i] = name
+                ids.discard(i)
     id_list = sorted(ids)
     for n in range(0, len(id_list), 500):
         chunk = id_list[n : n + 500]
@@ -81,6 +93,10 @@ async def _names(s: AsyncSession, env: str, dim: str, ids: set[str]) -> dict[str
             )
         for i, name in (await s.execute(stmt)).all():
             out[i] = name
+            if cacheable:
+                if len(_KNOWN_NAMES) >= _MAX_KNOWN:
+                    _KNOWN_NAMES.clear()
+                _KNOWN_NAMES[(env, i)] = name
     return out
 
 
