@@ -133,10 +133,11 @@ async def test_typescript_sdk_client(ctx, tenant):
     hidden = _assert_result(read["hiddenTool"], is_error=True)
     assert hidden["error"] == "forbidden"
 
-    # no key / a wrong key: the handshake gets HTTP 401
-    for label in ("noKey", "badKey"):
+    # no key / a wrong key: the handshake gets HTTP 401 and the client shows our message
+    for label, text in (("noKey", "missing API key"), ("badKey", "invalid or revoked API key")):
         assert summary[label]["connected"] is False, summary[label]
         assert summary[label]["code"] == 401, summary[label]
+        assert text in summary[label]["message"], summary[label]
 
     # what the client did is what the database holds
     assert await _count(ctx, Feature) == 2
@@ -166,6 +167,7 @@ async def test_inspector_cli(ctx, tenant, tmp_path):
             base, tenant.key("admin"), "--method", "tools/list", "--strict", home=tmp_path
         )
         assert code == 0, (out, err)
+        assert "Warning" not in err, err  # --strict: no portability warning either
         assert {t["name"] for t in out["result"]["tools"]} == ALL_TOOLS
         code, out, err = await _inspector(
             base, tenant.key("read"), "--method", "tools/list", home=tmp_path
@@ -192,4 +194,15 @@ async def test_inspector_cli(ctx, tenant, tmp_path):
             base, "sk_test_not-a-real-key", "--method", "tools/list", home=tmp_path
         )
         assert code != 0 and "result" not in out, (code, out, err)
+        # The Inspector treats every HTTP 401 as an OAuth challenge, whatever the server's
+        # headers say; --stored-auth-only makes it report the server's own message.
+        code, out, err = await _inspector(
+            base,
+            "sk_test_not-a-real-key",
+            "--method",
+            "tools/list",
+            "--stored-auth-only",
+            home=tmp_path,
+        )
+        assert code != 0 and "invalid or revoked API key" in err, (code, out, err)
     assert await _count(ctx, Feature) == 1

@@ -70,6 +70,8 @@ class ToolSpec:
     output_schema: Mapping[str, Any]
     effect: str = ""
     """For guarded tools: one sentence on what confirming would do (default preview)."""
+    group: str = "core"
+    """``core`` (always offered) or the optional tool group it belongs to (see ``groups``)."""
 
     def allows(self, role: str) -> bool:
         return role_allows(role, self.role)
@@ -118,9 +120,11 @@ def _list(description: str) -> dict[str, Any]:
 
 
 _STR = {"type": "string"}
-_OPT_STR = {"type": ["string", "null"]}
+# single-type branches: a `type` array is legal JSON Schema but not portable to clients
+# that map tool schemas onto one-type dialects (the Inspector's --strict check)
+_OPT_STR = {"anyOf": [{"type": "string"}, {"type": "null"}]}
 _BOOL = {"type": "boolean"}
-_NUM = {"type": ["number", "string"]}  # exact decimals may be rendered as strings
+_NUM = {"anyOf": [{"type": "number"}, {"type": "string"}]}  # exact decimals may be strings
 _WRITE = _object(
     "Outcome of the change; services may add the affected resource.",
     success=_BOOL,
@@ -144,6 +148,8 @@ def _ann(
 
 
 _READ = _ann(read_only=True, idempotent=True)
+# updates replace the stored values of the fields they are given: the old ones are lost
+_OVERWRITE = _ann(destructive=True, idempotent=True)
 _READ_STRIPE = _ann(read_only=True, idempotent=True, open_world=True)
 
 CancelMode = choice("END_OF_PERIOD", "IMMEDIATE", aliases={"IMMEDIATELY": "IMMEDIATE"})
@@ -719,7 +725,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         ),
         params=UpdateCustomerParams,
         role="client",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="update_customer",
         capability=_CUSTOMERS,
@@ -972,7 +978,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         ),
         params=UpdateFeatureParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_feature",
         capability=_ADMIN_CATALOG,
@@ -1009,7 +1015,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         ),
         params=UpdatePlanParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_plan",
         capability=_ADMIN_CATALOG,
@@ -1088,7 +1094,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         ),
         params=UpdateRuleParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_feature_rule",
         capability=_ADMIN_CATALOG,

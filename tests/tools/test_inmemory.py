@@ -28,6 +28,7 @@ from .contract import (
     ADMIN_READS,
     CONFIRM_TOOLS,
     EXTRA_PARAMS,
+    OVERWRITING_UPDATES,
     SEED_TOOLS,
     TOOLS_BY_ROLE,
     minimal_arguments,
@@ -56,7 +57,9 @@ async def test_tools_list_per_role(role: str, mode: str) -> None:
         assert tool.title and tool.description
         assert tool.annotations is not None
         assert tool.annotations.read_only_hint is (tool.name in reads)
-        assert tool.annotations.destructive_hint is (tool.name in CONFIRM_TOOLS)
+        assert tool.annotations.destructive_hint is (
+            tool.name in CONFIRM_TOOLS or tool.name in OVERWRITING_UPDATES
+        )
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
         schema = tool.input_schema
         assert set(schema.get("required", [])) == {p for p, _, req in seed_params if req}

@@ -26,6 +26,7 @@ from .contract import (
     EXTRA_PARAMS,
     IDEMPOTENT_WRITES,
     NUMERIC_PARAMS,
+    OVERWRITING_UPDATES,
     SEED_TOOLS,
     STRIPE_TOOLS,
     TOOLS_BY_ROLE,
@@ -88,7 +89,7 @@ def test_metadata_and_annotations(spec) -> None:
     reads = {n for n, (section, _) in SEED_TOOLS.items() if section == "read"} | ADMIN_READS
     ann = spec.annotations
     assert ann.read_only_hint is (spec.name in reads)
-    assert ann.destructive_hint is spec.confirm
+    assert ann.destructive_hint is (spec.confirm or spec.name in OVERWRITING_UPDATES)
     assert ann.idempotent_hint is (spec.name in reads or spec.name in IDEMPOTENT_WRITES)
     assert ann.open_world_hint is (spec.name in STRIPE_TOOLS)
     out = spec.output_schema
