@@ -3,7 +3,7 @@ PostgreSQL each event records its writing transaction (tx_seq) so the rollup can
 events in commit-safe order
 
 Revision ID: 0003_analytics
-Revises: 0002
+Revises: 0003_clock_protocol
 Create Date: 2026-11-30
 """
 
@@ -14,7 +14,7 @@ import tanso_mcp.db.types
 
 
 revision = '0003_analytics'
-down_revision = '0002'
+down_revision = '0003_clock_protocol'
 branch_labels = None
 depends_on = None
 
