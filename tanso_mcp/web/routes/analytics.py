@@ -10,8 +10,9 @@ from pydantic import Field, field_validator
 
 from ...domain.periods import parse_datetime
 from ...services import analytics as svc
+from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
-from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, QueryModel, envelope_ok
+from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, Pagination, QueryModel, envelope_ok
 from .schemas import Out
 
 api = Api("/api/v1/client")
@@ -297,3 +298,82 @@ async def get_model_prices(call: Call):
     async with call.ctx.db.reader() as s:
         rows = await costs.model_prices(s, call.principal.environment_id, now)
     return Page(rows, len(rows), len(rows), 0)
+
+
+# --------------------------------------------------------------------------- margin alerts
+
+
+class AlertSettingsBody(ApiModel):
+    threshold: Decimal | None = Field(
+        default=None, description="margin below which a customer is alerted (default 0.40)"
+    )
+    windowDays: int | None = Field(default=None, description="rolling window (default 30)")
+    customers: dict[str, Decimal] | None = Field(
+        default=None, description="per-customer thresholds by customer reference"
+    )
+    enabled: bool | None = None
+
+
+class AlertSettingsOut(Out):
+    enabled: bool
+    threshold: Decimal
+    windowDays: int
+    customers: dict[str, Decimal]
+
+
+class AlertOut(Out):
+    id: str
+    type: Literal["margin.alert", "margin.recovered"]
+    customerReferenceId: str
+    threshold: Decimal
+    grossMargin: Decimal | None = None
+    revenue: Decimal
+    cost: Decimal
+    windowStart: datetime
+    windowEnd: datetime
+    createdAt: datetime
+
+
+@api.route(
+    "GET",
+    "/analytics/alerts/settings",
+    role="read",
+    response=AlertSettingsOut,
+    summary="Margin alert threshold, rolling window and per-customer thresholds",
+    tags=TAGS,
+)
+async def get_alert_settings(call: Call):
+    async with call.ctx.db.reader() as s:
+        return await alerts.get_settings(s, call.principal.environment_id)
+
+
+@api.route(
+    "PUT",
+    "/analytics/alerts/settings",
+    role="admin",
+    body=AlertSettingsBody,
+    response=AlertSettingsOut,
+    summary="Set the margin alert threshold, window and per-customer thresholds",
+    tags=TAGS,
+)
+async def put_alert_settings(call: Call):
+    raw = call.body.model_dump(exclude_unset=True)
+    async with call.ctx.db.unit_of_work() as s:
+        return await alerts.put_settings(s, call.principal.environment_id, raw)
+
+
+@api.route(
+    "GET",
+    "/analytics/alerts",
+    role="read",
+    query=Pagination,
+    response=AlertOut,
+    paginated=True,
+    summary="Margin alerts and recoveries that fired, newest first",
+    tags=TAGS,
+)
+async def get_alerts(call: Call):
+    q: Pagination = call.query
+    async with call.ctx.db.reader() as s:
+        items, total = await alerts.list_alerts(s, call.principal.environment_id, q.limit, q.offset)
+    return Page(items, total, q.limit, q.offset)
