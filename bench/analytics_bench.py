@@ -241,11 +241,13 @@ def main() -> int:
     ap.add_argument("--events", type=int, action="append", help="events (repeatable)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--keep", help="database path to keep (single --events only)")
+    ap.add_argument("--dir", default="/var/tmp", help="where the databases are built")
+    ap.add_argument("--build-only", action="store_true", help="build and roll up, no timing")
     args = ap.parse_args()
     sizes = args.events or [1_000_000, 10_000_000]
     results = {}
     for n in sizes:
-        tmp = tempfile.mkdtemp(prefix="tanso-analytics-")
+        tmp = tempfile.mkdtemp(prefix="analytics-bench-", dir=args.dir)
         path = args.keep if args.keep and len(sizes) == 1 else os.path.join(tmp, "a.db")
         print(f"{n:,} events -> {path}", flush=True)
         t0 = time.perf_counter()
