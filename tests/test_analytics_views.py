@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
+import anyio.lowlevel
 import pytest
 from sqlalchemy import text
 
@@ -184,3 +186,59 @@ async def test_bad_input_and_roles(ctx, client, tenant):
     )
     assert r.status_code == 400
     assert r.json()["error"]["field"] == "modelPriceOverrides[0].inputPricePerMillion"
+
+
+async def test_views_never_miss_or_double_count_while_events_arrive_and_roll_up(
+    ctx, client, tenant
+):
+    """Ingest, the rollup job and the views run at once: every view counts a number of
+    events between those acknowledged before it started and those sent by the time it
+    answered, and the cost is exactly 0.01 per event counted."""
+    sent = acked = 0
+    done = False
+
+    async def ingest() -> None:
+        nonlocal sent, acked, done
+        for batch in range(12):
+            events = [
+                {
+                    "eventIdempotencyKey": f"c{batch}-{i}",
+                    "eventName": "call",
+                    "customerReferenceId": f"cus_{i % 7}",
+                    "featureKey": "chat",
+                    "occurredAt": f"2026-01-{1 + batch:02d}T{i % 24:02d}:15:00Z",
+                    "costAmount": "0.01",
+                }
+                for i in range(50)
+            ]
+            sent += len(events)
+            r = await client.post(
+                f"{API}/events/batch", json={"events": events}, headers=tenant.headers("client")
+            )
+            assert r.status_code == 200, r.text
+            acked += len(events)
+        done = True
+
+    async def roll() -> None:
+        while not done:
+            async with ctx.db.unit_of_work() as s:
+                await roll_up_chunk(s)
+            await anyio.lowlevel.checkpoint()
+
+    async def read() -> None:
+        while not done:
+            low = acked
+            body = await _margins(client, tenant, "customer")
+            high = sent
+            t = body["data"]["totals"]
+            assert low <= t["events"] <= high, (low, t["events"], high)
+            assert t["costMicros"] == t["events"] * 10_000
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ingest)
+        tg.start_soon(roll)
+        tg.start_soon(read)
+    await roll_up(ctx)
+    body = await _margins(client, tenant, "customer")
+    assert body["data"]["totals"]["events"] == 600
+    assert body["data"]["totals"]["costMicros"] == 6_000_000
