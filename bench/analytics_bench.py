@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tanso_mcp.bootstrap import build_context  # noqa: E402
 from tanso_mcp.clock import FrozenClock  # noqa: E402
 from tanso_mcp.services import analytics, tenancy  # noqa: E402
+from tanso_mcp.services import analytics_rollup as rollup_module  # noqa: E402
 from tanso_mcp.services.analytics_rollup import roll_up  # noqa: E402
 from tanso_mcp.settings import Settings  # noqa: E402
 
@@ -54,7 +55,52 @@ def ts(dt: datetime) -> str:
     return dt.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+BASE = 1_000_000  # events generated in Python; larger sets replicate them in SQL
+
+
 def build(path: str, n_events: int, seed: int = 7) -> tuple[str, dict]:
+    """``n_events`` events: up to BASE generated, then copies of those (same customers,
+    features, models and times, new ids and keys) made by SQLite itself, so the month
+    gets denser: 10M events are 10 copies of 1M."""
+    env, info = _generate(path, min(n_events, BASE), seed)
+    if n_events > BASE:
+        _replicate(path, n_events)
+    return env, info
+
+
+def _replicate(path: str, n_events: int) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("DROP INDEX ix_events_env_customer_time")
+    base = conn.execute("SELECT MAX(rowid) FROM events").fetchone()[0]
+    count, copy = base, 1
+    while count < n_events:
+        take = min(base, n_events - count)
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO events (id, environment_id, idempotency_key, event_type, event_name, "
+            "customer_id, feature_id, subscription_id, occurred_at, usage_q, billable_q, "
+            "overage_q, credits_deducted_q, usage_limit_exceeded, revenue_micros, cost_micros, "
+            "cost_source, model, created_at) "
+            "SELECT printf('r%02d', ?) || substr(id, 4), environment_id, "
+            "printf('r%02d', ?) || idempotency_key, event_type, event_name, customer_id, "
+            "feature_id, subscription_id, occurred_at, usage_q, billable_q, overage_q, "
+            "credits_deducted_q, usage_limit_exceeded, revenue_micros, cost_micros, "
+            "cost_source, model, created_at FROM events WHERE rowid <= ?",
+            (copy, copy, take),
+        )
+        conn.execute("COMMIT")
+        count += take
+        copy += 1
+        print(f"  replicated to {count:,} events", flush=True)
+    conn.execute(
+        "CREATE INDEX ix_events_env_customer_time ON events "
+        "(environment_id, customer_id, occurred_at)"
+    )
+    conn.close()
+
+
+def _generate(path: str, n_events: int, seed: int) -> tuple[str, dict]:
     ctx = build_context(Settings(database_url=f"sqlite+aiosqlite:///{path}"), FrozenClock(NOW))
 
     async def setup() -> str:
@@ -242,7 +288,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--keep", help="database path to keep (single --events only)")
     ap.add_argument("--dir", default="/var/tmp", help="where the databases are built")
-    ap.add_argument("--build-only", action="store_true", help="build and roll up, no timing")
+    ap.add_argument("--build-only", action="store_true", help="build the data sets only")
     args = ap.parse_args()
     sizes = args.events or [1_000_000, 10_000_000]
     results = {}
@@ -252,6 +298,8 @@ def main() -> int:
         print(f"{n:,} events -> {path}", flush=True)
         t0 = time.perf_counter()
         env, _ = build(path, n - TAIL)
+        if args.build_only:
+            continue
         print(f"  built in {time.perf_counter() - t0:.0f} s", flush=True)
         ctx_time = time.perf_counter()
         asyncio.run(_rollup(path))
@@ -278,6 +326,9 @@ def main() -> int:
 
 
 async def _rollup(path: str) -> None:
+    """The rollup job's own code, in one transaction (the data set is built at once; the
+    job itself works in chunks of ``CHUNK_EVENTS``)."""
+    rollup_module.CHUNK_EVENTS = 10**12
     ctx = build_context(Settings(database_url=f"sqlite+aiosqlite:///{path}"), FrozenClock(NOW))
     await roll_up(ctx, max_chunks=1_000_000)
     await ctx.close()
