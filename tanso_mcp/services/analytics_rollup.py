@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..domain.analytics import DAY, HOUR, MONTH, Sums, epoch_hour
+from ..domain.analytics import DAY, HOUR, MONTH, Sums, hour_start
 from .jobs import JobRegistry
 
 if TYPE_CHECKING:
@@ -366,7 +366,7 @@ async def read_sums(
     if customer_id is not None:
         # rolled-up events in the cut hours at the window's edges
         covered = sorted((lo, hi) for _, lo, hi in parts)
-        edges = _uncovered(epoch_hour(start), epoch_hour(end), covered, start, end)
+        edges = _uncovered(covered, start, end)
         for n, (a, b) in enumerate(edges):
             params[f"ea{n}"], params[f"eb{n}"] = db_time(dialect, a), db_time(dialect, b)
             arms.append(
@@ -388,11 +388,9 @@ async def read_sums(
 
 
 def _uncovered(
-    lo_h: int, hi_h: int, covered: Iterable[tuple[int, int]], start: datetime, end: datetime
+    covered: Iterable[tuple[int, int]], start: datetime, end: datetime
 ) -> list[tuple[datetime, datetime]]:
     """The parts of ``[start, end)`` outside the covered epoch-hour ranges."""
-    from ..domain.analytics import hour_start
-
     out: list[tuple[datetime, datetime]] = []
     at = start
     for lo, hi in covered:
