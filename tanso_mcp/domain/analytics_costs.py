@@ -11,6 +11,7 @@ date (UTC) on; events keep the cost computed when they were ingested.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
@@ -23,6 +24,7 @@ from tanso_mcp.errors import InvalidRequest
 
 __all__ = [
     "MAX_OVERRIDES",
+    "price_overrides",
     "overrides_to_json",
     "parse_overrides",
     "prices_in_force",
@@ -120,6 +122,30 @@ def stored_config(
     return config, overrides
 
 
+_OVERRIDES_CACHE: dict[str, tuple[ModelPrice, ...]] = {}
+
+
+def price_overrides(settings: Any) -> tuple[ModelPrice, ...]:
+    """The model price overrides in an environment's stored settings (a JSON text or a
+    mapping), parsed once per distinct settings text: a changed setting is a new key, so
+    there is nothing to invalidate. Unreadable settings give no overrides."""
+    if settings is None:
+        return ()
+    text = settings if isinstance(settings, str) else json.dumps(settings, default=str)
+    hit = _OVERRIDES_CACHE.get(text)
+    if hit is not None:
+        return hit
+    try:
+        data = json.loads(text, parse_float=Decimal)
+        found = parse_overrides(data.get("modelPriceOverrides")) if isinstance(data, dict) else ()
+    except (InvalidRequest, ValueError):
+        found = ()
+    if len(_OVERRIDES_CACHE) > 10_000:
+        _OVERRIDES_CACHE.clear()
+    _OVERRIDES_CACHE[text] = found
+    return found
+
+
 def prices_in_force(overrides: tuple[ModelPrice, ...], at: Any) -> list[dict[str, Any]]:
     """Every model of the built-in table and of the overrides, with the price in force at
     ``at`` (an aware datetime) and where it comes from (``builtin`` | ``override``)."""
@@ -142,6 +168,3 @@ def prices_in_force(overrides: tuple[ModelPrice, ...], at: Any) -> list[dict[str
             }
         )
     return rows
-
-
-_ = Decimal

@@ -45,7 +45,7 @@ import orjson
 from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...db.types import _json_default, new_id
-from ...domain.analytics_costs import parse_overrides
+from ...domain.analytics_costs import price_overrides
 from ...domain.cost import resolve_cost
 from ...domain.credits import covered_units, credits_for_units
 from ...domain.money import minor_units, to_credit_units, to_micros
@@ -156,7 +156,7 @@ class _Grant:
 
 # parsed rule values by (rule id, raw JSON text): parsing is far dearer than the lookup
 _RULE_CACHE: dict[tuple[str, str], RuleValue | None] = {}
-_SETTINGS_CACHE: dict[str, tuple[DefaultCostConfig | None, tuple]] = {}
+_SETTINGS_CACHE: dict[str, tuple[DefaultCostConfig | None]] = {}
 
 
 def _rule_value(rule_id: str, raw: Any) -> RuleValue | None:
@@ -179,30 +179,26 @@ def _rule_value(rule_id: str, raw: Any) -> RuleValue | None:
     return value
 
 
-def _cost_settings(raw: Any) -> tuple[DefaultCostConfig | None, tuple]:
-    """The environment's default cost config and model price overrides, parsed once per
-    distinct settings text (a changed setting is a new key: nothing to invalidate)."""
+def _default_cost(raw: Any) -> DefaultCostConfig | None:
     if raw is None:
-        return None, ()
+        return None
     text = raw if isinstance(raw, str) else orjson.dumps(raw, default=_json_default).decode()
     hit = _SETTINGS_CACHE.get(text)
     if hit is not None:
-        return hit
+        return hit[0]
     import json
 
-    config, overrides = None, ()
+    config = None
     try:
         settings = json.loads(text, parse_float=Decimal)
-        if isinstance(settings, dict):
-            if settings.get("defaultCostConfig") is not None:
-                config = parse_default_cost_config(settings["defaultCostConfig"])
-            overrides = parse_overrides(settings.get("modelPriceOverrides"))
+        if isinstance(settings, dict) and settings.get("defaultCostConfig") is not None:
+            config = parse_default_cost_config(settings["defaultCostConfig"])
     except (TansoError, ValueError):
-        pass
+        config = None
     if len(_SETTINGS_CACHE) > 10_000:
         _SETTINGS_CACHE.clear()
-    hit = _SETTINGS_CACHE[text] = (config, overrides)
-    return hit
+    _SETTINGS_CACHE[text] = (config,)
+    return config
 
 
 def _dumps(obj: Any) -> str | None:
@@ -608,8 +604,8 @@ class _Env:
         if not need:
             return None
         rows = self.tx.rows("SELECT settings FROM environments WHERE id = :env", {"env": self.env})
-        config, self.price_overrides = _cost_settings(rows[0][0]) if rows else (None, ())
-        return config
+        self.price_overrides = price_overrides(rows[0][0]) if rows else ()
+        return _default_cost(rows[0][0]) if rows else None
 
     def _lock_counters(self, keys: set[tuple[str, str, datetime]]) -> dict:
         tx, env = self.tx, self.env
