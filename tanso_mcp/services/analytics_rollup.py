@@ -17,9 +17,13 @@ The watermark must never pass an event that could still commit below it:
   transaction, so it is either visible or never will be.
 
 The rollup holds CLIENT_TRACKED events (the only kind that carries usage, cost and
-revenue) at three grains (hour, day, calendar month; UTC). The job runs in bounded
-chunks so it never holds SQLite's write lock for long; several processes may run it at
-once (SQLite serialises them; PostgreSQL locks the watermark row).
+revenue) at three grains (hour, day, calendar month; UTC), each as several row sets:
+every dimension (customer-scoped reads filter it through the customer index), each
+dimension alone and totals (a grouped view reads a few rows per bucket). A window is
+read from the coarsest grains that fit it (``domain.analytics.decompose``). The job
+runs in bounded chunks so it never holds SQLite's write lock for long; several
+processes may run it at once (SQLite serialises them; PostgreSQL locks the watermark
+row).
 """
 
 from __future__ import annotations
