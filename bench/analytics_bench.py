@@ -55,13 +55,13 @@ def ts(dt: datetime) -> str:
     return dt.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-BASE = 1_000_000  # events generated in Python; larger sets replicate them in SQL
+BASE = 100_000_000  # events generated in Python; larger sets replicate them in SQL
 
 
 def build(path: str, n_events: int, seed: int = 7) -> tuple[str, dict]:
-    """``n_events`` events: up to BASE generated, then copies of those (same customers,
-    features, models and times, new ids and keys) made by SQLite itself, so the month
-    gets denser: 10M events are 10 copies of 1M."""
+    """``n_events`` events: up to BASE generated independently, then (beyond it) copies
+    of those made by SQLite itself (same customers, features, models and times, new ids
+    and keys). Copies would understate the rollup's size, so the default generates all."""
     env, info = _generate(path, min(n_events, BASE), seed)
     if n_events > BASE:
         _replicate(path, n_events)

@@ -175,16 +175,26 @@ async def _roll(s: AsyncSession, dialect: str, lo: int, hi: int) -> None:
                 "ON COMMIT DELETE ROWS"
             )
         )
+    if dialect == "sqlite":
+        # group by the stored text's hour prefix; the epoch hour is computed per group
+        hour_key, hour_of_key = (
+            "substr(occurred_at, 1, 13)",
+            "CAST(strftime('%s', hk || ':00:00') AS INTEGER) / 3600",
+        )
+    else:
+        hour_key, hour_of_key = _bucket_sql(dialect, HOUR), "hk"
     await s.execute(
         text(
-            f"INSERT INTO analytics_stage SELECT environment_id, {_bucket_sql(dialect, HOUR)}, "
-            "customer_id, COALESCE(feature_id, ''), COALESCE(model, ''), "
-            "COALESCE(subscription_id, ''), COUNT(*), SUM(usage_q), "
-            "COALESCE(SUM(revenue_micros), 0), COALESCE(SUM(cost_micros), 0), "
-            "COUNT(cost_micros), "
+            f"INSERT INTO analytics_stage SELECT environment_id, {hour_of_key}, customer_id, "
+            f"f, m, sub, {_SUMS} FROM (SELECT environment_id, {hour_key} AS hk, customer_id, "
+            "COALESCE(feature_id, '') AS f, COALESCE(model, '') AS m, "
+            "COALESCE(subscription_id, '') AS sub, COUNT(*) AS events, SUM(usage_q) AS usage_q, "
+            "COALESCE(SUM(revenue_micros), 0) AS revenue_micros, "
+            "COALESCE(SUM(cost_micros), 0) AS cost_micros, COUNT(cost_micros) AS costed_events, "
             "SUM(CASE WHEN model IS NOT NULL AND cost_source IS NULL THEN 1 ELSE 0 END) "
-            f"FROM {_events_table(dialect)} WHERE {seq} >= :lo AND {seq} < :hi "
-            "AND event_type = 'CLIENT_TRACKED' GROUP BY 1, 2, 3, 4, 5, 6"
+            f"AS unknown_model_events FROM {_events_table(dialect)} "
+            f"WHERE {seq} >= :lo AND {seq} < :hi AND event_type = 'CLIENT_TRACKED' "
+            "GROUP BY 1, 2, 3, 4, 5, 6) g"
         ),
         {"lo": lo, "hi": hi},
     )
