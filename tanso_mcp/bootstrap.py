@@ -84,9 +84,11 @@ class AppContext:
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
-    from .services import billing_jobs
+    from .services import analytics_alerts, analytics_rollup, billing_jobs
 
     billing_jobs.register(registry)
+    analytics_rollup.register(registry)
+    analytics_alerts.register(registry)
 
 
 def build_context(

@@ -227,6 +227,36 @@ def cmd_accounts(args) -> int:
     return asyncio.run(_with_ctx(settings, run))
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from sqlalchemy import select
+
+    from .analytics_report import gather, render
+    from .db.models import Environment
+    from .domain.periods import parse_datetime
+    from .services import tenancy
+
+    settings = _settings()
+    start = parse_datetime(args.from_, "from") if args.from_ else None
+    end = parse_datetime(args.to, "to") if args.to else None
+
+    async def run(ctx):
+        async with ctx.db.reader() as s:
+            if args.environment in ("test", "live"):
+                env = await tenancy.get_environment(s, args.account, args.environment)
+            else:
+                env = await s.scalar(select(Environment).where(Environment.id == args.environment))
+                if env is None:
+                    raise TansoError(f"no environment {args.environment!r}")
+        return render(await gather(ctx, env.id, env.mode, start, end))
+
+    document = asyncio.run(_with_ctx(settings, run))
+    Path(args.out).write_text(document, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tanso-mcp", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -262,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list payment providers and plugin hooks")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(fn=cmd_plugins)
+
+    r = sub.add_parser("report", help="write a self-contained HTML report")
+    rsub = r.add_subparsers(dest="report_cmd", required=True)
+    rm = rsub.add_parser("margins", help="revenue, cost and margins (default: this month)")
+    rm.add_argument("--from", dest="from_", help="window start, ISO 8601 on a whole hour")
+    rm.add_argument("--to", help="window end (excluded), ISO 8601 on a whole hour")
+    rm.add_argument(
+        "--environment", default="live", help="test, live (of --account) or an environment id"
+    )
+    rm.add_argument("--account", default="default")
+    rm.add_argument("--out", required=True, help="the HTML file to write")
+    r.set_defaults(fn=cmd_report)
 
     j = sub.add_parser("jobs", help="background jobs")
     jsub = j.add_subparsers(dest="jobs_cmd", required=True)

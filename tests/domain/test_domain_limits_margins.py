@@ -1,6 +1,8 @@
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tanso_mcp.domain.limits import limit_reached, remaining_usage, would_exceed
 from tanso_mcp.domain.margins import (
@@ -44,3 +46,8 @@ def test_mrr():
     assert monthly_recurring_revenue(D(1000), 12, "JPY") == D("83")
     with pytest.raises(ValueError):
         monthly_recurring_revenue(D(1), 0, "USD")
+
+
+@given(st.integers(min_value=1, max_value=10**15), st.integers(min_value=0, max_value=10**16))
+def test_gross_margin_integer_path_equals_decimal_path(revenue, cost):
+    assert gross_margin(revenue, cost) == gross_margin(D(revenue), D(cost))

@@ -45,6 +45,7 @@ import orjson
 from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...db.types import _json_default, new_id
+from ...domain.analytics_costs import price_overrides
 from ...domain.cost import resolve_cost
 from ...domain.credits import covered_units, credits_for_units
 from ...domain.money import minor_units, to_credit_units, to_micros
@@ -238,6 +239,7 @@ class _Env:
         self.idxs = idxs
         self.out = out
         self.effects = effects
+        self.price_overrides: tuple = ()  # the environment's model prices (_settings)
 
     # ------------------------------------------------------------------ helpers
 
@@ -602,6 +604,7 @@ class _Env:
         if not need:
             return None
         rows = self.tx.rows("SELECT settings FROM environments WHERE id = :env", {"env": self.env})
+        self.price_overrides = price_overrides(rows[0][0]) if rows else ()
         return _default_cost(rows[0][0]) if rows else None
 
     def _lock_counters(self, keys: set[tuple[str, str, datetime]]) -> dict:
@@ -948,6 +951,7 @@ class _Env:
                     cost_input=ci,
                     rule_cost_model=rp.cost if rp is not None else None,
                     default_config=default_cost,
+                    overrides=self.price_overrides,
                 )
                 cost_source = cost.source
                 provider = cost.provider
