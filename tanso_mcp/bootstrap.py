@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from .clock import Clock, SystemClock
+from .db.changefeed import Change, ChangeFeed
 from .db.engine import Database
 from .db.migrate import upgrade
 from .db.types import new_id
@@ -39,8 +41,58 @@ class AppContext:
     def on_close(self, fn: Callable[[], Awaitable[None]]) -> None:
         self.closers.append(fn)
 
+    # PostgreSQL only: announces this process's committed changes to the other processes
+    # sharing the database and applies theirs (see db/changefeed.py)
+    feed: ChangeFeed | None = None
+
     def invalidate(self, environment_id: str) -> None:
+        self._bump(environment_id)
+        if self.feed is not None:
+            self.feed.publish("env", environment_id)
+
+    def _bump(self, environment_id: str) -> None:
         self.generations[environment_id] = self.generations.get(environment_id, 0) + 1
+
+    def apply_change(self, change: Change) -> None:
+        """Another process committed ``change``: drop what this process cached of it."""
+        from .services.payments import forget_provider
+
+        metering = self.extras.get("metering")
+        if change.kind == "env" and change.environment_id:
+            self._bump(change.environment_id)
+            self.clocks.forget(change.environment_id)
+            forget_provider(self, change.environment_id)
+        elif change.kind == "usage" and change.environment_id:
+            if metering is not None:
+                metering.cache.forget(change.environment_id, change.ids)
+        elif change.kind == "keys":
+            self.keys.invalidate()
+        elif change.kind == "resync":
+            envs = set(self.generations)
+            if metering is not None:
+                envs.update(metering.cache.envs)
+            for env in envs:
+                self._bump(env)
+            self.clocks.forget()
+            self.keys.invalidate()
+            self.extras.pop("providers", None)
+
+    async def start_feed(self) -> None:
+        """Listen for the other processes' changes (PostgreSQL; no-op on SQLite)."""
+        if self.db.dialect != "postgresql" or self.feed is not None:
+            return
+        self.feed = ChangeFeed(self.db.url, self.apply_change)
+        self.feed.start()
+        self.on_close(self._stop_feed)
+        try:  # normally up in a few ms; never hold start-up for it
+            await asyncio.wait_for(self.feed.connected.wait(), timeout=5)
+        except TimeoutError:
+            pass
+
+    async def _stop_feed(self) -> None:
+        if self.feed is not None:
+            feed, self.feed = self.feed, None
+            await feed.close()
 
     def generation(self, environment_id: str) -> int:
         return self.generations.get(environment_id, 0)

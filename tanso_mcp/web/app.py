@@ -111,6 +111,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await ctx.start_feed()
         task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
         try:
             async with mcp.lifespan():
@@ -149,3 +150,16 @@ async def _jobs_loop(ctx: AppContext) -> None:
         except Exception:
             log.exception("jobs pass failed")
         await asyncio.sleep(ctx.settings.jobs_interval_seconds)
+
+
+def worker_app() -> Starlette:
+    """App factory for `tanso-mcp serve --workers N`: each worker process builds its own
+    context from the settings (TANSO_* environment and the config file)."""
+    from ..bootstrap import build_context
+    from ..settings import load_settings
+    from .hotpath import tune_gc
+
+    settings = load_settings()
+    app = create_app(build_context(settings), run_jobs=settings.jobs_enabled)
+    tune_gc()
+    return app

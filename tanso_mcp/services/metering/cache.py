@@ -357,6 +357,23 @@ class MeteringCache:
                     pool.balance_q = values["balance_q"]
                     pool.total_consumed_q = values["total_consumed_q"]
 
+    def forget(self, env_id: str, ids) -> None:
+        """Another process committed usage for these customers / subscriptions: drop
+        their cached entries and counters (epochs bumped so an in-flight load of the old
+        values is not stored)."""
+        cache = self.envs.get(env_id)
+        if cache is None:
+            return
+        ids = set(ids)
+        for cid in ids:
+            self.customer_epoch[cid] = self.customer_epoch.get(cid, 0) + 1
+            ref = cache.refs_by_customer.get(cid)
+            if ref is not None:
+                cache.customers.pop(ref, None)
+        for key in [k for k in cache.counters if k[0] in ids]:
+            cache.counters.pop(key, None)
+            self.counter_epoch[key] = self.counter_epoch.get(key, 0) + 1
+
     # ------------------------------------------------------------------ loading
 
     async def _load_customer(self, env_id: str, ref: str) -> tuple[CustomerInfo | None, int]:
