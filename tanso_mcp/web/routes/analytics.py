@@ -12,6 +12,7 @@ from ...domain.periods import parse_datetime
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
+from ...services.outputs import Amount
 from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, Pagination, QueryModel, envelope_ok
 from .schemas import Out
 
@@ -72,10 +73,10 @@ class TimeseriesQuery(_Paged):
 class MarginRowOut(Out):
     key: str
     events: int
-    usageUnits: Decimal
-    revenue: Decimal
-    cost: Decimal
-    grossMargin: Decimal | None = None
+    usageUnits: Amount
+    revenue: Amount
+    cost: Amount
+    grossMargin: Amount | None = None
     status: Literal["healthy", "at_risk", "underwater"] | None = None
     revenueMicros: int
     costMicros: int
@@ -85,10 +86,10 @@ class MarginRowOut(Out):
 
 class TotalsOut(Out):
     events: int
-    usageUnits: Decimal
-    revenue: Decimal
-    cost: Decimal
-    grossMargin: Decimal | None = None
+    usageUnits: Amount
+    revenue: Amount
+    cost: Amount
+    grossMargin: Amount | None = None
     status: str | None = None
     revenueMicros: int
     costMicros: int
@@ -106,12 +107,14 @@ class MarginsOut(Out):
 
 
 class CustomerMarginOut(TotalsOut):
+    from_: datetime = Field(alias="from")
+    to: datetime
     customerReferenceId: str
     currency: str
     byFeature: list[MarginRowOut]
     byModel: list[MarginRowOut]
-    mrr: Decimal
-    effectiveMrr: Decimal
+    mrr: Amount
+    effectiveMrr: Amount
     subscriptions: list[dict[str, Any]]
 
 
@@ -122,7 +125,10 @@ class PointOut(TotalsOut):
 
 
 class TimeseriesOut(Out):
+    from_: datetime = Field(alias="from")
+    to: datetime
     interval: str
+    groupBy: str | None = None
     currency: str
     keys: list[str] | None = None
     buckets: list[PointOut]
@@ -240,8 +246,8 @@ class CostsOut(Out):
 class ModelPriceOut(Out):
     model: str
     provider: str
-    inputPricePerMillion: Decimal
-    outputPricePerMillion: Decimal
+    inputPricePerMillion: Amount
+    outputPricePerMillion: Amount
     effectiveFrom: str
     source: Literal["builtin", "override"]
 
@@ -316,19 +322,19 @@ class AlertSettingsBody(ApiModel):
 
 class AlertSettingsOut(Out):
     enabled: bool
-    threshold: Decimal
+    threshold: Amount
     windowDays: int
-    customers: dict[str, Decimal]
+    customers: dict[str, Amount]
 
 
 class AlertOut(Out):
     id: str
     type: Literal["margin.alert", "margin.recovered"]
     customerReferenceId: str
-    threshold: Decimal
-    grossMargin: Decimal | None = None
-    revenue: Decimal
-    cost: Decimal
+    threshold: Amount
+    grossMargin: Amount | None = None
+    revenue: Amount
+    cost: Amount
     windowStart: datetime
     windowEnd: datetime
     createdAt: datetime
