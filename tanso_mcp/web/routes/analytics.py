@@ -144,6 +144,7 @@ class TimeseriesOut(Out):
     role="read",
     query=MarginsQuery,
     response=MarginsOut,
+    paginated="object",
     summary="Revenue, cost and gross margin grouped by customer, feature, model or plan",
     tags=TAGS,
 )
