@@ -326,3 +326,44 @@ async def test_signed_event_for_in_process_delivery(sc, stripe_fake):
     assert parsed.id == event["id"] and json.loads(signed["payload"])["api_version"].startswith("2026")
     async with httpx.AsyncClient() as http:  # test routes need no key; /v1 routes do
         assert (await http.get(f"{stripe_fake.base_url}/v1/customers")).status_code == 401
+
+
+async def test_expand_events_list_and_preview(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    cus = await sc.v1.customers.create_async({"email": "n@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {"customer": cus.id, "items": [{"price": metered.id}], "expand": ["latest_invoice"]})
+    assert sub.latest_invoice.object == "invoice" and sub.latest_invoice.status == "paid"
+    prices = await sc.v1.prices.list_async({"product": product.id, "expand": ["data.product"]})
+    assert {p.product.name for p in prices.data} == {"Pro"}
+    events = await sc.v1.events.list_async({"types": ["invoice.paid", "invoice.created"]})
+    assert [e.type for e in events.data] == ["invoice.paid", "invoice.created"]  # newest first
+    assert events.data[0].api_version == "2026-10-28.endive"
+    await usage(sc, cus.id, 300, "p-1")
+    preview = await sc.v1.invoices.create_preview_async({"subscription": sub.id})
+    assert preview.total == 300  # (300 - 100 free) * 1.5 cents
+    assert (await stripe_fake.end_period(sub.id))["total"] == 300
+
+
+async def test_injected_errors_and_lost_answers(sc, stripe_fake):
+    await stripe_fake.fail_next("POST", "/v1/customers", status=500)
+    with pytest.raises(stripe.APIError):
+        await sc.v1.customers.create_async({"email": "o@example.com"})
+    assert (await sc.v1.customers.list_async()).data == []  # nothing happened
+    await stripe_fake.drop_next("POST", "/v1/customers")
+    opts = {"idempotency_key": "create-o"}
+    with pytest.raises(stripe.APIConnectionError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, opts)
+    created = (await sc.v1.customers.list_async()).data
+    assert len(created) == 1  # it did happen; the retry with the same key replays it
+    assert (await sc.v1.customers.create_async({"email": "o@example.com"}, opts)).id == created[0].id
+
+
+async def test_async_delivery_after_the_answer(sc, stripe_fake, webhook_receiver):
+    we = await endpoint(sc, webhook_receiver, ["customer.created", "customer.updated"])
+    await stripe_fake.deliver_webhooks_async()
+    cus = await sc.v1.customers.create_async({"email": "p@example.com"})
+    await sc.v1.customers.update_async(cus.id, {"name": "P"})
+    await stripe_fake.drain_webhooks()
+    assert [e.type for e in webhook_receiver.events(we.secret)] == [
+        "customer.created", "customer.updated"]

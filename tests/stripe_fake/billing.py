@@ -497,8 +497,8 @@ async def list_subscriptions(request):
 async def list_items(request):
     data = await params(request)
     sub = get("subscription", req(data, "subscription"), param="subscription")
-    out = page("/v1/subscription_items", export(sub)["items"]["data"], data)
-    return respond(out)
+    return respond(page("/v1/subscription_items", export(sub)["items"]["data"], data,
+                        newest_first=False))
 
 
 @routes.get("/v1/subscription_items/{id}")
@@ -572,11 +572,8 @@ async def retrieve_invoice(request):
 async def invoice_lines(request):
     inv = get("invoice", request.match_info["id"])
     data = await params(request)
-    lines = [dict(line, created=-i) for i, line in enumerate(inv["lines"]["data"])]
-    out = page(f"/v1/invoices/{inv['id']}/lines", lines, data)
-    for line in out["data"]:
-        line.pop("created")
-    return respond(out)
+    return respond(page(f"/v1/invoices/{inv['id']}/lines", inv["lines"]["data"], data,
+                        newest_first=False))
 
 
 @routes.post("/v1/invoices/{id}")

@@ -100,12 +100,10 @@ async def retrieve_session(request):
 async def session_line_items(request):
     session = get("checkout.session", request.match_info["id"], "checkout session")
     data = await params(request)
-    rows = [dict(it, created=-i, price=export_price(table("price")[it["price"]]))
-            for i, it in enumerate(session["_line_items"])]
-    out = page(f"/v1/checkout/sessions/{session['id']}/line_items", rows, data)
-    for row in out["data"]:
-        row.pop("created")
-    return respond(out)
+    rows = [dict(it, price=export_price(table("price")[it["price"]]))
+            for it in session["_line_items"]]
+    return respond(page(f"/v1/checkout/sessions/{session['id']}/line_items", rows, data,
+                        newest_first=False))
 
 
 @routes.get("/v1/checkout/sessions")

@@ -136,6 +136,32 @@ class StripeFake:
         """Default mode: events are sent before the API call that caused them answers."""
         await self._call("POST", "/_test/webhooks/mode", {"mode": "sync"})
 
+    async def deliver_webhooks_async(self) -> None:
+        """Events are sent in order right after the API call answers, as Stripe does;
+        `await drain_webhooks()` waits until all are sent."""
+        await self._call("POST", "/_test/webhooks/mode", {"mode": "async"})
+
+    async def drain_webhooks(self) -> None:
+        await self._call("POST", "/_test/webhooks/drain")
+
+    async def fail_next(self, method: str, path: str, *, status: int = 500,
+                        type: str = "api_error", message: str | None = None,
+                        code: str | None = None, count: int = 1) -> None:
+        """The next `count` `method` requests whose path starts with `path` answer `status`
+        with a Stripe error of `type`, and change nothing."""
+        await self._call("POST", "/_test/faults", {
+            "method": method, "path": path, "status": status, "type": type,
+            "message": message, "code": code, "count": count, "mode": "error"})
+
+    async def drop_next(self, method: str, path: str, *, count: int = 1) -> None:
+        """The next `count` matching requests take effect, but the connection closes before
+        the answer: the client sees a network error (an unknown outcome)."""
+        await self._call("POST", "/_test/faults",
+                         {"method": method, "path": path, "count": count, "mode": "drop"})
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "/_test/faults")
+
     async def held_events(self) -> list[dict]:
         """Queued events, oldest first: [{id, type, created, object_id}]."""
         return await self._call("GET", "/_test/webhooks/held")

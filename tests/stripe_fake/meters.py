@@ -196,12 +196,9 @@ async def event_summaries(request):
             "livemode": False,
             "meter": meter["id"],
             "start_time": s,
-            "created": s,
         })
-    out = page(f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data)
-    for s in out["data"]:
-        s.pop("created")
-    return respond(out)
+    return respond(page(f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data,
+                        newest_first=False))
 
 
 @routes.get("/_test/billing/meters/{id}/totals")

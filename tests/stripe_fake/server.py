@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -31,7 +32,7 @@ from localstripe.errors import UserError  # noqa: E402
 
 ls.Store.dump_to_disk = lambda self: None  # never write localstripe's fixed /tmp file
 
-from . import billing, checkout, core, meters, prices, search, webhooks  # noqa: E402
+from . import billing, checkout, core, expand, meters, prices, search, webhooks  # noqa: E402
 
 log = logging.getLogger("stripe_fake")
 
@@ -78,6 +79,32 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         return await ls_server.auth_middleware(request, handler)
 
     @web.middleware
+    async def faults(request, handler):
+        fault = _take_fault(request)
+        if fault is None:
+            return await handler(request)
+        if fault["mode"] == "error":
+            raise core.StripeError(fault["status"], fault["message"], code=fault.get("code"),
+                                   type_=fault["type"])
+        # "drop": the request takes effect but its answer is lost (an unknown outcome)
+        response = await handler(request)
+        request.transport.close()
+        return response
+
+    @web.middleware
+    async def expansion(request, handler):
+        response = await handler(request)
+        if request.match_info.handler not in own or response.status >= 400:
+            return response
+        paths = (await core.params_with_expand(request)).get("expand") or []
+        if not paths:
+            return response
+        body = json.loads(response.body)
+        for path in paths:
+            expand.expand(body, path)
+        return core.respond(body, response.status)
+
+    @web.middleware
     async def idempotency(request, handler):
         key = request.headers.get("Idempotency-Key")
         if request.method != "POST" or not key or request.path.startswith("/_test/"):
@@ -121,9 +148,11 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
                 await webhooks.flush_outbox()
                 save_state(state_file)
 
-    app = web.Application(middlewares=[errors, auth, idempotency, after_write])
-    for table in (prices.routes, meters.routes, billing.routes, checkout.routes,
-                  webhooks.routes, search.routes, _test_routes):
+    tables = (prices.routes, meters.routes, billing.routes, checkout.routes, webhooks.routes,
+              search.routes, expand.routes, _test_routes)
+    own = {route.handler for table in tables for route in table}
+    app = web.Application(middlewares=[errors, auth, faults, idempotency, expansion, after_write])
+    for table in tables:
         app.router.add_routes(table)
     claimed = {(r.method, r.resource.canonical) for r in app.router.routes()}
     for route in ls_server.app.router.routes():
@@ -132,7 +161,25 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
             continue
         app.router.add_route(route.method, path, _as_async(route.handler))
     app.on_shutdown.append(lambda app: _shutdown(state_file))
+    app.on_startup.append(_startup)
     return app
+
+
+async def _startup(app):
+    webhooks.start_drain()  # events queued for async delivery before a restart
+
+
+def _take_fault(request) -> dict | None:
+    if request.path.startswith(("/_test/", "/_config/")):
+        return None
+    faults = core.state().faults
+    for fault in faults:
+        if fault["method"] == request.method and request.path.startswith(fault["path"]):
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                faults.remove(fault)
+            return fault
+    return None
 
 
 def _as_async(handler):
@@ -152,6 +199,32 @@ _test_routes = web.RouteTableDef()
 @_test_routes.get("/_test/health")
 async def health(request):
     return core.respond({"ok": True, "pid": os.getpid()})
+
+
+@_test_routes.post("/_test/faults")
+async def add_fault(request):
+    """The next `count` requests with this method and a path starting with `path` fail:
+    mode "error" answers `status` with a Stripe error without doing anything; mode "drop"
+    does the work and then closes the connection without answering."""
+    data = await core.params(request)
+    fault = {
+        "method": core.one_of(core.req(data, "method"), ("GET", "POST", "DELETE"), "method"),
+        "path": core.req(data, "path"),
+        "mode": core.one_of(data.get("mode"), ("error", "drop"), "mode", "error"),
+        "status": core.as_int(data.get("status"), "status") or 500,
+        "type": data.get("type") or "api_error",
+        "message": data.get("message") or "An unknown error occurred (injected by the test).",
+        "code": data.get("code"),
+        "count": core.as_int(data.get("count"), "count") or 1,
+    }
+    core.state().faults.append(fault)
+    return core.respond(fault)
+
+
+@_test_routes.delete("/_test/faults")
+async def clear_faults(request):
+    core.state().faults.clear()
+    return core.respond({"faults": []})
 
 
 @_test_routes.post("/_test/reset")
