@@ -367,3 +367,25 @@ async def test_async_delivery_after_the_answer(sc, stripe_fake, webhook_receiver
     await stripe_fake.drain_webhooks()
     assert [e.type for e in webhook_receiver.events(we.secret)] == [
         "customer.created", "customer.updated"]
+
+
+async def test_payment_mode_checkout_and_hosted_invoice_payment(sc, stripe_fake):
+    _, _, base, _ = await catalog(sc)
+    cus = await sc.v1.customers.create_async({"email": "q@example.com"})
+    session = await sc.v1.checkout.sessions.create_async({
+        "mode": "payment", "customer": cus.id, "success_url": "https://app.test/ok",
+        "metadata": {"tansoInvoice": "inv-1"},
+        "line_items": [{"quantity": 1, "price_data": {
+            "currency": "usd", "unit_amount": 1234, "product_data": {"name": "Invoice inv-1"}}}]})
+    assert session.amount_total == 1234
+    done = await stripe_fake.complete_checkout(session.id)
+    assert done["payment_status"] == "paid" and done["metadata"] == {"tansoInvoice": "inv-1"}
+    assert (await stripe_fake.events("checkout.session.completed"))[0]["object_id"] == session.id
+    sub = await sc.v1.subscriptions.create_async({"customer": cus.id, "items": [{"price": base.id}],
+                                                  "collection_method": "send_invoice",
+                                                  "days_until_due": 7})
+    assert sub.status == "active"
+    inv = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    assert inv.status == "open" and inv.hosted_invoice_url
+    paid = await stripe_fake.pay_invoice_hosted(inv.id)
+    assert paid["status"] == "paid" and paid["amount_paid"] == 2000

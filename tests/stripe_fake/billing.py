@@ -114,7 +114,8 @@ def _line(price: dict, quantity, amount: int, start: int, end: int, description:
         "metadata": {}, "parent": parent, "period": {"start": start, "end": end},
         "pretax_credit_amounts": [], "pricing": _pricing(price),
         "quantity": int(qty) if qty == qty.to_integral() else None,
-        "quantity_decimal": str(qty), "subtotal": amount, "taxes": [],
+        "quantity_decimal": str(qty), "subscription": sub["id"] if sub else None,
+        "subtotal": amount, "taxes": [],
     }
 
 
@@ -151,7 +152,7 @@ def _usage_lines(sub: dict, end: int, mark: str | None) -> list[dict]:
     return lines
 
 
-def _advance_lines(sub: dict) -> list[dict]:
+def advance_lines(sub: dict) -> list[dict]:
     start, end = period(sub)
     return [_line(item["price"], item["quantity"],
                   amount_for(table("price")[item["price"]["id"]], Decimal(item["quantity"])),
@@ -162,7 +163,7 @@ def _advance_lines(sub: dict) -> list[dict]:
 
 # --- invoices ---
 
-def _new_invoice(sub: dict, lines: list[dict], reason: str, start: int, end: int) -> dict:
+def new_invoice(sub: dict, lines: list[dict], reason: str, start: int, end: int) -> dict:
     cus = customer(sub["customer"])
     inv_id = new_id("in_")
     for line in lines:
@@ -348,7 +349,7 @@ async def create_subscription(request):
         "allow_incomplete", "default_incomplete", "error_if_incomplete", "pending_if_incomplete"),
         "payment_behavior", "allow_incomplete")
     sub = build_subscription(data)
-    lines = _advance_lines(sub)
+    lines = advance_lines(sub)
     due = sum(line["amount"] for line in lines) + state().balances.get(sub["customer"], 0)
     pays = due <= 0 or sub["collection_method"] == "send_invoice" or _has_payment_method(sub)
     if not pays and behavior == "error_if_incomplete":
@@ -357,7 +358,7 @@ async def create_subscription(request):
                           "payment method.", code="resource_missing", type_="card_error")
     sub["status"] = "active" if pays else "incomplete"
     emit("customer.subscription.created", export(sub))
-    inv = _new_invoice(sub, lines, "subscription_create", *period(sub))
+    inv = new_invoice(sub, lines, "subscription_create", *period(sub))
     if behavior == "default_incomplete" and not pays:
         _finalize(inv)
     else:
@@ -447,8 +448,8 @@ async def update_subscription(request):
         _set_period(sub, t, 0)
     emit("customer.subscription.updated", export(sub), before)
     if cycle_reset or (behavior == "always_invoice" and _pending_lines(sub)):
-        lines = _pending_lines(sub) + (_advance_lines(sub) if cycle_reset else [])
-        collect(_new_invoice(sub, lines, "subscription_update", t, period(sub)[1]))
+        lines = _pending_lines(sub) + (advance_lines(sub) if cycle_reset else [])
+        collect(new_invoice(sub, lines, "subscription_update", t, period(sub)[1]))
     return respond(export(sub))
 
 
@@ -466,7 +467,7 @@ async def cancel_subscription(request):
                        "Unused")
     if as_bool(data.get("invoice_now"), "invoice_now"):
         lines = _usage_lines(sub, t + 1, mark=sub["id"]) + _pending_lines(sub)
-        collect(_new_invoice(sub, lines, "subscription_cycle", start, t))
+        collect(new_invoice(sub, lines, "subscription_cycle", start, t))
     before = export(sub)
     sub.update(status="canceled", canceled_at=t, ended_at=t)
     sub["cancellation_details"]["reason"] = "cancellation_requested"
@@ -530,11 +531,11 @@ async def end_period(request):
         emit("customer.subscription.deleted", export(sub), before)
         if not any(line["amount"] for line in usage + pending):
             return respond(None)
-        inv = _new_invoice(sub, usage + pending, "subscription_cycle", start, end)
+        inv = new_invoice(sub, usage + pending, "subscription_cycle", start, end)
     else:
         _set_period(sub, sub["_anchor"], sub["_cycle"] + 1)
         emit("customer.subscription.updated", export(sub), before)
-        inv = _new_invoice(sub, _advance_lines(sub) + usage + pending, "subscription_cycle",
+        inv = new_invoice(sub, advance_lines(sub) + usage + pending, "subscription_cycle",
                            start, end)
     collect(inv, fail=fail, assume_card=True)
     return respond(inv)
@@ -549,7 +550,7 @@ async def create_preview(request):
     start, end = period(sub)
     nxt = copy.deepcopy(sub)
     _set_period(nxt, sub["_anchor"], sub["_cycle"] + 1)
-    lines = _advance_lines(nxt) + _usage_lines(sub, end, mark=None) + _pending_lines(sub)
+    lines = advance_lines(nxt) + _usage_lines(sub, end, mark=None) + _pending_lines(sub)
     total = sum(line["amount"] for line in lines)
     return respond({"id": f"upcoming_{sub['id']}", "object": "invoice",
                     "customer": sub["customer"], "currency": sub["currency"],
@@ -621,6 +622,18 @@ async def void_invoice(request):
     inv["status"] = "void"
     inv["status_transitions"]["voided_at"] = now()
     emit("invoice.voided", inv)
+    return respond(inv)
+
+
+@routes.post("/_test/invoices/{id}/pay")
+async def pay_hosted(request):
+    """Test-only: the customer pays the open invoice on its hosted page with a card."""
+    inv = get("invoice", request.match_info["id"])
+    if inv["status"] == "draft":
+        _finalize(inv)
+    if inv["status"] != "open":
+        raise bad("invoice", f"Only an open invoice can be paid (this one is {inv['status']})")
+    mark_paid(inv, out_of_band=False)
     return respond(inv)
 
 

@@ -27,7 +27,7 @@ from .core import (
     respond,
     table,
 )
-from .prices import amount_for
+from .prices import amount_for, create_price
 from .prices import export as export_price
 
 routes = web.RouteTableDef()
@@ -41,8 +41,8 @@ def export(session: dict) -> dict:
 async def create_session(request):
     data = await params(request)
     mode = one_of(req(data, "mode"), ("payment", "setup", "subscription"), "mode")
-    if mode != "subscription":
-        raise bad("mode", "The fake supports mode=subscription only")
+    if mode == "setup":
+        raise bad("mode", "The fake supports mode=subscription and mode=payment")
     success_url = req(data, "success_url")
     if data.get("customer"):
         customer(data["customer"])
@@ -51,8 +51,15 @@ async def create_session(request):
         raise bad("line_items", "Missing required param: line_items.", "parameter_missing")
     items, currency = [], None
     for i, spec in enumerate(raw):
-        price = get("price", req(spec, "price", f"line_items[{i}][price]"), "price",
-                    f"line_items[{i}][price]")
+        if isinstance(spec.get("price_data"), dict):  # an inline price, as Stripe allows
+            price = create_price(spec["price_data"])
+            price["active"] = False
+        else:
+            price = get("price", req(spec, "price", f"line_items[{i}][price]"), "price",
+                        f"line_items[{i}][price]")
+        if mode == "payment" and price["recurring"]:
+            raise bad(f"line_items[{i}][price]", "You must use one-time prices in `payment` "
+                      "mode; use `subscription` mode for recurring prices.")
         metered = price["recurring"] and price["recurring"]["usage_type"] == "metered"
         qty = as_int(spec.get("quantity"), f"line_items[{i}][quantity]")
         if metered and qty is not None:
@@ -68,7 +75,8 @@ async def create_session(request):
                       "amount_subtotal": amount, "amount_tax": 0, "amount_total": amount,
                       "currency": currency, "description": None, "price": price["id"],
                       "quantity": qty})
-    if not any(table("price")[it["price"]]["recurring"] for it in items):
+    if mode == "subscription" and not any(table("price")[it["price"]]["recurring"]
+                                          for it in items):
         raise bad("line_items", "You must provide at least one recurring price in "
                   "`subscription` mode when using prices.")
     total = sum(it["amount_total"] for it in items)
@@ -81,11 +89,12 @@ async def create_session(request):
         "customer_email": data.get("customer_email") or None,
         "expires_at": as_int(data.get("expires_at"), "expires_at") or now() + 86400,
         "invoice": None, "livemode": False, "metadata": merge_metadata({}, data.get("metadata")),
-        "mode": mode, "payment_status": "unpaid", "status": "open",
+        "mode": mode, "payment_intent": None, "payment_status": "unpaid", "status": "open",
         "subscription": None, "success_url": success_url, "ui_mode": "hosted",
         "url": f"https://checkout.stripe.test/c/pay/{sid}",
         "_line_items": items,
         "_subscription_data": data.get("subscription_data") or {},
+        "customer_details": None,
     }
     table("checkout.session")[sid] = session
     return respond(export(session))
@@ -139,6 +148,14 @@ async def complete_session(request):
         cus_id = ls.Customer(email=session["customer_email"]).id
     pm = ls.PaymentMethod._api_retrieve("pm_card_visa")
     ls.PaymentMethod._api_attach(pm.id, customer=cus_id)
+    cus = customer(cus_id)
+    details = {"address": None, "email": cus.email, "name": cus.name, "phone": None,
+               "tax_exempt": "none", "tax_ids": []}
+    if session["mode"] == "payment":
+        session.update(customer=cus_id, customer_details=details, status="complete",
+                       payment_status="paid", payment_intent=new_id("pi_"))
+        emit("checkout.session.completed", export(session))
+        return respond(export(session))
     sub_data = session["_subscription_data"]
     sub = billing.build_subscription({
         "customer": cus_id,
@@ -148,10 +165,10 @@ async def complete_session(request):
         "default_payment_method": pm.id,
     })
     emit("customer.subscription.created", billing.export(sub))
-    inv = billing._new_invoice(sub, billing._advance_lines(sub), "subscription_create",
+    inv = billing.new_invoice(sub, billing.advance_lines(sub), "subscription_create",
                                *billing.period(sub))
     billing.collect(inv)  # pays with the card: the subscription becomes active
-    session.update(customer=cus_id, subscription=sub["id"], invoice=inv["id"],
-                   status="complete", payment_status="paid")
+    session.update(customer=cus_id, customer_details=details, subscription=sub["id"],
+                   invoice=inv["id"], status="complete", payment_status="paid")
     emit("checkout.session.completed", export(session))
     return respond(export(session))

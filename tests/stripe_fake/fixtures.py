@@ -124,6 +124,10 @@ class StripeFake:
         return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period",
                                 {"fail": fail})
 
+    async def pay_invoice_hosted(self, invoice_id: str) -> dict:
+        """The customer pays an open invoice on its hosted page (`invoice.paid`)."""
+        return await self._call("POST", f"/_test/invoices/{invoice_id}/pay")
+
     async def fail_payment(self, invoice_id: str) -> dict:
         """A payment attempt on an open invoice fails (`invoice.payment_failed`, past_due)."""
         return await self._call("POST", f"/_test/invoices/{invoice_id}/fail_payment")
