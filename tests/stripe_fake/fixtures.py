@@ -95,10 +95,14 @@ class StripeFake:
     def client(self, api_key: str | None = None,
                http_client: stripe.HTTPXClient | None = None) -> stripe.StripeClient:
         """The real SDK, async, pointed at the fake (use the `*_async` methods). Close the
-        HTTPXClient you pass (`await http_client.close_async()`), or use `stripe_client`."""
+        HTTPXClient you pass (`await http_client.close_async()`). Without one, the client
+        keeps no idle connection, so a client nobody closes leaks no socket."""
+        if http_client is None:
+            http_client = stripe.HTTPXClient()
+            http_client._client_async = httpx.AsyncClient(
+                limits=httpx.Limits(max_keepalive_connections=0))
         return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.base_url},
-                                   http_client=http_client or stripe.HTTPXClient(),
-                                   max_network_retries=0)
+                                   http_client=http_client, max_network_retries=0)
 
     async def _call(self, method: str, path: str, json: dict | None = None):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as http:
