@@ -6,16 +6,21 @@ from __future__ import annotations
 from aiohttp import web
 from localstripe import resources as ls
 
-from . import billing
+from . import subscriptions
 from .core import as_int, page, params, respond, table
 from .prices import export as export_price
 
 routes = web.RouteTableDef()
 
 _LOCALSTRIPE = {"cus_": "customer", "prod_": "product", "pm_": "payment_method"}
-_OURS = {"price_": ("price", export_price), "in_": ("invoice", dict),
-         "sub_": ("subscription", billing.export), "mtr_": ("billing.meter", dict),
-         "ii_": ("invoiceitem", dict), "cs_": ("checkout.session", dict)}
+_OURS = {
+    "price_": ("price", export_price),
+    "in_": ("invoice", dict),
+    "sub_": ("subscription", subscriptions.export),
+    "mtr_": ("billing.meter", dict),
+    "ii_": ("invoiceitem", dict),
+    "cs_": ("checkout.session", dict),
+}
 
 
 def _lookup(obj_id: str):
@@ -53,8 +58,12 @@ async def list_events(request):
         events = [e for e in events if e["type"] in types]
     created = data.get("created")
     if isinstance(created, dict):
-        for op, test in (("gte", int.__ge__), ("gt", int.__gt__), ("lte", int.__le__),
-                         ("lt", int.__lt__)):
+        for op, test in (
+            ("gte", int.__ge__),
+            ("gt", int.__gt__),
+            ("lte", int.__le__),
+            ("lt", int.__lt__),
+        ):
             bound = as_int(created.get(op), f"created[{op}]")
             if bound is not None:
                 events = [e for e in events if test(e["created"], bound)]

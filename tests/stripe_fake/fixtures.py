@@ -45,9 +45,22 @@ class StripeFake:
             return
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_fake.server", "--port", str(self.port),
-             "--state-file", str(self.state_file), "--api-key", self.api_key],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, env=os.environ | {"PYTHONWARNINGS": ""})
+            [
+                sys.executable,
+                "-m",
+                "tests.stripe_fake.server",
+                "--port",
+                str(self.port),
+                "--state-file",
+                str(self.state_file),
+                "--api-key",
+                self.api_key,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=os.environ | {"PYTHONWARNINGS": ""},
+        )
         log.close()
         line = self.proc.stdout.readline().decode()
         if not line.startswith("LISTENING "):
@@ -92,17 +105,23 @@ class StripeFake:
 
     # --- clients ---
 
-    def client(self, api_key: str | None = None,
-               http_client: stripe.HTTPXClient | None = None) -> stripe.StripeClient:
+    def client(
+        self, api_key: str | None = None, http_client: stripe.HTTPXClient | None = None
+    ) -> stripe.StripeClient:
         """The real SDK, async, pointed at the fake (use the `*_async` methods). Close the
         HTTPXClient you pass (`await http_client.close_async()`). Without one, the client
         keeps no idle connection, so a client nobody closes leaks no socket."""
         if http_client is None:
             http_client = stripe.HTTPXClient()
             http_client._client_async = httpx.AsyncClient(
-                limits=httpx.Limits(max_keepalive_connections=0))
-        return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.base_url},
-                                   http_client=http_client, max_network_retries=0)
+                limits=httpx.Limits(max_keepalive_connections=0)
+            )
+        return stripe.StripeClient(
+            api_key or self.api_key,
+            base_addresses={"api": self.base_url},
+            http_client=http_client,
+            max_network_retries=0,
+        )
 
     async def _call(self, method: str, path: str, json: dict | None = None):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as http:
@@ -125,8 +144,9 @@ class StripeFake:
         """End the current period now: renewal invoice (licensed items for the new period,
         metered usage, pending prorations), paid, or failed with `fail=True`. Returns the
         invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
-        return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period",
-                                {"fail": fail})
+        return await self._call(
+            "POST", f"/_test/subscriptions/{subscription_id}/end_period", {"fail": fail}
+        )
 
     async def pay_invoice_hosted(self, invoice_id: str) -> dict:
         """The customer pays an open invoice on its hosted page (`invoice.paid`)."""
@@ -152,20 +172,42 @@ class StripeFake:
     async def drain_webhooks(self) -> None:
         await self._call("POST", "/_test/webhooks/drain")
 
-    async def fail_next(self, method: str, path: str, *, status: int = 500,
-                        type: str = "api_error", message: str | None = None,
-                        code: str | None = None, count: int = 1) -> None:
+    async def fail_next(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 500,
+        type: str = "api_error",
+        message: str | None = None,
+        code: str | None = None,
+        count: int = 1,
+    ) -> None:
         """The next `count` `method` requests whose path starts with `path` answer `status`
         with a Stripe error of `type`, and change nothing."""
-        await self._call("POST", "/_test/faults", {
-            "method": method, "path": path, "status": status, "type": type,
-            "message": message, "code": code, "count": count, "mode": "error"})
+        await self._call(
+            "POST",
+            "/_test/faults",
+            {
+                "method": method,
+                "path": path,
+                "status": status,
+                "type": type,
+                "message": message,
+                "code": code,
+                "count": count,
+                "mode": "error",
+            },
+        )
 
     async def drop_next(self, method: str, path: str, *, count: int = 1) -> None:
         """The next `count` matching requests take effect, but the connection closes before
         the answer: the client sees a network error (an unknown outcome)."""
-        await self._call("POST", "/_test/faults",
-                         {"method": method, "path": path, "count": count, "mode": "drop"})
+        await self._call(
+            "POST",
+            "/_test/faults",
+            {"method": method, "path": path, "count": count, "mode": "drop"},
+        )
 
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/_test/faults")
@@ -269,8 +311,10 @@ class WebhookReceiver:
         """Received events, each verified with the endpoint's signing secret."""
         with self._lock:
             received = list(self.received)
-        return [stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
-                for headers, body in received]
+        return [
+            stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
+            for headers, body in received
+        ]
 
     def close(self) -> None:
         self._server.shutdown()

@@ -23,8 +23,9 @@ import warnings
 from aiohttp import web
 
 # localstripe registers plain (non-async) handlers, which aiohttp deprecates.
-warnings.filterwarnings("ignore", message="Bare functions are deprecated",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="Bare functions are deprecated", category=DeprecationWarning
+)
 
 from localstripe import resources as ls  # noqa: E402
 from localstripe import server as ls_server  # noqa: E402
@@ -32,13 +33,30 @@ from localstripe.errors import UserError  # noqa: E402
 
 ls.Store.dump_to_disk = lambda self: None  # never write localstripe's fixed /tmp file
 
-from . import billing, checkout, core, expand, meters, prices, search, webhooks  # noqa: E402
+from . import (  # noqa: E402
+    checkout,
+    core,
+    expand,
+    invoices,
+    meters,
+    prices,
+    search,
+    subscriptions,
+    webhooks,
+)
 
 log = logging.getLogger("stripe_fake")
 
 # Paths whose localstripe implementation predates the current API: served only by ours.
-OWNED = ("/v1/subscriptions", "/v1/subscription_items", "/v1/invoices", "/v1/invoiceitems",
-         "/v1/customers/{id}/subscriptions", "/v1/usage_records", "/v1/plans")
+OWNED = (
+    "/v1/subscriptions",
+    "/v1/subscription_items",
+    "/v1/invoices",
+    "/v1/invoiceitems",
+    "/v1/customers/{id}/subscriptions",
+    "/v1/usage_records",
+    "/v1/plans",
+)
 IDEMPOTENCY_TTL = 24 * 3600
 
 
@@ -59,14 +77,20 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         except UserError as exc:
             return exc.to_response()
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-            return core.respond({"error": {
-                "type": "invalid_request_error",
-                "message": f"Unrecognized request URL ({request.method}: {request.path})."}},
-                exc.status)
+            return core.respond(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"Unrecognized request URL ({request.method}: {request.path}).",
+                    }
+                },
+                exc.status,
+            )
         except Exception:
             log.exception("fake Stripe failed on %s %s", request.method, request.path)
-            return core.respond({"error": {"type": "api_error",
-                                           "message": "The fake Stripe server failed."}}, 500)
+            return core.respond(
+                {"error": {"type": "api_error", "message": "The fake Stripe server failed."}}, 500
+            )
 
     @web.middleware
     async def auth(request, handler):
@@ -84,8 +108,9 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         if fault is None:
             return await handler(request)
         if fault["mode"] == "error":
-            raise core.StripeError(fault["status"], fault["message"], code=fault.get("code"),
-                                   type_=fault["type"])
+            raise core.StripeError(
+                fault["status"], fault["message"], code=fault.get("code"), type_=fault["type"]
+            )
         # "drop": the request takes effect but its answer is lost (an unknown outcome)
         response = await handler(request)
         request.transport.close()
@@ -114,21 +139,32 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         for k in [k for k, v in st.idempotency.items() if v["at"] < t - IDEMPOTENCY_TTL]:
             del st.idempotency[k]
         slot = f"{_api_key(request)}:{key}"
-        fingerprint = hashlib.sha256(request.path.encode() + b"\0" + await request.read()).hexdigest()
+        fingerprint = hashlib.sha256(
+            request.path.encode() + b"\0" + await request.read()
+        ).hexdigest()
         seen = st.idempotency.get(slot)
         if seen is not None:
             if seen["fingerprint"] != fingerprint:
                 raise core.StripeError(
-                    400, "Keys for idempotent requests can only be used with the same parameters "
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters "
                     f"they were first used with. Try using a key other than '{key}' if you meant "
-                    "to execute a different request.", type_="idempotency_error")
+                    "to execute a different request.",
+                    type_="idempotency_error",
+                )
             if seen["body"] is None:
-                raise core.StripeError(409, "There is currently another in-progress request "
-                                       "using this Stripe API key with this idempotency key.",
-                                       type_="idempotency_error")
-            return web.Response(body=seen["body"], status=seen["status"],
-                                content_type="application/json",
-                                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key})
+                raise core.StripeError(
+                    409,
+                    "There is currently another in-progress request "
+                    "using this Stripe API key with this idempotency key.",
+                    type_="idempotency_error",
+                )
+            return web.Response(
+                body=seen["body"],
+                status=seen["status"],
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
         st.idempotency[slot] = {"fingerprint": fingerprint, "body": None, "at": t}
         try:
             response = await handler(request)
@@ -148,8 +184,17 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
                 await webhooks.flush_outbox()
                 save_state(state_file)
 
-    tables = (prices.routes, meters.routes, billing.routes, checkout.routes, webhooks.routes,
-              search.routes, expand.routes, _test_routes)
+    tables = (
+        prices.routes,
+        meters.routes,
+        subscriptions.routes,
+        invoices.routes,
+        checkout.routes,
+        webhooks.routes,
+        search.routes,
+        expand.routes,
+        _test_routes,
+    )
     own = {route.handler for table in tables for route in table}
     app = web.Application(middlewares=[errors, auth, faults, idempotency, expansion, after_write])
     for table in tables:
@@ -186,6 +231,7 @@ def _as_async(handler):
     async def wrapped(request):
         response = handler(request)
         return await response if hasattr(response, "__await__") else response
+
     return wrapped
 
 
@@ -265,8 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    web.run_app(build_app(args.api_key, args.state_file), sock=sock, print=None,
-                access_log=None)
+    web.run_app(build_app(args.api_key, args.state_file), sock=sock, print=None, access_log=None)
 
 
 if __name__ == "__main__":
