@@ -516,3 +516,45 @@ async def test_payment_mode_checkout_and_hosted_invoice_payment(sc, stripe_fake)
     assert inv.status == "open" and inv.hosted_invoice_url
     paid = await stripe_fake.pay_invoice_hosted(inv.id)
     assert paid["status"] == "paid" and paid["amount_paid"] == 2000
+
+
+async def test_updates_are_all_or_nothing_and_proration_date_is_exact(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    double = await sc.v1.prices.create_async(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": 4000,
+            "recurring": {"interval": "month"},
+        }
+    )
+    cus = await sc.v1.customers.create_async({"email": "r@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {
+            "customer": cus.id,
+            "collection_method": "send_invoice",
+            "days_until_due": 7,
+            "items": [{"price": base.id}, {"price": metered.id}],
+        }
+    )
+    base_item, metered_item = sub["items"].data
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        await sc.v1.subscriptions.update_async(
+            sub.id,
+            {
+                "items": [
+                    {"id": base_item.id, "price": double.id},
+                    {"id": metered_item.id, "quantity": 2},  # metered items take no quantity
+                ]
+            },
+        )
+    assert err.value.param == "items[1][quantity]"
+    unchanged = await sc.v1.subscriptions.retrieve_async(sub.id)
+    assert unchanged["items"].data[0].price.id == base.id
+    assert (await sc.v1.invoice_items.list_async({"customer": cus.id})).data == []
+    halfway = (base_item.current_period_start + base_item.current_period_end) // 2
+    await sc.v1.subscriptions.update_async(
+        sub.id, {"items": [{"id": base_item.id, "price": double.id}], "proration_date": halfway}
+    )
+    pending = await sc.v1.invoice_items.list_async({"customer": cus.id, "pending": True})
+    assert sorted(ii.amount for ii in pending.data) == [-1000, 2000]  # half of each month

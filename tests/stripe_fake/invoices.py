@@ -357,19 +357,17 @@ async def pay_invoice(request):
         raise bad("invoice", "Invoice is already paid", "invoice_already_paid")
     if inv["status"] == "void":
         raise bad("invoice", "This invoice has been voided.", "invoice_not_open")
+    out_of_band = bool(as_bool(data.get("paid_out_of_band"), "paid_out_of_band"))
+    sub = sub_of(inv)
+    if not (out_of_band or data.get("payment_method") or (sub and has_payment_method(sub))):
+        raise StripeError(
+            400,
+            "This customer has no attached payment source or default payment method.",
+            code="invoice_no_customer_payment_method",
+        )
     if inv["status"] == "draft":
         finalize(inv)
-    if as_bool(data.get("paid_out_of_band"), "paid_out_of_band"):
-        mark_paid(inv, out_of_band=True)
-    else:
-        sub = sub_of(inv)
-        if not (data.get("payment_method") or (sub and has_payment_method(sub))):
-            raise StripeError(
-                400,
-                "This customer has no attached payment source or default payment method.",
-                code="invoice_no_customer_payment_method",
-            )
-        mark_paid(inv, out_of_band=False)
+    mark_paid(inv, out_of_band=out_of_band)
     return respond(inv)
 
 

@@ -128,7 +128,7 @@ def advance_lines(sub: dict) -> list[dict]:
 
 def set_status(sub: dict, status: str) -> None:
     if sub["status"] != status:
-        before = copy.deepcopy(sub)
+        before = export(sub)
         sub["status"] = status
         emit("customer.subscription.updated", export(sub), before)
 
@@ -292,6 +292,46 @@ def _proration(sub, item, price, qty, sign, start, end, t, label) -> None:
     )
 
 
+def _plan_items(sub: dict, specs) -> list[tuple[str, dict | None, dict | None]]:
+    """Check every item change before applying any (Stripe applies all or nothing):
+    [("add", None, new) | ("delete", current, None) | ("change", current, new)]."""
+    if specs in (None, ""):
+        return []
+    if not isinstance(specs, list):
+        raise bad("items", "Invalid items: must be a list")
+    plan = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise bad(f"items[{i}]", "Invalid item")
+        current = next((it for it in sub["items"]["data"] if it["id"] == spec.get("id")), None)
+        if spec.get("id") and current is None:
+            raise bad(
+                f"items[{i}][id]", f"No such subscription item: '{spec['id']}'", "resource_missing"
+            )
+        if current is None:
+            plan.append(("add", None, _item(sub["id"], spec, i)))
+        elif as_bool(spec.get("deleted"), f"items[{i}][deleted]"):
+            plan.append(("delete", current, None))
+        else:
+            price_id = spec.get("price") or current["price"]["id"]
+            price = get("price", price_id, param=f"items[{i}][price]")
+            if "quantity" in spec:
+                qty = spec["quantity"]
+            else:
+                qty = None if metered(price) else current["quantity"] or 1
+            new = _item(sub["id"], {"price": price_id, "quantity": qty}, i)
+            new["metadata"] = merge_metadata(current["metadata"], spec.get("metadata"))
+            plan.append(("change", current, new))
+    if len({(a, c["id"] if c else n["id"]) for a, c, n in plan}) < len(plan):
+        raise bad("items", "Each subscription item can be changed only once per request.")
+    return plan
+
+
+def _same_cycle(a: dict, b: dict) -> bool:
+    ra, rb = a["recurring"], b["recurring"]
+    return (ra["interval"], ra["interval_count"]) == (rb["interval"], rb["interval_count"])
+
+
 @routes.post("/v1/subscriptions/{id}")
 async def update_subscription(request):
     sub = get("subscription", request.match_info["id"])
@@ -304,86 +344,52 @@ async def update_subscription(request):
         "proration_behavior",
         "create_prorations",
     )
-    before = export(sub)
-    t = now()
+    cancel_flag = as_bool(data.get("cancel_at_period_end"), "cancel_at_period_end")
+    plan = _plan_items(sub, data.get("items"))
     start, end = period(sub)
-    cycle_reset = False
-    for i, spec in enumerate(data.get("items") or []):
-        if not isinstance(spec, dict):
-            raise bad(f"items[{i}]", "Invalid item")
-        current = next((it for it in sub["items"]["data"] if it["id"] == spec.get("id")), None)
-        if spec.get("id") and current is None:
-            raise bad(
-                f"items[{i}][id]", f"No such subscription item: '{spec['id']}'", "resource_missing"
+    # `proration_date` fixes the instant prorations are computed for, as in Stripe
+    t = as_int(data.get("proration_date"), "proration_date") or now()
+    t = min(max(t, start), end)
+    prorate = behavior != "none"
+    cycle_reset = any(a == "change" and not _same_cycle(c["price"], n["price"]) for a, c, n in plan)
+    before = export(sub)
+    for action, current, new in plan:
+        if action in ("delete", "change") and prorate:
+            item_id = current["id"] if action == "change" else None
+            _proration(
+                sub, item_id, current["price"], current["quantity"], -1, start, end, t, "Unused"
             )
-        if current is None:  # a new item
-            new = _item(sub["id"], spec, i)
+        if action == "delete":
+            sub["items"]["data"].remove(current)
+            continue
+        if action == "add":
             new.update(current_period_start=start, current_period_end=end)
             sub["items"]["data"].append(new)
-            if behavior != "none":
-                _proration(
-                    sub, new["id"], new["price"], new["quantity"], 1, start, end, t, "Remaining"
-                )
-            continue
-        if as_bool(spec.get("deleted"), f"items[{i}][deleted]"):
-            sub["items"]["data"].remove(current)
-            if behavior != "none":
-                _proration(
-                    sub, None, current["price"], current["quantity"], -1, start, end, t, "Unused"
-                )
-            continue
-        price_id = spec.get("price") or current["price"]["id"]
-        qty = (
-            spec.get("quantity")
-            if "quantity" in spec
-            else (
-                None
-                if metered(get("price", price_id, param=f"items[{i}][price]"))
-                else current["quantity"] or 1
-            )
-        )
-        new = _item(sub["id"], {"price": price_id, "quantity": qty}, i)
-        old_rec, new_rec = current["price"]["recurring"], new["price"]["recurring"]
-        cycle_reset |= (old_rec["interval"], old_rec["interval_count"]) != (
-            new_rec["interval"],
-            new_rec["interval_count"],
-        )
-        if behavior != "none":
+            current = new
+        else:
+            current.update(price=new["price"], quantity=new["quantity"], metadata=new["metadata"])
+        if prorate and not cycle_reset:
             _proration(
-                sub,
-                current["id"],
-                current["price"],
-                current["quantity"],
-                -1,
-                start,
-                end,
-                t,
-                "Unused",
+                sub, current["id"], new["price"], new["quantity"], 1, start, end, t, "Remaining"
             )
-            if not cycle_reset:
-                _proration(
-                    sub, current["id"], new["price"], new["quantity"], 1, start, end, t, "Remaining"
-                )
-        current["price"], current["quantity"] = new["price"], new["quantity"]
-        current["metadata"] = merge_metadata(current["metadata"], spec.get("metadata"))
     sub["items"]["total_count"] = len(sub["items"]["data"])
-    if "cancel_at_period_end" in data:
-        flag = as_bool(data["cancel_at_period_end"], "cancel_at_period_end")
-        sub["cancel_at_period_end"] = flag
-        sub["cancel_at"] = period(sub)[1] if flag else None
-        sub["canceled_at"] = t if flag else None
-        sub["cancellation_details"]["reason"] = "cancellation_requested" if flag else None
+    if cancel_flag is not None:
+        sub["cancel_at_period_end"] = cancel_flag
+        sub["cancel_at"] = end if cancel_flag else None
+        sub["canceled_at"] = now() if cancel_flag else None
+        sub["cancellation_details"]["reason"] = "cancellation_requested" if cancel_flag else None
     for key in ("default_payment_method", "description"):
         if key in data:
             sub[key] = data[key] or None
     sub["metadata"] = merge_metadata(sub["metadata"], data.get("metadata"))
-    if cycle_reset:
-        sub["billing_cycle_anchor"] = t
-        _set_period(sub, t, 0)
+    if cycle_reset:  # a new interval starts a new billing cycle now, invoiced at once
+        sub["billing_cycle_anchor"] = now()
+        _set_period(sub, now(), 0)
     emit("customer.subscription.updated", export(sub), before)
     if cycle_reset or (behavior == "always_invoice" and invoices.pending_lines(sub)):
         lines = invoices.pending_lines(sub) + (advance_lines(sub) if cycle_reset else [])
-        invoices.collect(invoices.new_invoice(sub, lines, "subscription_update", t, period(sub)[1]))
+        inv = invoices.new_invoice(sub, lines, "subscription_update", t, period(sub)[1])
+        invoices.collect(inv)
     return respond(export(sub))
 
 
