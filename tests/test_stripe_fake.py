@@ -558,3 +558,41 @@ async def test_updates_are_all_or_nothing_and_proration_date_is_exact(sc, stripe
     )
     pending = await sc.v1.invoice_items.list_async({"customer": cus.id, "pending": True})
     assert sorted(ii.amount for ii in pending.data) == [-1000, 2000]  # half of each month
+
+
+async def test_interval_change_starts_a_new_cycle_and_send_invoice_renewals(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    yearly = await sc.v1.prices.create_async(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": 20000,
+            "recurring": {"interval": "year"},
+        }
+    )
+    cus = await sc.v1.customers.create_async({"email": "s@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {
+            "customer": cus.id,
+            "collection_method": "send_invoice",
+            "days_until_due": 7,
+            "items": [{"price": base.id}],
+        }
+    )
+    first = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    await sc.v1.invoices.pay_async(first.id, {"paid_out_of_band": True})
+    with pytest.raises(stripe.InvalidRequestError):  # one interval per subscription
+        await sc.v1.subscriptions.update_async(sub.id, {"items": [{"price": yearly.id}]})
+    item = sub["items"].data[0]
+    sub = await sc.v1.subscriptions.update_async(
+        sub.id, {"items": [{"id": item.id, "price": yearly.id}]}
+    )
+    new_item = sub["items"].data[0]
+    assert new_item.current_period_end - new_item.current_period_start >= 365 * 86400
+    inv = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    assert inv.billing_reason == "subscription_update" and inv.status == "open"
+    assert 17990 <= inv.total <= 18000  # 200.00 for the year less the unused month
+    left_open = await stripe_fake.end_period(sub.id, pay=False)
+    assert left_open["status"] == "open" and left_open["total"] == 20000
+    paid = await stripe_fake.end_period(sub.id)
+    assert paid["status"] == "paid"

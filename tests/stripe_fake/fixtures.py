@@ -140,12 +140,17 @@ class StripeFake:
         paid invoice and sends the events. Returns the completed session."""
         return await self._call("POST", f"/_test/checkout/sessions/{session_id}/complete")
 
-    async def end_period(self, subscription_id: str, *, fail: bool = False) -> dict | None:
-        """End the current period now: renewal invoice (licensed items for the new period,
-        metered usage, pending prorations), paid, or failed with `fail=True`. Returns the
+    async def end_period(
+        self, subscription_id: str, *, fail: bool = False, pay: bool = True
+    ) -> dict | None:
+        """End the current period now: the renewal invoice (licensed items for the new
+        period, metered usage, pending prorations) is created and paid by the customer —
+        or its payment fails (`fail=True`), or it stays open (`pay=False`). Returns the
         invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
         return await self._call(
-            "POST", f"/_test/subscriptions/{subscription_id}/end_period", {"fail": fail}
+            "POST",
+            f"/_test/subscriptions/{subscription_id}/end_period",
+            {"fail": fail, "pay": pay},
         )
 
     async def pay_invoice_hosted(self, invoice_id: str) -> dict:

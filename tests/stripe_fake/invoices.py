@@ -304,7 +304,7 @@ def mark_failed(inv: dict) -> None:
         subscriptions.set_status(sub, "past_due")
 
 
-def collect(inv: dict, *, fail: bool = False, assume_card: bool = False) -> None:
+def collect(inv: dict) -> None:
     """Finalize, then charge as Stripe would: nothing due → paid; send_invoice → left open;
     charge_automatically → paid with the default payment method, failed without one."""
     finalize(inv)
@@ -313,7 +313,7 @@ def collect(inv: dict, *, fail: bool = False, assume_card: bool = False) -> None
         mark_paid(inv, out_of_band=False)
     elif inv["collection_method"] == "send_invoice":
         return
-    elif not fail and (assume_card or (sub and has_payment_method(sub))):
+    elif sub and has_payment_method(sub):
         mark_paid(inv, out_of_band=False)
     else:
         mark_failed(inv)

@@ -179,13 +179,9 @@ def build_subscription(data: dict) -> dict:
         raise bad("items", "Missing required param: items.", "parameter_missing")
     sub_id = new_id("sub_")
     items = [_item(sub_id, spec, i) for i, spec in enumerate(items_spec)]
+    _distinct_prices([it["price"]["id"] for it in items])
+    _same_terms([it["price"] for it in items])
     currencies = {it["price"]["currency"] for it in items}
-    intervals = {
-        (it["price"]["recurring"]["interval"], it["price"]["recurring"]["interval_count"])
-        for it in items
-    }
-    if len(currencies) > 1 or len(intervals) > 1:
-        raise bad("items", "All prices on a subscription must have the same currency and interval.")
     t = now()
     sub = {
         "id": sub_id,
@@ -292,11 +288,12 @@ def _proration(sub, item, price, qty, sign, start, end, t, label) -> None:
     )
 
 
-def _plan_items(sub: dict, specs) -> list[tuple[str, dict | None, dict | None]]:
+def _plan_items(sub: dict, specs) -> tuple[list[tuple[str, dict | None, dict | None]], bool]:
     """Check every item change before applying any (Stripe applies all or nothing):
-    [("add", None, new) | ("delete", current, None) | ("change", current, new)]."""
+    [("add", None, new) | ("delete", current, None) | ("change", current, new)], and
+    whether the billing interval changes."""
     if specs in (None, ""):
-        return []
+        return [], False
     if not isinstance(specs, list):
         raise bad("items", "Invalid items: must be a list")
     plan = []
@@ -324,7 +321,37 @@ def _plan_items(sub: dict, specs) -> list[tuple[str, dict | None, dict | None]]:
             plan.append(("change", current, new))
     if len({(a, c["id"] if c else n["id"]) for a, c, n in plan}) < len(plan):
         raise bad("items", "Each subscription item can be changed only once per request.")
-    return plan
+    final = {it["id"]: it["price"]["id"] for it in sub["items"]["data"]}
+    for action, current, new in plan:
+        if action == "delete":
+            final.pop(current["id"])
+        else:
+            final[current["id"] if current else new["id"]] = new["price"]["id"]
+    _distinct_prices(list(final.values()))
+    _same_terms([table("price")[p] for p in final.values()])
+    if not final:
+        raise bad("items", "A subscription needs at least one item; cancel it instead.")
+    old = sub["items"]["data"][0]["price"]
+    new = table("price")[next(iter(final.values()))]
+    return plan, not _same_cycle(old, new)
+
+
+def _same_terms(prices: list[dict]) -> None:
+    terms = {
+        (p["currency"], p["recurring"]["interval"], p["recurring"]["interval_count"])
+        for p in prices
+    }
+    if len(terms) > 1:
+        raise bad("items", "All prices on a subscription must have the same currency and interval.")
+
+
+def _distinct_prices(price_ids: list[str]) -> None:
+    if len(set(price_ids)) < len(price_ids):
+        raise bad(
+            "items",
+            "You cannot add multiple subscription items with the same price; "
+            "use one item with a quantity instead.",
+        )
 
 
 def _same_cycle(a: dict, b: dict) -> bool:
@@ -345,13 +372,12 @@ async def update_subscription(request):
         "create_prorations",
     )
     cancel_flag = as_bool(data.get("cancel_at_period_end"), "cancel_at_period_end")
-    plan = _plan_items(sub, data.get("items"))
+    plan, cycle_reset = _plan_items(sub, data.get("items"))
     start, end = period(sub)
     # `proration_date` fixes the instant prorations are computed for, as in Stripe
     t = as_int(data.get("proration_date"), "proration_date") or now()
     t = min(max(t, start), end)
     prorate = behavior != "none"
-    cycle_reset = any(a == "change" and not _same_cycle(c["price"], n["price"]) for a, c, n in plan)
     before = export(sub)
     for action, current, new in plan:
         if action in ("delete", "change") and prorate:
@@ -458,13 +484,15 @@ async def retrieve_item(request):
 async def end_period(request):
     """Test-only: the current period ends now. Moves the period forward (or ends the
     subscription if it was set to cancel at period end) and bills the renewal invoice —
-    licensed items for the new period, metered usage, pending prorations — then collects it
-    (`fail=true` makes the charge fail)."""
+    licensed items for the new period, metered usage, pending prorations. The customer then
+    pays it (by card, or on the hosted page for `send_invoice`); `fail=true` makes the
+    payment attempt fail; `pay=false` leaves it open."""
     sub = get("subscription", request.match_info["id"])
     if sub["status"] not in ("active", "past_due", "trialing", "unpaid"):
         raise bad("subscription", f"Cannot end the period of a {sub['status']} subscription")
     data = await params(request)
     fail = bool(as_bool(data.get("fail"), "fail"))
+    pay = as_bool(data.get("pay"), "pay") is not False
     start, end = period(sub)
     before = export(sub)
     usage = usage_lines(sub, end, mark=sub["id"])
@@ -481,7 +509,11 @@ async def end_period(request):
         inv = invoices.new_invoice(
             sub, advance_lines(sub) + usage + pending, "subscription_cycle", start, end
         )
-    invoices.collect(inv, fail=fail, assume_card=True)
+    invoices.finalize(inv)
+    if inv["amount_due"] == 0 or (pay and not fail):
+        invoices.mark_paid(inv, out_of_band=False)
+    elif fail:
+        invoices.mark_failed(inv)
     return respond(inv)
 
 
