@@ -461,9 +461,14 @@ async def test_injected_errors_and_lost_answers(sc, stripe_fake):
         await sc.v1.customers.create_async({"email": "o@example.com"}, opts)
     created = (await sc.v1.customers.list_async()).data
     assert len(created) == 1  # it did happen; the retry with the same key replays it
-    assert (await sc.v1.customers.create_async({"email": "o@example.com"}, opts)).id == created[
-        0
-    ].id
+    replayed = await sc.v1.customers.create_async({"email": "o@example.com"}, opts)
+    assert replayed.id == created[0].id
+    await stripe_fake.set_rate_limit(3)
+    with pytest.raises(stripe.RateLimitError):
+        for _ in range(4):
+            await sc.v1.customers.list_async()
+    await stripe_fake.set_rate_limit(None)
+    await sc.v1.customers.list_async()
 
 
 async def test_async_delivery_after_the_answer(sc, stripe_fake, webhook_receiver):

@@ -36,6 +36,7 @@ class FakeState:
     held: list[str] = field(default_factory=list)  # event ids waiting to be released
     queue: list[str] = field(default_factory=list)  # event ids waiting for async delivery
     faults: list[dict] = field(default_factory=list)  # injected failures, see /_test/faults
+    rate_limit: int | None = None  # requests per second before a 429
     deliveries: list[dict] = field(default_factory=list)
     outbox: list[str] = field(default_factory=list)  # events of the request being handled
 

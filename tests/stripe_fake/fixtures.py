@@ -214,6 +214,11 @@ class StripeFake:
             {"method": method, "path": path, "count": count, "mode": "drop"},
         )
 
+    async def set_rate_limit(self, per_second: int | None) -> None:
+        """Answer 429 (`stripe.RateLimitError`) past `per_second` /v1 requests in any second,
+        as Stripe does (25/s in test mode); None lifts the limit."""
+        await self._call("POST", "/_test/rate_limit", {"per_second": per_second})
+
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/_test/faults")
 

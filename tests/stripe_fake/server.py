@@ -11,6 +11,7 @@ With --api-key, only those keys are accepted (others answer 401 as Stripe does).
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import pickle
 import socket
 import sys
+import time
 import warnings
 
 from aiohttp import web
@@ -104,6 +106,7 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
 
     @web.middleware
     async def faults(request, handler):
+        _check_rate(request)
         fault = _take_fault(request)
         if fault is None:
             return await handler(request)
@@ -214,6 +217,28 @@ async def _startup(app):
     webhooks.start_drain()  # events queued for async delivery before a restart
 
 
+_recent: collections.deque[float] = collections.deque()
+
+
+def _check_rate(request) -> None:
+    """Stripe answers 429 past its rate limit (25 requests/s in test mode); off unless a
+    test sets one with /_test/rate_limit."""
+    limit = core.state().rate_limit
+    if not limit or not request.path.startswith("/v1/"):
+        return
+    t = time.monotonic()
+    while _recent and _recent[0] <= t - 1:
+        _recent.popleft()
+    if len(_recent) >= limit:
+        raise core.StripeError(
+            429,
+            "Request rate limit exceeded. Learn more about rate limits here "
+            "https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+        )
+    _recent.append(t)
+
+
 def _take_fault(request) -> dict | None:
     if request.path.startswith(("/_test/", "/_config/")):
         return None
@@ -265,6 +290,14 @@ async def add_fault(request):
     }
     core.state().faults.append(fault)
     return core.respond(fault)
+
+
+@_test_routes.post("/_test/rate_limit")
+async def set_rate_limit(request):
+    """Requests per second the /v1 API accepts before answering 429 (null: no limit)."""
+    data = await core.params(request)
+    core.state().rate_limit = core.as_int(data.get("per_second"), "per_second")
+    return core.respond({"per_second": core.state().rate_limit})
 
 
 @_test_routes.delete("/_test/faults")
