@@ -397,6 +397,9 @@ async def test_customer_search_and_lists(sc):
     )
     found = await sc.v1.customers.search_async({"query": "metadata['customerReferenceId']:'r2'"})
     assert [c.id for c in found.data] == [other.id]
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        await sc.v1.customers.retrieve_async("cus_missing")
+    assert (err.value.http_status, err.value.code) == (404, "resource_missing")
     await sc.v1.products.create_async({"name": "Basic"})
     assert [p.name for p in (await sc.v1.products.list_async()).data] == ["Basic"]
 

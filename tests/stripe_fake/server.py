@@ -76,7 +76,13 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
             return await handler(request)
         except core.StripeError as exc:
             return core.respond(exc.body, exc.status)
-        except UserError as exc:
+        except UserError as exc:  # localstripe's errors, in Stripe's shape
+            if exc.code == 404:
+                obj_id = request.match_info.get("id", request.path.rsplit("/", 1)[-1])
+                kind = request.path.split("/")[2].rstrip("s")
+                exc.body["error"].update(
+                    code="resource_missing", param="id", message=f"No such {kind}: '{obj_id}'"
+                )
             return exc.to_response()
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
             return core.respond(
