@@ -119,6 +119,10 @@ async def test_meter_events_dedup_window_and_summaries(sc, stripe_fake):
             await usage(sc, cus.id, 1, f"late-{ts}", timestamp=ts)
         assert err.value.param == "timestamp"
     assert await stripe_fake.meter_total(meter.id, cus.id) == 42
+    assert [e["identifier"] for e in await stripe_fake.meter_events("api_calls")] == [
+        "ev-1",
+        "ev-2",
+    ]
     start = (now - 35 * 86400) // 60 * 60
     end = (now // 60 + 2) * 60
     summaries = await sc.v1.billing.meters.event_summaries.list_async(

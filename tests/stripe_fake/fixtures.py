@@ -1,7 +1,7 @@
 """pytest fixtures for the fake Stripe.
 
 `stripe_fake_server` (session scope) starts one server process; `stripe_fake` (per test)
-resets its state, restarts it if a test left it stopped, and yields the `StripeFake`
+resets its state, restarts it if a test left it stopped, and gives the `StripeFake`
 handle: base URL, API key, an SDK client, and the test-only controls (complete a
 checkout, end a period, fail a payment, hold / release / redeliver webhooks, outage)."""
 
@@ -64,7 +64,7 @@ class StripeFake:
         log.close()
         line = self.proc.stdout.readline().decode()
         if not line.startswith("LISTENING "):
-            self.proc.kill()
+            self.stop(crash=True)
             raise RuntimeError(f"fake Stripe did not start: {line!r}; see {self.log_file}")
         self.port = int(line.split()[1])
         deadline = time.monotonic() + 10
@@ -258,6 +258,12 @@ class StripeFake:
         """Every accepted meter event of a meter, aggregated per customer id."""
         raw = await self._call("GET", f"/_test/billing/meters/{meter_id}/totals")
         return {cus: Decimal(v) for cus, v in raw.items()}
+
+    async def meter_events(self, event_name: str | None = None) -> list[dict]:
+        """Every accepted meter event, oldest first: {event_name, identifier, payload,
+        timestamp, created, invoiced_by}."""
+        path = "/_test/billing/meter_events"
+        return await self._call("GET", path + (f"?event_name={event_name}" if event_name else ""))
 
     async def meter_total(self, meter_id: str, customer_id: str) -> Decimal:
         return (await self.meter_totals(meter_id)).get(customer_id, Decimal(0))

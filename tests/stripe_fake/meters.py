@@ -258,3 +258,17 @@ async def totals(request):
         - {None}
     )
     return respond({c: str(aggregate(meter, events_for(meter, c))) for c in customers})
+
+
+@routes.get("/_test/billing/meter_events")
+async def all_meter_events(request):
+    """Test-only: every accepted meter event, oldest first (optionally one `event_name`),
+    with the invoice that billed it (`invoiced_by`: a subscription id, or null)."""
+    data = await params(request)
+    return respond(
+        [
+            {k: v for k, v in e.items() if not k.startswith("_")} | {"invoiced_by": e["_invoice"]}
+            for e in state().meter_events
+            if not data.get("event_name") or e["event_name"] == data["event_name"]
+        ]
+    )
