@@ -57,6 +57,17 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 
 
+def expire(entries: dict, cutoff: int, at=lambda v: v) -> None:
+    """Drop entries older than `cutoff` from a dict filled in time order (oldest first)."""
+    old = []
+    for key, value in entries.items():
+        if at(value) >= cutoff:
+            break
+        old.append(key)
+    for key in old:
+        del entries[key]
+
+
 def table(kind: str) -> dict[str, dict]:
     return state().objects.setdefault(kind, {})
 

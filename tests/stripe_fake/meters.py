@@ -12,6 +12,7 @@ from .core import (
     as_decimal,
     as_int,
     bad,
+    expire,
     get,
     new_id,
     now,
@@ -151,9 +152,7 @@ async def create_meter_event(request):
                 "parameter_missing",
             )
     st = state()
-    for ident, created in list(st.meter_event_ids.items()):
-        if created < t - IDENTIFIER_TTL:
-            del st.meter_event_ids[ident]
+    expire(st.meter_event_ids, t - IDENTIFIER_TTL)
     identifier = data.get("identifier") or new_id("mev_")
     if identifier in st.meter_event_ids:
         raise StripeError(

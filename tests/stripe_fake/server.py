@@ -145,8 +145,7 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
             return await handler(request)
         st = core.state()
         t = core.now()
-        for k in [k for k, v in st.idempotency.items() if v["at"] < t - IDEMPOTENCY_TTL]:
-            del st.idempotency[k]
+        core.expire(st.idempotency, t - IDEMPOTENCY_TTL, at=lambda v: v["at"])
         slot = f"{_api_key(request)}:{key}"
         fingerprint = hashlib.sha256(
             request.path.encode() + b"\0" + await request.read()
