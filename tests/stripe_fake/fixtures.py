@@ -27,9 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 class StripeFake:
     """A fake Stripe server process on 127.0.0.1. The port stays the same across restarts."""
 
-    def __init__(self, workdir: Path, api_key: str = "sk_test_fake_4242424242424242"):
+    def __init__(
+        self, workdir: Path, api_key: str = "sk_test_fake_4242424242424242", persist: bool = True
+    ):
         self.api_key = api_key
-        self.state_file = workdir / "stripe-fake.pickle"
+        # saved after every write, so a restart keeps the state; without it, a restart is
+        # a fresh Stripe account (and writes are a little faster)
+        self.state_file = workdir / "stripe-fake.pickle" if persist else None
         self.log_file = workdir / "stripe-fake.log"
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -51,10 +55,9 @@ class StripeFake:
                 "tests.stripe_fake.server",
                 "--port",
                 str(self.port),
-                "--state-file",
-                str(self.state_file),
                 "--api-key",
                 self.api_key,
+                *(["--state-file", str(self.state_file)] if self.state_file else []),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
