@@ -204,7 +204,7 @@ def start_drain() -> None:
 
 async def _drain_queue() -> None:
     st = state()
-    while st.queue:
+    while st.queue and state() is st:  # a reset drops what was queued
         await deliver(st.queue[0])
         if st.queue:
             st.queue.pop(0)
