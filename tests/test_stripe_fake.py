@@ -604,7 +604,7 @@ async def test_interval_change_starts_a_new_cycle_and_send_invoice_renewals(sc, 
     inv = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
     assert inv.billing_reason == "subscription_update" and inv.status == "open"
     assert 17990 <= inv.total <= 18000  # 200.00 for the year less the unused month
-    left_open = await stripe_fake.end_period(sub.id, pay=False)
+    left_open = await stripe_fake.end_period(sub.id)  # the customer pays when they like
     assert left_open["status"] == "open" and left_open["total"] == 20000
-    paid = await stripe_fake.end_period(sub.id)
+    paid = await stripe_fake.end_period(sub.id, pay=True)
     assert paid["status"] == "paid"

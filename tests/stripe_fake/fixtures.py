@@ -144,17 +144,16 @@ class StripeFake:
         return await self._call("POST", f"/_test/checkout/sessions/{session_id}/complete")
 
     async def end_period(
-        self, subscription_id: str, *, fail: bool = False, pay: bool = True
+        self, subscription_id: str, *, fail: bool = False, pay: bool | None = None
     ) -> dict | None:
         """End the current period now: the renewal invoice (licensed items for the new
-        period, metered usage, pending prorations) is created and paid by the customer —
-        or its payment fails (`fail=True`), or it stays open (`pay=False`). Returns the
-        invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
-        return await self._call(
-            "POST",
-            f"/_test/subscriptions/{subscription_id}/end_period",
-            {"fail": fail, "pay": pay},
-        )
+        period, metered usage, pending prorations) is created and collected as Stripe does:
+        charged to the card (`charge_automatically`; the fake's cards always work) or left
+        open for the customer (`send_invoice`). `fail=True`: the payment attempt fails;
+        `pay=True`: paid whatever the collection method; `pay=False`: left open. Returns
+        the invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
+        body = {"fail": fail} | ({} if pay is None else {"pay": pay})
+        return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period", body)
 
     async def pay_invoice_hosted(self, invoice_id: str) -> dict:
         """The customer pays an open invoice on its hosted page (`invoice.paid`)."""

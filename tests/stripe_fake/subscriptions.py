@@ -484,15 +484,18 @@ async def retrieve_item(request):
 async def end_period(request):
     """Test-only: the current period ends now. Moves the period forward (or ends the
     subscription if it was set to cancel at period end) and bills the renewal invoice —
-    licensed items for the new period, metered usage, pending prorations. The customer then
-    pays it (by card, or on the hosted page for `send_invoice`); `fail=true` makes the
-    payment attempt fail; `pay=false` leaves it open."""
+    licensed items for the new period, metered usage, pending prorations. Collection as
+    Stripe does it: charged to the customer's card (`charge_automatically`), or left open
+    for the customer to pay (`send_invoice`). `fail=true`: the payment attempt fails;
+    `pay=true`: paid whatever the collection method; `pay=false`: left open."""
     sub = get("subscription", request.match_info["id"])
     if sub["status"] not in ("active", "past_due", "trialing", "unpaid"):
         raise bad("subscription", f"Cannot end the period of a {sub['status']} subscription")
     data = await params(request)
     fail = bool(as_bool(data.get("fail"), "fail"))
-    pay = as_bool(data.get("pay"), "pay") is not False
+    pay = as_bool(data.get("pay"), "pay")
+    if pay is None:
+        pay = sub["collection_method"] == "charge_automatically"
     start, end = period(sub)
     before = export(sub)
     usage = usage_lines(sub, end, mark=sub["id"])
