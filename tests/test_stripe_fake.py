@@ -55,6 +55,17 @@ async def catalog(sc):
     return product, meter, base, metered
 
 
+async def licensed_price(sc, product, amount, interval="month"):
+    return await sc.v1.prices.create_async(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": amount,
+            "recurring": {"interval": interval},
+        }
+    )
+
+
 async def usage(sc, customer, value, identifier, timestamp=None):
     params = {
         "event_name": "api_calls",
@@ -256,14 +267,7 @@ async def test_renewal_bills_usage_with_graduated_tiers(sc, stripe_fake):
 
 async def test_price_swap_prorations(sc, stripe_fake):
     product, _, base, metered = await catalog(sc)
-    bigger = await sc.v1.prices.create_async(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount": 5000,
-            "recurring": {"interval": "month"},
-        }
-    )
+    bigger = await licensed_price(sc, product, 5000)
     cus = await sc.v1.customers.create_async(
         {
             "email": "e@example.com",
@@ -532,14 +536,7 @@ async def test_payment_mode_checkout_and_hosted_invoice_payment(sc, stripe_fake)
 
 async def test_updates_are_all_or_nothing_and_proration_date_is_exact(sc, stripe_fake):
     product, _, base, metered = await catalog(sc)
-    double = await sc.v1.prices.create_async(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount": 4000,
-            "recurring": {"interval": "month"},
-        }
-    )
+    double = await licensed_price(sc, product, 4000)
     cus = await sc.v1.customers.create_async({"email": "r@example.com"})
     sub = await sc.v1.subscriptions.create_async(
         {
@@ -574,14 +571,7 @@ async def test_updates_are_all_or_nothing_and_proration_date_is_exact(sc, stripe
 
 async def test_interval_change_starts_a_new_cycle_and_send_invoice_renewals(sc, stripe_fake):
     product, _, base, metered = await catalog(sc)
-    yearly = await sc.v1.prices.create_async(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount": 20000,
-            "recurring": {"interval": "year"},
-        }
-    )
+    yearly = await licensed_price(sc, product, 20000, "year")
     cus = await sc.v1.customers.create_async({"email": "s@example.com"})
     sub = await sc.v1.subscriptions.create_async(
         {

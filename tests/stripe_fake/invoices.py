@@ -382,14 +382,20 @@ async def void_invoice(request):
     return respond(inv)
 
 
+def _open_invoice(request) -> dict:
+    """The invoice of a test-only payment route, finalized if still a draft; must be open."""
+    inv = get("invoice", request.match_info["id"])
+    if inv["status"] not in ("draft", "open"):
+        raise bad("invoice", f"The invoice is {inv['status']}; only an open invoice is payable")
+    if inv["status"] == "draft":
+        finalize(inv)
+    return inv
+
+
 @routes.post("/_test/invoices/{id}/pay")
 async def pay_hosted(request):
     """Test-only: the customer pays the open invoice on its hosted page with a card."""
-    inv = get("invoice", request.match_info["id"])
-    if inv["status"] == "draft":
-        finalize(inv)
-    if inv["status"] != "open":
-        raise bad("invoice", f"Only an open invoice can be paid (this one is {inv['status']})")
+    inv = _open_invoice(request)
     mark_paid(inv, out_of_band=False)
     return respond(inv)
 
@@ -398,13 +404,7 @@ async def pay_hosted(request):
 async def fail_payment(request):
     """Test-only: a payment attempt on this open invoice fails (the subscription goes
     past_due, `invoice.payment_failed` is sent)."""
-    inv = get("invoice", request.match_info["id"])
-    if inv["status"] == "draft":
-        finalize(inv)
-    if inv["status"] != "open":
-        raise bad(
-            "invoice", f"Only an open invoice can fail a payment (this one is {inv['status']})"
-        )
+    inv = _open_invoice(request)
     mark_failed(inv)
     return respond(inv)
 
