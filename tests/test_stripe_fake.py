@@ -598,3 +598,31 @@ async def test_interval_change_starts_a_new_cycle_and_send_invoice_renewals(sc, 
     assert left_open["status"] == "open" and left_open["total"] == 20000
     paid = await stripe_fake.end_period(sub.id, pay=True)
     assert paid["status"] == "paid"
+
+
+async def test_stale_payment_failure_delivered_after_the_payment(sc, stripe_fake, webhook_receiver):
+    _, _, base, metered = await catalog(sc)
+    we = await endpoint(sc, webhook_receiver, ["invoice.paid", "invoice.payment_failed"])
+    cus = await sc.v1.customers.create_async({"email": "t@example.com"})
+    session = await sc.v1.checkout.sessions.create_async(
+        {
+            "mode": "subscription",
+            "customer": cus.id,
+            "success_url": "https://app.test/ok",
+            "line_items": [{"price": base.id, "quantity": 1}, {"price": metered.id}],
+        }
+    )
+    sub_id = (await stripe_fake.complete_checkout(session.id))["subscription"]
+    await stripe_fake.hold_webhooks()
+    renewal = await stripe_fake.end_period(sub_id, fail=True)
+    assert (await sc.v1.subscriptions.retrieve_async(sub_id)).status == "past_due"
+    await sc.v1.invoices.pay_async(renewal["id"])  # retried with the card on file
+    assert (await sc.v1.subscriptions.retrieve_async(sub_id)).status == "active"
+    with pytest.raises(AssertionError, match="only an open invoice"):
+        await stripe_fake.fail_payment(renewal["id"])
+    held = {e["type"]: e["id"] for e in await stripe_fake.held_events()}
+    await stripe_fake.release_webhooks([held["invoice.paid"], held["invoice.payment_failed"]])
+    paid, failed = webhook_receiver.events(we.secret)[-2:]
+    assert (paid.type, paid.data.object.status) == ("invoice.paid", "paid")
+    assert (failed.type, failed.data.object.status) == ("invoice.payment_failed", "open")
+    assert failed.created <= paid.created  # a receiver can tell the failure is older
