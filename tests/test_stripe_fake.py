@@ -408,7 +408,22 @@ async def test_customer_search_and_lists(sc):
     with pytest.raises(stripe.InvalidRequestError) as err:
         await sc.v1.customers.retrieve_async("cus_missing")
     assert (err.value.http_status, err.value.code) == (404, "resource_missing")
-    await sc.v1.products.create_async({"name": "Basic"})
+    basic = await sc.v1.products.create_async(
+        {
+            "name": "Basic",
+            "default_price_data": {
+                "currency": "usd",
+                "unit_amount": 900,
+                "recurring": {"interval": "month"},
+            },
+        }
+    )
+    assert (await sc.v1.prices.retrieve_async(basic.default_price)).unit_amount == 900
+    with pytest.raises(stripe.InvalidRequestError):
+        await sc.v1.products.create_async(
+            {"name": "Broken", "default_price_data": {"currency": "usd"}}
+        )
+    assert (await sc.v1.customers.retrieve_async(other.id)).balance == 0
     assert [p.name for p in (await sc.v1.products.list_async()).data] == ["Basic"]
 
 

@@ -272,3 +272,10 @@ def _emit_localstripe(event) -> None:
 
 
 ls.schedule_webhook = _emit_localstripe
+
+# localstripe's objects with the fields the current API has and localstripe lacks
+ls.Product.default_price = None
+ls.Customer.balance = property(
+    lambda self: -self.account_balance,
+    lambda self, value: setattr(self, "account_balance", -int(value)),
+)
