@@ -479,8 +479,17 @@ async def test_expand_events_list_and_preview(sc, stripe_fake):
 async def test_injected_errors_and_lost_answers(sc, stripe_fake):
     await stripe_fake.fail_next("POST", "/v1/customers", status=500)
     with pytest.raises(stripe.APIError):
-        await sc.v1.customers.create_async({"email": "o@example.com"})
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
     assert (await sc.v1.customers.list_async()).data == []  # nothing happened
+    with pytest.raises(stripe.APIError):  # Stripe replays a 500 for the same key
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
+    await stripe_fake.fail_next("POST", "/v1/customers", status=429, type="invalid_request_error")
+    with pytest.raises(stripe.RateLimitError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    assert (
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    ).email
+    await sc.v1.customers.delete_async((await sc.v1.customers.list_async()).data[0].id)
     await stripe_fake.drop_next("POST", "/v1/customers")
     opts = {"idempotency_key": "create-o"}
     with pytest.raises(stripe.APIConnectionError):
