@@ -124,7 +124,10 @@ async def test_meter_events_dedup_window_and_summaries(sc, stripe_fake):
     await usage(sc, cus.id, 12, "ev-2", timestamp=now - 34 * 86400)
     with pytest.raises(stripe.InvalidRequestError) as err:
         await usage(sc, cus.id, 30, "ev-1")
-    assert err.value.code == "resource_already_exists" and err.value.param == "identifier"
+    # as on Stripe: no error code, the message says it (and Stripe-Should-Retry: false)
+    assert err.value.code is None and err.value.http_status == 400
+    assert str(err.value.user_message) == "An event already exists with identifier ev-1."
+    assert err.value.headers["stripe-should-retry"] == "false"
     for ts in (now - 36 * 86400, now + 600):
         with pytest.raises(stripe.InvalidRequestError) as err:
             await usage(sc, cus.id, 1, f"late-{ts}", timestamp=ts)

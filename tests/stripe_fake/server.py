@@ -75,7 +75,7 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         try:
             return await handler(request)
         except core.StripeError as exc:
-            return core.respond(exc.body, exc.status)
+            return core.respond(exc.body, exc.status, exc.headers)
         except UserError as exc:  # localstripe's errors, in Stripe's shape
             if exc.code == 404:
                 obj_id = request.match_info.get("id", request.path.rsplit("/", 1)[-1])
