@@ -49,7 +49,9 @@ from tanso_mcp.domain.rules import (
 )
 
 __all__ = [
+    "DRAWABLE_POOL_STATUSES",
     "Coverage",
+    "available_credits",
     "CreditAllocation",
     "GrantSlice",
     "PoolSlot",
@@ -68,6 +70,28 @@ __all__ = [
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# pools usage may draw from (a pool in any other status gives nothing)
+DRAWABLE_POOL_STATUSES = frozenset({"ACTIVE"})
+
+
+def available_credits(
+    balance_q: int,
+    pool_status: str,
+    draw_limit_q: int | None = None,
+    drawn_q: int = 0,
+    live_grants_q: int | None = None,
+) -> int:
+    """Credits (ten-thousandths) a subscription's usage may draw from its customer's pool
+    of one denomination now: the balance — no more than the unexpired grants hold, when
+    known — within the subscription's draw limit (``None``: none); 0 from a pool that is
+    not drawable. Used by the entitlement check and by ingest alike."""
+    if pool_status not in DRAWABLE_POOL_STATUSES:
+        return 0
+    room = balance_q if live_grants_q is None else min(balance_q, live_grants_q)
+    if draw_limit_q is not None:
+        room = min(room, draw_limit_q - drawn_q)
+    return room if room > 0 else 0
 
 
 class RolloverPolicy(StrEnum):

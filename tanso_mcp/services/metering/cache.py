@@ -36,7 +36,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -46,17 +45,12 @@ from ...db.models import (
     CreditPool,
     CreditPoolSubscription,
     Customer,
-    Entitlement,
     Feature,
-    Invoice,
-    Plan,
-    PlanFeature,
-    Subscription,
     UsageCounter,
 )
-from ...domain.rules import RuleValue
-from .batch import Effects, _rule_value
-from .windows import SubPeriod
+from .batch import Effects
+from .grants import SubInfo, load_granting
+from .sqlio import AlchemyTx
 
 if TYPE_CHECKING:
     from ...bootstrap import AppContext
@@ -64,33 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tanso_mcp.metering")
 
 CounterKey = tuple[str, str, datetime]
-
-
-@dataclass(slots=True)
-class Grant:
-    """A feature granted through one subscription."""
-
-    feature_id: str
-    feature_key: str
-    rule_id: str
-    rule: RuleValue | None
-    # the rule's max_usage as a JSON-friendly number (int when whole); None = unlimited
-    limit: Decimal | int | None = None
-
-    def __post_init__(self) -> None:
-        if self.rule is not None and self.rule.pricing is not None:
-            m = self.rule.pricing.max_usage
-            if m is not None:
-                self.limit = int(m) if m == m.to_integral_value() else m
-
-
-@dataclass(slots=True)
-class SubInfo:
-    id: str
-    plan_id: str
-    plan_key: str
-    period: SubPeriod
-    grants: dict[str, Grant]  # by feature key
 
 
 @dataclass(slots=True)
@@ -370,90 +337,10 @@ class MeteringCache:
             if cid is None:
                 return None, 0
             epoch = self.customer_epoch.get(cid, 0)
-            rows = (
-                await s.execute(
-                    select(
-                        Subscription.id,
-                        Subscription.plan_id,
-                        Plan.key,
-                        Subscription.started_at,
-                        Subscription.current_period_start,
-                        Subscription.current_period_end,
-                        Subscription.interval_months,
-                        Subscription.billing_anchor_day,
-                    )
-                    .join(Plan, Plan.id == Subscription.plan_id)
-                    .where(
-                        Subscription.environment_id == env_id,
-                        Subscription.customer_id == cid,
-                        Subscription.is_active.is_(True),
-                        Subscription.ended_at.is_(None),
-                    )
-                    .order_by(Subscription.created_at, Subscription.id)
-                )
-            ).all()
-            subs: list[SubInfo] = []
-            if rows:
-                sub_ids = [r[0] for r in rows]
-                past_due = set(
-                    (
-                        await s.execute(
-                            select(Invoice.subscription_id).where(
-                                Invoice.environment_id == env_id,
-                                Invoice.status == "PAST_DUE",
-                                Invoice.subscription_id.in_(sub_ids),
-                            )
-                        )
-                    ).scalars()
-                )
-                entitled = set(
-                    (
-                        await s.execute(
-                            select(Entitlement.subscription_id, Entitlement.feature_id).where(
-                                Entitlement.environment_id == env_id,
-                                Entitlement.subscription_id.in_(sub_ids),
-                                Entitlement.revoked_at.is_(None),
-                            )
-                        )
-                    ).all()
-                )
-                plan_ids = sorted({r[1] for r in rows})
-                rules: dict[str, list[tuple[str, str, str, Any]]] = {}
-                for pid, fid, fkey, rid, value in (
-                    await s.execute(
-                        select(
-                            PlanFeature.plan_id,
-                            Feature.id,
-                            Feature.key,
-                            PlanFeature.id,
-                            PlanFeature.value,
-                        )
-                        .join(Feature, Feature.id == PlanFeature.feature_id)
-                        .where(
-                            PlanFeature.plan_id.in_(plan_ids),
-                            PlanFeature.is_enabled.is_(True),
-                            Feature.is_enabled.is_(True),
-                        )
-                    )
-                ).all():
-                    rules.setdefault(pid, []).append((fid, fkey, rid, value))
-                for sid, pid, pkey, started, ps, pe, interval, anchor in rows:
-                    if sid in past_due:
-                        continue
-                    grants = {
-                        fkey: Grant(fid, fkey, rid, _rule_value(rid, value))
-                        for fid, fkey, rid, value in rules.get(pid, [])
-                        if (sid, fid) in entitled
-                    }
-                    subs.append(
-                        SubInfo(
-                            sid,
-                            pid,
-                            pkey,
-                            SubPeriod(started, ps, pe, int(interval), int(anchor)),
-                            grants,
-                        )
-                    )
+            granting = await s.run_sync(
+                lambda sync: load_granting(AlchemyTx(sync.connection()), env_id, [cid])
+            )
+            subs = granting.get(cid, [])
             pools: dict[str, PoolInfo] = {}
             for p in (
                 await s.execute(select(CreditPool).where(CreditPool.customer_id == cid))
