@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.engine import after_commit
@@ -29,6 +29,7 @@ from ..db.models import CreditGrant, Environment, Invoice, Subscription
 from ..principal import Principal
 from . import billing
 from .jobs import JobRegistry
+from .subscriptions import past_due_clause
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -147,9 +148,7 @@ def register(registry: JobRegistry) -> None:
 
     # -- subscription.renew -----------------------------------------------------
     async def renew_find(s: AsyncSession, env: str, until: datetime, limit: int):
-        past_due = exists().where(
-            Invoice.subscription_id == Subscription.id, Invoice.status == "PAST_DUE"
-        )
+        past_due = past_due_clause(Subscription.id)
         rows = await s.execute(
             select(Subscription.id, Subscription.current_period_end)
             .where(
