@@ -19,8 +19,8 @@ Per batch, whatever its size, a fixed number of bulk statements:
    (``BEGIN IMMEDIATE``) for the whole batch;
 5. the decisions, event by event in input order, in memory: limit (an event whose
    window already reached ``max_usage`` is stored with zero billable usage), credits
-   before overage (FIFO over grants, pools by draw priority within draw limits; a
-   hard-limited denomination that cannot cover the event rejects it — nothing stored),
+   before overage (the customer's pool of the rule's denomination, FIFO over its
+   grants, within the subscription's draw limit; a hard-limited denomination that cannot cover the event rejects it — nothing stored),
    cost chain and revenue;
 6. bulk writes: events, counter increments, guarded pool/grant decrements (``… AND
    balance_q >= :d``) with one ledger row per (event, pool); then the touched counters
@@ -46,7 +46,7 @@ from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...db.types import _json_default, new_id
 from ...domain.cost import resolve_cost
-from ...domain.credits import available_credits, covered_units, credits_for_units
+from ...domain.credits import available_credits, covered_units, credits_for_units, plan_draw
 from ...domain.entitlements import REASON_CREDITS, REASON_LIMIT, attribute, eligible_at, verdict
 from ...domain.money import minor_units, to_credit_units, to_micros
 from ...domain.pricing import event_revenue
@@ -118,7 +118,6 @@ class _Pool:
 @dataclass(slots=True)
 class _Link:
     id: str
-    draw_priority: int
     draw_limit_q: int | None
     drawn_q: int
     taken_q: int = 0
@@ -531,15 +530,13 @@ class _Env:
         pool_ids = sorted(p.id for p in pools.values())
         if pool_ids:
             p = {}
-            for lid, pid, sid, prio, limit, drawn in tx.rows(
-                "SELECT id, pool_id, subscription_id, draw_priority, draw_limit_q, total_drawn_q "
+            for lid, pid, sid, limit, drawn in tx.rows(
+                "SELECT id, pool_id, subscription_id, draw_limit_q, total_drawn_q "
                 f"FROM credit_pool_subscriptions WHERE pool_id IN ({in_list('p', pool_ids, p)}) "
                 f"ORDER BY id{tx.lock}",
                 p,
             ):
-                links[(pid, sid)] = _Link(
-                    lid, int(prio), None if limit is None else int(limit), int(drawn)
-                )
+                links[(pid, sid)] = _Link(lid, None if limit is None else int(limit), int(drawn))
             p = {}
             for gid, pid, remaining, expires, created, gtype, gsub in tx.rows(
                 "SELECT id, pool_id, remaining_q, expires_at, created_at, grant_type, "
@@ -989,29 +986,24 @@ class _Env:
     def _draw(
         self, pool: _Pool, link: _Link | None, grants, item: EventIn, take_q: int
     ) -> str | None:
-        """Take ``take_q`` from the pool, FIFO over its live grants; returns the grant
-        drawn when a single one covered it (recorded on the ledger row, as
-        ``credits.deduct`` does), else None."""
+        """Take ``take_q`` from the pool by the domain draw (FIFO over its live grants);
+        returns the grant drawn when a single one covered it (recorded on the ledger
+        row), else None."""
         pool.taken_q += take_q
         if link is not None:
             link.taken_q += take_q
-        left = take_q
-        first = None
-        for g in grants.get(pool.id, ()):
-            if left <= 0:
-                break
-            if g.expires_at is not None and g.expires_at <= item.now:
-                continue
-            room = g.remaining_q - g.taken_q
-            if room <= 0:
-                continue
-            t = min(room, left)
+        plan = plan_draw(
+            [(g, g.remaining_q - g.taken_q, g.expires_at) for g in grants.get(pool.id, ())],
+            take_q,
+            item.now,
+        )
+        drawn = 0
+        for g, t in plan:
             g.taken_q += t
-            left -= t
-            first = g.id if first is None else ""
-        if left:
+            drawn += t
+        if drawn != take_q:
             raise GuardFailed(f"credit grants of pool {pool.id} cannot cover a computed draw")
-        return first or None
+        return plan[0][0].id if len(plan) == 1 else None
 
     def _write_credits(self, pools, links, grants, ledger, now) -> None:
         tx = self.tx

@@ -69,7 +69,7 @@ class PoolInfo:
     total_consumed_q: int
     hard_limit: bool
     status: str
-    links: dict[str, tuple[int, int | None, int]]  # sub id -> (priority, limit_q, drawn_q)
+    links: dict[str, tuple[int | None, int]]  # sub id -> (draw limit_q, drawn_q)
 
 
 @dataclass(slots=True)
@@ -365,7 +365,6 @@ class MeteringCache:
                     )
                 ).scalars():
                     by_id[link.pool_id].links[link.subscription_id] = (
-                        link.draw_priority,
                         link.draw_limit_q,
                         link.total_drawn_q,
                     )

@@ -244,8 +244,8 @@ async def _standing(
             available_q = available_credits(
                 pool.balance_q,
                 pool.status,
-                link[1] if link is not None else None,
-                link[2] if link is not None else 0,
+                link[0] if link is not None else None,
+                link[1] if link is not None else 0,
             )
     return Standing(sub, grant, used_q, pool, hard, available_q)
 
