@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from .clock import Clock, SystemClock
-from .db.engine import Database
+from .db.engine import Database, after_commit
 from .db.migrate import upgrade
 from .db.types import new_id
 from .plugin import DomainEvent, Plugins, build_plugins
@@ -40,7 +42,36 @@ class AppContext:
         self.closers.append(fn)
 
     def invalidate(self, environment_id: str) -> None:
+        """Bump the environment's generation now. Writers do not call this by hand:
+        they record the change on their unit of work with :meth:`changed`."""
         self.generations[environment_id] = self.generations.get(environment_id, 0) + 1
+
+    def changed(self, session: AsyncSession, environment_id: str) -> None:
+        """Record on ``session``'s unit of work that the environment's catalog,
+        customers, subscriptions, entitlements or credits changed: its caches are
+        invalidated once the unit of work commits (never on rollback)."""
+        pending: set[str] | None = session.info.get("invalidate")
+        if pending is None:
+            pending = session.info["invalidate"] = set()
+
+            async def run() -> None:
+                for env in sorted(pending):
+                    self.invalidate(env)
+
+            after_commit(session, run)
+        pending.add(environment_id)
+
+    def announce(
+        self, session: AsyncSession, name: str, principal: Principal, payload: dict[str, Any]
+    ) -> None:
+        """Record a domain event on ``session``'s unit of work: emitted to plugins after
+        its commit (after the cache invalidations recorded before it), dropped on
+        rollback."""
+
+        async def run() -> None:
+            await self.emit(name, principal, payload)
+
+        after_commit(session, run)
 
     def generation(self, environment_id: str) -> int:
         return self.generations.get(environment_id, 0)
@@ -53,8 +84,9 @@ class AppContext:
         return self.extras["plugins"]
 
     async def emit(self, name: str, principal: Principal, payload: dict[str, Any]) -> None:
-        """Announce a committed domain event to plugins (call it after the commit; the
-        `tanso_domain_event` hook). A failing plugin never fails the caller."""
+        """Announce a committed domain event to plugins now (the `tanso_domain_event`
+        hook); writers record events with :meth:`announce` instead. A failing plugin
+        never fails the caller."""
         hook = self.extras.get("emit")
         if hook is not None:
             await hook(name, principal, payload)

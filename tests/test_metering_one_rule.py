@@ -110,3 +110,60 @@ async def test_check_predicts_batch_ingest_across_two_subscriptions(ctx, client,
     d = await check(client, tenant)
     assert d["allowed"] is True and d["subscriptionId"] == second
     assert d["usage"]["used"] == 3
+
+
+# --------------------------------------------------------------------------- defect 2
+
+
+async def test_a_new_customer_is_seen_by_the_next_check_rest(ctx, client, tenant):
+    d = await check(client, tenant, ref="newbie")
+    assert d["allowed"] is False and d["reason"] == "Customer not found"  # miss cached
+    r = await client.post(
+        f"{API}/customers",
+        json={"customerReferenceId": "newbie"},
+        headers=tenant.headers("client"),
+    )
+    assert r.status_code == 201, r.text
+    d = await check(client, tenant, ref="newbie")
+    assert d["reason"] != "Customer not found"
+
+
+async def test_a_new_customer_is_seen_by_the_next_check_mcp(ctx, client, tenant):
+    from tests.mcp_helpers import inmemory, ok
+
+    async with inmemory(ctx, tenant.key("admin")) as mcp:
+        d = await ok(
+            mcp, "checkEntitlement", {"customerReferenceId": "agent_made", "featureKey": "x"}
+        )
+        assert d["reason"] == "Customer not found"
+        await ok(mcp, "createCustomer", {"customerReferenceId": "agent_made", "email": "a@b.co"})
+        d = await ok(
+            mcp, "checkEntitlement", {"customerReferenceId": "agent_made", "featureKey": "x"}
+        )
+        assert d["reason"] != "Customer not found"
+    d = await check(client, tenant, ref="agent_made", feature="x")
+    assert d["reason"] != "Customer not found"
+
+
+async def test_side_effects_are_dropped_when_the_unit_of_work_rolls_back(ctx, tenant):
+    env = tenant.env_ids["test"]
+    emitted = []
+
+    async def hook(name, principal, payload):
+        emitted.append(name)
+
+    ctx.extras["emit"] = hook
+    before = ctx.generation(env)
+    principal = await ctx.keys.resolve(tenant.key("admin"))
+    with pytest.raises(RuntimeError):
+        async with ctx.db.unit_of_work() as s:
+            ctx.changed(s, env)
+            ctx.announce(s, "customer.created", principal, {})
+            assert ctx.generation(env) == before  # nothing before the commit
+            raise RuntimeError("boom")
+    assert ctx.generation(env) == before and emitted == []
+    async with ctx.db.unit_of_work() as s:
+        ctx.changed(s, env)
+        ctx.announce(s, "customer.created", principal, {})
+        assert ctx.generation(env) == before and emitted == []
+    assert ctx.generation(env) == before + 1 and emitted == ["customer.created"]

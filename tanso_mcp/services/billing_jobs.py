@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.engine import after_commit
 from ..db.models import CreditGrant, Environment, Invoice, Subscription
 from ..principal import Principal
 from . import billing
@@ -49,17 +48,15 @@ async def system_principal(s: AsyncSession, env_id: str) -> Principal:
 
 
 async def announce(s: AsyncSession, ctx: AppContext, env_id: str, fx: Any) -> None:
-    """After the job's commit: invalidate the environment's caches, emit its events."""
+    """Record on the job's unit of work: invalidate the environment's caches and emit
+    its events after the commit."""
     if fx is None:
         return
     principal = await system_principal(s, env_id)
 
-    async def done() -> None:
-        ctx.invalidate(env_id)
-        for name, payload in fx.events:
-            await ctx.emit(name, principal, payload)
-
-    after_commit(s, done)
+    ctx.changed(s, env_id)
+    for name, payload in fx.events:
+        ctx.announce(s, name, principal, payload)
 
 
 def register(registry: JobRegistry) -> None:
