@@ -167,3 +167,97 @@ async def test_side_effects_are_dropped_when_the_unit_of_work_rolls_back(ctx, te
         ctx.announce(s, "customer.created", principal, {})
         assert ctx.generation(env) == before and emitted == []
     assert ctx.generation(env) == before + 1 and emitted == ["customer.created"]
+
+
+# --------------------------------------------------------------------------- event time
+
+
+def credit_rule() -> dict:
+    return {
+        "pricing": {"model": "usage", "usage_unit_type": "tokens", "price_per_unit": "0.10"},
+        "credits": {"denomination": "AI_TOKENS"},
+    }
+
+
+async def credit_setup(ctx, env):
+    from tests.metering_factories import give_credits, metered_setup
+
+    setup = await metered_setup(ctx, env, rule=credit_rule())
+    pool = await give_credits(ctx, env, "cus_1", "AI_TOKENS", "100")
+    return setup, pool
+
+
+async def balance(ctx, pool_id):
+    from tanso_mcp.db.models import CreditPool
+
+    async with ctx.db.reader() as s:
+        return (await s.get(CreditPool, pool_id)).balance_q
+
+
+@pytest.mark.parametrize("path", ["single", "batch", "mcp"])
+async def test_an_event_older_than_the_maximum_age_is_refused(ctx, client, tenant, path):
+    env = tenant.env_ids["test"]
+    _, pool = await credit_setup(ctx, env)
+    old = event("old", 5, occurredAt="2020-01-01T00:00:00Z")
+    if path == "single":
+        r = await client.post(f"{API}/events", json=old, headers=tenant.headers("client"))
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+    elif path == "batch":
+        r = await client.post(
+            f"{API}/events/batch", json={"events": [old]}, headers=tenant.headers("client")
+        )
+        assert r.status_code == 200, r.text
+        err = r.json()["data"]["results"][0]["error"]
+        err["field"] = err["field"].removeprefix("events[0].")
+    else:
+        from tests.mcp_helpers import fails, inmemory
+
+        async with inmemory(ctx, tenant.key("admin")) as mcp:
+            err = await fails(mcp, "ingestEvent", old)
+    assert err["field"] == "occurredAt"
+    assert "35 days in the past" in err["message"]
+    assert "the test environment's clock says it is 2026-01-15T10:00:00.000Z" in err["message"]
+    assert await balance(ctx, pool) == 100 * 10_000
+
+
+async def test_the_future_rule_names_the_environment_clock(ctx, client, tenant):
+    env = tenant.env_ids["test"]
+    await credit_setup(ctx, env)
+    r = await client.post(
+        f"{API}/events",
+        json=event("future", 1, occurredAt="2026-01-15T10:10:00Z"),
+        headers=tenant.headers("client"),
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["field"] == "occurredAt"
+    assert "300 seconds in the future" in err["message"]
+    assert "the test environment's clock says it is 2026-01-15T10:00:00.000Z" in err["message"]
+
+
+@pytest.mark.parametrize("path", ["single", "batch"])
+async def test_an_event_before_the_subscription_start_draws_no_credits(
+    ctx, client, tenant, settings, path
+):
+    settings.event_max_age_days = 36_500  # let a 2020 event through the age rule
+    env = tenant.env_ids["test"]
+    _, pool = await credit_setup(ctx, env)
+    old = event("old", 5, occurredAt="2020-01-01T00:00:00Z")
+    if path == "single":
+        r = await client.post(f"{API}/events", json=old, headers=tenant.headers("client"))
+        assert r.status_code == 201, r.text
+        data = r.json()["data"]
+    else:
+        r = await client.post(
+            f"{API}/events/batch", json={"events": [old]}, headers=tenant.headers("client")
+        )
+        data = r.json()["data"]["results"][0]
+        assert data["status"] == "accepted", data
+    assert data.get("creditsDeducted", 0) == 0
+    assert await balance(ctx, pool) == 100 * 10_000
+    d = await check(client, tenant)
+    assert d["usage"]["used"] == 0
+    # an in-period event still draws
+    r = await client.post(f"{API}/events", json=event("now", 5), headers=tenant.headers("client"))
+    assert r.json()["data"]["creditsDeducted"] == 5

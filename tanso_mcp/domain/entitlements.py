@@ -1,4 +1,4 @@
-"""Who may use a feature, which subscription a usage event counts on, and why a use is
+"""Who may use a feature, when an event may be counted, which subscription a usage event counts on, and why a use is
 refused — the one statement of these rules, used by the entitlement check, the
 evaluate simulation, single and batch ingest, the fast lane and the MCP tools alike.
 
@@ -10,6 +10,11 @@ decision here. Quantities are scaled integers (ten-thousandths of a unit or a cr
 ``pending_payment`` (not yet active), ``past_due``, ``cancel_scheduled`` (ends at the
 period end) or ``active``. Only ``active`` and ``cancel_scheduled`` subscriptions grant
 features.
+
+**Event time.** An event counts in the period that contains its ``occurredAt``. It is
+refused (400 naming ``occurredAt``) when it lies more than the allowed skew in the
+future or more than the maximum age in the past of the environment's clock
+(:func:`event_time_problem`).
 
 **Eligibility.** A subscription can take an event occurring at ``at`` for a feature when
 it grants features (above), it had started by ``at`` (an event dated before a
@@ -37,7 +42,7 @@ A simulation of ``requested`` usage also refuses when ``used + requested > limit
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol, TypeVar
 
@@ -52,6 +57,7 @@ __all__ = [
     "attribute",
     "credits_short",
     "eligible_at",
+    "event_time_problem",
     "grants_feature",
     "grants_features",
     "is_past_due",
@@ -129,6 +135,32 @@ def eligible_at(candidates: Sequence[S], at: datetime) -> Sequence[S]:
         if c.started_at > at:
             return [c for c in candidates if c.started_at <= at]
     return candidates
+
+
+def event_time_problem(
+    occurred_at: datetime,
+    now: datetime,
+    future_skew: timedelta,
+    max_age: timedelta,
+    clock: str,
+) -> str | None:
+    """Why an event at ``occurred_at`` cannot be accepted at ``now`` on the environment
+    clock described by ``clock``, else ``None``."""
+    if occurred_at - now > future_skew:
+        return (
+            f"occurredAt is more than {int(future_skew.total_seconds())} seconds in the "
+            f"future: {clock} says it is {_iso(now)}"
+        )
+    if now - occurred_at > max_age:
+        return (
+            f"occurredAt is more than {max_age.days} days in the past: {clock} says it is "
+            f"{_iso(now)}"
+        )
+    return None
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- attribution

@@ -116,6 +116,8 @@ async def ingest_event(
         environment_id=principal.environment_id,
         now=now,
         future_skew_seconds=ctx.settings.event_future_skew_seconds,
+        max_age_days=ctx.settings.event_max_age_days,
+        clock=_clock_name(principal),
         header_key=header_key,
     )
     (o,) = await metering(ctx).writer.submit([item])
@@ -127,6 +129,10 @@ async def ingest_event(
     return outcome_data(o), 200 if o.limit_exceeded else 201
 
 
+def _clock_name(principal: Principal) -> str:
+    return f"the {principal.mode} environment's clock"
+
+
 async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> dict[str, Any]:
     """Up to 1000 events in one transaction; per-item results in input order."""
     if not isinstance(events, list):
@@ -135,6 +141,8 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
         raise InvalidRequest(f"events must hold 1 to {MAX_BATCH} events", field="events")
     now = await ctx.now(principal)
     skew = ctx.settings.event_future_skew_seconds
+    max_age = ctx.settings.event_max_age_days
+    clock = _clock_name(principal)
     results: list[dict[str, Any] | None] = [None] * len(events)
     items: list[EventIn] = []
     positions: list[int] = []
@@ -146,6 +154,8 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
                     environment_id=principal.environment_id,
                     now=now,
                     future_skew_seconds=skew,
+                    max_age_days=max_age,
+                    clock=clock,
                 )
             )
             positions.append(index)
