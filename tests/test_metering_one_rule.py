@@ -261,3 +261,53 @@ async def test_an_event_before_the_subscription_start_draws_no_credits(
     # an in-period event still draws
     r = await client.post(f"{API}/events", json=event("now", 5), headers=tenant.headers("client"))
     assert r.json()["data"]["creditsDeducted"] == 5
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+@pytest.mark.parametrize("hard", [True, False])
+async def test_simulation_tells_the_credit_truth(ctx, client, tenant, hard):
+    from tests.metering_factories import give_credits, metered_setup
+    from tests.mcp_helpers import inmemory, ok
+
+    env = tenant.env_ids["test"]
+    await metered_setup(ctx, env, rule=credit_rule())
+    await give_credits(ctx, env, "cus_1", "AI_TOKENS", "600", hard_limit=hard)
+    r = await client.post(
+        f"{API}/entitlements",
+        json={
+            "customerReferenceId": "cus_1",
+            "featureKey": "api_calls",
+            "track": {"usageUnits": 700},
+        },
+        headers=tenant.headers("client"),
+    )
+    assert r.status_code == 200, r.text
+    rest = r.json()["data"]
+    async with inmemory(ctx, tenant.key("admin")) as mcp:
+        tool = await ok(
+            mcp,
+            "evaluateEntitlement",
+            {"customerReferenceId": "cus_1", "featureKey": "api_calls", "requestedUsage": 700},
+        )
+    for d in (rest, tool):
+        sim = d["simulation"]
+        assert sim["creditsRequired"] == 700 and sim["creditsAvailable"] == 600
+        assert sim["wouldExceedCredits"] is True
+        assert sim["wouldExceedLimit"] is hard
+        assert d["allowed"] is (not hard)
+        if hard:
+            assert d["reason"] == "Credit limit reached"
+    # within the credits, nothing is exceeded
+    r = await client.post(
+        f"{API}/entitlements",
+        json={
+            "customerReferenceId": "cus_1",
+            "featureKey": "api_calls",
+            "track": {"usageUnits": 600},
+        },
+        headers=tenant.headers("client"),
+    )
+    sim = r.json()["data"]["simulation"]
+    assert sim["wouldExceedCredits"] is False and sim["wouldExceedLimit"] is False

@@ -100,7 +100,20 @@ class SimulationOut(BaseModel):
     requestedUsage: Decimal
     projectedUsage: Decimal
     projectedRemaining: Decimal | None = None
-    wouldExceedLimit: bool
+    wouldExceedLimit: bool = Field(
+        description="the requested usage would pass the usage limit or a hard credit limit"
+    )
+    creditsRequired: Decimal | None = Field(
+        default=None, description="credits the requested usage would draw (credit features)"
+    )
+    creditsAvailable: Decimal | None = Field(
+        default=None, description="credits this subscription may draw now"
+    )
+    wouldExceedCredits: bool | None = Field(
+        default=None,
+        description="creditsRequired > creditsAvailable (with a soft limit the rest is "
+        "billed as overage)",
+    )
 
 
 class EntitlementOut(BaseModel):
