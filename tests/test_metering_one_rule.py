@@ -268,8 +268,8 @@ async def test_an_event_before_the_subscription_start_draws_no_credits(
 
 @pytest.mark.parametrize("hard", [True, False])
 async def test_simulation_tells_the_credit_truth(ctx, client, tenant, hard):
-    from tests.metering_factories import give_credits, metered_setup
     from tests.mcp_helpers import inmemory, ok
+    from tests.metering_factories import give_credits, metered_setup
 
     env = tenant.env_ids["test"]
     await metered_setup(ctx, env, rule=credit_rule())

@@ -118,6 +118,7 @@ class _Pool:
 @dataclass(slots=True)
 class _Link:
     id: str
+    subscription_id: str
     draw_limit_q: int | None
     drawn_q: int
     taken_q: int = 0
@@ -536,7 +537,9 @@ class _Env:
                 f"ORDER BY id{tx.lock}",
                 p,
             ):
-                links[(pid, sid)] = _Link(lid, None if limit is None else int(limit), int(drawn))
+                links[(pid, sid)] = _Link(
+                    lid, sid, None if limit is None else int(limit), int(drawn)
+                )
             p = {}
             for gid, pid, remaining, expires, created, gtype, gsub in tx.rows(
                 "SELECT id, pool_id, remaining_q, expires_at, created_at, grant_type, "
@@ -1045,6 +1048,12 @@ class _Env:
                 "balance_q": expect[0],
                 "total_consumed_q": expect[1],
                 "customer_id": pool.customer_id,
+                # what each subscription has drawn (its draw limit is counted on it)
+                "drawn": {
+                    lk.subscription_id: lk.drawn_q + lk.taken_q
+                    for (pid, _), lk in links.items()
+                    if pid == pool.id and lk.taken_q
+                },
             }
             self.effects.pool_customers.add(pool.customer_id)
         if touched_grants:

@@ -323,6 +323,10 @@ class MeteringCache:
                 if pool is not None:
                     pool.balance_q = values["balance_q"]
                     pool.total_consumed_q = values["total_consumed_q"]
+                    for sub_id, drawn in values.get("drawn", {}).items():
+                        link = pool.links.get(sub_id)
+                        if link is not None:
+                            pool.links[sub_id] = (link[0], drawn)
 
     # ------------------------------------------------------------------ loading
 
