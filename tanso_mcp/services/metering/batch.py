@@ -395,6 +395,7 @@ class _Env:
         # the candidates depend only on (customer, feature): found once per distinct
         # tuple, not once per event
         decided: dict[tuple, tuple] = {}
+        chosen: dict[tuple, tuple] = {}
         for i in live:
             item = items[i]
             dkey = (
@@ -412,31 +413,15 @@ class _Env:
                 cands = [s for s in granting.get(cid, ()) if fid in s.grants] if fid else []
                 hit = decided[dkey] = (cid, fid, cands)
             cid, fid, cands = hit
-            cands = eligible_at(cands, item.occurred_at)
-            if not cands:
-                ctx[i] = (cid, fid, None, None, None, None)
-                continue
-            if item.event_type != CLIENT_TRACKED:
-                # audit events are attributed (for reporting) but never counted
-                ctx[i] = (cid, fid, cands[0], None, None, None)
-                continue
-            choices = []
-            for sub in cands:
-                grant = sub.grants[fid]
-                plan = plans.get(grant.rule_id)
-                if plan is None:
-                    plan = plans[grant.rule_id] = _RulePlan(grant)
-                key = None
-                if plan.pricing is not None:
-                    key = (sub.id, fid, _window(sub.period, plan.reset_mode, item.occurred_at))
-                    counter_keys.add(key)
-                if plan.credits is not None:
-                    credit_needs.add((cid, plan.credits.denomination))
-                choices.append((sub, plan, key))
-            if len(choices) == 1:
-                ctx[i] = (cid, fid, *choices[0], None)
-            else:
-                ctx[i] = (cid, fid, None, None, None, choices)
+            # the choices depend on the event's time too (window, started subscriptions):
+            # events of one tuple sent without occurredAt share the batch's "now"
+            ckey = (dkey, item.occurred_at, item.event_type)
+            entry = chosen.get(ckey)
+            if entry is None:
+                entry = chosen[ckey] = self._choices(
+                    cid, fid, cands, item, plans, counter_keys, credit_needs
+                )
+            ctx[i] = entry
         counters = self._lock_counters(counter_keys)
         pools, links, grants, model_hard = self._lock_credits(credit_needs)
         return {
@@ -448,6 +433,34 @@ class _Env:
             "model_hard": model_hard,
             "settings": self._settings(live, ctx),
         }
+
+    @staticmethod
+    def _choices(cid, fid, cands, item, plans, counter_keys, credit_needs) -> tuple:
+        """``(customer, feature, sub, rule plan, counter key, choices)`` for an event:
+        the subscription when only one can take it, else the choices to decide among
+        when its turn comes."""
+        cands = eligible_at(cands, item.occurred_at)
+        if not cands:
+            return (cid, fid, None, None, None, None)
+        if item.event_type != CLIENT_TRACKED:
+            # audit events are attributed (for reporting) but never counted
+            return (cid, fid, cands[0], None, None, None)
+        choices = []
+        for sub in cands:
+            grant = sub.grants[fid]
+            plan = plans.get(grant.rule_id)
+            if plan is None:
+                plan = plans[grant.rule_id] = _RulePlan(grant)
+            key = None
+            if plan.pricing is not None:
+                key = (sub.id, fid, _window(sub.period, plan.reset_mode, item.occurred_at))
+                counter_keys.add(key)
+            if plan.credits is not None:
+                credit_needs.add((cid, plan.credits.denomination))
+            choices.append((sub, plan, key))
+        if len(choices) == 1:
+            return (cid, fid, *choices[0], None)
+        return (cid, fid, None, None, None, choices)
 
     def _settings(self, live, ctx) -> DefaultCostConfig | None:
         need = any(
