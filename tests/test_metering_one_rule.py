@@ -152,7 +152,7 @@ async def test_side_effects_are_dropped_when_the_unit_of_work_rolls_back(ctx, te
     async def hook(name, principal, payload):
         emitted.append(name)
 
-    ctx.extras["emit"] = hook
+    ctx.emit_hook = hook
     before = ctx.generation(env)
     principal = await ctx.keys.resolve(tenant.key("admin"))
     with pytest.raises(RuntimeError):

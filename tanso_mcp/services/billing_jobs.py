@@ -31,7 +31,7 @@ from .jobs import JobRegistry
 from .subscriptions import past_due_clause
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 SYSTEM_KEY_ID = "system:jobs"
 

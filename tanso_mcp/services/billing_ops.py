@@ -32,7 +32,7 @@ from .subscriptions import subscription_view
 from .views import pool_view
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 DENOM_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 

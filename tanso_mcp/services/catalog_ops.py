@@ -14,7 +14,7 @@ from ..principal import Principal
 from . import catalog, views
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 
 async def _write(

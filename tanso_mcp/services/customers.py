@@ -13,13 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Customer
+from ..db.models import CreditPool, Customer
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..principal import Principal
-from .views import customer_view
+from .subscriptions import subscriptions_for_customer_view
+from .views import customer_base_view, pool_view
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -160,3 +161,23 @@ async def update(ctx: AppContext, p: Principal, ref: str, **changes: Any) -> dic
         ctx.changed(s, p.environment_id)
         ctx.announce(s, "customer.updated", p, {"customer": view})
     return view
+
+
+async def customer_view(s: AsyncSession, c: Customer) -> dict[str, Any]:
+    """A customer with its subscriptions and credit pools."""
+    out = customer_base_view(c)
+    out["subscriptions"] = await subscriptions_for_customer_view(s, c)
+    pools = (
+        (
+            await s.execute(
+                select(CreditPool)
+                .where(CreditPool.customer_id == c.id)
+                .order_by(CreditPool.denomination)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if pools:
+        out["creditPools"] = [pool_view(p) for p in pools]
+    return out

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db.models import Environment, JobLease
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.jobs")
 

@@ -23,7 +23,7 @@ from .openapi import build_openapi
 from .routing import Api, envelope_error
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 

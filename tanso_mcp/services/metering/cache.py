@@ -53,7 +53,7 @@ from .grants import SubInfo, load_granting
 from .sqlio import AlchemyTx
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 log = logging.getLogger("tanso_mcp.metering")
 

@@ -43,10 +43,9 @@ from .windows import window_start
 from .writer import MeteringWriter
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 MAX_BATCH = 1000
-EXTRA_KEY = "metering"
 
 
 class Metering:
@@ -61,10 +60,10 @@ class Metering:
 
 
 def metering(ctx: AppContext) -> Metering:
-    m = ctx.extras.get(EXTRA_KEY)
-    if m is None:
+    m = ctx.metering
+    if type(m) is not Metering:
         m = Metering(ctx)
-        ctx.extras[EXTRA_KEY] = m
+        ctx.metering = m
         ctx.on_close(m.close)
     return m
 

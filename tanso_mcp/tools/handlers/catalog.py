@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...bootstrap import AppContext
+from ...context import AppContext
 from ...principal import Principal
 from ...services import catalog, catalog_ops, customers, views
 
@@ -34,7 +34,7 @@ async def get_feature(app: AppContext, p: Principal, params: Any):
 async def get_customer(app: AppContext, p: Principal, params: Any):
     async with app.db.reader() as s:
         c = await customers.by_reference(s, p.environment_id, params.customerReferenceId)
-        return await views.customer_view(s, c)
+        return await customers.customer_view(s, c)
 
 
 # --------------------------------------------------------------------------- customers

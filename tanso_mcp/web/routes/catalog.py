@@ -78,7 +78,7 @@ async def create_customer(call: Call):
 async def get_customer(call: Call):
     async with call.ctx.db.reader() as s:
         c = await customers.by_reference(s, call.principal.environment_id, call.path["ref"])
-        return await views.customer_view(s, c)
+        return await customers.customer_view(s, c)
 
 
 @api.route(
