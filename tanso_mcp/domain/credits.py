@@ -326,7 +326,7 @@ def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list
         snake_to_camel = {v: k for k, v in _ALLOCATION_KEYS.items()}
         normalized: dict[str, Any] = {}
         for key, value in item.items():
-            camel = snake_to_camel.get(key, key)
+            camel = snake_to_camel.get(key, key) if isinstance(key, str) else key
             if camel in normalized:
                 raise _fail(field_path(path, key), f"duplicates {camel}")
             normalized[camel] = value

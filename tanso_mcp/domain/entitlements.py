@@ -166,11 +166,6 @@ def _iso(dt: datetime) -> str:
 # --------------------------------------------------------------------------- attribution
 
 
-class _Identified(Protocol):
-    @property
-    def id(self) -> str: ...
-
-
 T = TypeVar("T")
 
 

@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.engine import rowcount
 from ..db.models import (
     CreditGrant,
     CreditPool,
@@ -115,7 +116,7 @@ async def insert_ignore(s: AsyncSession, model: Any, values: dict[str, Any]) -> 
     ins = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
     stmt = ins(model).values(**values).on_conflict_do_nothing()
     res = await s.execute(stmt)
-    return (res.rowcount or 0) == 1
+    return (rowcount(res) or 0) == 1
 
 
 async def lock_pool(s: AsyncSession, env_id: str, pool_id: str) -> CreditPool:
@@ -214,7 +215,7 @@ async def _take_from_grant(s: AsyncSession, grant_id: str, take_q: int) -> None:
         .values(remaining_q=CreditGrant.remaining_q - take_q)
         .execution_options(synchronize_session=False)
     )
-    if (res.rowcount or 0) != 1:
+    if (rowcount(res) or 0) != 1:
         raise ConcurrentCreditChange("a credit grant changed concurrently; retry")
 
 
@@ -598,7 +599,7 @@ async def claw_back_subscription(
             .values(remaining_q=0, voided_at=now)
             .execution_options(synchronize_session=False)
         )
-        if (res.rowcount or 0) != 1:
+        if (rowcount(res) or 0) != 1:
             raise ConcurrentCreditChange("a credit grant changed concurrently; retry")
         g.remaining_q, g.voided_at = 0, now
         _committed(g, ("remaining_q", "voided_at"))

@@ -39,7 +39,8 @@ async def past_due_ids(s: AsyncSession, sub_ids: list[str]) -> set[str]:
             .distinct()
         )
     ).all():
-        statuses.setdefault(sid, set()).add(status)
+        if sid is not None:
+            statuses.setdefault(sid, set()).add(status)
     return {sid for sid, st in statuses.items() if is_past_due(st)}
 
 

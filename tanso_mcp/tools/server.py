@@ -179,7 +179,7 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = SPECS_BY_NAME.get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = SPECS_BY_NAME.get(tool.get("name", "")) if isinstance(tool, dict) else None
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)

@@ -78,8 +78,8 @@ class Outcome:
     status: str
     event_id: str | None = None
     limit_exceeded: bool = False
-    credits_deducted: Decimal = Decimal(0)
-    overage_units: Decimal = Decimal(0)
+    credits_deducted: Decimal | int = 0
+    overage_units: Decimal | int = 0
     customer_auto_created: bool = False
     customer_id: str | None = None
     subscription_id: str | None = None
@@ -227,9 +227,9 @@ class _Env:
     def _customers(self, live: list[int]) -> dict[str, dict[str, str]]:
         """Lookups by reference, id and Stripe id; unknown customerId -> item error."""
         tx, env, items = self.tx, self.env, self.items
-        refs = sorted({items[i].customer_ref for i in live if items[i].customer_ref})
-        ids = sorted({items[i].customer_id for i in live if items[i].customer_id})
-        stripe = sorted({items[i].stripe_customer_id for i in live if items[i].stripe_customer_id})
+        refs = sorted({v for i in live if (v := items[i].customer_ref)})
+        ids = sorted({v for i in live if (v := items[i].customer_id)})
+        stripe = sorted({v for i in live if (v := items[i].stripe_customer_id)})
         by_ref: dict[str, str] = {}
         by_id: dict[str, str] = {}
         by_stripe: dict[str, str] = {}
@@ -270,8 +270,8 @@ class _Env:
 
     def _features(self, live: list[int]) -> dict[str, dict[str, Any]]:
         tx, env, items = self.tx, self.env, self.items
-        keys = sorted({items[i].feature_key for i in live if items[i].feature_key})
-        ids = sorted({items[i].feature_id for i in live if items[i].feature_id})
+        keys = sorted({v for i in live if (v := items[i].feature_key)})
+        ids = sorted({v for i in live if (v := items[i].feature_id)})
         by_key: dict[str, tuple[str, bool]] = {}
         by_id: dict[str, tuple[str, bool]] = {}
         if keys or ids:
@@ -785,6 +785,7 @@ class _Env:
                     first = self._draw(pool, link, grants, item, take_q)
                     draws.append((pool, take_q, first))
                     deducted_q = take_q
+                    assert credits is not None
                     covered = covered_units(Decimal(take_q) / QTY_SCALE, credits.weight, item.units)
                     covered_q = int(covered * QTY_SCALE)
             overage_q = 0 if exceeded else usage_q - covered_q
@@ -1190,6 +1191,7 @@ class _RulePlan:
             return hit
         if len(self._memo) > 4096:
             self._memo.clear()
+        assert self.pricing is not None
         hit = self._memo[key] = to_micros(
             event_revenue(
                 self.pricing,

@@ -204,6 +204,7 @@ def parse_event(
         raise InvalidRequest(f"{name} is not a recognised event field", field=name)
     get = raw.get
 
+    key: str | None
     if header_key is not None:
         if not header_key.strip() or len(header_key) > MAX_TEXT:
             raise InvalidRequest(

@@ -297,7 +297,9 @@ def _judge(st: Standing, requested: Decimal | None) -> Decision:
             "wouldExceedLimit": sim.would_exceed_limit,
         }
         if grant.limit is not None:
-            d.simulation["projectedRemaining"] = _num(remaining_usage(projected, grant.limit))
+            left = remaining_usage(projected, grant.limit)
+            assert left is not None
+            d.simulation["projectedRemaining"] = _num(left)
         if needed_q is not None:
             d.simulation["creditsRequired"] = _q(needed_q)
             d.simulation["creditsAvailable"] = _q(st.available_q)
@@ -384,8 +386,8 @@ async def check_entitlement(
 async def evaluate_entitlement(
     ctx: AppContext,
     principal: Principal,
-    ref: str,
-    feature_key: str,
+    ref: Any,
+    feature_key: Any,
     *,
     requested: Any = None,
     event_name: str | None = None,
