@@ -311,3 +311,24 @@ async def test_simulation_tells_the_credit_truth(ctx, client, tenant, hard):
     )
     sim = r.json()["data"]["simulation"]
     assert sim["wouldExceedCredits"] is False and sim["wouldExceedLimit"] is False
+
+
+async def test_batch_limit_counts_events_attributed_in_the_batch(ctx, client, tenant, clock):
+    """An event attributed by the rule inside a batch and a later one naming that same
+    subscription share its counter: the second one sees the first one's usage."""
+    env = tenant.env_ids["test"]
+    first, _ = await two_subscriptions(ctx, env, clock)
+    for n in range(3):
+        r = await client.post(
+            f"{API}/events",
+            json=event(f"a{n}", subscriptionId=first),
+            headers=tenant.headers("client"),
+        )
+        assert r.status_code == 201, r.text
+    r = await client.post(
+        f"{API}/events/batch",
+        json={"events": [event("b0", 2), event("b1", subscriptionId=first)]},
+        headers=tenant.headers("client"),
+    )
+    results = r.json()["data"]["results"]
+    assert [x.get("usageLimitExceeded", False) for x in results] == [False, True]

@@ -10,17 +10,19 @@ Per batch, whatever its size, a fixed number of bulk statements:
    the final INSERT fail; the writer then retries the batch, which now sees it);
 2. customers and features, looked up in bulk; unknown ones auto-created
    (``EVENT_AUTO_CREATED``) only for events that will be stored;
-3. attribution: the customer's active subscriptions, their non-revoked entitlements,
-   the plan rules (any active subscription granting the feature — the one named by
-   ``subscriptionId`` first, else the oldest; past-due subscriptions grant nothing);
-4. locked state: usage counters, then credit pools, their subscription links and
-   grants — each phase in a fixed (sorted) order, ``FOR UPDATE`` on PostgreSQL, so two
-   processes' batches never deadlock; SQLite holds the database write lock
-   (``BEGIN IMMEDIATE``) for the whole batch;
-5. the decisions, event by event in input order, in memory: limit (an event whose
-   window already reached ``max_usage`` is stored with zero billable usage), credits
-   before overage (the customer's pool of the rule's denomination, FIFO over its
-   grants, within the subscription's draw limit; a hard-limited denomination that cannot cover the event rejects it — nothing stored),
+3. eligibility: the customers' subscriptions granting the events' features, loaded by
+   :func:`.grants.load_granting` (the loader the entitlement cache uses too);
+4. locked state: usage counters (of every subscription an event could count on), then
+   credit pools, their subscription links and grants — each phase in a fixed (sorted)
+   order, ``FOR UPDATE`` on PostgreSQL, so two processes' batches never deadlock; SQLite
+   holds the database write lock (``BEGIN IMMEDIATE``) for the whole batch;
+5. the decisions, event by event in input order, in memory, every one taken by the
+   domain rules (:mod:`tanso_mcp.domain.entitlements`, :mod:`tanso_mcp.domain.credits`):
+   which subscription the event counts on (on the state as of that event, when several
+   grant the feature), limit (an event whose window already reached ``max_usage`` is
+   stored with zero billable usage), credits before overage (the customer's pool of the
+   rule's denomination, FIFO over its grants, within the subscription's draw limit; a
+   hard-limited denomination that cannot cover the event rejects it — nothing stored),
    cost chain and revenue;
 6. bulk writes: events, counter increments, guarded pool/grant decrements (``… AND
    balance_q >= :d``) with one ledger row per (event, pool); then the touched counters
@@ -671,6 +673,12 @@ class _Env:
             if ckey is not None:
                 batch_use[ckey] += items[i].usage_q
                 limits[ckey] = ctx[i][3].limit_q
+            elif ctx[i][5] is not None:
+                # may count on any of its choices: counted against each (conservative)
+                for _, rp, key in ctx[i][5]:
+                    if key is not None:
+                        batch_use[key] += items[i].usage_q
+                        limits[key] = rp.limit_q
         safe = {
             k: limits[k] is None or counters[k][1] + use < limits[k] for k, use in batch_use.items()
         }

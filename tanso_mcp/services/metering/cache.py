@@ -2,17 +2,18 @@
 
 What is cached, per environment:
 
-- customers by reference: the customer's active subscriptions (period, plan) with the
-  features each one currently grants (non-revoked entitlement, enabled rule, enabled
-  feature, not past due) and their parsed rules, and the customer's credit pools (with
-  their subscription links) — or "no such customer";
+- customers by reference: the customer's subscriptions that grant features, with the
+  features each one grants and their parsed rules (loaded by
+  :func:`.grants.load_granting`, decided by :mod:`tanso_mcp.domain.entitlements`), and
+  the customer's credit pools (with their subscription links) — or "no such customer";
 - features by key (or "no such feature"), to tell "unknown feature" from "not granted";
 - usage counters by (subscription, feature, window start).
 
 Freshness rules — a check never serves a stale decision after a write in this process:
 
-1. **Other writes** (catalog, subscriptions, entitlements, credit grants…) bump the
-   environment's generation (``AppContext.invalidate``) after they commit; an
+1. **Other writes** (catalog, customers, subscriptions, entitlements, credit grants…)
+   record ``AppContext.changed`` on their unit of work, which bumps the environment's
+   generation after the commit; an
    environment whose generation moved is dropped whole. A loader remembers the
    generation it started under and stores nothing if it moved meanwhile.
 2. **Metering writes** go through the writer, which publishes the committed values it
