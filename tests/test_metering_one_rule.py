@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from tanso_mcp.settings import Settings
+from tests.conftest import START
 from tests.metering_factories import make_plan, subscribe
 
 pytestmark = pytest.mark.anyio
@@ -332,3 +333,23 @@ async def test_batch_limit_counts_events_attributed_in_the_batch(ctx, client, te
     )
     results = r.json()["data"]["results"]
     assert [x.get("usageLimitExceeded", False) for x in results] == [False, True]
+
+
+async def test_a_check_does_not_count_credits_past_their_expiry(ctx, client, tenant):
+    """No expiry job has run: the check still leaves the expired grant out, as the next
+    ingest (which expires it before drawing) does."""
+    from tests.metering_factories import give_credits, metered_setup
+
+    env = tenant.env_ids["test"]
+    await metered_setup(ctx, env, rule=credit_rule())
+    await give_credits(
+        ctx, env, "cus_1", "AI_TOKENS", "5", hard_limit=True, expires_at=START + timedelta(days=1)
+    )
+    assert (await check(client, tenant))["allowed"] is True  # cached
+    async with ctx.db.unit_of_work() as s:
+        await ctx.clocks.set_test_clock(s, env, START + timedelta(days=2))
+    ctx.clocks.forget(env)
+    d = await check(client, tenant)
+    assert d["allowed"] is False and d["reason"] == "Credit limit reached"
+    r = await client.post(f"{API}/events", json=event("late"), headers=tenant.headers("client"))
+    assert r.status_code == 409, r.text

@@ -644,6 +644,7 @@ class _Env:
                 "balance_q": pool.balance_q,
                 "total_consumed_q": pool.consumed_q,
                 "customer_id": pool.customer_id,
+                "grants": {r["grant"]: 0 for r in rows},  # expired
             }
             self.effects.pool_customers.add(pool.customer_id)
 
@@ -1075,6 +1076,15 @@ class _Env:
                     lk.subscription_id: lk.drawn_q + lk.taken_q
                     for (pid, _), lk in links.items()
                     if pid == pool.id and lk.taken_q
+                },
+                # what each drawn grant has left (and the grants expired by this batch)
+                "grants": {
+                    **self.effects.pools.get(self.env, {}).get(pool.id, {}).get("grants", {}),
+                    **{
+                        g.id: g.remaining_q - g.taken_q
+                        for g in grants.get(pool.id, ())
+                        if g.taken_q
+                    },
                 },
             }
             self.effects.pool_customers.add(pool.customer_id)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from ...db.models import (
+    CreditGrant,
     CreditModel,
     CreditPool,
     CreditPoolSubscription,
@@ -71,6 +72,12 @@ class PoolInfo:
     hard_limit: bool
     status: str
     links: dict[str, tuple[int | None, int]]  # sub id -> (draw limit_q, drawn_q)
+    # live grants: id -> (remaining_q, expires_at); a grant past its expiry no longer
+    # counts even before the expiry job runs (ingest expires it before drawing)
+    grants: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
+
+    def live_q(self, now: datetime) -> int:
+        return sum(r for r, exp in self.grants.values() if exp is None or exp > now)
 
 
 @dataclass(slots=True)
@@ -328,6 +335,14 @@ class MeteringCache:
                         link = pool.links.get(sub_id)
                         if link is not None:
                             pool.links[sub_id] = (link[0], drawn)
+                    for gid, remaining in values.get("grants", {}).items():
+                        grant = pool.grants.get(gid)
+                        if grant is None:
+                            continue
+                        if remaining > 0:
+                            pool.grants[gid] = (remaining, grant[1])
+                        else:
+                            del pool.grants[gid]
 
     # ------------------------------------------------------------------ loading
 
@@ -373,6 +388,21 @@ class MeteringCache:
                         link.draw_limit_q,
                         link.total_drawn_q,
                     )
+                for gid, pid, remaining, expires in (
+                    await s.execute(
+                        select(
+                            CreditGrant.id,
+                            CreditGrant.pool_id,
+                            CreditGrant.remaining_q,
+                            CreditGrant.expires_at,
+                        ).where(
+                            CreditGrant.pool_id.in_(list(by_id)),
+                            CreditGrant.remaining_q > 0,
+                            CreditGrant.voided_at.is_(None),
+                        )
+                    )
+                ).all():
+                    by_id[pid].grants[gid] = (int(remaining), expires)
             denoms = {
                 g.rule.credits.denomination
                 for sub in subs

@@ -255,6 +255,7 @@ async def _standing(
                 pool.status,
                 link[0] if link is not None else None,
                 link[1] if link is not None else 0,
+                pool.live_q(now),
             )
     return Standing(sub, grant, used_q, pool, hard, available_q)
 
