@@ -55,14 +55,12 @@ __all__ = [
     "REASON_PROPOSED",
     "Simulation",
     "attribute",
-    "credits_short",
     "eligible_at",
     "event_time_problem",
     "grants_feature",
     "grants_features",
     "is_past_due",
     "limit_q",
-    "limit_reached",
     "simulate",
     "subscription_status",
     "verdict",
@@ -201,15 +199,6 @@ def limit_q(max_usage: Decimal | int | None) -> int | None:
     if max_usage is None:
         return None
     return int((Decimal(max_usage) * _SCALE).to_integral_value(rounding=ROUND_CEILING))
-
-
-def limit_reached(used_q: int, limit: int | None) -> bool:
-    return limit is not None and used_q >= limit
-
-
-def credits_short(hard_limit: bool, available_q: int, needed_q: int | None) -> bool:
-    """A hard-limited denomination that cannot cover ``needed_q`` refuses the usage."""
-    return hard_limit and needed_q is not None and available_q < needed_q
 
 
 def verdict(
