@@ -680,9 +680,8 @@ class _Env:
                     if key is not None:
                         batch_use[key] += items[i].usage_q
                         limits[key] = rp.limit_q
-        safe = {
-            k: limits[k] is None or counters[k][1] + use < limits[k] for k, use in batch_use.items()
-        }
+        # safe: even with all of the batch's usage on it, the limit is not reached
+        safe = {k: verdict(counters[k][1] + use, limits[k]) is None for k, use in batch_use.items()}
         no_default_cost = default_cost is None
         b_false = tx.b(False)
         out = self.out
