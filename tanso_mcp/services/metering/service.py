@@ -7,6 +7,7 @@ first use and closed with the application context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -326,10 +327,13 @@ async def decide(
         return Decision(False, NO_CUSTOMER), None
     subs = eligible_at([sub for sub in customer.subs if feature_key in sub.by_key], now)
     if subs:
-        standings = [
-            await _standing(cache, env, customer, sub, sub.by_key[feature_key], now) for sub in subs
-        ]
-        chosen = attribute(standings, None, lambda st: _judge(st, requested).allowed, _standing_id)
+        standings = []
+        for sub in subs:
+            standings.append(
+                await _standing(cache, env, customer, sub, sub.by_key[feature_key], now)
+            )
+        has_room = _room_for_one if requested is None else _room_for(requested)
+        chosen = attribute(standings, None, has_room, _standing_id)
         assert chosen is not None
         return _judge(chosen, requested), customer
     feature = await cache.feature(env, feature_key)
@@ -340,6 +344,14 @@ async def decide(
 
 def _standing_id(st: Standing) -> str:
     return st.sub.id
+
+
+def _room_for_one(st: Standing) -> bool:
+    return _judge(st, None).allowed
+
+
+def _room_for(requested: Decimal) -> Callable[[Standing], bool]:
+    return lambda st: _judge(st, requested).allowed
 
 
 def decision_view(ref: str, feature_key: str, d: Decision) -> dict[str, Any]:
