@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,7 +23,7 @@ from .openapi import build_openapi
 from .routing import Api, envelope_error
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 
@@ -122,13 +122,15 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    # Starlette types a handler as taking any Exception; each takes its own class
+    handlers: dict[Any, Any] = {
+        HTTPException: http_error,
+        TansoError: tanso_error,
+        Exception: server_error,
+    }
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            HTTPException: http_error,
-            TansoError: tanso_error,
-            Exception: server_error,
-        },
+        exception_handlers=handlers,
         lifespan=lifespan,
     )
     # innermost: the entitlement-check fast lane runs after authentication

@@ -20,7 +20,7 @@ from ..principal import Principal, Role, current_principal
 from .jsonio import dumps, loads, strip_nones
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 

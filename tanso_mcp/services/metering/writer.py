@@ -53,7 +53,7 @@ from .inputs import EventIn
 from .sqlio import AlchemyTx, SqliteTx
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 log = logging.getLogger("tanso_mcp.metering")
 

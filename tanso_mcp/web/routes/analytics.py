@@ -283,12 +283,7 @@ async def put_costs(call: Call):
         kwargs["default_cost_config"] = b.defaultCostConfig
     if "modelPriceOverrides" in given:
         kwargs["model_price_overrides"] = b.modelPriceOverrides
-    env = call.principal.environment_id
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.unit_of_work() as s:
-        view = await costs.put_costs(s, env, now, **kwargs)
-    call.ctx.invalidate(env)
-    return view
+    return await costs.update_costs(call.ctx, call.principal, **kwargs)
 
 
 @api.route(
