@@ -27,7 +27,7 @@ _UNSET = object()
 
 async def _env(s: AsyncSession, env: str, lock: bool = False) -> Environment:
     stmt = select(Environment).where(Environment.id == env)
-    if lock and s.bind.dialect.name != "sqlite":
+    if lock and s.get_bind().dialect.name != "sqlite":
         stmt = stmt.with_for_update()
     row = await s.scalar(stmt)
     if row is None:
