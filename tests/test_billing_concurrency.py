@@ -75,9 +75,11 @@ async def test_jobs_run_concurrently_from_separate_processes_do_everything_once(
                 "idempotencyKey": f"promo-{ref}",
             },
         )
-    # move the test clock without running anything: the workers will find it all due
+    # move the test clock without running anything: the workers will find it all due.
+    # Frozen at T: the workers run on the real system clock, which a running test clock
+    # would follow
     async with ctx.db.unit_of_work() as s:
-        await ctx.clocks.set_test_clock(s, b.env, T)
+        await ctx.clocks.set_test_clock(s, b.env, T, frozen=True)
 
     start_at = time.time() + 4.0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
