@@ -66,6 +66,7 @@ def cmd_serve(args) -> int:
     ctx = build_context(settings)
     app = create_app(ctx, run_jobs=settings.jobs_enabled)
     from .web.hotpath import tune_gc
+    from .web.server import HeaderLimitedHttpTools
 
     tune_gc()
     print(
@@ -78,7 +79,7 @@ def cmd_serve(args) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HeaderLimitedHttpTools,
         access_log=False,
         log_level=settings.log_level.lower(),
         lifespan="on",

@@ -33,7 +33,15 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from tanso_mcp.principal import Role, role_allows
-from tanso_mcp.tools.fields import Flag, JsonText, NumberText, RequiredText, Text, choice
+from tanso_mcp.tools.fields import (
+    Flag,
+    JsonText,
+    NumberText,
+    RequiredText,
+    Text,
+    UnitsText,
+    choice,
+)
 
 __all__ = [
     "LIST_TOOLS",
@@ -245,7 +253,7 @@ class IngestEventParams(ToolParams):
         RequiredText, Field(description="Key of the feature the usage counts against")
     ]
     usageUnits: Annotated[
-        NumberText,
+        UnitsText,
         Field(description="Units consumed, as a number or numeric string; defaults to `1`"),
     ] = "1"
 

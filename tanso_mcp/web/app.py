@@ -18,7 +18,13 @@ from starlette.routing import Route
 from ..errors import NotFound, TansoError
 from .hotpath import HotPaths
 from .jsonio import dumps
-from .middleware import AuthMiddleware, BodyLimitMiddleware
+from .middleware import (
+    AuthMiddleware,
+    FaultMiddleware,
+    RequestRulesMiddleware,
+    as_error,
+    error_headers,
+)
 from .openapi import build_openapi
 from .routing import Api, envelope_error
 
@@ -84,29 +90,33 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
         Route("/mcp", endpoint=mcp.app),
     ]
 
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
-            return envelope_error(NotFound("no such endpoint"))
+            return envelope_error(NotFound("no such endpoint", field="path"))
         err = TansoError(exc.detail or "request not allowed")
         err.status = exc.status_code
-        err.code = "method_not_allowed" if exc.status_code == 405 else "invalid_request"
-        return envelope_error(err)
+        if exc.status_code == 405:
+            err.code = "method_not_allowed"
+            err.field = "method"
+            err.message = f"{request.method} is not allowed here"
+        else:
+            err.code = "invalid_request"
+        response = envelope_error(err)
+        # 405 carries Allow (the methods the path answers)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     async def tanso_error(_: Request, exc: TansoError) -> Response:
         return envelope_error(exc)
 
-    async def server_error(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return Response(
-            dumps(
-                {
-                    "success": False,
-                    "error": {"code": "internal_error", "message": "internal server error"},
-                }
-            ),
-            status_code=500,
-            media_type="application/json",
-        )
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # reached only if FaultMiddleware itself failed; same mapping
+        err = as_error(exc, request.url.path)
+        response = envelope_error(err)
+        for name, value in error_headers(err):
+            response.headers[name.decode()] = value.decode()
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -132,7 +142,9 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     # innermost: the entitlement-check fast lane runs after authentication
     app.add_middleware(HotPaths, ctx=ctx)
     app.add_middleware(AuthMiddleware, keys=ctx.keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestRulesMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    # outermost of ours: answers whatever escapes (503 for database faults)
+    app.add_middleware(FaultMiddleware)
     app.state.openapi = openapi_doc
     return app
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import textrules
 from ..errors import Forbidden, InvalidRequest, TansoError
 from ..principal import Principal, Role, current_principal
 from .jsonio import dumps, loads, strip_nones
@@ -100,7 +101,13 @@ def validation_to_error(exc: ValidationError, prefix: str = "") -> InvalidReques
 
 def envelope_error(exc: TansoError) -> Response:
     body: dict[str, Any] = {"success": False, "error": strip_nones(exc.to_dict())}
-    return Response(dumps(body), status_code=exc.status, media_type="application/json")
+    retry = getattr(exc, "retry_after", None)
+    return Response(
+        dumps(body),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=None if retry is None else {"Retry-After": str(retry)},
+    )
 
 
 def envelope_ok(data: Any, status: int = 200, pagination: dict | None = None) -> Response:
@@ -197,9 +204,14 @@ def _endpoint(ctx: AppContext, methods: dict[str, ApiRoute]):
             if not principal.allows(route.role):
                 raise Forbidden(f"this operation needs a key with the {route.role} role")
             call = Call(ctx, principal, request, dict(request.path_params), headers=request.headers)
+            for name, value in call.path.items():
+                textrules.check_text(value, name)
             if route.query is not None:
+                query = dict(request.query_params)
+                for name, value in query.items():
+                    textrules.check_text(value, name)
                 try:
-                    call.query = route.query.model_validate(dict(request.query_params))
+                    call.query = route.query.model_validate(query)
                 except ValidationError as exc:
                     raise validation_to_error(exc) from None
             if route.body is not None:
@@ -213,6 +225,7 @@ def _endpoint(ctx: AppContext, methods: dict[str, ApiRoute]):
             out = await route.handler(call)
         except TansoError as exc:
             return envelope_error(exc)
+
         if isinstance(out, Response):
             return out
         if isinstance(out, Page):
