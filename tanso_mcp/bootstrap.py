@@ -106,4 +106,7 @@ def build_context(
         jobs=jobs,
     )
     ctx.extras["plugins"] = plugins if plugins is not None else build_plugins()
+    from .services.outbox import DatabaseOutbox
+
+    ctx.extras["outbox"] = DatabaseOutbox(db, clocks)
     return ctx

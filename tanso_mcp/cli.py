@@ -64,7 +64,7 @@ def cmd_serve(args) -> int:
         _print_keys(keys)
     # a fresh context: database connections must belong to uvicorn's event loop
     ctx = build_context(settings)
-    app = create_app(ctx, run_jobs=settings.jobs_enabled)
+    app = create_app(ctx, run_jobs=settings.jobs_enabled, own_context=True)
     from .web.hotpath import tune_gc
     from .web.server import HeaderLimitedHttpTools
 
@@ -83,6 +83,9 @@ def cmd_serve(args) -> int:
         access_log=False,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        # SIGTERM/SIGINT: stop accepting, answer what is in flight (at most this long),
+        # then the app's shutdown drains the writer and hands webhooks to the outbox
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     return 0
 

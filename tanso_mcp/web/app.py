@@ -44,7 +44,9 @@ def client_api() -> Api:
     return api
 
 
-def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
+def create_app(ctx: AppContext, *, run_jobs: bool = False, own_context: bool = False) -> Starlette:
+    """The application. ``own_context``: the app closes ``ctx`` when it stops (the
+    server process's case: the group-commit writer drains, connections close)."""
     api = client_api()
     openapi_doc = build_openapi(api)
 
@@ -120,6 +122,12 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Shutdown order: the server has stopped accepting and answered every request in
+        # flight; then jobs stop, plugins hand unfinished work to the outbox while the
+        # database is still open, and last the writer drains and connections close.
+        plugins = ctx.extras.get("plugins")
+        if plugins is not None:
+            await plugins.lifecycle("tanso_startup", ctx)
         task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
         try:
             async with mcp.lifespan():
@@ -129,6 +137,10 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if plugins is not None:
+                await plugins.lifecycle("tanso_shutdown", ctx)
+            if own_context:
+                await ctx.close()
 
     app = Starlette(
         routes=routes,
