@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -41,8 +41,10 @@ MAX_OFFSET = 2**31 - 1  # far beyond any real list; keeps OFFSET a database inte
 
 
 class Pagination(QueryModel):
-    limit: int = 50
-    offset: int = 0
+    # bounds checked below (an InvalidRequest naming the field) and declared here for
+    # the OpenAPI document
+    limit: int = Field(50, json_schema_extra={"minimum": 1, "maximum": 500})
+    offset: int = Field(0, json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
 
     def model_post_init(self, _ctx: Any) -> None:
         if not 1 <= self.limit <= 500:
