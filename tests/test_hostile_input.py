@@ -17,12 +17,27 @@ from sqlalchemy import func, select
 from tanso_mcp.db import models
 from tanso_mcp.web.app import create_app
 from tanso_mcp.web.server import HeaderLimitedHttpTools
+from tests.conftest import PG_URL
+from tests.contract_report import report
 from tests.mcp_helpers import fails, free_port, inmemory, ok
 
 pytestmark = pytest.mark.anyio
 
 API = "/api/v1/client"
 JSON = {"content-type": "application/json"}
+_RUN = {"cases": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table_report():
+    yield
+    db = "PostgreSQL" if PG_URL else "SQLite"
+    report(f"hostile-input table on {db}: {_RUN['cases']} cases (any failure fails the run)")
+
+
+@pytest.fixture(autouse=True)
+def _count_case():
+    _RUN["cases"] += 1
 
 
 async def rows(ctx) -> tuple[int, int]:
