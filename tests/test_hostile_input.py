@@ -389,3 +389,20 @@ async def test_oversized_deep_and_huge_number_bodies(ctx, client, tenant):
     r = await post_raw(client, tenant, "/events", wide)
     assert r.status_code == 400 and r.json()["error"]["field"] in ("body", "usageUnits")
     assert await rows(ctx) == before
+
+
+# ---------------------------------------------------------------------- every 4xx names it
+
+
+async def test_method_path_and_role_errors_name_the_field(client, tenant):
+    r = await client.put(f"{API}/customers", headers=tenant.headers(), json={})
+    refused(r, 405, "method", "method_not_allowed")
+    assert "POST" in r.headers["allow"]
+    refused(await client.get(f"{API}/nowhere", headers=tenant.headers()), 404, "path")
+    r = await client.post(
+        f"{API}/customers", headers=tenant.headers("read"), json={"customerReferenceId": "c"}
+    )
+    refused(r, 403, "X-API-Key", "forbidden")
+    r = await client.post(f"{API}/events", headers=tenant.headers("read"), json=event())
+    refused(r, 403, "X-API-Key", "forbidden")  # the fast lane
+    refused(await client.get(f"{API}/test-clock"), 401, "X-API-Key", "unauthorized")

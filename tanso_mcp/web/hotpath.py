@@ -154,9 +154,9 @@ def _has_float(value: Any, depth: int) -> bool:
 def _principal(role):
     principal = current_principal.get()
     if principal is None:
-        raise Forbidden("no authenticated principal")
+        raise Forbidden("no authenticated principal", field="X-API-Key")
     if not principal.allows(role):
-        raise Forbidden(f"this operation needs a key with the {role} role")
+        raise Forbidden(f"this operation needs a key with the {role} role", field="X-API-Key")
     return principal
 
 

@@ -37,7 +37,7 @@ def dumps(obj: Any) -> bytes:
 
 
 def _reject_constant(name: str) -> Any:
-    raise InvalidRequest(f"{name} is not a valid JSON number")
+    raise InvalidRequest(f"{name} is not a valid JSON number", field="body")
 
 
 def loads(body: bytes) -> Any:

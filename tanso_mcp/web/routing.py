@@ -202,9 +202,11 @@ def _endpoint(ctx: AppContext, methods: dict[str, ApiRoute]):
         try:
             principal = current_principal.get()
             if principal is None:  # the auth middleware guarantees this never happens
-                raise Forbidden("no authenticated principal")
+                raise Forbidden("no authenticated principal", field="X-API-Key")
             if not principal.allows(route.role):
-                raise Forbidden(f"this operation needs a key with the {route.role} role")
+                raise Forbidden(
+                    f"this operation needs a key with the {route.role} role", field="X-API-Key"
+                )
             call = Call(ctx, principal, request, dict(request.path_params), headers=request.headers)
             for name, value in call.path.items():
                 textrules.check_text(value, name)
