@@ -19,7 +19,7 @@ from tanso_mcp.web.app import create_app
 from tanso_mcp.web.server import HeaderLimitedHttpTools
 from tests.conftest import PG_URL
 from tests.contract_report import report
-from tests.mcp_helpers import fails, free_port, inmemory, ok
+from tests.mcp_helpers import fails, free_port, inmemory, live_server, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -406,3 +406,23 @@ async def test_method_path_and_role_errors_name_the_field(client, tenant):
     r = await client.post(f"{API}/events", headers=tenant.headers("read"), json=event())
     refused(r, 403, "X-API-Key", "forbidden")  # the fast lane
     refused(await client.get(f"{API}/test-clock"), 401, "X-API-Key", "unauthorized")
+
+
+async def test_mcp_request_with_a_lone_surrogate_is_a_parse_error_not_a_500(ctx, tenant):
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"getCustomer",'
+        b'"arguments":{"customerReferenceId":"x\\ud800"}}}'
+    )
+    async with live_server(ctx) as base, httpx.AsyncClient(base_url=base) as http:
+        r = await http.post(
+            "/mcp",
+            content=body,
+            headers={
+                **tenant.headers(),
+                **JSON,
+                "accept": "application/json, text/event-stream",
+                "mcp-protocol-version": "2025-11-25",
+            },
+        )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == -32700  # JSON-RPC parse error
