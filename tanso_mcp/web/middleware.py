@@ -153,6 +153,8 @@ class RequestRulesMiddleware:
             refused = _media_type_error(content_type)
             if refused is not None:
                 return await _send_error(send, refused)
+        if length is None and not chunked:  # no body: nothing to count
+            return await self.app(scope, receive, send)
         seen = 0
 
         async def limited_receive():
