@@ -12,9 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tanso_mcp.bootstrap import build_context
+from tanso_mcp.services import tenancy
+from tanso_mcp.settings import Settings
 from tests.contract_report import report
+from tests.factories import make_plan
 from tests.servekit import Served
 
 pytestmark = pytest.mark.anyio
@@ -40,11 +45,59 @@ def _st() -> list[str]:
     return [found]
 
 
+async def seed(db_url: str, base: str, key: str) -> None:
+    """Data for the answers to carry (plans and invoices with money, a subscription,
+    credits, usage), so their schemas are checked on real values, not empty lists."""
+    ctx = build_context(Settings(database_url=db_url, jobs_enabled=False))
+    try:
+        async with ctx.db.reader() as s:
+            env = (await tenancy.get_environment(s, "default", "test")).id
+        plan = await make_plan(
+            ctx,
+            env,
+            key="pro",
+            price="49.90",
+            features={
+                "api": '{"pricing": {"model": "usage", "usage_unit_type": "call", '
+                '"price_per_unit": 0.02, "max_usage": 1000}}'
+            },
+        )
+    finally:
+        await ctx.close()
+    h = {"X-API-Key": key}
+    async with httpx.AsyncClient(base_url=base + "/api/v1/client", timeout=30) as http:
+        for r in (
+            await http.post("/customers", json={"customerReferenceId": "c1"}, headers=h),
+            await http.post(
+                "/subscriptions",
+                json={"customerReferenceId": "c1", "planId": plan["plan_id"]},
+                headers=h,
+            ),
+            await http.post(
+                "/credits/c1/grants",
+                json={"denomination": "tokens", "amount": "12.5", "idempotencyKey": "g1"},
+                headers=h,
+            ),
+            await http.post(
+                "/events",
+                json={
+                    "eventName": "call",
+                    "customerReferenceId": "c1",
+                    "featureKey": "api",
+                    "usageUnits": "2.5",
+                },
+                headers=h,
+            ),
+        ):
+            assert r.status_code in (200, 201), r.text
+
+
 async def test_schemathesis_finds_nothing(db_url, tmp_path):
     served = Served(tmp_path, db_url)
     try:
         served.wait_ready()
         key = served.admin_key()
+        await seed(db_url, served.base, key)
         run = await asyncio.to_thread(
             subprocess.run,
             [
