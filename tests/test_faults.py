@@ -54,6 +54,16 @@ def test_transient_faults_are_recognised():
     assert is_transient(locked)
     assert not is_transient(sqlite3.OperationalError("no such table: x"))
     assert not is_transient(ValueError("x"))
+
+    class DriverError(Exception):  # the shape of asyncpg's errors: a SQLSTATE attribute
+        def __init__(self, state: str):
+            super().__init__(state)
+            self.sqlstate = state
+
+    for state in ("40001", "40P01", "08006", "57P01", "57P03", "53300"):
+        assert is_transient(sa_exc.DBAPIError("COMMIT", {}, DriverError(state))), state
+    for state in ("23505", "22P02", "42P01"):
+        assert not is_transient(sa_exc.DBAPIError("INSERT", {}, DriverError(state))), state
     assert not is_transient(sa_exc.IntegrityError("INSERT", {}, Exception("unique")))
 
 
