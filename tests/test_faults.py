@@ -156,6 +156,37 @@ async def test_sqlite_lock_beyond_the_timeout_is_503(ctx, tenant, db_url):
         assert r.status_code == 201, r.text
 
 
+async def test_sqlite_lock_on_a_unit_of_work_is_503(ctx, tenant, db_url):
+    """A request's own unit of work (not the writer) waits for the lock past its busy
+    timeout: 503, nothing written, and the next request after the lock is released
+    succeeds."""
+    if ctx.db.dialect != "sqlite":
+        pytest.skip("PostgreSQL: see the pool and outage tests")
+    from sqlalchemy import event
+
+    def short_wait(dbapi_conn, _record) -> None:
+        dbapi_conn.cursor().execute("PRAGMA busy_timeout=50")
+
+    await ctx.db.engine.dispose()
+    event.listen(ctx.db.engine.sync_engine, "connect", short_wait)
+    app = create_app(ctx)
+    h = {**tenant.headers(), "content-type": "application/json"}
+    path = db_url.split("///", 1)[1]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            r = await c.post(f"{API}/customers", json={"customerReferenceId": "locked"}, headers=h)
+            assert unavailable(r), r.text
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        r = await c.get(f"{API}/customers/locked", headers=h)
+        assert r.status_code == 404, r.text
+        r = await c.post(f"{API}/customers", json={"customerReferenceId": "locked"}, headers=h)
+        assert r.status_code == 201, r.text
+
+
 # --------------------------------------------------------------------- the outage
 
 
