@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..db.engine import rowcount
 from ..db.models import OutboxEntry
 from ..plugin.api import OutboxItem
 
@@ -96,7 +97,7 @@ class DatabaseOutbox:
                         attempts=OutboxEntry.attempts + 1,
                     )
                 )
-                if result.rowcount == 1:
+                if rowcount(result) == 1:
                     claimed.append(OutboxItem(row.id, row.key, row.payload, row.attempts + 1))
         return claimed
 

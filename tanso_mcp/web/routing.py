@@ -21,7 +21,7 @@ from ..principal import Principal, Role, current_principal
 from .jsonio import dumps, loads, strip_nones
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 
@@ -132,7 +132,8 @@ class ApiRoute:
     query: type[BaseModel] | None = None
     response: Any = None
     status: int = 200
-    paginated: bool = False
+    # True: data is a list; "object": data is one object whose rows are paged
+    paginated: bool | str = False
     tags: list[str] = field(default_factory=list)
     errors: tuple[int, ...] = ()
     # documents the request body in /openapi.json when the handler reads and validates
@@ -156,7 +157,7 @@ class Api:
         query: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
-        paginated: bool = False,
+        paginated: bool | str = False,
         tags: list[str] | None = None,
         errors: tuple[int, ...] = (),
         body_doc: Any = None,

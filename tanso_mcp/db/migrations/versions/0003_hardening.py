@@ -1,7 +1,7 @@
 """hardening: the outbox (plugin work handed over at shutdown, retried by the next process)
 
 Revision ID: 0003_hardening
-Revises: 0002
+Revises: 0003_analytics
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import tanso_mcp.db.types
 
 
 revision = '0003_hardening'
-down_revision = '0002'
+down_revision = '0003_analytics'
 branch_labels = None
 depends_on = None
 
