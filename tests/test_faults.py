@@ -285,7 +285,9 @@ async def test_postgres_outage_under_load(cluster, tmp_path):
                                 "arguments": {
                                     "eventIdempotencyKey": f"mcp-{next(counter)}",
                                     "eventName": "call",
-                                    "occurredAt": "2026-01-01T00:00:00Z",
+                                    "occurredAt": time.strftime(
+                                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
+                                    ),
                                     "customerReferenceId": "c1",
                                     "featureKey": "api",
                                 },

@@ -119,7 +119,10 @@ async def fingerprint(ctx, env: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     async with ctx.db.reader() as s:
         for table in Base.metadata.sorted_tables:
-            if "environment_id" not in table.c:
+            # the analytics rollup is derived data the rollup job keeps for every
+            # environment whenever it runs (any caller's view may run it); the events it
+            # sums are compared
+            if "environment_id" not in table.c or table.name == "analytics_rollup":
                 continue
             rows = (await s.execute(select(table).where(table.c.environment_id == env))).all()
             out[table.name] = sorted(repr(tuple(r)) for r in rows)
@@ -144,6 +147,9 @@ def rest_calls(v: Victim) -> list[tuple[str, str, Any]]:
     }
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/test-clock/advance"): {"days": 1},
+        ("POST", "/test-clock"): {"frozen": True},
+        ("PUT", "/settings/costs"): {},
+        ("PUT", "/analytics/alerts/settings"): {"customers": [v.ref]},
         ("POST", "/customers"): {"customerReferenceId": v.ref, "email": "intruder@example.com"},
         ("PATCH", "/customers/{ref}"): {"firstName": "Intruder"},
         ("POST", "/subscriptions"): {"customerReferenceId": v.ref, "planId": v.plan_id},
