@@ -41,4 +41,8 @@ def build_context(
         jobs=jobs,
         plugins=plugins if plugins is not None else build_plugins(),
     )
+    # the plugins' outbox (public plugin API: tanso_mcp.plugin.outbox_of)
+    from .services.outbox import DatabaseOutbox
+
+    ctx.extras["outbox"] = DatabaseOutbox(db, clocks)
     return ctx

@@ -50,6 +50,7 @@ def cmd_serve(args) -> int:
 
     from .db.startup import claim_sqlite_server, startup_lock
     from .services.tenancy import ensure_default_account
+    from .web.server import HeaderLimitedHttpTools
 
     settings = _settings(host=args.host, port=args.port)
     _configure_logging(settings.log_level)
@@ -84,10 +85,14 @@ def cmd_serve(args) -> int:
         # uvloop + httptools: twice the throughput of the plain loop, and no per-request
         # stall with several workers (the plain loop's sockets lack TCP_NODELAY)
         loop="uvloop",
-        http="httptools",
+        # httptools with bounded request headers (431; web/server.py)
+        http=HeaderLimitedHttpTools,
         access_log=False,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        # SIGTERM/SIGINT: stop accepting, answer what is in flight (at most this long),
+        # then the app's shutdown drains the writer and hands webhooks to the outbox
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     if workers > 1:
         # each worker process builds its own context (writer, caches, change feed) from
@@ -100,7 +105,7 @@ def cmd_serve(args) -> int:
 
     # a fresh context: database connections must belong to uvicorn's event loop
     ctx = build_context(settings)
-    app = create_app(ctx, run_jobs=settings.jobs_enabled)
+    app = create_app(ctx, run_jobs=settings.jobs_enabled, own_context=True)
     tune_gc()
     uvicorn.run(app, **common)
     return 0

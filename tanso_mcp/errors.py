@@ -79,6 +79,29 @@ class PayloadTooLarge(TansoError):
     status = 413
 
 
+class UnsupportedMediaType(TansoError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class HeadersTooLarge(TansoError):
+    code = "headers_too_large"
+    status = 431
+
+
+class Unavailable(TansoError):
+    """The database cannot be reached or used right now (refused or lost connection,
+    pool exhausted, lock wait or serialization retries exhausted). Nothing was done; the
+    same request may simply be sent again after ``retry_after`` seconds."""
+
+    code = "unavailable"
+    status = 503
+    retry_after = 1
+
+    def __init__(self, message: str = "the service is temporarily unavailable; retry shortly"):
+        super().__init__(message)
+
+
 class StripeApiError(TansoError):
     code = "stripe_api_error"
     status = 502

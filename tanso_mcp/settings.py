@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     jobs_interval_seconds: float = Field(default=30.0, gt=0, le=86_400)
     jobs_enabled: bool = True
 
+    # --- hardening (shutdown) ---
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="on SIGTERM, how long requests in flight may take to finish",
+    )
+
     # --- auth ---
     key_cache_seconds: float = Field(
         default=10.0,

@@ -148,3 +148,12 @@ async def client(ctx):
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.contract_report import LINES
+
+    if LINES:
+        terminalreporter.write_sep("-", "contract suites")
+        for line in LINES:
+            terminalreporter.write_line(line)

@@ -17,6 +17,7 @@ async def test_missing_key_is_401(client):
         "error": {
             "code": "unauthorized",
             "message": "missing API key: send X-API-Key or Authorization: Bearer",
+            "field": "X-API-Key",
         },
     }
 

@@ -280,7 +280,7 @@ async def test_batch_with_hard_limit_rejects_only_what_does_not_fit(ctx, client,
     r = await client.post(
         f"{API}/events/batch",
         content=json.dumps({"events": events}),
-        headers=tenant.headers("client"),
+        headers={**tenant.headers("client"), "content-type": "application/json"},
     )
     data = r.json()["data"]
     assert [x["status"] for x in data["results"]] == [

@@ -167,7 +167,11 @@ async def test_malformed_json_and_oversized_body(ctx, client, tenant):
     big = ev("big", meta={"blob": "x" * 70000})
     r = await post(client, tenant, big)
     assert r.status_code == 413
-    r = await client.post(f"{API}/events", content=b"[1,2]", headers={**tenant.headers("client")})
+    r = await client.post(
+        f"{API}/events",
+        content=b"[1,2]",
+        headers={**tenant.headers("client"), "content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert await count(ctx, Event) == 0
 
@@ -211,7 +215,11 @@ async def test_batch_limits(ctx, client, tenant):
     r = await client.post(f"{API}/events/batch", json={"events": []}, headers=h)
     assert r.status_code == 400 and r.json()["error"]["field"] == "events"
     many = [ev(f"k{i}") for i in range(1001)]
-    r = await client.post(f"{API}/events/batch", content=json.dumps({"events": many}), headers=h)
+    r = await client.post(
+        f"{API}/events/batch",
+        content=json.dumps({"events": many}),
+        headers={**h, "content-type": "application/json"},
+    )
     assert r.status_code in (400, 413)
     r = await client.post(f"{API}/events/batch", json={"evts": []}, headers=h)
     assert r.status_code == 400

@@ -94,7 +94,7 @@ async def test_fast_lane_answers_like_the_declared_routes(ctx, client, tenant):
                 content=json.dumps(
                     {"eventName": "x", "customerReferenceId": "cus_1", "featureKey": "api_calls"}
                 ),
-                headers={**h, "X-Idempotency-Key": f"same-{n}"},
+                headers={**h, "X-Idempotency-Key": f"same-{n}", "content-type": "application/json"},
             )
             assert r.status_code == 201
         answers = []

@@ -619,4 +619,29 @@ class MarginAlert(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+# --------------------------------------------------------------------------- outbox
+
+
+class OutboxEntry(Base):
+    """Work a plugin handed over to be finished later — outbound webhook deliveries
+    still pending when a process stops — retried by whichever process runs next.
+    (plugin, key) is unique, so handing the same work over twice stores it once; a
+    process claims an entry by a conditional update of ``lease_until``."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("plugin", "key"),
+        Index("ix_outbox_plugin_due_at", "plugin", "due_at"),
+    )
+    id: Mapped[str] = _id()
+    plugin: Mapped[str] = mapped_column(String(64), nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 _ = Decimal, DecimalText  # exported for modules that need exact non-summed decimals

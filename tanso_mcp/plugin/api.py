@@ -23,6 +23,14 @@ own ids so a retry after a crash or timeout never does the work twice. The core 
 calls a provider inside a database transaction (it writes a pending row, commits, calls,
 then records the result).
 
+Outbox
+------
+Work a plugin cannot finish before the process stops (an outbound delivery still being
+retried) is handed to the :class:`Outbox` of the application, ``outbox_of(ctx)``: a
+database table, so whichever process runs next — this one after a restart, or another
+one sharing the database — takes it up (``claim``) and finishes it. The core calls the
+``tanso_startup`` and ``tanso_shutdown`` hooks around serving for exactly this.
+
 Domain events
 -------------
 After a unit of work commits, the core announces what happened as a
@@ -172,6 +180,49 @@ class DomainEvent:
     id: str = ""
 
 
+@dataclass(frozen=True)
+class OutboxItem:
+    """An outbox entry claimed by this process (see :class:`Outbox`)."""
+
+    id: str
+    key: str
+    payload: Mapping[str, Any]
+    attempts: int
+    """How many times it has been claimed, this time included."""
+
+
+@runtime_checkable
+class Outbox(Protocol):
+    """Persistent hand-over of a plugin's unfinished work. ``plugin`` names the owner
+    (the plugin's own name); ``key`` makes hand-over idempotent (the same key is stored
+    once); ``payload`` is a JSON document. Every method is its own database
+    transaction; call them outside any other."""
+
+    async def put(self, plugin: str, items: Mapping[str, Mapping[str, Any]]) -> int:
+        """Store ``{key: payload}``, due now; returns how many were new."""
+        ...
+
+    async def claim(
+        self, plugin: str, *, limit: int = 100, lease_seconds: float = 60.0
+    ) -> list[OutboxItem]:
+        """Take up to ``limit`` due entries, leased to this process for
+        ``lease_seconds`` (an entry whose lease ran out can be claimed again)."""
+        ...
+
+    async def done(self, item_id: str) -> None:
+        """The work is finished: remove the entry."""
+        ...
+
+    async def retry(self, item_id: str, *, delay_seconds: float, error: str | None = None) -> None:
+        """Not finished: make the entry due again after ``delay_seconds``."""
+        ...
+
+
+def outbox_of(ctx: Any) -> Outbox:
+    """The outbox of the application context handed to a hook."""
+    return ctx.extras["outbox"]
+
+
 # --------------------------------------------------------------------------- protocol
 
 
@@ -228,6 +279,8 @@ __all__ = [
     "DomainEvent",
     "ExternalRef",
     "InvoiceData",
+    "Outbox",
+    "OutboxItem",
     "PaymentProvider",
     "PlanData",
     "ProviderEvent",
@@ -237,4 +290,5 @@ __all__ = [
     "has_capability",
     "hookimpl",
     "hookspec",
+    "outbox_of",
 ]

@@ -52,6 +52,27 @@ def tanso_domain_event(event: DomainEvent, ctx: Any) -> Awaitable[None] | None:
 
 
 @hookspec
+def tanso_startup(ctx: Any) -> Awaitable[None] | None:
+    """The server is starting to serve (after migrations, before the first request).
+
+    Return ``None`` or an awaitable, which the core awaits. The place to take up work
+    an earlier process handed to the outbox (``outbox_of(ctx).claim(...)``); keep it
+    quick and start background tasks for the rest. Exceptions are logged.
+    """
+
+
+@hookspec
+def tanso_shutdown(ctx: Any) -> Awaitable[None] | None:
+    """The server is stopping: it accepts no new requests and those in flight have been
+    answered; the database is still open.
+
+    Return ``None`` or an awaitable, which the core awaits (bounded by the server's
+    shutdown timeout). Hand whatever is unfinished to ``outbox_of(ctx)`` so the next
+    process finishes it; stop background tasks. Exceptions are logged.
+    """
+
+
+@hookspec
 def tanso_plugin_info() -> dict[str, Any] | None:
     """Describe this plugin for the ``tanso-mcp plugins`` listing.
 

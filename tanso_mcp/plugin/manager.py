@@ -74,6 +74,21 @@ class Plugins:
             except Exception:
                 log.exception("plugin %s failed on %s", impl.plugin_name, event.name)
 
+    # --- serving lifecycle --------------------------------------------------
+
+    async def lifecycle(self, hook_name: str, ctx: Any) -> None:
+        """Call ``tanso_startup`` or ``tanso_shutdown`` on every plugin, awaiting what
+        each returns; a failing plugin is logged and never stops the others."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                result = impl.function(ctx=ctx)
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+
     # --- description (tanso-mcp plugins) -------------------------------------
 
     def describe(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ deliberately strict about *meaning* and lenient about *spelling*:
   ``str`` holding the exact value: the string as sent (trimmed) or, for a number, its
   shortest round-trip repr (``0.1`` → ``"0.1"``, ``5`` → ``"5"``). No float arithmetic
   ever happens here; services parse the text with ``Decimal``.
+- ``UnitsText``: ``NumberText`` without the trimming (usage quantities: the same rule as
+  the REST API).
 - ``Flag``: JSON ``true``/``false``; the strings ``"true"``/``"false"`` are accepted too.
 - ``choice(...)``: a closed set of upper-case words, matched case-insensitively, with
   optional legacy aliases normalised to the canonical spelling.
@@ -35,6 +37,7 @@ __all__ = [
     "NumberText",
     "RequiredText",
     "Text",
+    "UnitsText",
     "choice",
     "number_text",
 ]
@@ -67,6 +70,21 @@ def number_text(value: Any) -> str:
 NumberText = Annotated[
     str,
     BeforeValidator(number_text),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
+]
+
+
+def units_text(value: Any) -> str:
+    """Usage quantities follow the REST rule exactly: a number, or a decimal string as
+    written (a padded ``" 5 "`` is refused, not trimmed)."""
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError("must be a decimal string without spaces")
+    return number_text(value)
+
+
+UnitsText = Annotated[
+    str,
+    BeforeValidator(units_text),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
 ]
 

@@ -8,8 +8,9 @@ Errors: ``CallToolResult(isError=True)`` whose structured content and text are t
 object ``{"error": <type>, "message": ..., "field"?, "preview"?, "detail"?, "reason"?}``.
 ``error`` is one of the contract's types (not_found, invalid_request, confirmation_required,
 precondition_failed, stripe_api_error, duplicate_event, ingestion_failed,
-serialization_error), ``forbidden``, or ``internal_error`` for a failure we cannot explain
-without leaking internals. Domain codes without an MCP counterpart are mapped onto the
+serialization_error), ``forbidden``, ``unavailable`` (the database cannot be reached or
+used right now: nothing was done, call again shortly), or ``internal_error`` for a failure
+we cannot explain without leaking internals. Domain codes without an MCP counterpart are mapped onto the
 closest contract type and the original code is kept in ``reason``.
 
 Values are converted to JSON here, never with float arithmetic on money: a ``Decimal``
@@ -54,6 +55,7 @@ MCP_ERROR_TYPES = frozenset(
         "ingestion_failed",
         "serialization_error",
         "forbidden",
+        "unavailable",
         "internal_error",
     }
 )
@@ -63,6 +65,8 @@ _CODE_TO_MCP = {
     "conflict": "invalid_request",
     "insufficient_credits": "ingestion_failed",
     "payload_too_large": "invalid_request",
+    "unsupported_media_type": "invalid_request",
+    "headers_too_large": "invalid_request",
     "unauthorized": "forbidden",
 }
 

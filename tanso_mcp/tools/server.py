@@ -21,8 +21,13 @@ touches business data:
    tool's default description of the effect, merged with what the optional preview
    function returns.
 6. **Handler.** ``await handler(app, principal, params)``; the value is shaped by
-   ``results.shape_success``. ``TansoError`` → its error object; anything else is logged
-   and answered with a generic ``internal_error``.
+   ``results.shape_success``. ``TansoError`` → its error object; a database that cannot
+   be reached or used → ``unavailable``; anything else is logged and answered with a
+   generic ``internal_error``.
+
+Before step 3, every string argument (and object key) is checked for text no database
+can store (NUL, unpaired surrogates: ``tanso_mcp.textrules``) → ``invalid_request``
+naming the argument.
 
 ``tools/list`` is filtered per caller by a server middleware (``RoleScopedToolList``): the
 SDK builds the full list, the middleware drops the tools the caller's role may not see.
@@ -45,13 +50,15 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tanso_mcp import __version__
+from tanso_mcp import __version__, textrules
+from tanso_mcp.db.faults import is_transient
 from tanso_mcp.errors import (
     ConfirmationRequired,
     Forbidden,
     InvalidRequest,
     PreconditionFailed,
     TansoError,
+    Unavailable,
 )
 from tanso_mcp.principal import Principal, current_principal
 from tanso_mcp.tools import apps_analytics
@@ -283,6 +290,7 @@ class _Runner:
                     f"{spec.name} needs a key with role {spec.role} or above; "
                     f"this key has role {principal.role}."
                 )
+            textrules.check_document(dict(arguments))
             try:
                 params = spec.params.model_validate(dict(arguments))
             except ValidationError as exc:
@@ -303,7 +311,10 @@ class _Runner:
             value = await impl.handler(self.app, principal, params)
         except TansoError as exc:
             return error_result(error_object(exc))
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                logger.warning("tool %s: database unavailable (%s)", spec.name, type(exc).__name__)
+                return error_result(error_object(Unavailable()))
             logger.exception("tool %s failed unexpectedly", spec.name)
             return error_result(
                 {

@@ -54,7 +54,15 @@ from tanso_mcp.services.outputs import (
     SubscriptionEntitlementsOut,
     UnlinkOut,
 )
-from tanso_mcp.tools.fields import Flag, JsonText, NumberText, RequiredText, Text, choice
+from tanso_mcp.tools.fields import (
+    Flag,
+    JsonText,
+    NumberText,
+    RequiredText,
+    Text,
+    UnitsText,
+    choice,
+)
 
 __all__ = [
     "LIST_TOOLS",
@@ -337,7 +345,7 @@ class IngestEventParams(ToolParams):
         RequiredText, Field(description="Key of the feature the usage counts against")
     ]
     usageUnits: Annotated[
-        NumberText,
+        UnitsText,
         Field(description="Units consumed, as a number or numeric string; defaults to `1`"),
     ] = "1"
 

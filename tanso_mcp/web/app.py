@@ -18,7 +18,13 @@ from starlette.routing import Route
 from ..errors import NotFound, TansoError
 from .hotpath import HotPaths
 from .jsonio import dumps
-from .middleware import AuthMiddleware, BodyLimitMiddleware
+from .middleware import (
+    AuthMiddleware,
+    FaultMiddleware,
+    RequestRulesMiddleware,
+    as_error,
+    error_headers,
+)
 from .openapi import build_openapi
 from .routing import Api, envelope_error
 
@@ -38,7 +44,9 @@ def client_api() -> Api:
     return api
 
 
-def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
+def create_app(ctx: AppContext, *, run_jobs: bool = False, own_context: bool = False) -> Starlette:
+    """The application. ``own_context``: the app closes ``ctx`` when it stops (the
+    server process's case: the group-commit writer drains, connections close)."""
     api = client_api()
     openapi_doc = build_openapi(api)
 
@@ -85,33 +93,41 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
         Route("/mcp", endpoint=mcp.app),
     ]
 
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
-            return envelope_error(NotFound("no such endpoint"))
+            return envelope_error(NotFound("no such endpoint", field="path"))
         err = TansoError(exc.detail or "request not allowed")
         err.status = exc.status_code
-        err.code = "method_not_allowed" if exc.status_code == 405 else "invalid_request"
-        return envelope_error(err)
+        if exc.status_code == 405:
+            err.code = "method_not_allowed"
+            err.field = "method"
+            err.message = f"{request.method} is not allowed here"
+        else:
+            err.code = "invalid_request"
+        response = envelope_error(err)
+        # 405 carries Allow (the methods the path answers)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     async def tanso_error(_: Request, exc: TansoError) -> Response:
         return envelope_error(exc)
 
-    async def server_error(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return Response(
-            dumps(
-                {
-                    "success": False,
-                    "error": {"code": "internal_error", "message": "internal server error"},
-                }
-            ),
-            status_code=500,
-            media_type="application/json",
-        )
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # reached only if FaultMiddleware itself failed; same mapping
+        err = as_error(exc, request.url.path)
+        response = envelope_error(err)
+        for name, value in error_headers(err):
+            response.headers[name.decode()] = value.decode()
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Shutdown order: the server has stopped accepting and answered every request in
+        # flight; then jobs stop, plugins hand unfinished work to the outbox while the
+        # database is still open, and last the writer drains and connections close.
         await ctx.start_feed()
+        await ctx.plugins.lifecycle("tanso_startup", ctx)
         task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
         try:
             async with mcp.lifespan():
@@ -121,6 +137,9 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await ctx.plugins.lifecycle("tanso_shutdown", ctx)
+            if own_context:
+                await ctx.close()
 
     # Starlette types a handler as taking any Exception; each takes its own class
     handlers: dict[Any, Any] = {
@@ -136,7 +155,9 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     # innermost: the entitlement-check fast lane runs after authentication
     app.add_middleware(HotPaths, ctx=ctx)
     app.add_middleware(AuthMiddleware, keys=ctx.keys)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    app.add_middleware(RequestRulesMiddleware, max_bytes=ctx.settings.max_body_bytes)
+    # outermost of ours: answers whatever escapes (503 for database faults)
+    app.add_middleware(FaultMiddleware)
     app.state.openapi = openapi_doc
     return app
 
@@ -162,6 +183,6 @@ def worker_app() -> Starlette:
     from .hotpath import tune_gc
 
     settings = load_settings()
-    app = create_app(build_context(settings), run_jobs=settings.jobs_enabled)
+    app = create_app(build_context(settings), run_jobs=settings.jobs_enabled, own_context=True)
     tune_gc()
     return app

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import textrules
 from ..errors import Forbidden, InvalidRequest, TansoError
 from ..principal import current_principal
 from ..services.metering import check_entitlement, ingest_batch, ingest_event
@@ -67,6 +68,9 @@ class HotPaths:
     async def _check(self, send, ref: str, key: str) -> None:
         try:
             principal = _principal("read")
+            # the same names and rule as the declared route's path parameters
+            textrules.check_text(ref, "ref")
+            textrules.check_text(key, "featureKey")
             data = await check_entitlement(self.ctx, principal, ref, key)
         except TansoError as exc:
             return await _send_error(send, exc)
@@ -123,6 +127,8 @@ def loads_exact(body: bytes) -> Any:
         return loads(body)
     if _has_float(data, 1):
         return loads(body)
+    if textrules.body_may_hold_bad_text(body):
+        textrules.check_document(data)
     return data
 
 
@@ -148,9 +154,9 @@ def _has_float(value: Any, depth: int) -> bool:
 def _principal(role):
     principal = current_principal.get()
     if principal is None:
-        raise Forbidden("no authenticated principal")
+        raise Forbidden("no authenticated principal", field="X-API-Key")
     if not principal.allows(role):
-        raise Forbidden(f"this operation needs a key with the {role} role")
+        raise Forbidden(f"this operation needs a key with the {role} role", field="X-API-Key")
     return principal
 
 

@@ -1,6 +1,8 @@
 """JSON in and out. Numbers are parsed as Decimal (never float), bounded (see
-``jsonnum``), and Decimals are written as JSON numbers, exactly. Request bodies nest at
-most ``MAX_DEPTH`` levels."""
+``jsonnum``), and Decimals are written as JSON numbers, exactly. Request bodies are
+UTF-8 (nothing else is guessed: the standard library would also take UTF-16 and raw
+surrogates), nest at most ``MAX_DEPTH`` levels and hold only storable text
+(``textrules``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .. import jsonnum
+from .. import jsonnum, textrules
 from ..clock import iso
 from ..errors import InvalidRequest
 
@@ -35,15 +37,21 @@ def dumps(obj: Any) -> bytes:
 
 
 def _reject_constant(name: str) -> Any:
-    raise InvalidRequest(f"{name} is not a valid JSON number")
+    raise InvalidRequest(f"{name} is not a valid JSON number", field="body")
 
 
 def loads(body: bytes) -> Any:
     if not body:
         raise InvalidRequest("request body is empty; a JSON object is expected", field="body")
     try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"the request body is not valid UTF-8 (byte {exc.start})", field="body"
+        ) from None
+    try:
         data = json.loads(
-            body,
+            text,
             parse_float=jsonnum.parse_float,
             parse_constant=_reject_constant,
         )
@@ -53,9 +61,11 @@ def loads(body: bytes) -> Any:
         raise InvalidRequest(str(exc), field="body") from None
     except RecursionError:
         raise too_deep() from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
     check_shape(data)
+    if textrules.body_may_hold_bad_text(body):
+        textrules.check_document(data)
     return data
 
 

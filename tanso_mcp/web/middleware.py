@@ -1,11 +1,22 @@
-"""Pure ASGI middleware (no per-request task or stream copying): body size limit and
-API-key authentication for the client API and the MCP endpoint."""
+"""Pure ASGI middleware (no per-request task or stream copying): the answer to whatever
+escapes the application (503 for database faults), request rules (header, body and
+media-type limits) and API-key authentication for the client API and the MCP
+endpoint."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from ..errors import PayloadTooLarge, TansoError, Unauthorized
+from ..db.faults import is_transient
+from ..errors import (
+    HeadersTooLarge,
+    PayloadTooLarge,
+    TansoError,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from ..principal import current_principal
 from .jsonio import dumps
 
@@ -13,18 +24,97 @@ if TYPE_CHECKING:
     from ..context import Keys
 
 PROTECTED_PREFIXES = ("/api/v1/client", "/mcp")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+log = logging.getLogger("tanso_mcp.web")
+
+
+def error_headers(exc: TansoError) -> list[tuple[bytes, bytes]]:
+    """Headers an error answer carries besides its JSON type: ``Retry-After`` on 503."""
+    retry = getattr(exc, "retry_after", None)
+    return [(b"retry-after", str(retry).encode())] if retry is not None else []
 
 
 async def _send_error(send, exc: TansoError, extra_headers: list | None = None) -> None:
-    body = dumps({"success": False, "error": {"code": exc.code, "message": exc.message}})
+    body = dumps({"success": False, "error": exc.to_dict()})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers.extend(error_headers(exc))
     if extra_headers:
         headers.extend(extra_headers)
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyLimitMiddleware:
+class FaultMiddleware:
+    """Outermost: whatever escapes the application is answered here and never re-raised
+    (the server closes a connection whose application raised, so keep-alive clients
+    would see resets). A database that cannot be reached or used is a 503
+    ``unavailable`` with ``Retry-After`` — the request did nothing and may be sent
+    again — anything else a logged 500. An answer already under way cannot be replaced:
+    then the exception goes on and the connection closes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await _send_error(send, as_error(exc, scope.get("path", "")))
+
+
+def as_error(exc: BaseException, where: str) -> TansoError:
+    """The client-facing error for an exception the application did not answer."""
+    if isinstance(exc, TansoError):
+        return exc
+    if is_transient(exc):
+        log.warning("database unavailable at %s: %s", where, type(exc).__name__)
+        return Unavailable()
+    log.error("unhandled error at %s", where, exc_info=exc)
+    return TansoError("internal server error")
+
+
+def _media_type_error(value: bytes | None) -> UnsupportedMediaType | None:
+    """``None`` when ``value`` is ``application/json`` with no charset or UTF-8."""
+    if value is not None:
+        media, _, params = value.decode("latin-1").partition(";")
+        if media.strip().lower() == "application/json":
+            charset = "utf-8"
+            for param in params.split(";"):
+                name, _, val = param.partition("=")
+                if name.strip().lower() == "charset":
+                    charset = val.strip().strip('"').lower()
+            if charset in ("utf-8", "utf8"):
+                return None
+            return UnsupportedMediaType(
+                f"request bodies must be UTF-8 JSON; charset {charset[:40]} is not accepted",
+                field="Content-Type",
+            )
+    return UnsupportedMediaType(
+        "request bodies must be sent as Content-Type: application/json", field="Content-Type"
+    )
+
+
+class RequestRulesMiddleware:
+    """Request rules checked before any routing, from the headers alone: at most
+    ``MAX_HEADERS`` headers of ``MAX_HEADER_BYTES`` in all (431; the HTTP server protocol
+    in ``web/server.py`` enforces the same bound while the headers arrive, so they are
+    never buffered beyond it), a body of at most ``max_bytes`` (413), and on the API and
+    MCP paths a body only as ``application/json`` in UTF-8 (415)."""
+
     def __init__(self, app, max_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
@@ -32,14 +122,39 @@ class BodyLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADERS:
+            return await _send_error(send, headers_too_large())
+        size = 0
+        length = content_type = None
+        chunked = False
+        for name, value in headers:
+            size += len(name) + len(value)
             if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await _send_error(send, self._error())
+                length = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if size > MAX_HEADER_BYTES:
+            return await _send_error(send, headers_too_large())
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                too_big = False
+            if too_big:
+                return await _send_error(send, self._error())
+        if (
+            scope["method"] in _BODY_METHODS
+            and (chunked or (length is not None and length != b"0"))
+            and scope["path"].startswith(PROTECTED_PREFIXES)
+        ):
+            refused = _media_type_error(content_type)
+            if refused is not None:
+                return await _send_error(send, refused)
+        if length is None and not chunked:  # no body: nothing to count
+            return await self.app(scope, receive, send)
         seen = 0
 
         async def limited_receive():
@@ -54,7 +169,17 @@ class BodyLimitMiddleware:
         return await self.app(scope, limited_receive, send)
 
     def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
+        return PayloadTooLarge(
+            f"request body exceeds the limit of {self.max_bytes} bytes", field="body"
+        )
+
+
+def headers_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge(
+        f"request headers exceed the limit of {MAX_HEADERS} headers or "
+        f"{MAX_HEADER_BYTES} bytes in all",
+        field="headers",
+    )
 
 
 def extract_key(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -81,14 +206,16 @@ class AuthMiddleware:
         if not key:
             return await _send_error(
                 send,
-                Unauthorized("missing API key: send X-API-Key or Authorization: Bearer"),
+                Unauthorized(
+                    "missing API key: send X-API-Key or Authorization: Bearer", field="X-API-Key"
+                ),
                 [(b"www-authenticate", b'Bearer realm="tanso-mcp"')],
             )
         principal = await self.keys.resolve(key)
         if principal is None:
             return await _send_error(
                 send,
-                Unauthorized("invalid or revoked API key"),
+                Unauthorized("invalid or revoked API key", field="X-API-Key"),
                 [(b"www-authenticate", b'Bearer realm="tanso-mcp"')],
             )
         scope.setdefault("state", {})["principal"] = principal

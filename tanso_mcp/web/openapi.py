@@ -1,4 +1,11 @@
-"""OpenAPI 3.1 document generated from the route declarations and their pydantic models."""
+"""OpenAPI 3.1 document generated from the route declarations and their pydantic models.
+
+Declares what the server really answers, so a schema-driven client (or fuzzer) can
+hold it to the document: money and quantities as JSON numbers (that is how they are
+written; pydantic alone would say strings), every status an operation can answer (401
+and 403 from authentication, 404 for a path with ids, 413/415 for a body, 431 for
+headers, 503 ``unavailable`` with ``Retry-After`` when the database cannot be reached),
+and the bounds of ``limit``/``offset``."""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
 from .. import __version__
 from .routing import Api
@@ -37,13 +44,32 @@ PAGINATION_SCHEMA = {
     | {"hasMore": {"type": "boolean"}},
 }
 STATUS_TEXT = {
-    400: "Invalid request",
+    400: "Invalid request (the error names the field)",
     401: "Missing or invalid API key",
     403: "Forbidden",
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
+    415: "Body is not UTF-8 application/json",
+    431: "Request headers too large or too many",
+    503: "Database unavailable: nothing was done; retry after Retry-After seconds",
 }
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before sending the request again",
+        "schema": {"type": "string"},
+    }
+}
+
+
+class _ExactNumbers(GenerateJsonSchema):
+    """Decimals are written as JSON numbers (``jsonio``) and accepted as numbers or
+    decimal strings."""
+
+    def decimal_schema(self, schema: Any) -> dict[str, Any]:
+        if self.mode == "serialization":
+            return {"type": "number"}
+        return {"anyOf": [{"type": "number"}, {"type": "string"}]}
 
 
 def _schema_for(obj: Any, mode: str, defs: dict[str, Any]) -> dict[str, Any]:
@@ -52,12 +78,23 @@ def _schema_for(obj: Any, mode: str, defs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(obj, dict):
         return obj
     if isinstance(obj, type) and issubclass(obj, BaseModel):
-        _, top = models_json_schema([(obj, mode)], ref_template=REF)
+        _, top = models_json_schema([(obj, mode)], ref_template=REF, schema_generator=_ExactNumbers)
         defs.update(top.get("$defs", {}))
         return {"$ref": REF.format(model=obj.__name__)}
-    schema = TypeAdapter(obj).json_schema(ref_template=REF, mode=mode)
+    schema = TypeAdapter(obj).json_schema(
+        ref_template=REF, mode=mode, schema_generator=_ExactNumbers
+    )
     defs.update(schema.pop("$defs", {}))
     return schema
+
+
+def _error_codes(r: Any, has_path_ids: bool) -> list[int]:
+    codes = {400, 401, 403, 431, 503, *r.errors}
+    if has_path_ids:
+        codes.add(404)
+    if r.body is not None or r.body_doc is not None:
+        codes |= {413, 415}
+    return sorted(codes)
 
 
 def build_openapi(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -75,7 +112,7 @@ def build_openapi(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[s
             for n in re.findall(r"{(\w+)}", r.path)
         ]
         if r.query is not None:
-            qs = r.query.model_json_schema()
+            qs = r.query.model_json_schema(schema_generator=_ExactNumbers)
             for name, prop in qs.get("properties", {}).items():
                 params.append(
                     {
@@ -118,8 +155,9 @@ def build_openapi(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[s
                     "content": {
                         "application/json": {"schema": {"$ref": REF.format(model="Error")}}
                     },
+                    **({"headers": RETRY_AFTER} if code == 503 else {}),
                 }
-                for code in sorted({400, 401, 403, *r.errors})
+                for code in _error_codes(r, bool(re.search(r"{\w+}", r.path)))
             },
         }
         oapi_path = re.sub(r"{(\w+)(:\w+)?}", r"{\1}", r.path)

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import textrules
 from ..errors import Forbidden, InvalidRequest, TansoError
 from ..principal import Principal, Role, current_principal
 from .jsonio import dumps, loads, strip_nones
@@ -40,8 +41,10 @@ MAX_OFFSET = 2**31 - 1  # far beyond any real list; keeps OFFSET a database inte
 
 
 class Pagination(QueryModel):
-    limit: int = 50
-    offset: int = 0
+    # bounds checked below (an InvalidRequest naming the field) and declared here for
+    # the OpenAPI document
+    limit: int = Field(50, json_schema_extra={"minimum": 1, "maximum": 500})
+    offset: int = Field(0, json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
 
     def model_post_init(self, _ctx: Any) -> None:
         if not 1 <= self.limit <= 500:
@@ -100,7 +103,13 @@ def validation_to_error(exc: ValidationError, prefix: str = "") -> InvalidReques
 
 def envelope_error(exc: TansoError) -> Response:
     body: dict[str, Any] = {"success": False, "error": strip_nones(exc.to_dict())}
-    return Response(dumps(body), status_code=exc.status, media_type="application/json")
+    retry = getattr(exc, "retry_after", None)
+    return Response(
+        dumps(body),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=None if retry is None else {"Retry-After": str(retry)},
+    )
 
 
 def envelope_ok(data: Any, status: int = 200, pagination: dict | None = None) -> Response:
@@ -194,13 +203,20 @@ def _endpoint(ctx: AppContext, methods: dict[str, ApiRoute]):
         try:
             principal = current_principal.get()
             if principal is None:  # the auth middleware guarantees this never happens
-                raise Forbidden("no authenticated principal")
+                raise Forbidden("no authenticated principal", field="X-API-Key")
             if not principal.allows(route.role):
-                raise Forbidden(f"this operation needs a key with the {route.role} role")
+                raise Forbidden(
+                    f"this operation needs a key with the {route.role} role", field="X-API-Key"
+                )
             call = Call(ctx, principal, request, dict(request.path_params), headers=request.headers)
+            for name, value in call.path.items():
+                textrules.check_text(value, name)
             if route.query is not None:
+                query = dict(request.query_params)
+                for name, value in query.items():
+                    textrules.check_text(value, name)
                 try:
-                    call.query = route.query.model_validate(dict(request.query_params))
+                    call.query = route.query.model_validate(query)
                 except ValidationError as exc:
                     raise validation_to_error(exc) from None
             if route.body is not None:
@@ -214,6 +230,7 @@ def _endpoint(ctx: AppContext, methods: dict[str, ApiRoute]):
             out = await route.handler(call)
         except TansoError as exc:
             return envelope_error(exc)
+
         if isinstance(out, Response):
             return out
         if isinstance(out, Page):

@@ -25,12 +25,19 @@ network call ever runs inside a database transaction. Each delivery is tried up 
 ``max_attempts`` times with exponential backoff on network errors and non-2xx answers;
 the ``Tanso-Event-Id`` header lets receivers drop the duplicates a retry can cause.
 
+Nothing queued is lost when the server stops: on SIGTERM (``tanso_shutdown``) every
+delivery still pending is stored in the core's outbox (a database table, through the
+public plugin API), and whichever process runs next (``tanso_startup``) — this one after
+a restart or another one sharing the database — delivers it; so do deliveries that
+failed all their attempts, retried later with a growing delay.
+
 This package imports only the public plugin API of tanso-mcp (``tanso_mcp.plugin``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -46,7 +53,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tanso_mcp.plugin import DomainEvent, hookimpl
+from tanso_mcp.plugin import DomainEvent, hookimpl, outbox_of
 
 __version__ = "0.1.0"
 __all__ = ["SIGNATURE_HEADER", "Config", "Dispatcher", "dispatcher_for", "sign", "verify"]
@@ -55,6 +62,8 @@ log = logging.getLogger("tanso_webhooks")
 
 SIGNATURE_HEADER = "Tanso-Signature"
 DEFAULT_TOLERANCE = 300
+PLUGIN = "webhooks"  # this plugin's name in the outbox
+OUTBOX_MAX_ATTEMPTS = 20
 
 
 # --------------------------------------------------------------------------- signing
@@ -180,55 +189,188 @@ class Delivery:
 
 
 @dataclass
+class _Pending:
+    """A delivery not yet acknowledged by its receiver."""
+
+    url: str
+    event_id: str
+    event: str
+    body: bytes
+    attempts: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.event_id}|{self.url}"
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "eventId": self.event_id,
+            "event": self.event,
+            "body": self.body.decode(),
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_payload(cls, data: Any) -> _Pending:
+        return cls(
+            str(data["url"]),
+            str(data["eventId"]),
+            str(data["event"]),
+            str(data["body"]).encode(),
+            int(data.get("attempts", 0)),
+        )
+
+
+@dataclass
 class Dispatcher:
     """Sends deliveries in background tasks. ``transport`` lets tests (or embedders)
-    route the HTTP calls; ``flush()`` waits for everything in flight."""
+    route the HTTP calls; ``flush()`` waits for everything in flight.
+
+    Nothing is dropped when the process stops: ``hand_over`` (the ``tanso_shutdown``
+    hook) stores every delivery still pending in the core's outbox, and
+    ``run_outbox`` (started by ``tanso_startup``) delivers what any earlier process
+    handed over. A delivery that failed all its attempts goes to the outbox too when
+    there is one, to be retried later with a growing delay."""
 
     transport: httpx.AsyncBaseTransport | None = None
     history: deque[Delivery] = field(default_factory=lambda: deque(maxlen=1000))
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    outbox: Any = None
+    _tasks: dict[asyncio.Task[None], _Pending] = field(default_factory=dict)
+    _loop_task: asyncio.Task[None] | None = None
+    _claimed: set[str] = field(default_factory=set)
+    _closing: bool = False
 
     def submit(self, config: Config, event: DomainEvent) -> None:
         body = event_body(event)
         for url in config.urls:
-            task = asyncio.get_running_loop().create_task(self._deliver(config, url, event, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            pending = _Pending(url, event.id, event.name, body)
+            task = asyncio.get_running_loop().create_task(self._deliver(config, pending))
+            self._tasks[task] = pending
+            task.add_done_callback(self._forget)
 
-    async def _deliver(self, cfg: Config, url: str, event: DomainEvent, body: bytes) -> None:
-        status: int | None = None
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    async def _attempt(self, cfg: Config, http: httpx.AsyncClient, p: _Pending) -> str | None:
+        """One POST; ``None`` when the receiver acknowledged it, else the error."""
+        p.attempts += 1
+        headers = {
+            "Content-Type": "application/json",
+            "Tanso-Event": p.event,
+            "Tanso-Event-Id": p.event_id,
+            SIGNATURE_HEADER: sign(cfg.secret, int(time.time()), p.body),
+            "User-Agent": f"tanso-webhooks/{__version__}",
+        }
+        try:
+            r = await http.post(p.url, content=p.body, headers=headers)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        if 200 <= r.status_code < 300:
+            self.history.append(
+                Delivery(p.url, p.event_id, p.event, p.attempts, r.status_code, True)
+            )
+            return None
+        return f"HTTP {r.status_code}"
+
+    async def _deliver(self, cfg: Config, p: _Pending) -> None:
         error: str | None = None
-        attempt = 0
         async with httpx.AsyncClient(timeout=cfg.timeout, transport=self.transport) as http:
             for attempt in range(1, cfg.max_attempts + 1):
-                headers = {
-                    "Content-Type": "application/json",
-                    "Tanso-Event": event.name,
-                    "Tanso-Event-Id": event.id,
-                    SIGNATURE_HEADER: sign(cfg.secret, int(time.time()), body),
-                    "User-Agent": f"tanso-webhooks/{__version__}",
-                }
-                try:
-                    r = await http.post(url, content=body, headers=headers)
-                    status, error = r.status_code, None
-                    if 200 <= r.status_code < 300:
-                        self.history.append(
-                            Delivery(url, event.id, event.name, attempt, status, True)
-                        )
-                        return
-                    error = f"HTTP {r.status_code}"
-                except httpx.HTTPError as exc:
-                    error = type(exc).__name__
+                error = await self._attempt(cfg, http, p)
+                if error is None:
+                    return
                 if attempt < cfg.max_attempts:
                     await asyncio.sleep(cfg.backoff * 2 ** (attempt - 1))
         log.warning(
-            "webhook %s to %s failed after %d attempts: %s", event.name, url, attempt, error
+            "webhook %s to %s failed after %d attempts: %s", p.event, p.url, p.attempts, error
         )
-        self.history.append(Delivery(url, event.id, event.name, attempt, status, False, error))
+        self.history.append(Delivery(p.url, p.event_id, p.event, p.attempts, None, False, error))
+        if self.outbox is not None and not self._closing:
+            try:
+                await self.outbox.put(PLUGIN, {p.key: p.payload()})
+            except Exception:
+                log.exception("webhook %s to %s could not be kept for later", p.event, p.url)
 
     async def flush(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ------------------------------------------------------------ hand-over
+
+    async def hand_over(self, grace: float = 1.0) -> int:
+        """Shutdown: give deliveries in flight ``grace`` seconds, then store the rest in
+        the outbox (receivers deduplicate by ``Tanso-Event-Id`` should one of them have
+        arrived after all). Returns how many were handed over."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        left = dict(self._tasks)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        if self.outbox is None:
+            if left:
+                log.warning("%d webhook deliveries dropped: no outbox", len(left))
+            return 0
+        items = {p.key: p.payload() for p in left.values()}
+        if items:
+            await self.outbox.put(PLUGIN, items)
+            log.info("%d webhook deliveries handed to the outbox", len(items))
+        for item_id in list(self._claimed):  # outbox entries being worked on: release
+            await self.outbox.retry(item_id, delay_seconds=0)
+        self._claimed.clear()
+        return len(items)
+
+    def start_outbox(self, cfg: Config, poll: float = 5.0) -> None:
+        if self.outbox is not None and self._loop_task is None:
+            self._closing = False
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self.run_outbox(cfg, poll), name="tanso-webhooks-outbox"
+            )
+
+    async def run_outbox(self, cfg: Config, poll: float = 5.0) -> None:
+        """Deliver what the outbox holds for this plugin, now and every ``poll`` seconds
+        (another process sharing the database may hand work over at any time). Each
+        claimed entry gets one attempt; a failure makes it due again after a delay that
+        doubles up to an hour, and after ``OUTBOX_MAX_ATTEMPTS`` it is given up."""
+        async with httpx.AsyncClient(timeout=cfg.timeout, transport=self.transport) as http:
+            while True:
+                try:
+                    items = await self.outbox.claim(
+                        PLUGIN, limit=100, lease_seconds=cfg.timeout * 2 + 30
+                    )
+                except Exception:
+                    log.warning("webhook outbox unavailable; trying again in %.0f s", poll)
+                    items = []
+                for item in items:
+                    self._claimed.add(item.id)
+                    try:
+                        await self._redeliver(cfg, http, item)
+                    finally:
+                        self._claimed.discard(item.id)
+                if len(items) < 100:
+                    await asyncio.sleep(poll)
+
+    async def _redeliver(self, cfg: Config, http: httpx.AsyncClient, item: Any) -> None:
+        p = _Pending.from_payload(item.payload)
+        error = await self._attempt(cfg, http, p)
+        if error is None:
+            await self.outbox.done(item.id)
+        elif item.attempts >= OUTBOX_MAX_ATTEMPTS:
+            log.warning("webhook %s to %s given up: %s", p.event, p.url, error)
+            self.history.append(
+                Delivery(p.url, p.event_id, p.event, p.attempts, None, False, error)
+            )
+            await self.outbox.done(item.id)
+        else:
+            delay = min(3600.0, cfg.backoff * 2**item.attempts)
+            await self.outbox.retry(item.id, delay_seconds=delay, error=error)
 
 
 _DEFAULT = Dispatcher()
@@ -236,12 +378,15 @@ _DEFAULT = Dispatcher()
 
 def dispatcher_for(ctx: Any) -> Dispatcher:
     """The dispatcher of an application context (one per context, so tests and
-    embedded servers stay apart); set ``ctx.extras["tanso_webhooks"]`` to inject one."""
+    embedded servers stay apart); set ``ctx.extras["tanso_webhooks"]`` to inject one.
+    It uses the context's outbox when the core provides one."""
     extras = getattr(ctx, "extras", None)
     if isinstance(extras, dict):
         found = extras.get("tanso_webhooks")
         if found is None:
             found = extras["tanso_webhooks"] = Dispatcher()
+        if found.outbox is None and "outbox" in extras:
+            found.outbox = outbox_of(ctx)
         return found
     return _DEFAULT
 
@@ -256,6 +401,23 @@ def tanso_domain_event(event: DomainEvent, ctx: Any) -> None:
         return None
     dispatcher_for(ctx).submit(config, event)
     return None
+
+
+@hookimpl
+def tanso_startup(ctx: Any) -> None:
+    config = load_config(ctx)
+    if config is not None:
+        dispatcher_for(ctx).start_outbox(config)
+    return None
+
+
+@hookimpl
+def tanso_shutdown(ctx: Any) -> Any:
+    extras = getattr(ctx, "extras", None)
+    dispatcher = extras.get("tanso_webhooks") if isinstance(extras, dict) else None
+    if dispatcher is None:
+        return None
+    return dispatcher.hand_over()
 
 
 @hookimpl

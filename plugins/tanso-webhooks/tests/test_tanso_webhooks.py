@@ -104,3 +104,78 @@ async def test_unwanted_events_are_not_sent():
     wh.tanso_domain_event(event=_event("invoice.paid"), ctx=ctx)
     await wh.dispatcher_for(ctx).flush()
     assert calls == []
+
+
+class _MemoryOutbox:
+    """The outbox protocol in memory, for the plugin's own tests (the core's database
+    outbox is tested in tests/test_outbox.py and end to end in tests/test_shutdown.py)."""
+
+    def __init__(self):
+        self.items: dict[str, dict] = {}
+        self.done_ids: list[str] = []
+        self.retried: list[str] = []
+
+    async def put(self, plugin, items):
+        new = [k for k in items if k not in self.items]
+        for k in new:
+            self.items[k] = {"id": k, "payload": dict(items[k]), "attempts": 0}
+        return len(new)
+
+    async def claim(self, plugin, *, limit=100, lease_seconds=60.0):
+        from tanso_mcp.plugin import OutboxItem
+
+        out = []
+        for k, v in list(self.items.items())[:limit]:
+            if k in self.done_ids:
+                continue
+            v["attempts"] += 1
+            out.append(OutboxItem(k, k, v["payload"], v["attempts"]))
+        return out
+
+    async def done(self, item_id):
+        self.items.pop(item_id, None)
+        self.done_ids.append(item_id)
+
+    async def retry(self, item_id, *, delay_seconds, error=None):
+        self.retried.append(item_id)
+
+
+async def test_shutdown_hands_pending_deliveries_to_the_outbox_and_the_next_run_sends_them():
+    import asyncio
+
+    refused = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        refused.append(request)
+        return httpx.Response(503)
+
+    box = _MemoryOutbox()
+    ctx = _ctx(urls=["http://r/hook"], secret="k", backoff=0.05, max_attempts=1000)
+    ctx.extras["outbox"] = box
+    ctx.extras["tanso_webhooks"] = wh.Dispatcher(transport=httpx.MockTransport(down))
+    wh.tanso_domain_event(event=_event(), ctx=ctx)
+    await asyncio.sleep(0.1)
+    assert refused  # being retried
+    assert await wh.tanso_shutdown(ctx=ctx) == 1
+    (item,) = box.items.values()
+    assert item["payload"]["eventId"] == "evt_1" and item["payload"]["url"] == "http://r/hook"
+
+    seen = []
+
+    def up(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    nxt = _ctx(urls=["http://r/hook"], secret="k")
+    nxt.extras["outbox"] = box
+    nxt.extras["tanso_webhooks"] = wh.Dispatcher(transport=httpx.MockTransport(up))
+    wh.tanso_startup(ctx=nxt)
+    for _ in range(100):
+        if box.done_ids:
+            break
+        await asyncio.sleep(0.02)
+    await wh.tanso_shutdown(ctx=nxt)
+    assert box.done_ids and not box.items
+    (sent,) = seen
+    assert sent.headers["Tanso-Event-Id"] == "evt_1"
+    assert wh.verify("k", sent.headers[wh.SIGNATURE_HEADER], sent.content, now=time.time())

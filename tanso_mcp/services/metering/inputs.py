@@ -21,7 +21,8 @@ Accepted fields (reference §2.8; camelCase as the API writes them):
 - ``occurredAt`` (ISO-8601 with a timezone; default: now on the environment's clock;
   at most ``event_future_skew_seconds`` in the future and ``event_max_age_days`` in the
   past of that clock),
-- ``usageUnits`` (a number ≥ 0 with at most 4 decimals; default 1),
+- ``usageUnits`` (a number ≥ 0 with at most 4 decimals, or such a decimal string
+  without spaces; default 1 when absent, an explicit null is an error),
 - ``costAmount``, ``revenueAmount`` (numbers ≥ 0, currency units),
 - ``costInput`` (``{model, modelProvider, inputTokens, outputTokens, costUnits}``),
 - ``flowId`` (≤128), ``meta`` (any JSON object).
@@ -158,6 +159,12 @@ def _number(value: Any, name: str, limit: Decimal) -> Decimal:
 
 
 def parse_units(value: Any, name: str = "usageUnits") -> Decimal:
+    """A JSON number or a decimal string as written (no padding: ``" 5 "`` is refused,
+    not read as 5); ``None`` here means an explicit null, which is refused too."""
+    if value is None:
+        raise InvalidRequest(f"{name} must be a number or a decimal string, not null", field=name)
+    if type(value) is str and (not value or value[0].isspace() or value[-1].isspace()):
+        raise InvalidRequest(f"{name} must be a decimal string without spaces", field=name)
     units = _number(value, name, MAX_UNITS)
     if units != units.quantize(_UNIT_PLACES):
         raise InvalidRequest(f"{name} must have at most 4 decimal places", field=name)
@@ -273,7 +280,7 @@ def parse_event(
             raise InvalidRequest(problem, field="occurredAt")
 
     units_raw = get("usageUnits")
-    if units_raw is None:
+    if units_raw is None and "usageUnits" not in raw:
         units, usage_q = _ONE, QTY_SCALE
     elif type(units_raw) is int and 0 <= units_raw < _MAX_INT_UNITS:
         units, usage_q = Decimal(units_raw), units_raw * QTY_SCALE

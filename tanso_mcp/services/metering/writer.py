@@ -30,7 +30,12 @@ Where the work runs:
 The first attempt at a batch skips the duplicate probe (``probe=False``): the events'
 unique index refuses a duplicate, the transaction rolls back, and the retry probes the
 keys first. A batch that still fails is retried; then its units are written one by one,
-so one bad request never takes the others down with it.
+so one bad request never takes the others down with it. A batch that fails because the
+database cannot be reached or used is not split: every unit in it is answered
+``Unavailable`` (503, nothing written, safe to send again).
+
+``close()`` drains: units already queued are written before the writer stops, so an
+orderly shutdown answers every request it accepted.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ...errors import IngestionFailed
+from ...db.faults import is_transient
+from ...errors import IngestionFailed, Unavailable
 from .batch import ERROR, Effects, GuardFailed, Outcome, process_batch
 from .inputs import EventIn
 from .sqlio import AlchemyTx, SqliteTx
@@ -115,8 +121,13 @@ class MeteringWriter:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="tanso-writer")
         self._task = loop.create_task(self._run(), name="tanso-metering-writer")
 
-    async def close(self) -> None:
+    async def close(self, drain_seconds: float = 30.0) -> None:
         self._closed = True
+        if self._task is not None and self._queue is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(self._queue.join(), drain_seconds)
+            except TimeoutError:
+                log.warning("metering writer: queue not drained in %.0f s", drain_seconds)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -126,7 +137,7 @@ class MeteringWriter:
             while not self._queue.empty():
                 _, fut = self._queue.get_nowait()
                 if not fut.done():
-                    fut.set_exception(IngestionFailed("the server is shutting down"))
+                    fut.set_exception(Unavailable("the server is shutting down; send it again"))
         if self._executor is not None:
             self._executor.submit(self._close_conn).result()
             self._executor.shutdown(wait=True)
@@ -144,6 +155,8 @@ class MeteringWriter:
         return one outcome per item, in order, once committed."""
         if not items:
             return []
+        if self._closed:
+            raise Unavailable("the server is shutting down; send it again")
         self.start()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((items, fut))  # type: ignore[union-attr]
@@ -166,13 +179,20 @@ class MeteringWriter:
             except asyncio.CancelledError:
                 for _, fut in units:
                     if not fut.done():
-                        fut.set_exception(IngestionFailed("the server is shutting down"))
+                        fut.set_exception(Unavailable("the server is shutting down; send it again"))
                 raise
-            except Exception:  # never let the writer die
-                log.exception("metering writer failed a batch")
+            except Exception as exc:  # never let the writer die
+                if is_transient(exc):
+                    error: Exception = Unavailable()
+                else:
+                    log.exception("metering writer failed a batch")
+                    error = IngestionFailed("the event could not be stored")
                 for _, fut in units:
                     if not fut.done():
-                        fut.set_exception(IngestionFailed("the event could not be stored"))
+                        fut.set_exception(error)
+            finally:
+                for _ in units:
+                    queue.task_done()
 
     async def _write(self, units: list[tuple[list[EventIn], asyncio.Future]]) -> None:
         items = [item for unit, _ in units for item in unit]
@@ -185,7 +205,9 @@ class MeteringWriter:
                 parts.append((fut, outcomes[pos : pos + len(unit)]))
                 pos += len(unit)
             self._publish(effects, gens)
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # every unit is answered Unavailable by _run; nothing was written
             if len(units) == 1 and len(units[0][0]) == 1:
                 log.exception("an event could not be stored")
                 parts = [(units[0][1], [_failed()])]
@@ -193,7 +215,15 @@ class MeteringWriter:
                 log.warning("a batch of %d events failed; writing its parts alone", len(items))
                 parts = []
                 for unit, fut in units:
-                    parts.append((fut, await self._write_alone(unit)))
+                    try:
+                        parts.append((fut, await self._write_alone(unit)))
+                    except Exception as part_exc:  # transient: this unit wrote nothing
+                        if not fut.done():
+                            fut.set_exception(
+                                Unavailable()
+                                if is_transient(part_exc)
+                                else IngestionFailed("the event could not be processed")
+                            )
         self.batches += 1
         self.events += len(items)
         self.largest_batch = max(self.largest_batch, len(items))
@@ -207,7 +237,9 @@ class MeteringWriter:
             outcomes, effects = await self._execute(unit)
             self._publish(effects, gens)
             return outcomes
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                raise
             if len(unit) == 1:
                 log.exception("an event could not be stored")
                 return [_failed()]

@@ -185,6 +185,11 @@ async def _evaluate(call: Call, *, simulate: bool) -> dict[str, Any]:
             if name not in ("eventName", "usageUnits", "meta", "model"):
                 raise InvalidRequest(f"track.{name} is not a recognised field", field=name)
         requested = track.get("usageUnits", Decimal(1))
+        if requested is None:
+            raise InvalidRequest(
+                "track.usageUnits must be a number or a decimal string, not null",
+                field="track.usageUnits",
+            )
         event_name = track.get("eventName")
         meta = track.get("meta")
         if meta is not None and not isinstance(meta, dict):
