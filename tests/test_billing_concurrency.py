@@ -77,7 +77,8 @@ async def test_jobs_run_concurrently_from_separate_processes_do_everything_once(
         )
     # move the test clock without running anything: the workers will find it all due
     async with ctx.db.unit_of_work() as s:
-        await ctx.clocks.set_test_clock(s, b.env, T)
+        # frozen: the worker processes read real time as their system clock
+        await ctx.clocks.set_test_clock(s, b.env, T, frozen=True)
 
     start_at = time.time() + 4.0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
