@@ -60,7 +60,7 @@ def _rest_schema(route: Any) -> dict[str, Any] | None:
     data = _schema_for(route.response, "serialization", defs)
     if not data:
         return None
-    if route.paginated:
+    if route.paginated is True:
         data = {"type": "array", "items": data}
     properties: dict[str, Any] = {"success": {"const": True}, "data": data}
     if route.paginated:

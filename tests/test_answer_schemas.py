@@ -305,6 +305,28 @@ async def test_every_endpoint_answers_what_openapi_declares(ctx, tenant, client)
         "/subscriptions/cancellation/{id}/scheduled",
         f"/subscriptions/cancellation/{sub1}/scheduled",
     )
+    await rest("GET", "/analytics/margins", "/analytics/margins", params={"groupBy": "customer"})
+    await rest("GET", "/analytics/customers/{ref}", "/analytics/customers/r1")
+    await rest("GET", "/analytics/timeseries", "/analytics/timeseries", params={"interval": "day"})
+    await rest("GET", "/analytics/model-prices", "/analytics/model-prices")
+    await rest("GET", "/settings/costs", "/settings/costs")
+    override = {
+        "model": "my-model",
+        "provider": "acme",
+        "inputPricePerMillion": 1,
+        "outputPricePerMillion": 2,
+    }
+    await rest(
+        "PUT", "/settings/costs", "/settings/costs", json={"modelPriceOverrides": [override]}
+    )
+    await rest("GET", "/analytics/alerts/settings", "/analytics/alerts/settings")
+    await rest(
+        "PUT",
+        "/analytics/alerts/settings",
+        "/analytics/alerts/settings",
+        json={"threshold": 0.5, "windowDays": 30},
+    )
+    await rest("GET", "/analytics/alerts", "/analytics/alerts")
     await rest("GET", "/test-clock", "/test-clock")
     await rest("POST", "/test-clock", "/test-clock", json={"frozen": True})
     await rest("POST", "/test-clock/advance", "/test-clock/advance", json={"days": 1})

@@ -54,6 +54,7 @@ from tanso_mcp.errors import (
     TansoError,
 )
 from tanso_mcp.principal import Principal, current_principal
+from tanso_mcp.tools import apps_analytics
 from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.results import (
     error_object,
@@ -183,7 +184,11 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = all_specs_by_name().get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = (
+                all_specs_by_name().get(str(tool.get("name", "")))
+                if isinstance(tool, dict)
+                else None
+            )
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)
@@ -318,7 +323,11 @@ class _Runner:
                     "Check the outcome with a read tool before retrying.",
                 }
             )
-        return success_result(structured)
+        result = success_result(structured)
+        image = apps_analytics.fallback_image(spec.name, structured, request_context)
+        if image is not None:  # hosts without MCP Apps still get the chart
+            result.content.append(image)
+        return result
 
     async def _preview(
         self, spec: ToolSpec, impl: ToolImpl, principal: Principal, params: BaseModel
@@ -359,6 +368,7 @@ def _make_tool(spec: ToolSpec, runner: _Runner) -> Tool:
         is_async=True,
         context_kwarg="ctx",
         annotations=spec.annotations,
+        meta=apps_analytics.tool_meta(spec.name),
     )
 
 
@@ -380,11 +390,15 @@ def build_mcp_server(
     handlers for tools of other groups are accepted and left unregistered.
     """
     runner = _Runner(app, _normalise(handlers), stdio_principal)
+    specs = enabled_specs(tool_groups)
+    # the margin tools' ui:// dashboard (MCP Apps), with the analytics group
+    apps = [apps_analytics.extension()] if any(s.group == "analytics" for s in specs) else []
     server: MCPServer = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_make_tool(spec, runner) for spec in enabled_specs(tool_groups)],
+        tools=[_make_tool(spec, runner) for spec in specs],
+        extensions=apps,
         # The listing depends on the caller: never let a client share it across keys.
         cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
         log_level="WARNING",

@@ -627,7 +627,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         description=(
             "Dry-runs an entitlement check for a proposed amount of usage: returns the normal "
             "access decision plus a simulation (requested usage, projected usage and remaining "
-            "quota, whether the limit would be exceeded). Consumes no quota or credits and "
+            "quota; for credit features the credits required and available; "
+            "wouldExceedLimit is true when the usage limit or a hard credit limit would be "
+            "passed, and then allowed is false). Consumes no quota or credits and "
             "bills nothing; it only leaves a zero-usage audit event. Use it before ingestEvent "
             "to see whether a batch of usage would fit."
         ),
