@@ -1,8 +1,8 @@
 """Time. The only module that reads the wall clock.
 
-Live environments use real time. Each test environment has its own clock, frozen
-between advances (like Stripe test clocks); its current value is stored on the
-environment row and cached here."""
+Live environments use real time. Each test environment has its own clock: real time
+shifted by everything it was advanced by, or frozen at an instant on request; its
+settings are stored on the environment row (see ``services.clocks``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class SystemClock:
 
 
 class FrozenClock:
-    """A clock that moves only when told to (tests, test environments)."""
+    """A clock that moves only when told to (tests)."""
 
     def __init__(self, at: datetime):
         ensure_aware(at)

@@ -1,8 +1,9 @@
-"""MCP layer: the 34 tools as a declarative table (``specs``) and the server around it.
+"""MCP layer: the 34 tools as a declarative table (``specs``), optional tool groups
+(``groups``, ``specs_<group>.py``) and the server around it.
 
 Public API:
 
-- ``build_mcp_server(app, handlers=None, *, stdio_principal=None) -> MCPServer``
+- ``build_mcp_server(app, handlers=None, *, stdio_principal=None, tool_groups=()) -> MCPServer``
 - ``mcp_http_app(server, allowed_hosts) -> McpHttpApp(app, lifespan)``
 - ``ToolImpl(handler, preview=None)``, ``handlers_from(module)``
 - ``TOOL_SPECS`` / ``SPECS_BY_NAME`` / ``specs_for_role(role)``
