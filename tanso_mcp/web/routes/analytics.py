@@ -105,14 +105,26 @@ class MarginsOut(Out):
     totals: TotalsOut
 
 
+class SubscriptionMarginOut(Out):
+    subscriptionId: str
+    planKey: str
+    mrr: Decimal
+    currentPeriodStart: datetime
+    currentPeriodEnd: datetime
+    periodUsageRevenue: Decimal
+    periodCost: Decimal
+
+
 class CustomerMarginOut(TotalsOut):
     customerReferenceId: str
+    from_: datetime = Field(alias="from")
+    to: datetime
     currency: str
     byFeature: list[MarginRowOut]
     byModel: list[MarginRowOut]
     mrr: Decimal
     effectiveMrr: Decimal
-    subscriptions: list[dict[str, Any]]
+    subscriptions: list[SubscriptionMarginOut]
 
 
 class PointOut(TotalsOut):
@@ -122,7 +134,10 @@ class PointOut(TotalsOut):
 
 
 class TimeseriesOut(Out):
+    from_: datetime = Field(alias="from")
+    to: datetime
     interval: str
+    groupBy: str | None = None
     currency: str
     keys: list[str] | None = None
     buckets: list[PointOut]
