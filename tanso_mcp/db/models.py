@@ -433,6 +433,8 @@ class CreditPoolSubscription(Base):
     subscription_id: Mapped[str] = mapped_column(
         ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False, index=True
     )
+    # unused: there is one pool per customer and denomination, so there is nothing to
+    # order draws by (kept so the schema needs no migration)
     draw_priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     draw_limit_q: Mapped[int | None] = mapped_column(BigInteger)
     total_drawn_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)

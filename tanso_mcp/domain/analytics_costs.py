@@ -74,6 +74,7 @@ def parse_overrides(
                 require_non_negative(to_decimal(item[name], f"{at}.{name}"), f"{at}.{name}")
             )
         since_raw = item.get("effectiveFrom")
+        since: date | None
         if since_raw is None:
             if today is None:
                 raise InvalidRequest(f"{at}.effectiveFrom is required", field=f"{at}.effectiveFrom")
@@ -89,6 +90,7 @@ def parse_overrides(
                 raise InvalidRequest(
                     f"{at}.effectiveFrom must be a date (YYYY-MM-DD)", field=f"{at}.effectiveFrom"
                 )
+        assert since is not None  # both branches above set it or raised
         key = (model.lower(), since)
         if key in seen:
             raise InvalidRequest(

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.engine import after_commit
+from ..db.engine import after_commit, rowcount
 from ..db.models import AnalyticsState, Customer, Environment, MarginAlert
 from ..db.types import new_id
 from ..domain.analytics import Sums, decompose, margin_of
 from ..domain.money import to_decimal
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from .analytics_rollup import read_sums
 from .jobs import JobRegistry
 
@@ -97,6 +97,8 @@ async def get_settings(s: AsyncSession, env: str) -> dict[str, Any]:
 async def put_settings(s: AsyncSession, env: str, raw: Any) -> dict[str, Any]:
     parsed = parse_settings(raw, "body")
     row = await s.scalar(select(Environment).where(Environment.id == env))
+    if row is None:
+        raise NotFound("no such environment")
     settings = dict(row.settings or {})
     settings["marginAlerts"] = {
         "enabled": parsed["enabled"],
@@ -224,7 +226,7 @@ async def evaluate(s: AsyncSession, env: str, now: datetime) -> list[tuple[str, 
                 "at": _db_time(s, now),
             },
         )
-        if inserted.rowcount == 1:
+        if rowcount(inserted) == 1:
             events.append(
                 (
                     new_kind,
@@ -245,7 +247,7 @@ async def evaluate(s: AsyncSession, env: str, now: datetime) -> list[tuple[str, 
 def _db_time(s: AsyncSession, value: datetime) -> Any:
     from .analytics_rollup import db_time
 
-    return db_time(s.bind.dialect.name, value)
+    return db_time(s.get_bind().dialect.name, value)
 
 
 def register(registry: JobRegistry) -> None:

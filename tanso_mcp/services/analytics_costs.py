@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..context import AppContext
 from ..db.models import Environment
 from ..domain.analytics_costs import (
     overrides_to_json,
@@ -19,13 +20,14 @@ from ..domain.analytics_costs import (
 )
 from ..domain.rules import parse_default_cost_config
 from ..errors import InvalidRequest, NotFound
+from ..principal import Principal
 
 _UNSET = object()
 
 
 async def _env(s: AsyncSession, env: str, lock: bool = False) -> Environment:
     stmt = select(Environment).where(Environment.id == env)
-    if lock and s.bind.dialect.name != "sqlite":
+    if lock and s.get_bind().dialect.name != "sqlite":
         stmt = stmt.with_for_update()
     row = await s.scalar(stmt)
     if row is None:
@@ -80,3 +82,13 @@ async def put_costs(
 async def model_prices(s: AsyncSession, env: str, now: datetime) -> list[dict[str, Any]]:
     _, overrides = stored_config(dict((await _env(s, env)).settings or {}))
     return prices_in_force(overrides, now)
+
+
+async def update_costs(ctx: AppContext, p: Principal, **parts: Any) -> dict[str, Any]:
+    """The use case both transports call: one unit of work; the environment's caches
+    (which price events with these settings) are invalidated after its commit."""
+    now = await ctx.now(p)
+    async with ctx.db.unit_of_work() as s:
+        view = await put_costs(s, p.environment_id, now, **parts)
+        ctx.changed(s, p.environment_id)
+    return view

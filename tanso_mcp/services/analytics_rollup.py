@@ -219,7 +219,7 @@ async def _roll(s: AsyncSession, dialect: str, lo: int, hi: int) -> None:
 async def roll_up_chunk(s: AsyncSession) -> bool:
     """One bounded step of the rollup inside the caller's unit of work (a writer
     transaction). Returns whether there may be more to do."""
-    dialect = s.bind.dialect.name
+    dialect = s.get_bind().dialect.name
     if dialect == "sqlite":
         low = await _watermark(s)
         top = await s.scalar(text("SELECT MAX(rowid) FROM events"))
@@ -263,7 +263,7 @@ async def roll_up(ctx: AppContext, max_chunks: int = 1_000) -> int:
 
 async def pending(s: AsyncSession) -> bool:
     """Whether events wait past the watermark (cheap: one index probe)."""
-    dialect = s.bind.dialect.name
+    dialect = s.get_bind().dialect.name
     low = await _watermark(s)
     if dialect == "sqlite":
         top = await s.scalar(text("SELECT MAX(rowid) FROM events"))
@@ -341,7 +341,7 @@ async def read_sums(
     With ``customer_id``, the window may cut hours: the parts then cover the whole
     hours inside it and the cut edges are read from the customer's events (its index).
     """
-    dialect = s.bind.dialect.name
+    dialect = s.get_bind().dialect.name
     seq = _seq(dialect)
     params: dict[str, Any] = {
         "env": env,

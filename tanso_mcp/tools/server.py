@@ -184,7 +184,11 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = all_specs_by_name().get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = (
+                all_specs_by_name().get(str(tool.get("name", "")))
+                if isinstance(tool, dict)
+                else None
+            )
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)

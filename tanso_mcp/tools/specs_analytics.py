@@ -135,7 +135,7 @@ _PRICES = {
     "type": "object",
     "description": 'Model prices in force now. Wrapped as {"items": [...]}.',
     "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-    "required": ["items"],
+    # nothing required at the top level: the same schema must admit the error answers
     "additionalProperties": True,
 }
 _ALERT_SETTINGS = _object(
@@ -149,7 +149,7 @@ _ALERTS = {
     "type": "object",
     "description": 'Margin alerts, newest first. Wrapped as {"items": [...]}.',
     "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-    "required": ["items"],
+    # nothing required at the top level: the same schema must admit the error answers
     "additionalProperties": True,
 }
 

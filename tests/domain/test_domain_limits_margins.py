@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tanso_mcp.domain.limits import limit_reached, remaining_usage, would_exceed
+from tanso_mcp.domain.limits import remaining_usage
 from tanso_mcp.domain.margins import (
     MarginStatus,
     gross_margin,
@@ -14,13 +14,6 @@ from tanso_mcp.domain.margins import (
 
 
 def test_limits():
-    assert not limit_reached(9999, 10000)
-    assert limit_reached(10000, 10000)
-    assert limit_reached(10001, D(10000))
-    assert not limit_reached(10**9, None)
-    assert would_exceed(9990, 11, 10000)
-    assert not would_exceed(9990, 10, 10000)
-    assert not would_exceed(1, 10**9, None)
     assert remaining_usage(9990, 10000) == 10
     assert remaining_usage(20000, 10000) == 0
     assert remaining_usage(5, None) is None

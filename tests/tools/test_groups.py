@@ -90,3 +90,38 @@ def test_schemas_use_single_type_branches() -> None:
         for where in _type_arrays(schema)
     ]
     assert found == []
+
+
+def test_declared_output_schemas_also_admit_error_answers() -> None:
+    """Clients such as the TypeScript SDK validate the structured content of an error
+    answer against the tool's outputSchema too: the declared schema must admit it."""
+    from jsonschema import Draft202012Validator
+
+    from tanso_mcp.tools.specs import output_schema
+
+    error = {"error": "not_found", "message": "no such plan", "field": "planId"}
+    preview = {"error": "confirmation_required", "message": "confirm", "preview": {"a": 1}}
+    for spec in all_specs():
+        validator = Draft202012Validator(output_schema(spec))
+        assert validator.is_valid(error) and validator.is_valid(preview), spec.name
+
+
+def test_answer_schemas_come_from_the_answer_models() -> None:
+    """Every tool implemented in this build declares a schema generated from its answer
+    model (services.outputs); only the Stripe tools, implemented elsewhere, may not."""
+    from tanso_mcp.tools.specs import strict_output_schema
+
+    stripe = {
+        "getStripeIntegrationStatus",
+        "discoverStripeData",
+        "getStripeImportStatus",
+        "registerStripeApiKey",
+        "setupStripeIntegration",
+        "importStripeData",
+    }
+    for spec in all_specs():
+        if spec.name in stripe or spec.group not in ("core", "testing"):
+            continue
+        strict = strict_output_schema(spec)
+        assert strict["additionalProperties"] is False, spec.name
+        assert strict.get("required"), spec.name

@@ -87,11 +87,7 @@ async def update_cost_settings(app: AppContext, p: Principal, params: Any):
         kwargs["model_price_overrides"] = _json(
             params.modelPriceOverridesJson, "modelPriceOverridesJson"
         )
-    now = await app.now(p)
-    async with app.db.unit_of_work() as s:
-        view = await costs.put_costs(s, p.environment_id, now, **kwargs)
-    app.invalidate(p.environment_id)
-    return view
+    return await costs.update_costs(app, p, **kwargs)
 
 
 async def list_model_prices(app: AppContext, p: Principal, params: Any):

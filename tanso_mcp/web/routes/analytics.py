@@ -12,6 +12,7 @@ from ...domain.periods import parse_datetime
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
+from ...services.outputs import Amount
 from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, Pagination, QueryModel, envelope_ok
 from .schemas import Out
 
@@ -72,10 +73,10 @@ class TimeseriesQuery(_Paged):
 class MarginRowOut(Out):
     key: str
     events: int
-    usageUnits: Decimal
-    revenue: Decimal
-    cost: Decimal
-    grossMargin: Decimal | None = None
+    usageUnits: Amount
+    revenue: Amount
+    cost: Amount
+    grossMargin: Amount | None = None
     status: Literal["healthy", "at_risk", "underwater"] | None = None
     revenueMicros: int
     costMicros: int
@@ -85,10 +86,10 @@ class MarginRowOut(Out):
 
 class TotalsOut(Out):
     events: int
-    usageUnits: Decimal
-    revenue: Decimal
-    cost: Decimal
-    grossMargin: Decimal | None = None
+    usageUnits: Amount
+    revenue: Amount
+    cost: Amount
+    grossMargin: Amount | None = None
     status: str | None = None
     revenueMicros: int
     costMicros: int
@@ -108,22 +109,22 @@ class MarginsOut(Out):
 class SubscriptionMarginOut(Out):
     subscriptionId: str
     planKey: str
-    mrr: Decimal
+    mrr: Amount
     currentPeriodStart: datetime
     currentPeriodEnd: datetime
-    periodUsageRevenue: Decimal
-    periodCost: Decimal
+    periodUsageRevenue: Amount
+    periodCost: Amount
 
 
 class CustomerMarginOut(TotalsOut):
-    customerReferenceId: str
     from_: datetime = Field(alias="from")
     to: datetime
+    customerReferenceId: str
     currency: str
     byFeature: list[MarginRowOut]
     byModel: list[MarginRowOut]
-    mrr: Decimal
-    effectiveMrr: Decimal
+    mrr: Amount
+    effectiveMrr: Amount
     subscriptions: list[SubscriptionMarginOut]
 
 
@@ -153,6 +154,7 @@ class TimeseriesOut(Out):
     role="read",
     query=MarginsQuery,
     response=MarginsOut,
+    paginated="object",
     summary="Revenue, cost and gross margin grouped by customer, feature, model or plan",
     tags=TAGS,
 )
@@ -255,8 +257,8 @@ class CostsOut(Out):
 class ModelPriceOut(Out):
     model: str
     provider: str
-    inputPricePerMillion: Decimal
-    outputPricePerMillion: Decimal
+    inputPricePerMillion: Amount
+    outputPricePerMillion: Amount
     effectiveFrom: str
     source: Literal["builtin", "override"]
 
@@ -291,12 +293,7 @@ async def put_costs(call: Call):
         kwargs["default_cost_config"] = b.defaultCostConfig
     if "modelPriceOverrides" in given:
         kwargs["model_price_overrides"] = b.modelPriceOverrides
-    env = call.principal.environment_id
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.unit_of_work() as s:
-        view = await costs.put_costs(s, env, now, **kwargs)
-    call.ctx.invalidate(env)
-    return view
+    return await costs.update_costs(call.ctx, call.principal, **kwargs)
 
 
 @api.route(
@@ -331,19 +328,19 @@ class AlertSettingsBody(ApiModel):
 
 class AlertSettingsOut(Out):
     enabled: bool
-    threshold: Decimal
+    threshold: Amount
     windowDays: int
-    customers: dict[str, Decimal]
+    customers: dict[str, Amount]
 
 
 class AlertOut(Out):
     id: str
     type: Literal["margin.alert", "margin.recovered"]
     customerReferenceId: str
-    threshold: Decimal
-    grossMargin: Decimal | None = None
-    revenue: Decimal
-    cost: Decimal
+    threshold: Amount
+    grossMargin: Amount | None = None
+    revenue: Amount
+    cost: Amount
     windowStart: datetime
     windowEnd: datetime
     createdAt: datetime
