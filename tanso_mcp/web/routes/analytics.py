@@ -106,6 +106,16 @@ class MarginsOut(Out):
     totals: TotalsOut
 
 
+class SubscriptionMarginOut(Out):
+    subscriptionId: str
+    planKey: str
+    mrr: Amount
+    currentPeriodStart: datetime
+    currentPeriodEnd: datetime
+    periodUsageRevenue: Amount
+    periodCost: Amount
+
+
 class CustomerMarginOut(TotalsOut):
     from_: datetime = Field(alias="from")
     to: datetime
@@ -115,7 +125,7 @@ class CustomerMarginOut(TotalsOut):
     byModel: list[MarginRowOut]
     mrr: Amount
     effectiveMrr: Amount
-    subscriptions: list[dict[str, Any]]
+    subscriptions: list[SubscriptionMarginOut]
 
 
 class PointOut(TotalsOut):
