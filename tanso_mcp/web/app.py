@@ -30,10 +30,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import billing, catalog, metering, system
+    from .routes import billing, catalog, metering, stripe, system
 
     api = Api("")
-    for module in (system, catalog, billing, metering):
+    for module in (system, catalog, billing, metering, stripe):
         api.include(module.api)
     return api
 
@@ -72,6 +72,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     from ..tools.http import mcp_http_app
     from ..tools.registry import all_handlers
     from ..tools.server import build_mcp_server
+    from .routes.stripe_webhooks import webhook_routes
 
     mcp = mcp_http_app(build_mcp_server(ctx, all_handlers()), ctx.settings.allowed_hosts)
     routes = [
@@ -79,6 +80,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.starlette_routes(ctx),
+        *webhook_routes(ctx),
         # the SDK's app routes on the unchanged path /mcp; a plain Route (not a Mount)
         # keeps every other unknown path answering with our JSON 404
         Route("/mcp", endpoint=mcp.app),
