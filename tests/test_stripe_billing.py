@@ -129,6 +129,16 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         sub3 = await _subscribe(app, "f1", plans["free"])
         assert sub3["status"] == "active" and await _allowed(app, "f1")
 
+        # over MCP, a paid in-advance plan answers a checkout page (nothing created yet)
+        pro = await make_plan(app.ctx, app.env, key="pro", price="25.00", features={"seats": None})
+        async with app.mcp() as mcp:
+            await ok(mcp, "createCustomer", {"customerReferenceId": "m1", "email": "m1@example.com"})
+            out = await ok(
+                mcp, "createSubscription", {"customerReferenceId": "m1", "planId": pro["plan_id"]}
+            )
+        assert out["checkoutUrl"] and out["checkoutSessionId"] and not out.get("subscription")
+        assert (await app.data("GET", "/customers/m1"))["subscriptions"] == []
+
 
 async def test_outages_lose_nothing(db_url, stripe_fake, stripe_client):
     async with stripe_app(db_url, stripe_fake, stripe_retry_seconds=0.001) as app:
