@@ -243,3 +243,42 @@ async def test_a_downgrade_reaches_stripe_at_the_period_boundary(
         now = await app.data("GET", f"/subscriptions/{sub['id']}")
         assert now["planId"] == small["plan_id"]
         assert not await _allowed(app, "d1")  # the small plan has no seats feature
+
+
+async def test_unknown_event_types_are_acknowledged_and_ignored(db_url, stripe_fake):
+    import json
+    import time
+
+    import stripe
+
+    from tanso_mcp.services import stripe_secrets
+
+    async with stripe_app(db_url, stripe_fake) as app:
+        await app.connect()
+        async with app.ctx.db.reader() as s:
+            secret = (await stripe_secrets.decrypt_all(app.ctx, s, app.env))[
+                stripe_secrets.WEBHOOK_SECRET
+            ]
+        body = json.dumps({"id": "evt_x", "type": "charge.refunded", "data": {"object": {}}})
+        header = stripe.WebhookSignature.generate_signature_header(body, secret, int(time.time()))
+        for _ in range(2):  # a redelivery is recorded once
+            r = await app.http.post(
+                f"/api/v1/webhooks/stripe/{app.env}",
+                content=body.encode(),
+                headers={"Stripe-Signature": header},
+            )
+            assert r.status_code == 200
+        await app.settle()
+        async with app.ctx.db.reader() as s:
+            rows = (await s.scalars(select(WebhookInbox))).all()
+        assert [(r.event_id, r.event_type, r.processed_at is not None) for r in rows] == [
+            ("evt_x", "charge.refunded", True)
+        ]
+        # another environment's URL does not accept this environment's signature
+        other = app.tenant.env_ids["live"]
+        r = await app.http.post(
+            f"/api/v1/webhooks/stripe/{other}",
+            content=body.encode(),
+            headers={"Stripe-Signature": header},
+        )
+        assert r.status_code == 400
