@@ -132,7 +132,9 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         # over MCP, a paid in-advance plan answers a checkout page (nothing created yet)
         pro = await make_plan(app.ctx, app.env, key="pro", price="25.00", features={"seats": None})
         async with app.mcp() as mcp:
-            await ok(mcp, "createCustomer", {"customerReferenceId": "m1", "email": "m1@example.com"})
+            await ok(
+                mcp, "createCustomer", {"customerReferenceId": "m1", "email": "m1@example.com"}
+            )
             out = await ok(
                 mcp, "createSubscription", {"customerReferenceId": "m1", "planId": pro["plan_id"]}
             )
@@ -225,7 +227,12 @@ async def test_a_downgrade_reaches_stripe_at_the_period_boundary(
     async with stripe_app(db_url, stripe_fake) as app:
         plans = await _ready(app)
         small = await make_plan(
-            app.ctx, app.env, key="small", price="4.00", timing="IN_ARREARS", features={"basic": None}
+            app.ctx,
+            app.env,
+            key="small",
+            price="4.00",
+            timing="IN_ARREARS",
+            features={"basic": None},
         )
         sub = await _subscribe(app, "d1", plans["team"])
         out = await app.data(
@@ -282,3 +289,24 @@ async def test_unknown_event_types_are_acknowledged_and_ignored(db_url, stripe_f
             headers={"Stripe-Signature": header},
         )
         assert r.status_code == 400
+
+
+async def test_stripe_ends_a_subscription_at_the_period_end(db_url, stripe_fake, stripe_client):
+    async with stripe_app(db_url, stripe_fake) as app:
+        plans = await _ready(app)
+        sub = await _subscribe(app, "e1", plans["team"])
+        out = await app.data(
+            "POST", f"/subscriptions/cancellation/{sub['id']}?cancelMode=END_OF_PERIOD"
+        )
+        assert out["subscription"]["status"] == "cancel_scheduled"
+        assert await _allowed(app, "e1")  # access until Stripe ends it
+        stripe_sub = (await stripe_client.v1.subscriptions.list_async()).data[0]
+        await stripe_fake.end_period(stripe_sub.id)
+        await app.settle()
+        assert (
+            await stripe_client.v1.subscriptions.retrieve_async(stripe_sub.id)
+        ).status == "canceled"
+        assert (await app.data("GET", f"/subscriptions/{sub['id']}"))["status"] == "cancelled"
+        assert not await _allowed(app, "e1")
+        pools = await app.data("GET", "/credits/e1/pools")
+        assert [Decimal(str(p["balance"])) for p in pools] == [Decimal(0)]

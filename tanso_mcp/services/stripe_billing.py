@@ -16,7 +16,7 @@ applies nothing. Previews (``confirmAction`` without ``true``) never call Stripe
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from ..bootstrap import AppContext
 
 log = logging.getLogger("tanso_mcp.stripe")
+
+CHECKOUT_REUSE = timedelta(hours=23)
 
 
 async def announce(ctx: AppContext, p: Principal, fx: billing.Effects) -> None:
@@ -119,7 +121,11 @@ async def create_subscription(
                 PendingSubscription.plan_id == plan.id,
                 PendingSubscription.kind == "CHECKOUT",
                 PendingSubscription.status == "OPEN",
+                # Stripe expires a Checkout Session after 24 hours
+                PendingSubscription.created_at > await ctx.now(p) - CHECKOUT_REUSE,
             )
+            .order_by(PendingSubscription.created_at.desc())
+            .limit(1)
         )
     if checkout and reuse is not None and reuse.url:
         return _checkout_answer(reuse.external_id, reuse.url)
@@ -243,6 +249,23 @@ async def _fail_pending(ctx: AppContext, pending_id: str, message: str, now: dat
 # --------------------------------------------------------------------------- changes
 
 
+def _state_key(action: str, sub: Subscription, *parts: str) -> str:
+    """Idempotency key of a change to a Stripe subscription: derived from the number of
+    changes already recorded for it (``provider_ops``, bumped when a change is
+    applied). A retry after a failure or crash sends the same key (Stripe answers what
+    it did the first time); the next change — say cancel, undo, cancel — has a new one."""
+    return ":".join((action, sub.id, *parts, str(sub.provider_ops)))
+
+
+async def _bump_ops(s, sub_id: str) -> None:
+    await s.execute(
+        update(Subscription)
+        .where(Subscription.id == sub_id)
+        .values(provider_ops=Subscription.provider_ops + 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def _subscription_data(s, env: str, sub: Subscription) -> SubscriptionData:
     plan = await s.get(Plan, sub.plan_id)
     customer = await s.get(Customer, sub.customer_id)
@@ -302,7 +325,7 @@ async def change_plan(
                 sdata,
                 sdata_target,
                 prorate=True,
-                idempotency_key=f"upgrade:{sub.id}:{target.id}:{sub.current_period_start.isoformat()}",
+                idempotency_key=_state_key("upgrade", sub, target.id),
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
@@ -319,6 +342,7 @@ async def change_plan(
                 plan_before=dry.plan_before,
                 plan_after=dry.plan_after,
             )
+            await _bump_ops(s, sub.id)
             target_plan = await s.get(Plan, to_plan_id)
             if sub.plan_id != target_plan.id:
                 await switch_plan(s, env, sub, target_plan, now, fx)
@@ -365,13 +389,14 @@ async def cancel(
         ext = await provider.cancel_subscription(
             sdata,
             immediate=immediate,
-            idempotency_key=f"cancel:{sub.id}:{mode}:{sub.current_period_start.isoformat()}",
+            idempotency_key=_state_key("cancel", sub, mode),
         )
     except ProviderError as exc:
         raise stripe_error(exc) from None
     ext = _ext(ext)
     async with ctx.db.unit_of_work() as s:
         sub = await billing.load_subscription(s, env, sub_id, lock=True)
+        await _bump_ops(s, sub.id)
         if not immediate:
             fx = await billing.cancel_subscription(s, env, sub_id, mode, now)
         else:
@@ -425,11 +450,13 @@ async def undo_cancel(
         try:
             ext = await provider.resume_subscription(
                 sdata,
-                idempotency_key=f"resume:{sub.id}:{sub.cancelled_at.isoformat() if sub.cancelled_at else ''}",
+                idempotency_key=_state_key("resume", sub),
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
     async with ctx.db.unit_of_work() as s:
+        if ext is not None:
+            await _bump_ops(s, sub_id)
         fx = await billing.undo_cancellation(s, env, sub_id, now)
         if ext is not None:
             sub = await billing.load_subscription(s, env, sub_id)

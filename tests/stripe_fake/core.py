@@ -59,8 +59,15 @@ def table(kind: str) -> dict[str, dict]:
 class StripeError(Exception):
     """An error answered in Stripe's shape: {"error": {type, message, code, param}}."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status = status
         self.body = {"error": {"type": type_, "message": message}}
@@ -111,10 +118,15 @@ def expand_list(request: web.Request) -> list[str]:
 
 # --- typed reads of form values (the SDK sends every scalar as a string) ---
 
+
 def req(data: dict, key: str, param: str | None = None) -> Any:
     if data.get(key) in (None, ""):
-        raise StripeError(400, f"Missing required param: {param or key}.",
-                          param=param or key, code="parameter_missing")
+        raise StripeError(
+            400,
+            f"Missing required param: {param or key}.",
+            param=param or key,
+            code="parameter_missing",
+        )
     return data[key]
 
 
@@ -183,16 +195,21 @@ def page(url: str, items: list[dict], data: dict) -> dict:
     after, before = data.get("starting_after"), data.get("ending_before")
     if after:
         ids = [o["id"] for o in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
+        items = items[ids.index(after) + 1 :] if after in ids else []
     elif before:
         ids = [o["id"] for o in items]
-        items = items[:ids.index(before)][-limit:] if before in ids else []
+        items = items[: ids.index(before)][-limit:] if before in ids else []
     chunk = items[:limit]
-    return {"object": "list", "data": [copy.deepcopy(o) for o in chunk],
-            "has_more": len(items) > limit, "url": url}
+    return {
+        "object": "list",
+        "data": [copy.deepcopy(o) for o in chunk],
+        "has_more": len(items) > limit,
+        "url": url,
+    }
 
 
 # --- events: a snapshot of the object at the time of the change, like Stripe ---
+
 
 class _Snapshot:
     """Adapter so localstripe's Event class stores our dicts (and lists them at /v1/events)."""

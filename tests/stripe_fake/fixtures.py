@@ -45,9 +45,22 @@ class StripeFake:
             return
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_fake.server", "--port", str(self.port),
-             "--state-file", str(self.state_file), "--api-key", self.api_key],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, env=os.environ | {"PYTHONWARNINGS": ""})
+            [
+                sys.executable,
+                "-m",
+                "tests.stripe_fake.server",
+                "--port",
+                str(self.port),
+                "--state-file",
+                str(self.state_file),
+                "--api-key",
+                self.api_key,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=os.environ | {"PYTHONWARNINGS": ""},
+        )
         log.close()
         line = self.proc.stdout.readline().decode()
         if not line.startswith("LISTENING "):
@@ -92,13 +105,17 @@ class StripeFake:
 
     # --- clients ---
 
-    def client(self, api_key: str | None = None,
-               http_client: stripe.HTTPXClient | None = None) -> stripe.StripeClient:
+    def client(
+        self, api_key: str | None = None, http_client: stripe.HTTPXClient | None = None
+    ) -> stripe.StripeClient:
         """The real SDK, async, pointed at the fake (use the `*_async` methods). Close the
         HTTPXClient you pass (`await http_client.close_async()`), or use `stripe_client`."""
-        return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.base_url},
-                                   http_client=http_client or stripe.HTTPXClient(),
-                                   max_network_retries=0)
+        return stripe.StripeClient(
+            api_key or self.api_key,
+            base_addresses={"api": self.base_url},
+            http_client=http_client or stripe.HTTPXClient(),
+            max_network_retries=0,
+        )
 
     async def _call(self, method: str, path: str, json: dict | None = None):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as http:
@@ -121,8 +138,9 @@ class StripeFake:
         """End the current period now: renewal invoice (licensed items for the new period,
         metered usage, pending prorations), paid, or failed with `fail=True`. Returns the
         invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
-        return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period",
-                                {"fail": fail})
+        return await self._call(
+            "POST", f"/_test/subscriptions/{subscription_id}/end_period", {"fail": fail}
+        )
 
     async def fail_payment(self, invoice_id: str) -> dict:
         """A payment attempt on an open invoice fails (`invoice.payment_failed`, past_due)."""
@@ -235,8 +253,10 @@ class WebhookReceiver:
         """Received events, each verified with the endpoint's signing secret."""
         with self._lock:
             received = list(self.received)
-        return [stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
-                for headers, body in received]
+        return [
+            stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
+            for headers, body in received
+        ]
 
     def close(self) -> None:
         self._server.shutdown()

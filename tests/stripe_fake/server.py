@@ -22,8 +22,9 @@ import warnings
 from aiohttp import web
 
 # localstripe registers plain (non-async) handlers, which aiohttp deprecates.
-warnings.filterwarnings("ignore", message="Bare functions are deprecated",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="Bare functions are deprecated", category=DeprecationWarning
+)
 
 from localstripe import resources as ls  # noqa: E402
 from localstripe import server as ls_server  # noqa: E402
@@ -36,8 +37,15 @@ from . import billing, checkout, core, meters, prices, search, webhooks  # noqa:
 log = logging.getLogger("stripe_fake")
 
 # Paths whose localstripe implementation predates the current API: served only by ours.
-OWNED = ("/v1/subscriptions", "/v1/subscription_items", "/v1/invoices", "/v1/invoiceitems",
-         "/v1/customers/{id}/subscriptions", "/v1/usage_records", "/v1/plans")
+OWNED = (
+    "/v1/subscriptions",
+    "/v1/subscription_items",
+    "/v1/invoices",
+    "/v1/invoiceitems",
+    "/v1/customers/{id}/subscriptions",
+    "/v1/usage_records",
+    "/v1/plans",
+)
 IDEMPOTENCY_TTL = 24 * 3600
 
 
@@ -58,14 +66,20 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         except UserError as exc:
             return exc.to_response()
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-            return core.respond({"error": {
-                "type": "invalid_request_error",
-                "message": f"Unrecognized request URL ({request.method}: {request.path})."}},
-                exc.status)
+            return core.respond(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"Unrecognized request URL ({request.method}: {request.path}).",
+                    }
+                },
+                exc.status,
+            )
         except Exception:
             log.exception("fake Stripe failed on %s %s", request.method, request.path)
-            return core.respond({"error": {"type": "api_error",
-                                           "message": "The fake Stripe server failed."}}, 500)
+            return core.respond(
+                {"error": {"type": "api_error", "message": "The fake Stripe server failed."}}, 500
+            )
 
     @web.middleware
     async def auth(request, handler):
@@ -87,21 +101,32 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         for k in [k for k, v in st.idempotency.items() if v["at"] < t - IDEMPOTENCY_TTL]:
             del st.idempotency[k]
         slot = f"{_api_key(request)}:{key}"
-        fingerprint = hashlib.sha256(request.path.encode() + b"\0" + await request.read()).hexdigest()
+        fingerprint = hashlib.sha256(
+            request.path.encode() + b"\0" + await request.read()
+        ).hexdigest()
         seen = st.idempotency.get(slot)
         if seen is not None:
             if seen["fingerprint"] != fingerprint:
                 raise core.StripeError(
-                    400, "Keys for idempotent requests can only be used with the same parameters "
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters "
                     f"they were first used with. Try using a key other than '{key}' if you meant "
-                    "to execute a different request.", type_="idempotency_error")
+                    "to execute a different request.",
+                    type_="idempotency_error",
+                )
             if seen["body"] is None:
-                raise core.StripeError(409, "There is currently another in-progress request "
-                                       "using this Stripe API key with this idempotency key.",
-                                       type_="idempotency_error")
-            return web.Response(body=seen["body"], status=seen["status"],
-                                content_type="application/json",
-                                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key})
+                raise core.StripeError(
+                    409,
+                    "There is currently another in-progress request "
+                    "using this Stripe API key with this idempotency key.",
+                    type_="idempotency_error",
+                )
+            return web.Response(
+                body=seen["body"],
+                status=seen["status"],
+                content_type="application/json",
+                headers={"Idempotent-Replayed": "true", "Idempotency-Key": key},
+            )
         st.idempotency[slot] = {"fingerprint": fingerprint, "body": None, "at": t}
         try:
             response = await handler(request)
@@ -122,8 +147,15 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
                 save_state(state_file)
 
     app = web.Application(middlewares=[errors, auth, idempotency, after_write])
-    for table in (prices.routes, meters.routes, billing.routes, checkout.routes,
-                  webhooks.routes, search.routes, _test_routes):
+    for table in (
+        prices.routes,
+        meters.routes,
+        billing.routes,
+        checkout.routes,
+        webhooks.routes,
+        search.routes,
+        _test_routes,
+    ):
         app.router.add_routes(table)
     claimed = {(r.method, r.resource.canonical) for r in app.router.routes()}
     for route in ls_server.app.router.routes():
@@ -139,6 +171,7 @@ def _as_async(handler):
     async def wrapped(request):
         response = handler(request)
         return await response if hasattr(response, "__await__") else response
+
     return wrapped
 
 
@@ -192,8 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-    web.run_app(build_app(args.api_key, args.state_file), sock=sock, print=None,
-                access_log=None)
+    web.run_app(build_app(args.api_key, args.state_file), sock=sock, print=None, access_log=None)
 
 
 if __name__ == "__main__":

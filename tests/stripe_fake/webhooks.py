@@ -112,6 +112,7 @@ async def list_endpoints(request):
 
 # --- delivery ---
 
+
 def event_object(event_id: str):
     event = ls.store.get(f"event:{event_id}")
     if event is None:
@@ -137,9 +138,12 @@ def sign(body: bytes, secret: str, t: int | None = None) -> str:
 
 
 def targets(event) -> list[dict]:
-    return [e for e in table("webhook_endpoint").values()
-            if e["status"] == "enabled"
-            and ("*" in e["enabled_events"] or event.type in e["enabled_events"])]
+    return [
+        e
+        for e in table("webhook_endpoint").values()
+        if e["status"] == "enabled"
+        and ("*" in e["enabled_events"] or event.type in e["enabled_events"])
+    ]
 
 
 async def deliver(event_id: str) -> list[dict]:
@@ -149,11 +153,18 @@ async def deliver(event_id: str) -> list[dict]:
     results = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for endpoint in targets(event):
-            result = {"event": event.id, "type": event.type, "endpoint": endpoint["id"],
-                      "url": endpoint["url"], "at": now()}
-            headers = {"Content-Type": "application/json; charset=utf-8",
-                       "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-                       "Stripe-Signature": sign(body, endpoint["_secret"])}
+            result = {
+                "event": event.id,
+                "type": event.type,
+                "endpoint": endpoint["id"],
+                "url": endpoint["url"],
+                "at": now(),
+            }
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                "Stripe-Signature": sign(body, endpoint["_secret"]),
+            }
             try:
                 async with session.post(endpoint["url"], data=body, headers=headers) as r:
                     result["status"] = r.status
@@ -179,6 +190,7 @@ async def flush_outbox() -> None:
 
 # --- test-only controls ---
 
+
 @routes.post("/_test/webhooks/mode")
 async def set_mode(request):
     data = await params(request)
@@ -188,8 +200,12 @@ async def set_mode(request):
 
 def _summary(event_id: str) -> dict:
     event = event_object(event_id)
-    return {"id": event.id, "type": event.type, "created": event.created,
-            "object_id": event.data["object"].get("id")}
+    return {
+        "id": event.id,
+        "type": event.type,
+        "created": event.created,
+        "object_id": event.data["object"].get("id"),
+    }
 
 
 @routes.get("/_test/webhooks/held")
@@ -244,15 +260,26 @@ async def signed(request):
     (for tests that hand the delivery to an in-process app themselves)."""
     event = event_object(request.match_info["id"])
     body = payload_of(event)
-    return respond([{"endpoint": e["id"], "url": e["url"], "payload": body.decode(),
-                     "headers": {"Content-Type": "application/json; charset=utf-8",
-                                 "Stripe-Signature": sign(body, e["_secret"])}}
-                    for e in targets(event)])
+    return respond(
+        [
+            {
+                "endpoint": e["id"],
+                "url": e["url"],
+                "payload": body.decode(),
+                "headers": {
+                    "Content-Type": "application/json; charset=utf-8",
+                    "Stripe-Signature": sign(body, e["_secret"]),
+                },
+            }
+            for e in targets(event)
+        ]
+    )
 
 
 @routes.get("/_test/events")
 async def all_events(request):
     """Every event in creation order (oldest first), with type and object id."""
-    events = sorted((v for k, v in ls.store.items() if k.startswith("event:")),
-                    key=lambda e: e.created)
+    events = sorted(
+        (v for k, v in ls.store.items() if k.startswith("event:")), key=lambda e: e.created
+    )
     return respond([_summary(e.id) for e in events])
