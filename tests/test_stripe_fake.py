@@ -55,6 +55,17 @@ async def catalog(sc):
     return product, meter, base, metered
 
 
+async def licensed_price(sc, product, amount, interval="month"):
+    return await sc.v1.prices.create_async(
+        {
+            "product": product.id,
+            "currency": "usd",
+            "unit_amount": amount,
+            "recurring": {"interval": interval},
+        }
+    )
+
+
 async def usage(sc, customer, value, identifier, timestamp=None):
     params = {
         "event_name": "api_calls",
@@ -113,12 +124,19 @@ async def test_meter_events_dedup_window_and_summaries(sc, stripe_fake):
     await usage(sc, cus.id, 12, "ev-2", timestamp=now - 34 * 86400)
     with pytest.raises(stripe.InvalidRequestError) as err:
         await usage(sc, cus.id, 30, "ev-1")
-    assert err.value.code == "resource_already_exists" and err.value.param == "identifier"
+    # as on Stripe: no error code, the message says it (and Stripe-Should-Retry: false)
+    assert err.value.code is None and err.value.http_status == 400
+    assert str(err.value.user_message) == "An event already exists with identifier ev-1."
+    assert err.value.headers["stripe-should-retry"] == "false"
     for ts in (now - 36 * 86400, now + 600):
         with pytest.raises(stripe.InvalidRequestError) as err:
             await usage(sc, cus.id, 1, f"late-{ts}", timestamp=ts)
         assert err.value.param == "timestamp"
     assert await stripe_fake.meter_total(meter.id, cus.id) == 42
+    assert [e["identifier"] for e in await stripe_fake.meter_events("api_calls")] == [
+        "ev-1",
+        "ev-2",
+    ]
     start = (now - 35 * 86400) // 60 * 60
     end = (now // 60 + 2) * 60
     summaries = await sc.v1.billing.meters.event_summaries.list_async(
@@ -252,14 +270,7 @@ async def test_renewal_bills_usage_with_graduated_tiers(sc, stripe_fake):
 
 async def test_price_swap_prorations(sc, stripe_fake):
     product, _, base, metered = await catalog(sc)
-    bigger = await sc.v1.prices.create_async(
-        {
-            "product": product.id,
-            "currency": "usd",
-            "unit_amount": 5000,
-            "recurring": {"interval": "month"},
-        }
-    )
+    bigger = await licensed_price(sc, product, 5000)
     cus = await sc.v1.customers.create_async(
         {
             "email": "e@example.com",
@@ -384,12 +395,8 @@ async def test_idempotency_keys_and_api_key_check(sc, stripe_fake):
     with pytest.raises(stripe.IdempotencyError):
         await sc.v1.customers.create_async({"email": "other@example.com"}, opts)
     assert len((await sc.v1.customers.list_async()).data) == 1
-    http = stripe.HTTPXClient()
-    try:
-        with pytest.raises(stripe.AuthenticationError):
-            await stripe_fake.client("sk_test_wrong_key_0000", http).v1.customers.list_async()
-    finally:
-        await http.close_async()
+    with pytest.raises(stripe.AuthenticationError):  # no idle connection left behind either
+        await stripe_fake.client("sk_test_wrong_key_0000").v1.customers.list_async()
 
 
 async def test_customer_search_and_lists(sc):
@@ -401,7 +408,25 @@ async def test_customer_search_and_lists(sc):
     )
     found = await sc.v1.customers.search_async({"query": "metadata['customerReferenceId']:'r2'"})
     assert [c.id for c in found.data] == [other.id]
-    await sc.v1.products.create_async({"name": "Basic"})
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        await sc.v1.customers.retrieve_async("cus_missing")
+    assert (err.value.http_status, err.value.code) == (404, "resource_missing")
+    basic = await sc.v1.products.create_async(
+        {
+            "name": "Basic",
+            "default_price_data": {
+                "currency": "usd",
+                "unit_amount": 900,
+                "recurring": {"interval": "month"},
+            },
+        }
+    )
+    assert (await sc.v1.prices.retrieve_async(basic.default_price)).unit_amount == 900
+    with pytest.raises(stripe.InvalidRequestError):
+        await sc.v1.products.create_async(
+            {"name": "Broken", "default_price_data": {"currency": "usd"}}
+        )
+    assert (await sc.v1.customers.retrieve_async(other.id)).balance == 0
     assert [p.name for p in (await sc.v1.products.list_async()).data] == ["Basic"]
 
 
@@ -434,3 +459,197 @@ async def test_signed_event_for_in_process_delivery(sc, stripe_fake):
     )
     async with httpx.AsyncClient() as http:  # test routes need no key; /v1 routes do
         assert (await http.get(f"{stripe_fake.base_url}/v1/customers")).status_code == 401
+
+
+async def test_expand_events_list_and_preview(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    cus = await sc.v1.customers.create_async({"email": "n@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {"customer": cus.id, "items": [{"price": metered.id}], "expand": ["latest_invoice"]}
+    )
+    assert sub.latest_invoice.object == "invoice" and sub.latest_invoice.status == "paid"
+    prices = await sc.v1.prices.list_async({"product": product.id, "expand": ["data.product"]})
+    assert {p.product.name for p in prices.data} == {"Pro"}
+    events = await sc.v1.events.list_async({"types": ["invoice.paid", "invoice.created"]})
+    assert [e.type for e in events.data] == ["invoice.paid", "invoice.created"]  # newest first
+    assert events.data[0].api_version == "2026-10-28.endive"
+    await usage(sc, cus.id, 300, "p-1")
+    preview = await sc.v1.invoices.create_preview_async({"subscription": sub.id})
+    assert preview.total == 300  # (300 - 100 free) * 1.5 cents
+    assert (await stripe_fake.end_period(sub.id))["total"] == 300
+
+
+async def test_injected_errors_and_lost_answers(sc, stripe_fake):
+    await stripe_fake.fail_next("POST", "/v1/customers", status=500)
+    with pytest.raises(stripe.APIError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
+    assert (await sc.v1.customers.list_async()).data == []  # nothing happened
+    with pytest.raises(stripe.APIError):  # Stripe replays a 500 for the same key
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
+    await stripe_fake.fail_next("POST", "/v1/customers", status=429, type="invalid_request_error")
+    with pytest.raises(stripe.RateLimitError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    assert (
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    ).email
+    await sc.v1.customers.delete_async((await sc.v1.customers.list_async()).data[0].id)
+    await stripe_fake.drop_next("POST", "/v1/customers")
+    opts = {"idempotency_key": "create-o"}
+    with pytest.raises(stripe.APIConnectionError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, opts)
+    created = (await sc.v1.customers.list_async()).data
+    assert len(created) == 1  # it did happen; the retry with the same key replays it
+    replayed = await sc.v1.customers.create_async({"email": "o@example.com"}, opts)
+    assert replayed.id == created[0].id
+    await stripe_fake.set_rate_limit(3)
+    with pytest.raises(stripe.RateLimitError):
+        for _ in range(4):
+            await sc.v1.customers.list_async()
+    await stripe_fake.set_rate_limit(None)
+    await sc.v1.customers.list_async()
+
+
+async def test_async_delivery_after_the_answer(sc, stripe_fake, webhook_receiver):
+    we = await endpoint(sc, webhook_receiver, ["customer.created", "customer.updated"])
+    await stripe_fake.deliver_webhooks_async()
+    cus = await sc.v1.customers.create_async({"email": "p@example.com"})
+    await sc.v1.customers.update_async(cus.id, {"name": "P"})
+    await stripe_fake.drain_webhooks()
+    assert [e.type for e in webhook_receiver.events(we.secret)] == [
+        "customer.created",
+        "customer.updated",
+    ]
+
+
+async def test_payment_mode_checkout_and_hosted_invoice_payment(sc, stripe_fake):
+    _, _, base, _ = await catalog(sc)
+    cus = await sc.v1.customers.create_async({"email": "q@example.com"})
+    session = await sc.v1.checkout.sessions.create_async(
+        {
+            "mode": "payment",
+            "customer": cus.id,
+            "success_url": "https://app.test/ok",
+            "metadata": {"tansoInvoice": "inv-1"},
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 1234,
+                        "product_data": {"name": "Invoice inv-1"},
+                    },
+                }
+            ],
+        }
+    )
+    assert session.amount_total == 1234
+    done = await stripe_fake.complete_checkout(session.id)
+    assert done["payment_status"] == "paid" and done["metadata"] == {"tansoInvoice": "inv-1"}
+    assert (await stripe_fake.events("checkout.session.completed"))[0]["object_id"] == session.id
+    sub = await sc.v1.subscriptions.create_async(
+        {
+            "customer": cus.id,
+            "items": [{"price": base.id}],
+            "collection_method": "send_invoice",
+            "days_until_due": 7,
+        }
+    )
+    assert sub.status == "active"
+    inv = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    assert inv.status == "open" and inv.hosted_invoice_url
+    paid = await stripe_fake.pay_invoice_hosted(inv.id)
+    assert paid["status"] == "paid" and paid["amount_paid"] == 2000
+
+
+async def test_updates_are_all_or_nothing_and_proration_date_is_exact(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    double = await licensed_price(sc, product, 4000)
+    cus = await sc.v1.customers.create_async({"email": "r@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {
+            "customer": cus.id,
+            "collection_method": "send_invoice",
+            "days_until_due": 7,
+            "items": [{"price": base.id}, {"price": metered.id}],
+        }
+    )
+    base_item, metered_item = sub["items"].data
+    with pytest.raises(stripe.InvalidRequestError) as err:
+        await sc.v1.subscriptions.update_async(
+            sub.id,
+            {
+                "items": [
+                    {"id": base_item.id, "price": double.id},
+                    {"id": metered_item.id, "quantity": 2},  # metered items take no quantity
+                ]
+            },
+        )
+    assert err.value.param == "items[1][quantity]"
+    unchanged = await sc.v1.subscriptions.retrieve_async(sub.id)
+    assert unchanged["items"].data[0].price.id == base.id
+    assert (await sc.v1.invoice_items.list_async({"customer": cus.id})).data == []
+    halfway = (base_item.current_period_start + base_item.current_period_end) // 2
+    await sc.v1.subscriptions.update_async(
+        sub.id, {"items": [{"id": base_item.id, "price": double.id}], "proration_date": halfway}
+    )
+    pending = await sc.v1.invoice_items.list_async({"customer": cus.id, "pending": True})
+    assert sorted(ii.amount for ii in pending.data) == [-1000, 2000]  # half of each month
+
+
+async def test_interval_change_starts_a_new_cycle_and_send_invoice_renewals(sc, stripe_fake):
+    product, _, base, metered = await catalog(sc)
+    yearly = await licensed_price(sc, product, 20000, "year")
+    cus = await sc.v1.customers.create_async({"email": "s@example.com"})
+    sub = await sc.v1.subscriptions.create_async(
+        {
+            "customer": cus.id,
+            "collection_method": "send_invoice",
+            "days_until_due": 7,
+            "items": [{"price": base.id}],
+        }
+    )
+    first = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    await sc.v1.invoices.pay_async(first.id, {"paid_out_of_band": True})
+    with pytest.raises(stripe.InvalidRequestError):  # one interval per subscription
+        await sc.v1.subscriptions.update_async(sub.id, {"items": [{"price": yearly.id}]})
+    item = sub["items"].data[0]
+    sub = await sc.v1.subscriptions.update_async(
+        sub.id, {"items": [{"id": item.id, "price": yearly.id}]}
+    )
+    new_item = sub["items"].data[0]
+    assert new_item.current_period_end - new_item.current_period_start >= 365 * 86400
+    inv = await sc.v1.invoices.retrieve_async(sub.latest_invoice)
+    assert inv.billing_reason == "subscription_update" and inv.status == "open"
+    assert 17990 <= inv.total <= 18000  # 200.00 for the year less the unused month
+    left_open = await stripe_fake.end_period(sub.id)  # the customer pays when they like
+    assert left_open["status"] == "open" and left_open["total"] == 20000
+    paid = await stripe_fake.end_period(sub.id, pay=True)
+    assert paid["status"] == "paid"
+
+
+async def test_stale_payment_failure_delivered_after_the_payment(sc, stripe_fake, webhook_receiver):
+    _, _, base, metered = await catalog(sc)
+    we = await endpoint(sc, webhook_receiver, ["invoice.paid", "invoice.payment_failed"])
+    cus = await sc.v1.customers.create_async({"email": "t@example.com"})
+    session = await sc.v1.checkout.sessions.create_async(
+        {
+            "mode": "subscription",
+            "customer": cus.id,
+            "success_url": "https://app.test/ok",
+            "line_items": [{"price": base.id, "quantity": 1}, {"price": metered.id}],
+        }
+    )
+    sub_id = (await stripe_fake.complete_checkout(session.id))["subscription"]
+    await stripe_fake.hold_webhooks()
+    renewal = await stripe_fake.end_period(sub_id, fail=True)
+    assert (await sc.v1.subscriptions.retrieve_async(sub_id)).status == "past_due"
+    await sc.v1.invoices.pay_async(renewal["id"])  # retried with the card on file
+    assert (await sc.v1.subscriptions.retrieve_async(sub_id)).status == "active"
+    with pytest.raises(AssertionError, match="only an open invoice"):
+        await stripe_fake.fail_payment(renewal["id"])
+    held = {e["type"]: e["id"] for e in await stripe_fake.held_events()}
+    await stripe_fake.release_webhooks([held["invoice.paid"], held["invoice.payment_failed"]])
+    paid, failed = webhook_receiver.events(we.secret)[-2:]
+    assert (paid.type, paid.data.object.status) == ("invoice.paid", "paid")
+    assert (failed.type, failed.data.object.status) == ("invoice.payment_failed", "open")
+    assert failed.created <= paid.created  # a receiver can tell the failure is older

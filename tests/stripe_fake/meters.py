@@ -12,6 +12,7 @@ from .core import (
     as_decimal,
     as_int,
     bad,
+    expire,
     get,
     new_id,
     now,
@@ -151,16 +152,14 @@ async def create_meter_event(request):
                 "parameter_missing",
             )
     st = state()
-    for ident, created in list(st.meter_event_ids.items()):
-        if created < t - IDENTIFIER_TTL:
-            del st.meter_event_ids[ident]
+    expire(st.meter_event_ids, t - IDENTIFIER_TTL)
     identifier = data.get("identifier") or new_id("mev_")
     if identifier in st.meter_event_ids:
+        # Stripe's v1 answer carries no error code: integrations recognise the message
         raise StripeError(
             400,
             f"An event already exists with identifier {identifier}.",
-            param="identifier",
-            code="resource_already_exists",
+            headers={"Stripe-Should-Retry": "false"},
         )
     st.meter_event_ids[identifier] = t
     event = {
@@ -235,13 +234,13 @@ async def event_summaries(request):
                 "livemode": False,
                 "meter": meter["id"],
                 "start_time": s,
-                "created": s,
             }
         )
-    out = page(f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data)
-    for s in out["data"]:
-        s.pop("created")
-    return respond(out)
+    return respond(
+        page(
+            f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data, newest_first=False
+        )
+    )
 
 
 @routes.get("/_test/billing/meters/{id}/totals")
@@ -258,3 +257,17 @@ async def totals(request):
         - {None}
     )
     return respond({c: str(aggregate(meter, events_for(meter, c))) for c in customers})
+
+
+@routes.get("/_test/billing/meter_events")
+async def all_meter_events(request):
+    """Test-only: every accepted meter event, oldest first (optionally one `event_name`),
+    with the invoice that billed it (`invoiced_by`: a subscription id, or null)."""
+    data = await params(request)
+    return respond(
+        [
+            {k: v for k, v in e.items() if not k.startswith("_")} | {"invoiced_by": e["_invoice"]}
+            for e in state().meter_events
+            if not data.get("event_name") or e["event_name"] == data["event_name"]
+        ]
+    )

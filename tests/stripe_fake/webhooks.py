@@ -4,6 +4,7 @@ controls: hold deliveries, release them in a chosen order, redeliver an event.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -178,14 +179,35 @@ async def deliver(event_id: str) -> list[dict]:
 
 
 async def flush_outbox() -> None:
-    """Called after every request: send (or hold) the events the request produced, in order."""
+    """Called after every request: send (or queue, or hold) the events the request
+    produced, in order."""
     st = state()
     pending, st.outbox[:] = list(st.outbox), []
-    for event_id in pending:
-        if st.webhook_mode == "hold":
-            st.held.append(event_id)
-        else:
+    if st.webhook_mode == "hold":
+        st.held.extend(pending)
+    elif st.webhook_mode == "async":
+        st.queue.extend(pending)
+        start_drain()
+    else:
+        for event_id in pending:
             await deliver(event_id)
+
+
+_drain: asyncio.Task | None = None
+
+
+def start_drain() -> None:
+    global _drain
+    if state().queue and (_drain is None or _drain.done()):
+        _drain = asyncio.get_running_loop().create_task(_drain_queue())
+
+
+async def _drain_queue() -> None:
+    st = state()
+    while st.queue and state() is st:  # a reset drops what was queued
+        await deliver(st.queue[0])
+        if st.queue:
+            st.queue.pop(0)
 
 
 # --- test-only controls ---
@@ -194,7 +216,7 @@ async def flush_outbox() -> None:
 @routes.post("/_test/webhooks/mode")
 async def set_mode(request):
     data = await params(request)
-    state().webhook_mode = one_of(req(data, "mode"), ("sync", "hold"), "mode")
+    state().webhook_mode = one_of(req(data, "mode"), ("sync", "async", "hold"), "mode")
     return respond({"mode": state().webhook_mode})
 
 
@@ -206,6 +228,15 @@ def _summary(event_id: str) -> dict:
         "created": event.created,
         "object_id": event.data["object"].get("id"),
     }
+
+
+@routes.post("/_test/webhooks/drain")
+async def drain(request):
+    """Wait until every event queued for async delivery has been sent."""
+    while state().queue or (_drain is not None and not _drain.done()):
+        start_drain()
+        await asyncio.sleep(0.01)
+    return respond({"queued": 0})
 
 
 @routes.get("/_test/webhooks/held")
