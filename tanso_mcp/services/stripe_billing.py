@@ -191,11 +191,20 @@ async def create_subscription(
         await _fail_pending(ctx, pending_id, "the provider returned nothing", now)
         raise StripeApiError("Stripe returned no object")
     async with ctx.db.unit_of_work() as s:
+        # the webhook Stripe sends while answering may be mirroring the same
+        # subscription concurrently: both take the subscription first, then the pending
+        # row (one lock order), and the subscription is inserted once (unique index)
+        sub = None
+        fx = None
+        if not checkout:
+            fx = billing.Effects(action="SUBSCRIBE")
+            sub = await materialise(s, env, ext, now, fx) if ext else None
         await s.execute(
             update(PendingSubscription)
             .where(PendingSubscription.id == pending_id)
             .values(
-                status="OPEN",
+                status="COMPLETED" if sub is not None else "OPEN",
+                subscription_id=sub.id if sub is not None else None,
                 external_id=ref.external_id,
                 url=getattr(ref, "url", None),
                 modified_at=now,
@@ -204,10 +213,7 @@ async def create_subscription(
         )
         if checkout:
             out = _checkout_answer(ref.external_id, ref.url)
-            fx = None
         else:
-            fx = billing.Effects(action="SUBSCRIBE")
-            sub = await materialise(s, env, ext, now, fx) if ext else None
             if sub is None:
                 raise StripeApiError(
                     f"Stripe created subscription {ref.external_id} but it is not active "
