@@ -88,6 +88,9 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         async with app.mcp() as mcp:
             err, preview = await call(mcp, "markInvoicePaid", {"invoiceId": invoice_id})
             assert err and preview["error"] == "confirmation_required"
+            assert "Stripe collects payments" in str(preview["preview"])
+            # a preview never calls Stripe
+            assert (await stripe_client.v1.invoices.retrieve_async(stripe_inv)).status == "open"
             paid = await ok(
                 mcp, "markInvoicePaid", {"invoiceId": invoice_id, "confirmAction": True}
             )

@@ -177,7 +177,10 @@ async def _write(
 ) -> dict[str, Any]:
     now = await ctx.now(p)
     if dry_run:
-        return await preview(ctx, lambda s: fn(s, now))
+        out = await preview(ctx, lambda s: fn(s, now))
+        if await _provider_invoicing(ctx, p) is not None:
+            stripe_billing.annotate_preview(out)
+        return out
     async with ctx.db.unit_of_work() as s:
         fx = await fn(s, now)
         out: dict[str, Any] = {"success": True, "message": _message(fx)}
@@ -253,7 +256,8 @@ async def mark_paid(
     now = await ctx.now(p)
     if (stripe := await _provider_invoicing(ctx, p)) is not None:
         if dry_run:  # the same rule, rolled back; Stripe is not called
-            return await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
+            out = await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
+            return stripe_billing.annotate_preview(out)
         return await stripe_billing.mark_paid(ctx, p, stripe, invoice_id)
 
     async def run(s: AsyncSession, now: datetime) -> billing.Effects:

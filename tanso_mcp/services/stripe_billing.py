@@ -231,6 +231,16 @@ async def create_subscription(
     return out
 
 
+def annotate_preview(out: dict[str, Any]) -> dict[str, Any]:
+    """A preview in Stripe mode is the billing rule's own, computed without calling
+    Stripe: the money side is Stripe's to settle."""
+    out.setdefault("notes", []).append(
+        "Stripe collects payments in this environment: invoices, prorations and refunds "
+        "are computed by Stripe and mirrored here; the amounts shown are estimates"
+    )
+    return out
+
+
 def _checkout_answer(session_id: str | None, url: str | None) -> dict[str, Any]:
     return {
         "subscription": None,
