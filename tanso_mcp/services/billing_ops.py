@@ -99,6 +99,18 @@ async def _provider_invoicing(ctx: AppContext, p: Principal) -> PaymentProvider 
 # --------------------------------------------------------------------------- subscriptions
 
 
+async def resolve_plan(
+    s: AsyncSession, env: str, plan_id: str | None, plan_key: str | None
+) -> Plan:
+    """The plan a subscribe request names (``planId`` wins; both must agree)."""
+    if plan_id:
+        plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
+        if plan_key and plan.key != plan_key:
+            raise InvalidRequest("planId and planKey name different plans", field="planKey")
+        return plan
+    return await catalog.plan_by_key(s, env, plan_key, field="planKey")
+
+
 def _plan_ref(plan_id: str | None, plan_key: str | None) -> None:
     if not plan_id and not plan_key:
         raise InvalidRequest("planId or planKey is required", field="planId")
@@ -133,12 +145,7 @@ async def create_subscription(
     async with ctx.db.unit_of_work() as s:
         provider = await payments.provider_for(ctx, s, env)
         customer = await customers.by_reference(s, env, customer_ref)
-        if plan_id:
-            plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
-            if plan_key and plan.key != plan_key:
-                raise InvalidRequest("planId and planKey name different plans", field="planKey")
-        else:
-            plan = await catalog.plan_by_key(s, env, plan_key, field="planKey")
+        plan = await resolve_plan(s, env, plan_id, plan_key)
         if CORE_INVOICING not in provider.capabilities:
             raise PreconditionFailed(
                 f"subscriptions of this environment are created through its payment "

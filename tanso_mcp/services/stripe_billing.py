@@ -40,7 +40,7 @@ from ..plugin.api import (
     SubscriptionData,
 )
 from ..principal import Principal
-from . import billing, catalog, customers
+from . import billing, customers
 from . import invoices as inv_svc
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
 from .stripe_setup import checkout_urls, stripe_error
@@ -90,13 +90,10 @@ async def create_subscription(
     created directly, active at once. One live subscription per customer."""
     env = p.environment_id
     async with ctx.db.reader() as s:
+        from .billing_ops import resolve_plan
+
         customer = await customers.by_reference(s, env, customer_ref)
-        if plan_id:
-            plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
-            if plan_key and plan.key != plan_key:
-                raise InvalidRequest("planId and planKey name different plans", field="planKey")
-        else:
-            plan = await catalog.plan_by_key(s, env, plan_key, field="planKey")
+        plan = await resolve_plan(s, env, plan_id, plan_key)
         field = "planId" if plan_id else "planKey"
         if plan.status != "ACTIVE":
             raise InvalidRequest(
@@ -265,6 +262,16 @@ async def _fail_pending(ctx: AppContext, pending_id: str, message: str, now: dat
 # --------------------------------------------------------------------------- changes
 
 
+async def _answer(s, env: str, sub_id: str, fx: billing.Effects) -> dict[str, Any]:
+    """The same answer as native billing's for the same operation."""
+    from .billing_ops import _message, subscription_out
+
+    out: dict[str, Any] = {"success": True, "message": _message(fx)}
+    out["subscription"] = await subscription_out(s, env, sub_id)
+    out.update(fx.to_json())
+    return out
+
+
 def _state_key(action: str, sub: Subscription, *parts: str) -> str:
     """Idempotency key of a change to a Stripe subscription: derived from the number of
     changes already recorded for it (``provider_ops``, bumped when a change is
@@ -374,11 +381,7 @@ async def change_plan(
             fx = await billing.change_plan(
                 s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
             )
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
@@ -441,11 +444,7 @@ async def cancel(
             await converge_subscription(s, env, sub, ext, now, billing.Effects(action="SYNC"))
         sub = await billing.load_subscription(s, env, sub_id)
         fx.status_after = await billing.status_of(s, sub)
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
@@ -477,11 +476,7 @@ async def undo_cancel(
         if ext is not None:
             sub = await billing.load_subscription(s, env, sub_id)
             await converge_subscription(s, env, sub, ext, now, billing.Effects(action="SYNC"))
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
