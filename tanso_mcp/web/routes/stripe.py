@@ -21,6 +21,7 @@ class Connect(ApiModel):
 
 class ConnectOut(Out):
     success: bool
+    message: str | None = None
     maskedApiKey: str
     replaced: bool
 
@@ -34,17 +35,25 @@ class StatusOut(Out):
     stripeEnabled: bool
     currency: str | None = None
     setupComplete: bool
+    webhookEndpointId: str | None = None
+    webhookUrl: str | None = None
+    checkoutSuccessUrl: str | None = None
+    checkoutCancelUrl: str | None = None
 
 
 class SetupOut(Out):
     success: bool
+    message: str | None = None
     webhookCreated: bool
     modeChanged: bool
     stripeMode: str
+    webhookUrl: str | None = None
 
 
 class PaymentPageOut(Out):
     url: str | None = None
+    invoiceId: str | None = None
+    status: str | None = None
 
 
 @api.route(

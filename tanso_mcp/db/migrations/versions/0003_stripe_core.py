@@ -2,7 +2,7 @@
 subscriptions, provider ids of meters and metered prices, unique provider mirrors
 
 Revision ID: 0003_stripe_core
-Revises: 0002
+Revises: 0003_analytics
 Create Date: 2026-11-30
 """
 
@@ -13,7 +13,7 @@ import tanso_mcp.db.types
 
 
 revision = '0003_stripe_core'
-down_revision = '0002'
+down_revision = '0003_analytics'
 branch_labels = None
 depends_on = None
 
