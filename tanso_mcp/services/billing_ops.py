@@ -186,10 +186,10 @@ async def _write(
 ) -> dict[str, Any]:
     now = await ctx.now(p)
     if dry_run:
-        out = await preview(ctx, lambda s: fn(s, now))
+        shown = await preview(ctx, lambda s: fn(s, now))
         if await _provider_invoicing(ctx, p) is not None:
-            stripe_billing.annotate_preview(out)
-        return out
+            stripe_billing.annotate_preview(shown)
+        return shown
     async with ctx.db.unit_of_work() as s:
         fx = await fn(s, now)
         out: dict[str, Any] = {"success": True, "message": _message(fx)}
