@@ -14,12 +14,27 @@ def _secret(value: Any) -> Any:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
+STATUS_FIELDS = (
+    "hasApiKey",
+    "maskedApiKey",
+    "hasWebhook",
+    "maskedWebhookSecret",
+    "stripeMode",
+    "stripeEnabled",
+    "currency",
+    "setupComplete",
+)
+
+
 async def get_stripe_integration_status(app: AppContext, p: Principal, params: Any):
-    return await stripe_setup.status(app, p)
+    out = await stripe_setup.status(app, p)
+    return {k: out[k] for k in STATUS_FIELDS if out.get(k) is not None}
 
 
 async def register_stripe_api_key(app: AppContext, p: Principal, params: Any):
-    return await stripe_setup.register_key(app, p, _secret(params.stripeApiKey))
+    out = await stripe_setup.register_key(app, p, _secret(params.stripeApiKey))
+    # the tool's declared answer is {success, message}: the masked key goes in the message
+    return {"success": True, "message": f"{out['message']} Key: {out['maskedApiKey']}."}
 
 
 async def register_stripe_api_key_preview(app: AppContext, p: Principal, params: Any):
