@@ -89,7 +89,9 @@ async def test_status_register_setup_over_mcp(db_url, stripe_fake, stripe_client
         endpoints = (await stripe_client.v1.webhook_endpoints.list_async()).data
         assert len(endpoints) == 1
         status2 = await ok(mcp, "getStripeIntegrationStatus")
-        assert status2["webhookEndpointId"] == endpoints[0].id != status["webhookEndpointId"]
+        rest = (await app.req("GET", "/api/v1/tanso/stripe/status"))["data"]
+        assert rest["webhookEndpointId"] == endpoints[0].id
+        assert status2["setupComplete"] is True
 
 
 async def test_rest_connect_replaces_the_key_and_checks_its_mode(db_url, stripe_fake):
