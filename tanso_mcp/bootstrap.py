@@ -17,11 +17,12 @@ __all__ = ["AppContext", "build_context", "register_jobs"]
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
-    from .services import analytics_alerts, analytics_rollup, billing_jobs
+    from .services import analytics_alerts, analytics_rollup, billing_jobs, stripe_jobs
 
     billing_jobs.register(registry)
     analytics_rollup.register(registry)
     analytics_alerts.register(registry)
+    stripe_jobs.register(registry)
 
 
 def build_context(

@@ -24,9 +24,9 @@ from ..db.scale import int_to_qty
 from ..domain.money import to_decimal
 from ..domain.periods import parse_datetime
 from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
-from ..plugin.api import CORE_INVOICING, MARK_PAID
+from ..plugin.api import CORE_INVOICING, MARK_PAID, PaymentProvider
 from ..principal import Principal
-from . import billing, catalog, credits, customers, payments
+from . import billing, catalog, credits, customers, payments, stripe_billing, stripe_sync
 from . import invoices as inv_svc
 from .subscriptions import subscription_view
 from .views import pool_view
@@ -91,7 +91,26 @@ def _message(fx: billing.Effects) -> str:
     return f"{msg}; status {fx.status_after}." if fx.status_after else f"{msg}."
 
 
+async def _provider_invoicing(ctx: AppContext, p: Principal) -> PaymentProvider | None:
+    """The environment's provider when it invoices itself (Stripe mode): then the
+    lifecycle calls go to ``stripe_billing``, which applies the same rules after Stripe."""
+    async with ctx.db.reader() as s:
+        return await stripe_sync.provider_invoicing(ctx, s, p.environment_id)
+
+
 # --------------------------------------------------------------------------- subscriptions
+
+
+async def resolve_plan(
+    s: AsyncSession, env: str, plan_id: str | None, plan_key: str | None
+) -> Plan:
+    """The plan a subscribe request names (``planId`` wins; both must agree)."""
+    if plan_id:
+        plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
+        if plan_key and plan.key != plan_key:
+            raise InvalidRequest("planId and planKey name different plans", field="planKey")
+        return plan
+    return await catalog.plan_by_key(s, env, plan_key, field="planKey")
 
 
 def _plan_ref(plan_id: str | None, plan_key: str | None) -> None:
@@ -113,16 +132,22 @@ async def create_subscription(
     grace = billing.parse_grace(grace_period)
     customers.check_reference(customer_ref)
     env = p.environment_id
+    stripe = await _provider_invoicing(ctx, p)
+    if stripe is not None:
+        return await stripe_billing.create_subscription(
+            ctx,
+            p,
+            stripe,
+            customer_ref=customer_ref,
+            plan_id=plan_id,
+            plan_key=plan_key,
+            grace_days=grace,
+        )
     now = await ctx.now(p)
     async with ctx.db.unit_of_work() as s:
         provider = await payments.provider_for(ctx, s, env)
         customer = await customers.by_reference(s, env, customer_ref)
-        if plan_id:
-            plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
-            if plan_key and plan.key != plan_key:
-                raise InvalidRequest("planId and planKey name different plans", field="planKey")
-        else:
-            plan = await catalog.plan_by_key(s, env, plan_key, field="planKey")
+        plan = await resolve_plan(s, env, plan_id, plan_key)
         if CORE_INVOICING not in provider.capabilities:
             raise PreconditionFailed(
                 f"subscriptions of this environment are created through its payment "
@@ -161,7 +186,10 @@ async def _write(
 ) -> dict[str, Any]:
     now = await ctx.now(p)
     if dry_run:
-        return await preview(ctx, lambda s: fn(s, now))
+        shown = await preview(ctx, lambda s: fn(s, now))
+        if await _provider_invoicing(ctx, p) is not None:
+            stripe_billing.annotate_preview(shown)
+        return shown
     async with ctx.db.unit_of_work() as s:
         fx = await fn(s, now)
         out: dict[str, Any] = {"success": True, "message": _message(fx)}
@@ -183,6 +211,10 @@ async def change_plan(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     env = p.environment_id
+    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.change_plan(
+            ctx, p, stripe, sub_id, to_plan_id, change_type, plan_field=plan_field
+        )
     return await _write(
         ctx,
         p,
@@ -204,6 +236,8 @@ async def cancel(
     ctx: AppContext, p: Principal, sub_id: str, mode: str | None, *, dry_run: bool = False
 ) -> dict[str, Any]:
     env = p.environment_id
+    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.cancel(ctx, p, stripe, sub_id, mode or "END_OF_PERIOD")
     return await _write(
         ctx,
         p,
@@ -214,6 +248,8 @@ async def cancel(
 
 async def undo_cancel(ctx: AppContext, p: Principal, sub_id: str) -> dict[str, Any]:
     env = p.environment_id
+    if (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.undo_cancel(ctx, p, stripe, sub_id)
     return await _write(
         ctx, p, lambda s, now: billing.undo_cancellation(s, env, sub_id, now), dry_run=False
     )
@@ -226,6 +262,12 @@ async def mark_paid(
     ctx: AppContext, p: Principal, invoice_id: str, *, dry_run: bool = False
 ) -> dict[str, Any]:
     env = p.environment_id
+    now = await ctx.now(p)
+    if (stripe := await _provider_invoicing(ctx, p)) is not None:
+        if dry_run:  # the same rule, rolled back; Stripe is not called
+            out = await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
+            return stripe_billing.annotate_preview(out)
+        return await stripe_billing.mark_paid(ctx, p, stripe, invoice_id)
 
     async def run(s: AsyncSession, now: datetime) -> billing.Effects:
         provider = await payments.provider_for(ctx, s, env)

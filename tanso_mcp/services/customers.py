@@ -149,6 +149,12 @@ async def create(
         view = await customer_view(s, c)
         ctx.changed(s, p.environment_id)
         ctx.announce(s, "customer.created", p, {"customer": view})
+    # when Stripe collects payments, the customer is created there too (after the
+    # commit, never inside it)
+    from .stripe_sync import after_customer_write
+
+    if ext := await after_customer_write(ctx, p.environment_id, c.id):
+        view["stripeCustomerId"] = ext
     return view
 
 
@@ -160,6 +166,9 @@ async def update(ctx: AppContext, p: Principal, ref: str, **changes: Any) -> dic
         view = await customer_view(s, c)
         ctx.changed(s, p.environment_id)
         ctx.announce(s, "customer.updated", p, {"customer": view})
+    from .stripe_sync import after_customer_write
+
+    await after_customer_write(ctx, p.environment_id, c.id)
     return view
 
 

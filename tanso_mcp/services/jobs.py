@@ -50,6 +50,10 @@ class DueItem:
 
 FindDue = Callable[[AsyncSession, str, datetime, int], Awaitable[list[DueItem]]]
 RunItem = Callable[[AsyncSession, "AppContext", str, str, datetime], Awaitable[Any]]
+# A pass runs after an environment's due items, outside any transaction, so it may call
+# the network (e.g. a payment provider): ``run(ctx, environment_id, now) -> items done``.
+# It opens its own units of work and must be idempotent like every job.
+Pass = Callable[["AppContext", str, datetime], Awaitable[int]]
 
 
 @dataclass
@@ -63,6 +67,12 @@ class JobKind:
 class JobRegistry:
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
+        self.passes: dict[str, Pass] = {}
+
+    def register_pass(self, name: str, run: Pass) -> None:
+        if name in self.passes:
+            raise ValueError(f"pass {name!r} registered twice")
+        self.passes[name] = run
 
     def register(self, name: str, find_due: FindDue, run: RunItem) -> None:
         if name in self._kinds:
@@ -172,6 +182,11 @@ async def run_due(
         async with ctx.db.unit_of_work() as s:
             await ctx.clocks.set_test_clock(s, env_id, until)
         ctx.clocks.remember(env_id, until)
+    for name, run in ctx.jobs.passes.items():
+        try:
+            done += await run(ctx, env_id, until)
+        except Exception:
+            log.exception("job pass %s failed", name)
     return done
 
 

@@ -250,6 +250,9 @@ class CustomerOut(Out):
     lastName: str | None = None
     phoneNumber: str | None = None
     source: str
+    stripeCustomerId: str | None = Field(
+        default=None, description="the Stripe customer, when Stripe collects payments"
+    )
     createdAt: datetime
     modifiedAt: datetime
     subscriptions: list[SubscriptionOut]
@@ -288,8 +291,13 @@ class InvoiceOut(Out):
 
 
 class SubscribedOut(Out):
-    subscription: SubscriptionOut
+    # with Stripe collecting payments, a paid in-advance plan answers a checkout page
+    # instead: the subscription exists once Stripe confirms the payment
+    subscription: SubscriptionOut | None = None
     invoice: InvoiceOut | None = None
+    checkoutUrl: str | None = None
+    checkoutSessionId: str | None = None
+    message: str | None = None
 
 
 class EffectsOut(Out):
@@ -451,8 +459,12 @@ class UnlinkOut(WriteOut):
 
 
 class SubscribedWriteOut(WriteOut):
-    subscription: SubscriptionOut
+    # a Stripe Checkout page instead of a subscription for paid in-advance plans when
+    # Stripe collects payments
+    subscription: SubscriptionOut | None = None
     invoice: InvoiceOut | None = None
+    checkoutUrl: str | None = None
+    checkoutSessionId: str | None = None
 
 
 # --------------------------------------------------------------------------- credits

@@ -23,7 +23,7 @@ from .jsonio import dumps
 if TYPE_CHECKING:
     from ..context import Keys
 
-PROTECTED_PREFIXES = ("/api/v1/client", "/mcp")
+PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", "/mcp")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -52,6 +52,7 @@ STATUS_TEXT = {
     413: "Body too large",
     415: "Body is not UTF-8 application/json",
     431: "Request headers too large or too many",
+    502: "The payment provider (Stripe) refused or failed; nothing was applied",
     503: "Database unavailable: nothing was done; retry after Retry-After seconds",
 }
 RETRY_AFTER = {
