@@ -188,8 +188,7 @@ def _change_view(sc: ScheduledChange) -> dict[str, Any]:
 
 
 async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: str) -> None:
-    items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
-    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items))
+    getattr(fx, bucket).extend(await inv_svc.views(s, [inv]))
 
 
 # --------------------------------------------------------------------------- loading
@@ -581,9 +580,8 @@ async def mark_invoice_paid(s: AsyncSession, env: str, invoice_id: str, now: dat
 async def _settle(s: AsyncSession, env: str, inv: Invoice, now: datetime, fx: Effects) -> None:
     """An invoice becomes PAID, and the subscription feels it: activation (initial
     invoice), restoration from past due, the current period's plan credits."""
-    if inv.subscription_id is not None and inv.status in inv_svc.OPEN:
-        sub0 = await s.get(Subscription, inv.subscription_id)
-        await inv_svc.recompute(s, inv, sub0, now)
+    # what is recorded as paid is the amount as of now, stored before the status moves
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "PAID", now, only_from=inv_svc.UNPAID):
         fresh = await inv_svc.get_invoice(s, env, inv.id)
         inv_svc.check_payable(fresh)  # raises: someone else paid or voided it
@@ -930,7 +928,7 @@ async def _reprice_arrears_period(
         .execution_options(synchronize_session=False)
     )
     await s.refresh(inv)
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     return None
 
 
@@ -1338,7 +1336,7 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
         if inv.subscription_id
         else None
     )
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",)):
         return None
     fx = Effects(action="INVOICE_DUE", subscription_id=inv.subscription_id)
@@ -1348,6 +1346,17 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
             fx.status_before = await status_of(s, sub)
         await _settle(s, env, inv, now, fx)
     return fx
+
+
+async def refresh_invoice_job(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> None:
+    """Store an open invoice's amount as of now (usage was recorded since it was last
+    stored). Locks its subscription first, like every billing write."""
+    inv = await inv_svc.get_invoice(s, env, invoice_id)
+    if inv.status not in inv_svc.OPEN or inv.subscription_id is None:
+        return
+    await load_subscription(s, env, inv.subscription_id, lock=True)
+    inv = await inv_svc.get_invoice(s, env, invoice_id)  # as of the lock
+    await inv_svc.refresh(s, inv, now, touch=True)
 
 
 def past_due_at(due_date: datetime, grace_days: int) -> datetime:
@@ -1369,7 +1378,7 @@ async def invoice_past_due(
     if not is_past_grace(inv.due_date, sub.grace_period_days, now):
         return None
     status = await status_of(s, sub)
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "PAST_DUE", now, only_from=("DUE",)):
         return None
     fx = Effects(action="INVOICE_PAST_DUE", subscription_id=sub.id, status_before=status)

@@ -1,0 +1,191 @@
+"""Open invoices stay current: whatever reads a PENDING or DUE invoice (the REST list and
+detail, the MCP list, the mark-paid preview) sees its amount and usage lines as of now,
+the billing jobs store that amount on every run, and mark-paid records exactly the
+amount it shows. Late in-period events count until the invoice leaves PENDING/DUE."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from tanso_mcp.db.models import Invoice
+from tanso_mcp.services import jobs
+from tests.billing_helpers import Billing, money
+from tests.factories import make_plan
+from tests.mcp_helpers import fails, inmemory, ok
+
+pytestmark = pytest.mark.anyio
+
+API = "/api/v1/client"
+D = Decimal
+PER_CALL = {"pricing": {"model": "usage", "usage_unit_type": "calls", "price_per_unit": "0.35"}}
+
+
+async def ingest(b: Billing, key: str, units, ref: str = "c", **kw) -> None:
+    body = {
+        "eventIdempotencyKey": key,
+        "eventName": "use",
+        "customerReferenceId": ref,
+        "featureKey": "api_calls",
+        "usageUnits": "__UNITS__",
+        **kw,
+    }
+    r = await b.client.post(  # the units as an exact JSON number
+        f"{API}/events",
+        content=json.dumps(body).replace('"__UNITS__"', str(units)),
+        headers={**b.tenant.headers("client"), "Content-Type": "application/json"},
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+async def arrears(b: Billing, price: str = "17.50") -> dict:
+    return await make_plan(
+        b.ctx,
+        b.env,
+        key="arr",
+        price=price,
+        timing="IN_ARREARS",
+        features={"api_calls": json.dumps(PER_CALL)},
+    )
+
+
+async def stored_amount(b: Billing, invoice_id: str) -> Decimal:
+    async with b.ctx.db.reader() as s:
+        minor = await s.scalar(select(Invoice.amount_minor).where(Invoice.id == invoice_id))
+    return D(minor) / 100
+
+
+def usage(invoice: dict) -> list[tuple[str, Decimal]]:
+    return [
+        (i["description"], money(i["chargeAmount"]))
+        for i in invoice["items"]
+        if i["kind"] == "usage"
+    ]
+
+
+async def test_pending_in_arrears_invoice_shows_usage_as_it_accumulates(ctx, client, tenant):
+    b = Billing(ctx, client, tenant)
+    plan = await arrears(b)
+    await b.customer("c")
+    _, inv = await b.subscribe("c", plan["plan_id"])
+    assert (inv["status"], money(inv["amount"])) == ("PENDING", D("17.50"))
+    await ingest(b, "e1", 100)
+    listed = (await b.invoices("c"))[0]
+    assert (listed["status"], money(listed["amount"])) == ("PENDING", D("52.50"))
+    assert usage(listed) == [("Usage for api_calls: 100 units", D("35.00"))]
+    detail = await b.data("GET", f"/billing/invoice/{inv['id']}")
+    assert detail == listed
+    await ingest(b, "e2", 10)
+    async with inmemory(ctx, tenant.key("client")) as mcp:
+        items = (await ok(mcp, "listCustomerInvoices", {"customerReferenceId": "c"}))["items"]
+    assert money(items[0]["amount"]) == D("56.00")
+    assert [i["chargeAmount"] for i in items[0]["items"]] == [17.5, 38.5]
+    # the amount is the sum of its lines, as stored and as shown
+    assert sum(money(i["chargeAmount"]) for i in items[0]["items"]) == D("56.00")
+    await b.check()
+
+
+async def test_due_invoice_follows_late_usage_until_it_is_paid(ctx, client, tenant):
+    """The issue's walk-through: a DUE invoice of 52.50 receives a late in-period event;
+    the list, the job runs (clock advances, `jobs run`), the preview and the payment all
+    agree on 56.00."""
+    b = Billing(ctx, client, tenant)
+    plan = await arrears(b)
+    await b.customer("c")
+    _, inv = await b.subscribe("c", plan["plan_id"], gracePeriod=10)
+    await ingest(b, "e1", 100)
+    await b.to("2026-02-15T00:00:00Z")  # the period closes: PENDING -> DUE, recomputed
+    closing = next(i for i in await b.invoices("c") if i["id"] == inv["id"])
+    assert (closing["status"], money(closing["amount"])) == ("DUE", D("52.50"))
+    # a late event of the closed period, while its invoice is still DUE
+    await ingest(b, "late", 10, occurredAt="2026-02-14T22:00:00Z")
+    closing = next(i for i in await b.invoices("c") if i["id"] == inv["id"])
+    assert money(closing["amount"]) == D("56.00")
+    # the job runs store it: a clock advance…
+    await b.advance(days=1)
+    assert await stored_amount(b, inv["id"]) == D("56.00")
+    # …and a plain `jobs run` pass, after one more late event
+    await ingest(b, "late2", 10, occurredAt="2026-02-14T23:00:00Z")
+    await jobs.run_all_due(ctx)
+    assert await stored_amount(b, inv["id"]) == D("59.50")
+    listed = next(i for i in await b.invoices("c") if i["id"] == inv["id"])
+    async with inmemory(ctx, tenant.key("client")) as mcp:
+        preview = (await fails(mcp, "markInvoicePaid", {"invoiceId": inv["id"]}))["preview"]
+        paid = await ok(mcp, "markInvoicePaid", {"invoiceId": inv["id"], "confirmAction": True})
+    shown = money(listed["amount"])
+    assert shown == D("59.50")
+    assert money(preview["invoicesPaid"][0]["amount"]) == shown
+    assert money(paid["invoicesPaid"][0]["amount"]) == shown
+    assert await stored_amount(b, inv["id"]) == shown
+    assert money(paid["invoice"]["amount"]) == shown and paid["invoice"]["status"] == "PAID"
+    # after payment the invoice never changes again
+    await ingest(b, "late3", 10, occurredAt="2026-02-14T23:30:00Z")
+    await b.advance(days=1)
+    after = next(i for i in await b.invoices("c") if i["id"] == inv["id"])
+    assert (after["status"], money(after["amount"])) == ("PAID", shown)
+    await b.check()
+
+
+async def test_in_advance_invoice_bills_last_periods_late_usage_while_due(ctx, client, tenant):
+    """IN_ADVANCE: the renewal invoice closes the previous period's usage; it follows late
+    events of that period while it is DUE (REST detail after a job run, stored amount)."""
+    b = Billing(ctx, client, tenant)
+    plan = await make_plan(
+        ctx, b.env, key="adv", price="10.00", features={"api_calls": json.dumps(PER_CALL)}
+    )
+    await b.customer("c")
+    _, first = await b.subscribe("c", plan["plan_id"], gracePeriod=10)
+    await b.pay(first["id"])
+    await ingest(b, "e1", 10)
+    await b.to("2026-02-15T00:00:00Z")
+    renewal = (await b.invoices("c"))[-1]
+    assert (renewal["status"], money(renewal["amount"])) == ("DUE", D("13.50"))
+    await ingest(b, "late", 20, occurredAt="2026-02-14T23:00:00Z")
+    await ingest(b, "now", 5)  # usage of the new period: not on this invoice
+    await b.advance(days=1)
+    detail = await b.data("GET", f"/billing/invoice/{renewal['id']}")
+    assert money(detail["amount"]) == D("20.50")
+    assert usage(detail) == [("Usage for api_calls: 30 units", D("10.50"))]
+    assert await stored_amount(b, renewal["id"]) == D("20.50")
+    await b.check()
+
+
+async def test_list_amount_equals_preview_equals_paid_over_rest(ctx, client, tenant):
+    b = Billing(ctx, client, tenant)
+    plan = await arrears(b, price="0.01")
+    await b.customer("c")
+    _, inv = await b.subscribe("c", plan["plan_id"])
+    await ingest(b, "e1", D("3.3333"))
+    shown = money((await b.invoices("c"))[0]["amount"])
+    assert shown == D("1.18")  # 0.01 + round(3.3333 × 0.35) = 0.01 + 1.17
+    paid = await b.pay(inv["id"])
+    assert money(paid["invoicesPaid"][0]["amount"]) == shown
+    assert money(paid["invoice"]["amount"]) == shown
+    assert await stored_amount(b, inv["id"]) == shown
+    await b.check()
+
+
+async def test_listing_fifty_open_invoices_stays_cheap(ctx, client, tenant):
+    """Fifty subscriptions of one customer, each with an open invoice carrying usage: the
+    list recomputes every one of them (correct amounts) within a modest time budget."""
+    b = Billing(ctx, client, tenant)
+    plan = await arrears(b, price="1.00")
+    await b.customer("c")
+    for _ in range(50):
+        await b.subscribe("c", plan["plan_id"])
+    await ingest(b, "e1", 10)  # attributed to one subscription
+    await b.invoices("c")  # statements compiled once
+    timings = []
+    for _ in range(5):  # the best of five: the machine is shared
+        started = time.perf_counter()
+        listed = await b.invoices("c")
+        timings.append(time.perf_counter() - started)
+    elapsed = min(timings)
+    amounts = sorted(money(i["amount"]) for i in listed)
+    assert amounts == [D("1.00")] * 49 + [D("4.50")]
+    print(f"list of 50 open invoices: {elapsed * 1000:.1f} ms")
+    assert elapsed < 5.0
