@@ -40,9 +40,7 @@ def meter(monkeypatch):
     m = FakeMeter()
 
     async def usage_lines_for(s, requests):
-        return [
-            await m(s, r.sub, await s.get(Plan, r.plan_id), r.start, r.end) for r in requests
-        ]
+        return [await m(s, r.sub, await s.get(Plan, r.plan_id), r.start, r.end) for r in requests]
 
     monkeypatch.setattr(usage, "usage_lines_for", usage_lines_for)
     return m

@@ -131,9 +131,7 @@ async def _usage_lines_many(
     owner: list[int] = []
     for n, (sub, windows) in enumerate(wanted):
         for w in windows:
-            requests.append(
-                usage_seam.UsageRequest(sub, w["planId"], _dt(w["from"]), _dt(w["to"]))
-            )
+            requests.append(usage_seam.UsageRequest(sub, w["planId"], _dt(w["from"]), _dt(w["to"])))
             owner.append(n)
     out: list[list[Line]] = [[] for _ in wanted]
     if not requests:
