@@ -189,3 +189,78 @@ async def test_listing_fifty_open_invoices_stays_cheap(ctx, client, tenant):
     assert amounts == [D("1.00")] * 49 + [D("4.50")]
     print(f"list of 50 open invoices: {elapsed * 1000:.1f} ms")
     assert elapsed < 5.0
+
+
+# --------------------------------------------------------------------------- immediate cancel
+
+
+async def test_immediate_cancel_in_arrears_bills_the_used_part_of_the_period(ctx, client, tenant):
+    """An IN_ARREARS period closes at the cancel instant: its open invoice bills the base
+    price for the time used (10 of 31 days of 30.00 = 9.68, rounded once, half-up, like
+    an upgrade) plus all usage so far (10 calls × 0.35), DUE at once; the preview says
+    so; usage after the cancel is not billed."""
+    b = Billing(ctx, client, tenant)
+    plan = await arrears(b, price="30.00")
+    await b.customer("c")
+    sub, inv = await b.subscribe("c", plan["plan_id"])
+    await ingest(b, "before", 10)
+    await b.to("2026-01-25T00:00:00Z")
+    args = {"subscriptionId": sub["id"], "cancelMode": "IMMEDIATE"}
+    async with inmemory(ctx, tenant.key("client")) as mcp:
+        preview = (await fails(mcp, "cancelSubscription", args))["preview"]
+        done = await ok(mcp, "cancelSubscription", {**args, "confirmAction": True})
+    for out in (preview, done):
+        assert out["invoicesVoided"] == []
+        (closed,) = out["invoicesClosed"]
+        assert (closed["status"], closed["dueDate"]) == ("DUE", "2026-01-25T00:00:00Z")
+        assert closed["periodEnd"] == "2026-01-25T00:00:00Z"
+        assert [(i["kind"], money(i["chargeAmount"])) for i in closed["items"]] == [
+            ("base", D("9.68")),
+            ("usage", D("3.50")),
+        ]
+        assert money(closed["amount"]) == D("13.18") == money(out["amountToPay"])
+    assert done["invoicesClosed"][0]["id"] == inv["id"]
+    # nothing used after the cancel reaches the invoice
+    await ingest(b, "after", 100)
+    await b.advance(days=1)
+    listed = next(i for i in await b.invoices("c") if i["id"] == inv["id"])
+    assert (listed["status"], money(listed["amount"])) == ("DUE", D("13.18"))
+    paid = await b.pay(inv["id"])
+    assert money(paid["invoice"]["amount"]) == D("13.18")
+    assert await stored_amount(b, inv["id"]) == D("13.18")
+    await b.check()
+
+
+async def test_immediate_cancel_after_an_in_arrears_upgrade(ctx, client, tenant):
+    """Segments: 10 days of basic (31.00/month → 10.00), 5 days of pro (62.00 → 10.00),
+    nothing for the 16 days after the cancel."""
+    b = Billing(ctx, client, tenant)
+    basic = await arrears(b, price="31.00")
+    pro = await make_plan(
+        ctx,
+        b.env,
+        key="arr_pro",
+        price="62.00",
+        timing="IN_ARREARS",
+        features={"api_calls": json.dumps(PER_CALL)},
+    )
+    await b.customer("c")
+    sub, inv = await b.subscribe("c", basic["plan_id"])
+    await b.to("2026-01-25T00:00:00Z")
+    await b.data(
+        "POST",
+        f"/subscriptions/{sub['id']}/plan-change",
+        json={"changeToPlanId": pro["plan_id"], "changeType": "UPGRADE"},
+    )
+    await ingest(b, "u", 2)
+    await b.to("2026-01-30T00:00:00Z")
+    out = await b.data("POST", f"/subscriptions/cancellation/{sub['id']}?cancelMode=IMMEDIATE")
+    (closed,) = out["invoicesClosed"]
+    assert [money(i["chargeAmount"]) for i in closed["items"]] == [
+        D("10.00"),
+        D("10.00"),
+        D("0.70"),
+    ]
+    assert money(closed["amount"]) == D("20.70")
+    assert closed["id"] == inv["id"]
+    await b.check()

@@ -93,6 +93,7 @@ class Effects:
     invoices_created: list[dict[str, Any]] = field(default_factory=list)
     invoices_voided: list[dict[str, Any]] = field(default_factory=list)
     invoices_paid: list[dict[str, Any]] = field(default_factory=list)
+    invoices_closed: list[dict[str, Any]] = field(default_factory=list)
     entitlements_granted: list[str] = field(default_factory=list)
     entitlements_revoked: list[str] = field(default_factory=list)
     credits_granted: dict[str, int] = field(default_factory=dict)
@@ -126,8 +127,13 @@ class Effects:
             return out
 
         created = strip(self.invoices_created)
+        closed = strip(self.invoices_closed)
         charged = sum(
-            (v["amount"] for v in created if v["status"] in ("DUE", "PENDING") and v["amount"] > 0),
+            (
+                v["amount"]
+                for v in created + closed
+                if v["status"] in ("DUE", "PENDING") and v["amount"] > 0
+            ),
             Decimal(0),
         )
         credited = sum(
@@ -145,6 +151,7 @@ class Effects:
             "invoicesCreated": created,
             "invoicesVoided": strip(self.invoices_voided),
             "invoicesPaid": strip(self.invoices_paid),
+            "invoicesClosed": closed,
             "amountToPay": charged,
             "amountCredited": credited,
             "entitlementsGranted": sorted(self.entitlements_granted),
@@ -990,6 +997,38 @@ async def _prepaid_price_minor(s: AsyncSession, sub: Subscription) -> int:
     return price
 
 
+async def _close_arrears_period(s: AsyncSession, inv: Invoice, now: datetime) -> None:
+    """An IN_ARREARS period ends at an immediate cancellation: its open invoice keeps the
+    plan segments and usage up to ``now`` only (base price prorated to the time used,
+    shares of the full period, rounded like an upgrade), ends its period at ``now`` and
+    is DUE at once, with the amount as of now."""
+    meta = dict(inv.metadata_ or {})
+    full_end = meta.get("fullPeriodEnd") or _iso(inv.period_end)
+    segs = meta.get("segments") or []
+    meta["segments"] = [
+        {"planId": x["planId"], "from": _iso(x["from"]), "to": _iso(min(inv_svc.dt(x["to"]), now))}
+        for x in segs
+        if inv_svc.dt(x["from"]) < now
+    ]
+    meta["usageWindows"] = [
+        {"planId": w["planId"], "from": _iso(w["from"]), "to": _iso(min(inv_svc.dt(w["to"]), now))}
+        for w in meta.get("usageWindows") or []
+        if inv_svc.dt(w["from"]) < now
+    ]
+    meta["fullPeriodEnd"] = full_end
+    meta["closedAt"] = _iso(now)
+    await s.execute(
+        update(Invoice)
+        .where(Invoice.id == inv.id, Invoice.status.in_(inv_svc.OPEN))
+        .values(metadata=meta, period_end=now, due_date=start_of_day(now), modified_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await s.refresh(inv)
+    await inv_svc.refresh(s, inv, now)
+    if inv.status == "PENDING":
+        await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",))
+
+
 async def cancel_subscription(
     s: AsyncSession, env: str, sub_id: str, mode: str, now: datetime
 ) -> Effects:
@@ -1071,8 +1110,20 @@ async def cancel_subscription(
         )
     ).all()
     for inv in open_invoices:
-        if inv.status == "PAST_DUE" and inv.period_end is not None and inv.period_end <= now:
+        if inv.period_end is not None and inv.period_end <= now:
             continue  # a debt for a period that is over stays payable
+        if (
+            plan.billing_timing == "IN_ARREARS"
+            and inv.type == "REGULAR"
+            and inv.period_start == sub.current_period_start
+            and inv.status in inv_svc.OPEN
+        ):
+            await _close_arrears_period(s, inv, now)
+            await _record_invoice(s, fx, inv, "invoices_closed")
+            fx.event(
+                "invoice.due", invoiceId=inv.id, amount=from_minor(inv.amount_minor, inv.currency)
+            )
+            continue
         if await inv_svc.set_status(s, inv, "VOID", now, only_from=inv_svc.UNPAID):
             await _record_invoice(s, fx, inv, "invoices_voided")
             fx.event("invoice.voided", invoiceId=inv.id)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -41,13 +41,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
 from ..db.scale import qty_to_int
 from ..db.types import new_id
-from ..domain.money import from_minor, round_money, to_minor
+from ..domain.money import from_minor, to_minor
 from ..domain.periods import parse_datetime
+from ..domain.proration import prorate
 from ..errors import Conflict, InvalidRequest, NotFound
 from . import usage as usage_seam
 from .credits import insert_ignore
 
 OPEN = ("PENDING", "DUE")
+_MS = timedelta(milliseconds=1)
 UNPAID = ("PENDING", "DUE", "PAST_DUE")
 TYPES = ("IN_ADVANCE_INITIAL", "REGULAR", "ADJUSTMENT", "CREDIT")
 UNIQUE_TYPES = ("IN_ADVANCE_INITIAL", "REGULAR", "CREDIT")
@@ -83,20 +85,21 @@ async def segment_lines(
     period_end: datetime,
     plans: dict[str, Plan] | None = None,
 ) -> list[Line]:
-    """Base lines of an IN_ARREARS period from its plan segments: each segment bills
-    its share of the period at its plan's price (a single segment = the full price)."""
-    total_ms = (period_end - period_start).total_seconds() * 1000
+    """Base lines of an IN_ARREARS period ``[period_start, period_end)`` from its plan
+    segments: a segment covering the whole period bills its plan's price; any other
+    bills its share of the period (whole milliseconds) at its plan's price, rounded
+    once, half-up — the proration rule of upgrades and cancellations."""
+    total_ms = (period_end - period_start) // _MS
     out: list[Line] = []
     for seg in segments:
         plan = (plans or {}).get(seg["planId"]) or await s.get(Plan, seg["planId"])
-        start, end = _dt(seg["from"]), _dt(seg["to"])
-        price = from_minor(plan.price_minor, plan.currency)
-        if len(segments) == 1:
+        start, end = dt(seg["from"]), dt(seg["to"])
+        if start <= period_start and end >= period_end:
             out.append(base_line(plan))
             continue
-        ms = int((end - start).total_seconds() * 1000)
-        share = Fraction(ms, int(total_ms)) if total_ms else Fraction(0)
-        amount = round_money(share * Fraction(price), plan.currency)
+        ms = max((end - start) // _MS, 0)
+        share = Fraction(min(ms, total_ms), total_ms) if total_ms > 0 else Fraction(0)
+        amount = prorate(share, from_minor(plan.price_minor, plan.currency), plan.currency)
         out.append(
             Line(
                 "base",
@@ -108,13 +111,24 @@ async def segment_lines(
     return out
 
 
+def full_period_end(inv: Invoice) -> datetime | None:
+    """The end of the period an invoice's plan segments are shares of (an immediate
+    cancellation ends the invoice's own period early, not the shares' denominator)."""
+    full = (inv.metadata_ or {}).get("fullPeriodEnd")
+    return dt(full) if full else inv.period_end
+
+
 def _percent(share: Fraction) -> str:
     value = Decimal(share.numerator) * 100 / Decimal(share.denominator)
     return str(value.quantize(Decimal("0.01")))
 
 
-def _dt(v: Any) -> datetime:
+def dt(v: Any) -> datetime:
+    """A datetime stored in invoice metadata (segments, windows)."""
     return v if isinstance(v, datetime) else parse_datetime(v, "window")
+
+
+_dt = dt
 
 
 async def compute_usage_lines(
@@ -344,7 +358,7 @@ async def current_many(
         kinds = tuple(k for k, on in (("base", bool(segments)), ("usage", bool(windows))) if on)
         lines: list[Line] = []
         if segments:
-            lines += await segment_lines(s, segments, inv.period_start, inv.period_end, plans)
+            lines += await segment_lines(s, segments, inv.period_start, full_period_end(inv), plans)
         lines += usage_lines
         rows = out[inv.id].items
         fixed = [r for r in rows if r.kind not in kinds]

@@ -111,6 +111,9 @@ class EffectsOut(Out):
     invoicesCreated: list[InvoiceOut] = []
     invoicesVoided: list[InvoiceOut] = []
     invoicesPaid: list[InvoiceOut] = []
+    # open invoices closed early and made DUE (an IN_ARREARS period ended by an
+    # immediate cancellation)
+    invoicesClosed: list[InvoiceOut] = []
     amountToPay: Decimal
     amountCredited: Decimal
     entitlementsGranted: list[str] = []
