@@ -69,8 +69,10 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..plugin.api import MULTIPLE_SUBSCRIPTIONS
 from . import catalog, credits
 from . import invoices as inv_svc
+from . import usage as usage_seam
 from .credits import insert_ignore
 from .invoices import Line
+from .plan_entitlements import grants
 from .subscriptions import derive_status
 
 GRACE_DEFAULT = 3
@@ -263,7 +265,7 @@ async def reconcile_entitlements(
     """Make the subscription's entitlement records match the plan's enabled features:
     grant (or un-revoke) what the plan includes, revoke what it does not."""
     rules = (await catalog.plan_rules(s, [plan.id]))[plan.id]
-    desired = {f.id: f.key for pf, f in rules if pf.is_enabled and f.is_enabled}
+    desired = {f.id: f.key for pf, f in rules if grants(pf.is_enabled, f.is_enabled)}
     existing = {
         e.feature_id: e
         for e in (
@@ -435,6 +437,30 @@ async def _period_base_invoice(s: AsyncSession, sub: Subscription) -> Invoice | 
     )
 
 
+async def _period_pricing(
+    s: AsyncSession, sub_id: str, period_start: datetime, plan: Plan
+) -> dict[str, Any] | None:
+    """The rules ``plan`` had when the subscription's period starting at ``period_start``
+    began, as recorded on that period's invoice (None: not recorded — price with the
+    rules as they stand)."""
+    meta = await s.scalar(
+        select(Invoice.metadata_)
+        .where(
+            Invoice.subscription_id == sub_id,
+            Invoice.type.in_(("IN_ADVANCE_INITIAL", "REGULAR")),
+            Invoice.period_start == period_start,
+        )
+        .order_by(Invoice.created_at)
+        .limit(1)
+    )
+    recorded = (meta or {}).get("periodPricing") or {}
+    return recorded.get("rules") if recorded.get("planId") == plan.id else None
+
+
+async def _pricing_record(s: AsyncSession, plan: Plan) -> dict[str, Any]:
+    return {"planId": plan.id, "rules": await usage_seam.pricing_snapshot(s, plan.id)}
+
+
 # --------------------------------------------------------------------------- subscribe
 
 
@@ -526,7 +552,9 @@ async def create_subscription(
             period_end=end,
             lines=lines,
             metadata={
-                "usageWindows": [inv_svc.window(plan, start, end)],
+                "usageWindows": [
+                    inv_svc.window(plan, start, end, await usage_seam.pricing_snapshot(s, plan.id))
+                ],
                 "segments": [inv_svc.segment(plan, start, end)],
             },
         )
@@ -546,6 +574,7 @@ async def create_subscription(
             period_start=start,
             period_end=end,
             lines=lines,
+            metadata={"periodPricing": await _pricing_record(s, plan)},
         )
         assert inv is not None
         if inv.amount_minor == 0:
@@ -927,7 +956,14 @@ async def _reprice_arrears_period(
     meta["segments"] = [
         {"planId": x["planId"], "from": _iso(x["from"]), "to": _iso(x["to"])} for x in segs
     ]
-    meta["usageWindows"] = [inv_svc.window(target, inv.period_start, inv.period_end)]
+    meta["usageWindows"] = [
+        inv_svc.window(
+            target,
+            inv.period_start,
+            inv.period_end,
+            await usage_seam.pricing_snapshot(s, target.id),
+        )
+    ]
     await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id)
@@ -997,6 +1033,15 @@ async def _prepaid_price_minor(s: AsyncSession, sub: Subscription) -> int:
     return price
 
 
+def _ending_by(part: dict[str, Any], end: datetime) -> dict[str, Any]:
+    """A segment or usage window cut at ``end`` (its other keys kept)."""
+    return {
+        **part,
+        "from": _iso(part["from"]),
+        "to": _iso(min(inv_svc.dt(part["to"]), end)),
+    }
+
+
 async def _close_arrears_period(s: AsyncSession, inv: Invoice, now: datetime) -> None:
     """An IN_ARREARS period ends at an immediate cancellation: its open invoice keeps the
     plan segments and usage up to ``now`` only (base price prorated to the time used,
@@ -1005,15 +1050,9 @@ async def _close_arrears_period(s: AsyncSession, inv: Invoice, now: datetime) ->
     meta = dict(inv.metadata_ or {})
     full_end = meta.get("fullPeriodEnd") or _iso(inv.period_end)
     segs = meta.get("segments") or []
-    meta["segments"] = [
-        {"planId": x["planId"], "from": _iso(x["from"]), "to": _iso(min(inv_svc.dt(x["to"]), now))}
-        for x in segs
-        if inv_svc.dt(x["from"]) < now
-    ]
+    meta["segments"] = [_ending_by(x, now) for x in segs if inv_svc.dt(x["from"]) < now]
     meta["usageWindows"] = [
-        {"planId": w["planId"], "from": _iso(w["from"]), "to": _iso(min(inv_svc.dt(w["to"]), now))}
-        for w in meta.get("usageWindows") or []
-        if inv_svc.dt(w["from"]) < now
+        _ending_by(w, now) for w in meta.get("usageWindows") or [] if inv_svc.dt(w["from"]) < now
     ]
     meta["fullPeriodEnd"] = full_end
     meta["closedAt"] = _iso(now)
@@ -1265,15 +1304,18 @@ async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effect
     # usage of the period that just closed, when its plan billed in advance
     windows: list[dict[str, Any]] = []
     if old_plan.billing_timing == "IN_ADVANCE":
-        windows.append(inv_svc.window(old_plan, old_start, old_end))
+        old_pricing = await _period_pricing(s, sub.id, old_start, old_plan)
+        windows.append(inv_svc.window(old_plan, old_start, old_end, old_pricing))
     await _rollover(s, env, sub, new_start, now, fx)
     lines = [inv_svc.base_line(new_plan)] if new_plan.price_minor else []
     meta: dict[str, Any] = {}
+    new_pricing = await _pricing_record(s, new_plan)
     if new_plan.billing_timing == "IN_ARREARS":
-        windows.append(inv_svc.window(new_plan, new_start, new_end))
+        windows.append(inv_svc.window(new_plan, new_start, new_end, new_pricing["rules"]))
         meta["segments"] = [inv_svc.segment(new_plan, new_start, new_end)]
         status, due = "PENDING", new_end
     else:
+        meta["periodPricing"] = new_pricing
         status, due = "DUE", max(new_start, start_of_day(now))
     meta["usageWindows"] = windows
     lines += await inv_svc.compute_usage_lines(s, sub, windows)
@@ -1346,7 +1388,8 @@ async def end_at_period_end(
     if plan.billing_timing == "IN_ADVANCE":
         # the last period's usage still has to be billed: on an invoice keyed on the
         # start of the period that will never begin
-        windows = [inv_svc.window(plan, sub.current_period_start, sub.current_period_end)]
+        pricing = await _period_pricing(s, sub.id, sub.current_period_start, plan)
+        windows = [inv_svc.window(plan, sub.current_period_start, sub.current_period_end, pricing)]
         lines = await inv_svc.compute_usage_lines(s, sub, windows)
         if lines:
             inv = await inv_svc.create_invoice(

@@ -64,8 +64,14 @@ class Line:
     quantity: Decimal | None = None
 
 
-def window(plan: Plan, start: datetime, end: datetime) -> dict[str, Any]:
-    return {"planId": plan.id, "from": start, "to": end}
+def window(
+    plan: Plan, start: datetime, end: datetime, pricing: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A usage window; ``pricing``: the plan's rules when the period started."""
+    out: dict[str, Any] = {"planId": plan.id, "from": start, "to": end}
+    if pricing is not None:
+        out["pricing"] = pricing
+    return out
 
 
 def segment(plan: Plan, start: datetime, end: datetime) -> dict[str, Any]:
@@ -145,7 +151,11 @@ async def _usage_lines_many(
     owner: list[int] = []
     for n, (sub, windows) in enumerate(wanted):
         for w in windows:
-            requests.append(usage_seam.UsageRequest(sub, w["planId"], _dt(w["from"]), _dt(w["to"])))
+            requests.append(
+                usage_seam.UsageRequest(
+                    sub, w["planId"], _dt(w["from"]), _dt(w["to"]), w.get("pricing")
+                )
+            )
             owner.append(n)
     out: list[list[Line]] = [[] for _ in wanted]
     if not requests:

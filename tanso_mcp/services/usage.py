@@ -19,6 +19,10 @@ falls in ``[period_start, period_end)``, per feature, priced by the rules of ``p
 the subscription's overage before ``period_start``. Exact integer sums in SQL on both
 databases (scaled integers).
 
+Prices: a period is priced by the plan's rules as they stood when it started (the
+invoice's usage window carries a :func:`pricing_snapshot`); a rule's price edited
+mid-period applies from each subscription's next period.
+
 Late events: an event whose ``occurredAt`` lies in a period is billed as long as the
 invoice closing that period is still open (``PENDING``/``DUE``: billing recomputes it);
 once the invoice has left those states it is never recomputed, so usage that arrives
@@ -61,12 +65,50 @@ def _fmt(units: Decimal) -> str:
 @dataclass(frozen=True)
 class UsageRequest:
     """The usage of ``sub`` with ``occurredAt`` in ``[start, end)``, priced by the rules
-    of the plan ``plan_id``."""
+    of the plan ``plan_id`` — as they were when the period started when ``pricing`` (a
+    :func:`pricing_snapshot`) is given: a rule edited since keeps its old price for
+    this window, a feature linked since is priced by its rule."""
 
     sub: Subscription
     plan_id: str
     start: datetime
     end: datetime
+    pricing: dict[str, Any] | None = None
+
+
+async def pricing_snapshot(s: AsyncSession, plan_id: str) -> dict[str, Any]:
+    """The plan's rules as they stand now, to price a period that starts now with:
+    ``{featureId: {"key": featureKey, "value": rule JSON or None}}``."""
+    rows = await s.execute(
+        select(PlanFeature.feature_id, Feature.key, PlanFeature.value)
+        .join(Feature, Feature.id == PlanFeature.feature_id)
+        .where(PlanFeature.plan_id == plan_id)
+    )
+    return {fid: {"key": key, "value": value} for fid, key, value in rows}
+
+
+def _metered(value: Any) -> Any:
+    """The pricing of a stored rule value, or None (unpriced or unreadable)."""
+    if not value:
+        return None
+    try:
+        rule = parse_rule_value(value)
+    except TansoError:  # a stored rule is always valid; never fail an invoice on it
+        return None
+    return rule.pricing if rule is not None else None
+
+
+def _with_snapshot(
+    live: list[tuple[str, str, Any]], snapshot: dict[str, Any] | None
+) -> list[tuple[str, str, Any]]:
+    if snapshot is None:
+        return live
+    out = [(fid, key, p) for fid, key, p in live if fid not in snapshot]
+    for fid, entry in snapshot.items():
+        pricing = _metered(entry.get("value"))
+        if pricing is not None:
+            out.append((fid, entry.get("key") or fid, pricing))
+    return sorted(out, key=lambda r: r[1])
 
 
 _CHUNK = 200  # windows per statement (one UNION ALL of grouped sums)
@@ -122,14 +164,9 @@ async def _metered_rules(
         )
     ).all()
     for pid, value, fid, key in rows:
-        if not value:
-            continue
-        try:
-            rule = parse_rule_value(value)
-        except TansoError:  # a stored rule is always valid; never fail an invoice on it
-            continue
-        if rule is not None and rule.pricing is not None:
-            out[pid].append((fid, key, rule.pricing))
+        pricing = _metered(value)
+        if pricing is not None:
+            out[pid].append((fid, key, pricing))
     return out
 
 
@@ -138,8 +175,9 @@ async def usage_lines_for(s: AsyncSession, requests: list[UsageRequest]) -> list
     one statement for the rules, one per chunk of windows for the period sums, one more
     for the prior usage of ``accumulate`` features."""
     out: list[list[UsageLine]] = [[] for _ in requests]
-    rules = await _metered_rules(s, sorted({r.plan_id for r in requests}))
-    live = [(i, r) for i, r in enumerate(requests) if rules.get(r.plan_id)]
+    plan_rules = await _metered_rules(s, sorted({r.plan_id for r in requests}))
+    rules = [_with_snapshot(plan_rules[r.plan_id], r.pricing) for r in requests]
+    live = [(i, r) for i, r in enumerate(requests) if rules[i]]
     if not live:
         return out
     period = await _overage_sums(s, [(i, r.sub, r.start, r.end) for i, r in live])
@@ -148,12 +186,12 @@ async def usage_lines_for(s: AsyncSession, requests: list[UsageRequest]) -> list
         for i, r in live
         if any(
             p.reset_mode == ResetMode.ACCUMULATE and period[i].get(fid, 0) > 0
-            for fid, _k, p in rules[r.plan_id]
+            for fid, _k, p in rules[i]
         )
     ]
     prior = await _overage_sums(s, need_prior) if need_prior else {}
-    for i, r in live:
-        for fid, key, pricing in rules[r.plan_id]:
+    for i, _r in live:
+        for fid, key, pricing in rules[i]:
             units_q = period[i].get(fid, 0)
             if units_q <= 0:
                 continue

@@ -210,8 +210,11 @@ async def admin_update_feature_rule(app: AppContext, p: Principal, params: Any):
 
 
 async def admin_unlink_feature_from_plan(app: AppContext, p: Principal, params: Any):
+    now = await _now(app, p)
     async with app.db.unit_of_work() as s:
-        pf = await catalog.unlink_feature(s, p.environment_id, params.planId, params.featureId)
+        pf = await catalog.unlink_feature(
+            s, p.environment_id, params.planId, params.featureId, now=now
+        )
     app.invalidate(p.environment_id)
     return {"success": True, "message": "feature unlinked from plan", "ruleId": pf.id}
 
