@@ -413,6 +413,20 @@ async def _rollover(
         expired = await credits.apply_rollover(s, env, pool, sub.id, new_start, now)
         if expired:
             fx.add_credits(fx.credits_expired, {pool.denomination: expired})
+        # a link's draw limit caps what the subscription draws per billing period: the
+        # drawn total counts the current period's draws and starts again here, in the
+        # transaction that starts the new period (the pool is locked: same lock order as
+        # the metering writer, pool then link)
+        await s.execute(
+            update(CreditPoolSubscription)
+            .where(
+                CreditPoolSubscription.pool_id == pool.id,
+                CreditPoolSubscription.subscription_id == sub.id,
+                CreditPoolSubscription.total_drawn_q != 0,
+            )
+            .values(total_drawn_q=0)
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def _period_paid(s: AsyncSession, sub: Subscription, plan: Plan) -> bool:
