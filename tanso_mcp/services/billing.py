@@ -1,4 +1,4 @@
-"""Native billing: the subscription lifecycle (SPEC §3, reference §4.1–§4.8).
+"""Native billing: the subscription lifecycle.
 
 Every function takes the caller's session, never commits, and returns an
 :class:`Effects` record of what it did (invoices created, voided or paid, entitlements
@@ -609,7 +609,8 @@ async def create_subscription(
 
 
 async def mark_invoice_paid(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> Effects:
-    """Record a payment (native mode): see reference §4.2 and the module decisions."""
+    """Record a payment (native mode): the invoice is PAID at its amount as of now, and
+    the subscription feels it (see ``_settle``)."""
     inv = await inv_svc.get_invoice(s, env, invoice_id)
     inv_svc.check_payable(inv)
     fx = Effects(action="MARK_PAID", subscription_id=inv.subscription_id)
@@ -1253,7 +1254,7 @@ def next_period(
 
 
 async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effects | None:
-    """Period rollover (reference §4.4), exactly once per period: the claim is a
+    """Period rollover, exactly once per period: the claim is a
     conditional UPDATE of the period; a concurrent runner matches no row."""
     sub = await load_subscription(s, env, sub_id, lock=True)
     if (
@@ -1368,7 +1369,7 @@ async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effect
 async def end_at_period_end(
     s: AsyncSession, env: str, sub_id: str, now: datetime
 ) -> Effects | None:
-    """An END_OF_PERIOD cancellation takes effect (reference §4.7)."""
+    """An END_OF_PERIOD cancellation takes effect."""
     sub = await load_subscription(s, env, sub_id, lock=True)
     if (
         sub.cancel_mode != "END_OF_PERIOD"
@@ -1468,7 +1469,7 @@ async def refresh_invoice_job(s: AsyncSession, env: str, invoice_id: str, now: d
 
 
 def past_due_at(due_date: datetime, grace_days: int) -> datetime:
-    """First instant at which a DUE invoice is past due (Appendix B: due Mar 1, grace 3
+    """First instant at which a DUE invoice is past due (due Mar 1, grace 3
     → Mar 5 00:00)."""
     from datetime import timedelta
 

@@ -1,4 +1,4 @@
-"""Billing and credit jobs on the environment clock (reference §4.3).
+"""Billing and credit jobs on the environment clock.
 
 Each kind finds its due items in the domain tables (so the schedule cannot drift from
 the data) and runs one item per unit of work through the same service functions as the

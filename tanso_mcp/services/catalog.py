@@ -24,7 +24,7 @@ DENOM_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 PLAN_STATUSES = ("DRAFT", "ACTIVE", "ARCHIVED")
 TIMINGS = ("IN_ADVANCE", "IN_ARREARS")
 ROLLOVER = ("NONE", "FULL", "CAPPED")
-# status changes a plan may make (SPEC §3)
+# status changes a plan may make
 TRANSITIONS = {("DRAFT", "ACTIVE"), ("ACTIVE", "ARCHIVED"), ("ARCHIVED", "ACTIVE")}
 LOCKED_WHEN_ACTIVE = (
     "key",
