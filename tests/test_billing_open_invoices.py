@@ -264,3 +264,40 @@ async def test_immediate_cancel_after_an_in_arrears_upgrade(ctx, client, tenant)
     assert money(closed["amount"]) == D("20.70")
     assert closed["id"] == inv["id"]
     await b.check()
+
+
+async def test_immediate_cancel_in_advance_bills_usage_to_the_cancel_instant(ctx, client, tenant):
+    """IN_ADVANCE plans bill usage in arrears: an immediate cancellation puts the running
+    period's usage so far — and the previous period's, whose invoice is voided unpaid —
+    on a final usage invoice, DUE now, in the preview and in the result."""
+    b = Billing(ctx, client, tenant)
+    plan = await make_plan(
+        ctx, b.env, key="adv", price="10.00", features={"api_calls": json.dumps(PER_CALL)}
+    )
+    await b.customer("c")
+    sub, first = await b.subscribe("c", plan["plan_id"], gracePeriod=10)
+    await b.pay(first["id"])
+    await ingest(b, "jan", 10)
+    await b.to("2026-02-15T00:00:00Z")  # renewal invoice: 10.00 + 3.50, DUE, left unpaid
+    await ingest(b, "feb", 4)
+    await b.to("2026-02-20T00:00:00Z")
+    args = {"subscriptionId": sub["id"], "cancelMode": "IMMEDIATE"}
+    async with inmemory(ctx, tenant.key("client")) as mcp:
+        preview = (await fails(mcp, "cancelSubscription", args))["preview"]
+        done = await ok(mcp, "cancelSubscription", {**args, "confirmAction": True})
+    for out in (preview, done):
+        assert [(i["type"], money(i["amount"])) for i in out["invoicesVoided"]] == [
+            ("REGULAR", D("13.50"))
+        ]
+        (final,) = out["invoicesCreated"]  # no refund: the period was not paid for
+        assert (final["type"], final["status"]) == ("REGULAR", "DUE")
+        assert usage(final) == [
+            ("Usage for api_calls: 10 units", D("3.50")),
+            ("Usage for api_calls: 4 units", D("1.40")),
+        ]
+        assert money(out["amountToPay"]) == D("4.90")
+    await ingest(b, "after", 100)
+    await b.advance(days=1)
+    listed = next(i for i in await b.invoices("c") if i["id"] == done["invoicesCreated"][0]["id"])
+    assert money(listed["amount"]) == D("4.90")
+    await b.check()

@@ -1083,6 +1083,44 @@ async def _close_arrears_period(s: AsyncSession, inv: Invoice, now: datetime) ->
         await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",))
 
 
+async def _final_usage_invoice(
+    s: AsyncSession,
+    env: str,
+    sub: Subscription,
+    plan: Plan,
+    carried: list[dict[str, Any]],
+    now: datetime,
+    fx: Effects,
+) -> None:
+    """IN_ADVANCE immediate cancellation: usage is billed in arrears, so what was used
+    in the running period up to ``now`` — and the previous period's usage, when the
+    invoice carrying it was just voided unpaid — goes on a final usage invoice, DUE now
+    (keyed on the cancel instant: the subscription has no period starting then)."""
+    pricing = await _period_pricing(s, sub.id, sub.current_period_start, plan)
+    windows = [*carried, inv_svc.window(plan, sub.current_period_start, now, pricing)]
+    lines = await inv_svc.compute_usage_lines(s, sub, windows)
+    if not lines:
+        return
+    inv = await inv_svc.create_invoice(
+        s,
+        env,
+        now,
+        customer_id=sub.customer_id,
+        subscription_id=sub.id,
+        type="REGULAR",
+        status="DUE",
+        currency=plan.currency,
+        due_date=start_of_day(now),
+        period_start=now,
+        period_end=now,
+        lines=lines,
+        metadata={"usageWindows": windows, "final": True},
+    )
+    if inv is not None:
+        await _record_invoice(s, fx, inv, "invoices_created")
+        fx.event("invoice.created", invoiceId=inv.id, type="REGULAR", status="DUE")
+
+
 async def cancel_subscription(
     s: AsyncSession, env: str, sub_id: str, mode: str, now: datetime
 ) -> Effects:
@@ -1163,6 +1201,7 @@ async def cancel_subscription(
             .execution_options(populate_existing=True)
         )
     ).all()
+    carried: list[dict[str, Any]] = []  # usage windows of the invoices voided here
     for inv in open_invoices:
         if inv.period_end is not None and inv.period_end <= now:
             continue  # a debt for a period that is over stays payable
@@ -1181,6 +1220,9 @@ async def cancel_subscription(
         if await inv_svc.set_status(s, inv, "VOID", now, only_from=inv_svc.UNPAID):
             await _record_invoice(s, fx, inv, "invoices_voided")
             fx.event("invoice.voided", invoiceId=inv.id)
+            carried += (inv.metadata_ or {}).get("usageWindows") or []
+    if plan.billing_timing == "IN_ADVANCE":
+        await _final_usage_invoice(s, env, sub, plan, carried, now, fx)
     if refund:
         credit = await inv_svc.create_invoice(
             s,
