@@ -134,9 +134,6 @@ def dt(v: Any) -> datetime:
     return v if isinstance(v, datetime) else parse_datetime(v, "window")
 
 
-_dt = dt
-
-
 async def compute_usage_lines(
     s: AsyncSession, sub: Any, windows: list[dict[str, Any]]
 ) -> list[Line]:
@@ -153,7 +150,7 @@ async def _usage_lines_many(
         for w in windows:
             requests.append(
                 usage_seam.UsageRequest(
-                    sub, w["planId"], _dt(w["from"]), _dt(w["to"]), w.get("pricing")
+                    sub, w["planId"], dt(w["from"]), dt(w["to"]), w.get("pricing")
                 )
             )
             owner.append(n)
