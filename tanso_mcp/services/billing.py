@@ -197,7 +197,11 @@ def _change_view(sc: ScheduledChange) -> dict[str, Any]:
 
 
 async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: str) -> None:
-    getattr(fx, bucket).extend(await inv_svc.views(s, [inv]))
+    """Describe an invoice this operation just created, closed, voided or paid: what
+    is stored is its amount as of now (a new invoice is computed as of now, and every
+    status change stores the current amount first), so no recomputation is needed."""
+    items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
+    getattr(fx, bucket).append(inv_svc.invoice_view(inv, [inv_svc.ItemRow.of(it) for it in items]))
 
 
 # --------------------------------------------------------------------------- loading

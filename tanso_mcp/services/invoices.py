@@ -340,7 +340,8 @@ async def current_many(
         meta = inv.metadata_ or {}
         windows = meta.get("usageWindows") or []
         segments = meta.get("segments") or []
-        if inv.status in OPEN and (windows or segments):
+        # an invoice mirrored from a payment provider has the provider's amount
+        if inv.status in OPEN and (windows or segments) and inv.provider_invoice_id is None:
             todo.append((inv, windows, segments))
     if not todo:
         return out
