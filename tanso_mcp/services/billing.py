@@ -1092,16 +1092,19 @@ async def _final_usage_invoice(
     env: str,
     sub: Subscription,
     plan: Plan,
+    period: tuple[datetime, datetime],
     carried: list[dict[str, Any]],
     now: datetime,
     fx: Effects,
 ) -> None:
     """IN_ADVANCE immediate cancellation: usage is billed in arrears, so what was used
     in the running period up to ``now`` — and the previous period's usage, when the
-    invoice carrying it was just voided unpaid — goes on a final usage invoice, DUE now
-    (keyed on the cancel instant: the subscription has no period starting then)."""
-    pricing = await _period_pricing(s, sub.id, sub.current_period_start, plan)
-    windows = [*carried, inv_svc.window(plan, sub.current_period_start, now, pricing)]
+    invoice carrying it was just voided unpaid — goes on a final usage invoice, DUE now,
+    keyed like the END_OF_PERIOD one on the start of the period that will never begin.
+    ``period``: the running period as it was before the cancellation."""
+    start, end = period
+    pricing = await _period_pricing(s, sub.id, start, plan)
+    windows = [*carried, inv_svc.window(plan, start, now, pricing)]
     lines = await inv_svc.compute_usage_lines(s, sub, windows)
     if not lines:
         return
@@ -1115,8 +1118,8 @@ async def _final_usage_invoice(
         status="DUE",
         currency=plan.currency,
         due_date=start_of_day(now),
-        period_start=now,
-        period_end=now,
+        period_start=end,
+        period_end=end,
         lines=lines,
         metadata={"usageWindows": windows, "final": True},
     )
@@ -1175,7 +1178,7 @@ async def cancel_subscription(
         fx.status_after = await status_of(s, sub)
         return fx
     # IMMEDIATE
-    period_end = sub.current_period_end
+    period_start, period_end = sub.current_period_start, sub.current_period_end
     ratio = remaining_fraction(now, sub.current_period_start, sub.current_period_end)
     refund = Decimal(0)
     if plan.billing_timing == "IN_ADVANCE":
@@ -1226,7 +1229,7 @@ async def cancel_subscription(
             fx.event("invoice.voided", invoiceId=inv.id)
             carried += (inv.metadata_ or {}).get("usageWindows") or []
     if plan.billing_timing == "IN_ADVANCE":
-        await _final_usage_invoice(s, env, sub, plan, carried, now, fx)
+        await _final_usage_invoice(s, env, sub, plan, (period_start, period_end), carried, now, fx)
     if refund:
         credit = await inv_svc.create_invoice(
             s,
