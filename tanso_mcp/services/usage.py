@@ -121,6 +121,9 @@ async def _overage_sums(
     ``occurredAt`` in ``[start, end)`` (no lower bound when ``start`` is None). One
     statement per chunk of windows, so a page of open invoices costs one round trip."""
     out: dict[int, dict[str, int]] = {i: {} for i, *_ in parts}
+    if len(parts) > 4:  # a page of windows: only those of subscriptions with overage
+        billed = await _with_overage(s, parts)
+        parts = [p for p in parts if p[1].id in billed]
     for at in range(0, len(parts), _CHUNK):
         selects = []
         for i, sub, start, end in parts[at : at + _CHUNK]:
@@ -147,6 +150,25 @@ async def _overage_sums(
             if fid is not None:
                 out[int(i)][fid] = int(total)
     return out
+
+
+async def _with_overage(
+    s: AsyncSession, parts: list[tuple[int, Subscription, datetime | None, datetime]]
+) -> set[str]:
+    """The subscriptions among ``parts`` with any overage in the span of their windows
+    (one cheap statement, so a page of invoices without usage costs no per-window sums)."""
+    first = None if any(p[2] is None for p in parts) else min(p[2] for p in parts)
+    q = select(Event.subscription_id).where(
+        Event.environment_id.in_(sorted({p[1].environment_id for p in parts})),
+        Event.customer_id.in_(sorted({p[1].customer_id for p in parts})),
+        Event.subscription_id.in_(sorted({p[1].id for p in parts})),
+        Event.event_type == "CLIENT_TRACKED",
+        Event.overage_q > 0,
+        Event.occurred_at < max(p[3] for p in parts),
+    )
+    if first is not None:
+        q = q.where(Event.occurred_at >= first)
+    return set((await s.scalars(q.distinct())).all())
 
 
 async def _metered_rules(
