@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -46,8 +46,10 @@ class Settings(BaseSettings):
 
     # --- MCP ---
     api_key: str | None = Field(default=None, description="API key used by `tanso-mcp stdio`")
-    mcp_extra_tools: bool = Field(
-        default=False, description="expose tool groups beyond the 34 standard tools"
+    mcp_tool_groups: list[Literal["testing", "analytics", "stripe"]] = Field(
+        default_factory=list,
+        description="optional MCP tool groups offered besides the 34 standard tools, "
+        'e.g. ["testing", "analytics"]',
     )
 
     # --- jobs ---
@@ -65,6 +67,13 @@ class Settings(BaseSettings):
 
     # --- events ---
     event_future_skew_seconds: int = Field(default=300, ge=0, le=86_400)
+    event_max_age_days: int = Field(
+        default=35,
+        ge=1,
+        le=36_500,
+        description="events whose occurredAt is further in the past than this on the "
+        "environment's clock are refused (400)",
+    )
     entitlement_cache_seconds: float = Field(
         default=2.0,
         ge=0,

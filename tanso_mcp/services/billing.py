@@ -73,7 +73,7 @@ from . import usage as usage_seam
 from .credits import insert_ignore
 from .invoices import Line
 from .plan_entitlements import grants
-from .subscriptions import derive_status
+from .subscriptions import derive_status, past_due_ids
 
 GRACE_DEFAULT = 3
 MAX_GRACE = 365
@@ -201,7 +201,11 @@ async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: st
     is stored is its amount as of now (a new invoice is computed as of now, and every
     status change stores the current amount first), so no recomputation is needed."""
     items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
-    getattr(fx, bucket).append(inv_svc.invoice_view(inv, [inv_svc.ItemRow.of(it) for it in items]))
+    # the same invoice view as listCustomerInvoices, customer reference included
+    ref = await s.scalar(select(Customer.reference_id).where(Customer.id == inv.customer_id))
+    getattr(fx, bucket).append(
+        inv_svc.invoice_view(inv, [inv_svc.ItemRow.of(it) for it in items], ref)
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -228,13 +232,7 @@ async def load_subscription(
 
 
 async def has_past_due(s: AsyncSession, sub_id: str) -> bool:
-    return (
-        await s.scalar(
-            select(Invoice.id)
-            .where(Invoice.subscription_id == sub_id, Invoice.status == "PAST_DUE")
-            .limit(1)
-        )
-    ) is not None
+    return sub_id in await past_due_ids(s, [sub_id])
 
 
 async def status_of(s: AsyncSession, sub: Subscription) -> str:

@@ -18,7 +18,7 @@ from ..errors import PreconditionFailed
 from ..plugin import PaymentProvider, UnknownProvider
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 
 async def provider_name(s: AsyncSession, env_id: str) -> tuple[str, dict[str, Any]]:
@@ -39,7 +39,7 @@ async def provider_name(s: AsyncSession, env_id: str) -> tuple[str, dict[str, An
 async def provider_for(ctx: AppContext, s: AsyncSession, env_id: str) -> PaymentProvider:
     """The environment's provider (built once per environment and provider name)."""
     name, config = await provider_name(s, env_id)
-    cache: dict[tuple[str, str], PaymentProvider] = ctx.extras.setdefault("providers", {})
+    cache = ctx.providers
     key = (env_id, name)
     provider = cache.get(key)
     if provider is None:
@@ -55,6 +55,6 @@ async def provider_for(ctx: AppContext, s: AsyncSession, env_id: str) -> Payment
 
 def forget_provider(ctx: AppContext, env_id: str) -> None:
     """Drop cached providers of an environment (after its provider configuration changes)."""
-    cache = ctx.extras.get("providers") or {}
+    cache = ctx.providers
     for key in [k for k in cache if k[0] == env_id]:
         cache.pop(key, None)

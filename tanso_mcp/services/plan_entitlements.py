@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Entitlement, Feature, Invoice, PlanFeature, Subscription
+from ..db.models import Entitlement, Feature, PlanFeature, Subscription
 from ..db.types import new_id
+from .subscriptions import past_due_clause
 
 
 def grants(rule_enabled: bool, feature_enabled: bool) -> bool:
@@ -33,9 +34,7 @@ def grants(rule_enabled: bool, feature_enabled: bool) -> bool:
 
 
 def _grantable(env: str, plan_ids: list[str]):
-    past_due = exists().where(
-        Invoice.subscription_id == Subscription.id, Invoice.status == "PAST_DUE"
-    )
+    past_due = past_due_clause(Subscription.id)
     return select(Subscription.id, Subscription.customer_id).where(
         Subscription.environment_id == env,
         Subscription.plan_id.in_(plan_ids),

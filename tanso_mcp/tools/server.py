@@ -1,7 +1,8 @@
 """The MCP server: the tool table of ``specs.py`` wired to pluggable handlers.
 
-``build_mcp_server(app, handlers, stdio_principal=...)`` registers all 34 tools on an
-``MCPServer`` named ``tanso-mcp``. Each call goes through the same steps, none of which
+``build_mcp_server(app, handlers, stdio_principal=..., tool_groups=...)`` registers the 34
+standard tools, plus those of the enabled optional groups, on an ``MCPServer`` named
+``tanso-mcp``. Each call goes through the same steps, none of which
 touches business data:
 
 1. **Principal.** ``resolve_principal``: the ``current_principal`` ContextVar (set by the
@@ -30,7 +31,7 @@ SDK builds the full list, the middleware drops the tools the caller's role may n
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tanso_mcp import __version__
@@ -52,6 +54,8 @@ from tanso_mcp.errors import (
     TansoError,
 )
 from tanso_mcp.principal import Principal, current_principal
+from tanso_mcp.tools import apps_analytics
+from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.results import (
     error_object,
     error_result,
@@ -59,7 +63,7 @@ from tanso_mcp.tools.results import (
     success_result,
     to_json_value,
 )
-from tanso_mcp.tools.specs import SPECS_BY_NAME, TOOL_SPECS, ToolSpec, input_schema, output_schema
+from tanso_mcp.tools.specs import ToolSpec, input_schema, output_schema
 
 __all__ = [
     "PRINCIPAL_STATE_KEY",
@@ -111,7 +115,7 @@ def handlers_from(source: Any) -> dict[str, ToolImpl]:
     left out (and answer "not available yet").
     """
     found: dict[str, ToolImpl] = {}
-    for spec in TOOL_SPECS:
+    for spec in all_specs():
         handler = getattr(source, spec.handler, None)
         if handler is None:
             continue
@@ -120,9 +124,10 @@ def handlers_from(source: Any) -> dict[str, ToolImpl]:
 
 
 def _normalise(handlers: Mapping[str, Handler | ToolImpl] | None) -> dict[str, ToolImpl]:
+    specs = all_specs_by_name()
     impls: dict[str, ToolImpl] = {}
     for name, value in (handlers or {}).items():
-        if name not in SPECS_BY_NAME:
+        if name not in specs:
             raise ValueError(f"no tool named {name!r} (handlers are keyed by tool name)")
         if isinstance(value, ToolImpl):
             impls[name] = value
@@ -130,7 +135,7 @@ def _normalise(handlers: Mapping[str, Handler | ToolImpl] | None) -> dict[str, T
             impls[name] = ToolImpl(value, getattr(value, "preview", None))
         else:
             raise TypeError(f"handler for {name!r} must be a ToolImpl or an async callable")
-        if impls[name].preview is not None and not SPECS_BY_NAME[name].confirm:
+        if impls[name].preview is not None and not specs[name].confirm:
             raise ValueError(f"{name} is not a confirmAction tool; a preview would never run")
     return impls
 
@@ -179,12 +184,36 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = SPECS_BY_NAME.get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = (
+                all_specs_by_name().get(str(tool.get("name", "")))
+                if isinstance(tool, dict)
+                else None
+            )
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)
 
         return {**result, "tools": [tool for tool in tools if visible(tool)]}
+
+
+class UnknownPromptIsInvalidParams:
+    """Server middleware: ``prompts/get`` for a prompt that does not exist answers the
+    JSON-RPC error the protocol names (-32602, invalid params), like an unknown resource.
+    The SDK raises a plain ``ValueError`` there, which goes out as code 0 with an ERROR
+    traceback in the log for what is only a client's mistake."""
+
+    def __init__(self, server: MCPServer) -> None:
+        self._server = server
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            known = {prompt.name for prompt in await self._server.list_prompts()}
+            if name not in known:
+                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}", {"name": name})
+        return await call_next(ctx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,7 +323,11 @@ class _Runner:
                     "Check the outcome with a read tool before retrying.",
                 }
             )
-        return success_result(structured)
+        result = success_result(structured)
+        image = apps_analytics.fallback_image(spec.name, structured, request_context)
+        if image is not None:  # hosts without MCP Apps still get the chart
+            result.content.append(image)
+        return result
 
     async def _preview(
         self, spec: ToolSpec, impl: ToolImpl, principal: Principal, params: BaseModel
@@ -335,6 +368,7 @@ def _make_tool(spec: ToolSpec, runner: _Runner) -> Tool:
         is_async=True,
         context_kwarg="ctx",
         annotations=spec.annotations,
+        meta=apps_analytics.tool_meta(spec.name),
     )
 
 
@@ -343,6 +377,7 @@ def build_mcp_server(
     handlers: Mapping[str, Handler | ToolImpl] | None = None,
     *,
     stdio_principal: Principal | None = None,
+    tool_groups: Iterable[str] = (),
 ) -> MCPServer:
     """Build the ``tanso-mcp`` MCP server.
 
@@ -350,17 +385,24 @@ def build_mcp_server(
     maps tool names to an async handler or a ``ToolImpl`` (handler + preview); a bare
     callable may carry its preview as a ``preview`` attribute. Unknown tool names are a
     ``ValueError``. ``stdio_principal`` is the caller for transports without HTTP requests
-    (stdio, in-process clients); HTTP requests never fall back to it.
+    (stdio, in-process clients); HTTP requests never fall back to it. ``tool_groups``
+    names the optional tool groups to offer besides the standard tools (see ``groups``);
+    handlers for tools of other groups are accepted and left unregistered.
     """
     runner = _Runner(app, _normalise(handlers), stdio_principal)
+    specs = enabled_specs(tool_groups)
+    # the margin tools' ui:// dashboard (MCP Apps), with the analytics group
+    apps = [apps_analytics.extension()] if any(s.group == "analytics" for s in specs) else []
     server: MCPServer = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_make_tool(spec, runner) for spec in TOOL_SPECS],
+        tools=[_make_tool(spec, runner) for spec in specs],
+        extensions=apps,
         # The listing depends on the caller: never let a client share it across keys.
         cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
         log_level="WARNING",
     )
     server.middleware.append(RoleScopedToolList(stdio_principal))
+    server.middleware.append(UnknownPromptIsInvalidParams(server))
     return server
