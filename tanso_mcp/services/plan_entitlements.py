@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Entitlement, Feature, PlanFeature, Subscription
 from ..db.types import new_id
-from .subscriptions import past_due_clause
 
 
 def grants(rule_enabled: bool, feature_enabled: bool) -> bool:
@@ -34,6 +33,9 @@ def grants(rule_enabled: bool, feature_enabled: bool) -> bool:
 
 
 def _grantable(env: str, plan_ids: list[str]):
+    # imported here: subscriptions -> views -> catalog -> this module at import time
+    from .subscriptions import past_due_clause
+
     past_due = past_due_clause(Subscription.id)
     return select(Subscription.id, Subscription.customer_id).where(
         Subscription.environment_id == env,
