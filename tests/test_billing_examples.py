@@ -1,5 +1,6 @@
-"""reference/tanso-behaviour.md Appendix B, reproduced to the cent through the REST API
-and the test clock."""
+"""The product's worked billing examples (proration, cancellation refund, grace period,
+credits before overage, graduated and accumulated usage), reproduced to the cent through
+the REST API and the test clock."""
 
 from __future__ import annotations
 

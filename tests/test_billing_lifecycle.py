@@ -492,7 +492,7 @@ async def test_end_of_period_cancel_is_undoable_then_takes_effect(b, ctx):
     await b.check()
 
 
-async def test_immediate_cancel_claws_back_plan_credits_and_voids_open_invoices(b, ctx):
+async def test_immediate_cancel_claws_back_plan_credits_and_closes_the_period(b, ctx):
     plan = await make_plan(
         ctx, b.env, key="arr", price="40.00", timing="IN_ARREARS", credit_allocations=ALLOC % 100
     )
@@ -512,7 +512,9 @@ async def test_immediate_cancel_claws_back_plan_credits_and_voids_open_invoices(
     await b.advance(days=3)
     out = await b.data("POST", f"/subscriptions/cancellation/{sub['id']}?cancelMode=IMMEDIATE")
     assert out["creditsClawedBack"] == {"AI_TOKENS": 100}
-    assert [(i["type"], i["status"]) for i in out["invoicesVoided"]] == [("REGULAR", "VOID")]
+    # the period in arrears closes now: its invoice bills the days used, DUE at once
+    assert out["invoicesVoided"] == []
+    assert [(i["type"], i["status"]) for i in out["invoicesClosed"]] == [("REGULAR", "DUE")]
     assert out["invoicesCreated"] == []  # nothing was prepaid in arrears
     assert money((await b.pools("c"))["AI_TOKENS"]["balance"]) == 35
     await b.check()

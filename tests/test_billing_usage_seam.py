@@ -1,4 +1,4 @@
-"""Invoices and the metering seam (services/usage.usage_lines): usage is billed on the
+"""Invoices and the metering seam (services/usage.usage_lines_for): usage is billed on the
 invoice that closes its period, priced with the plan in force during that period,
 recomputed while the invoice is open, frozen once it is not."""
 
@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from tanso_mcp.db.models import Plan
 from tanso_mcp.services import usage
 from tests.billing_helpers import Billing, money
 from tests.factories import make_plan
@@ -37,7 +38,11 @@ class FakeMeter:
 @pytest.fixture
 def meter(monkeypatch):
     m = FakeMeter()
-    monkeypatch.setattr(usage, "usage_lines", m)
+
+    async def usage_lines_for(s, requests):
+        return [await m(s, r.sub, await s.get(Plan, r.plan_id), r.start, r.end) for r in requests]
+
+    monkeypatch.setattr(usage, "usage_lines_for", usage_lines_for)
     return m
 
 

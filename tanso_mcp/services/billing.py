@@ -1,4 +1,4 @@
-"""Native billing: the subscription lifecycle (SPEC §3, reference §4.1–§4.8).
+"""Native billing: the subscription lifecycle.
 
 Every function takes the caller's session, never commits, and returns an
 :class:`Effects` record of what it did (invoices created, voided or paid, entitlements
@@ -69,8 +69,10 @@ from ..errors import Conflict, InvalidRequest, NotFound
 from ..plugin.api import MULTIPLE_SUBSCRIPTIONS
 from . import catalog, credits
 from . import invoices as inv_svc
+from . import usage as usage_seam
 from .credits import insert_ignore
 from .invoices import Line
+from .plan_entitlements import grants
 from .subscriptions import derive_status, past_due_ids
 
 GRACE_DEFAULT = 3
@@ -93,6 +95,7 @@ class Effects:
     invoices_created: list[dict[str, Any]] = field(default_factory=list)
     invoices_voided: list[dict[str, Any]] = field(default_factory=list)
     invoices_paid: list[dict[str, Any]] = field(default_factory=list)
+    invoices_closed: list[dict[str, Any]] = field(default_factory=list)
     entitlements_granted: list[str] = field(default_factory=list)
     entitlements_revoked: list[str] = field(default_factory=list)
     credits_granted: dict[str, int] = field(default_factory=dict)
@@ -126,8 +129,13 @@ class Effects:
             return out
 
         created = strip(self.invoices_created)
+        closed = strip(self.invoices_closed)
         charged = sum(
-            (v["amount"] for v in created if v["status"] in ("DUE", "PENDING") and v["amount"] > 0),
+            (
+                v["amount"]
+                for v in created + closed
+                if v["status"] in ("DUE", "PENDING") and v["amount"] > 0
+            ),
             Decimal(0),
         )
         credited = sum(
@@ -145,6 +153,7 @@ class Effects:
             "invoicesCreated": created,
             "invoicesVoided": strip(self.invoices_voided),
             "invoicesPaid": strip(self.invoices_paid),
+            "invoicesClosed": closed,
             "amountToPay": charged,
             "amountCredited": credited,
             "entitlementsGranted": sorted(self.entitlements_granted),
@@ -188,10 +197,15 @@ def _change_view(sc: ScheduledChange) -> dict[str, Any]:
 
 
 async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: str) -> None:
+    """Describe an invoice this operation just created, closed, voided or paid: what
+    is stored is its amount as of now (a new invoice is computed as of now, and every
+    status change stores the current amount first), so no recomputation is needed."""
     items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
     # the same invoice view as listCustomerInvoices, customer reference included
     ref = await s.scalar(select(Customer.reference_id).where(Customer.id == inv.customer_id))
-    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items, ref))
+    getattr(fx, bucket).append(
+        inv_svc.invoice_view(inv, [inv_svc.ItemRow.of(it) for it in items], ref)
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -253,7 +267,7 @@ async def reconcile_entitlements(
     """Make the subscription's entitlement records match the plan's enabled features:
     grant (or un-revoke) what the plan includes, revoke what it does not."""
     rules = (await catalog.plan_rules(s, [plan.id]))[plan.id]
-    desired = {f.id: f.key for pf, f in rules if pf.is_enabled and f.is_enabled}
+    desired = {f.id: f.key for pf, f in rules if grants(pf.is_enabled, f.is_enabled)}
     existing = {
         e.feature_id: e
         for e in (
@@ -401,6 +415,20 @@ async def _rollover(
         expired = await credits.apply_rollover(s, env, pool, sub.id, new_start, now)
         if expired:
             fx.add_credits(fx.credits_expired, {pool.denomination: expired})
+        # a link's draw limit caps what the subscription draws per billing period: the
+        # drawn total counts the current period's draws and starts again here, in the
+        # transaction that starts the new period (the pool is locked: same lock order as
+        # the metering writer, pool then link)
+        await s.execute(
+            update(CreditPoolSubscription)
+            .where(
+                CreditPoolSubscription.pool_id == pool.id,
+                CreditPoolSubscription.subscription_id == sub.id,
+                CreditPoolSubscription.total_drawn_q != 0,
+            )
+            .values(total_drawn_q=0)
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def _period_paid(s: AsyncSession, sub: Subscription, plan: Plan) -> bool:
@@ -423,6 +451,30 @@ async def _period_base_invoice(s: AsyncSession, sub: Subscription) -> Invoice | 
         .limit(1)
         .execution_options(populate_existing=True)
     )
+
+
+async def _period_pricing(
+    s: AsyncSession, sub_id: str, period_start: datetime, plan: Plan
+) -> dict[str, Any] | None:
+    """The rules ``plan`` had when the subscription's period starting at ``period_start``
+    began, as recorded on that period's invoice (None: not recorded — price with the
+    rules as they stand)."""
+    meta = await s.scalar(
+        select(Invoice.metadata_)
+        .where(
+            Invoice.subscription_id == sub_id,
+            Invoice.type.in_(("IN_ADVANCE_INITIAL", "REGULAR")),
+            Invoice.period_start == period_start,
+        )
+        .order_by(Invoice.created_at)
+        .limit(1)
+    )
+    recorded = (meta or {}).get("periodPricing") or {}
+    return recorded.get("rules") if recorded.get("planId") == plan.id else None
+
+
+async def _pricing_record(s: AsyncSession, plan: Plan) -> dict[str, Any]:
+    return {"planId": plan.id, "rules": await usage_seam.pricing_snapshot(s, plan.id)}
 
 
 # --------------------------------------------------------------------------- subscribe
@@ -516,7 +568,9 @@ async def create_subscription(
             period_end=end,
             lines=lines,
             metadata={
-                "usageWindows": [inv_svc.window(plan, start, end)],
+                "usageWindows": [
+                    inv_svc.window(plan, start, end, await usage_seam.pricing_snapshot(s, plan.id))
+                ],
                 "segments": [inv_svc.segment(plan, start, end)],
             },
         )
@@ -536,6 +590,7 @@ async def create_subscription(
             period_start=start,
             period_end=end,
             lines=lines,
+            metadata={"periodPricing": await _pricing_record(s, plan)},
         )
         assert inv is not None
         if inv.amount_minor == 0:
@@ -556,7 +611,8 @@ async def create_subscription(
 
 
 async def mark_invoice_paid(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> Effects:
-    """Record a payment (native mode): see reference §4.2 and the module decisions."""
+    """Record a payment (native mode): the invoice is PAID at its amount as of now, and
+    the subscription feels it (see ``_settle``)."""
     inv = await inv_svc.get_invoice(s, env, invoice_id)
     inv_svc.check_payable(inv)
     fx = Effects(action="MARK_PAID", subscription_id=inv.subscription_id)
@@ -577,9 +633,8 @@ async def mark_invoice_paid(s: AsyncSession, env: str, invoice_id: str, now: dat
 async def _settle(s: AsyncSession, env: str, inv: Invoice, now: datetime, fx: Effects) -> None:
     """An invoice becomes PAID, and the subscription feels it: activation (initial
     invoice), restoration from past due, the current period's plan credits."""
-    if inv.subscription_id is not None and inv.status in inv_svc.OPEN:
-        sub0 = await s.get(Subscription, inv.subscription_id)
-        await inv_svc.recompute(s, inv, sub0, now)
+    # what is recorded as paid is the amount as of now, stored before the status moves
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "PAID", now, only_from=inv_svc.UNPAID):
         fresh = await inv_svc.get_invoice(s, env, inv.id)
         inv_svc.check_payable(fresh)  # raises: someone else paid or voided it
@@ -933,7 +988,14 @@ async def _reprice_arrears_period(
     meta["segments"] = [
         {"planId": x["planId"], "from": _iso(x["from"]), "to": _iso(x["to"])} for x in segs
     ]
-    meta["usageWindows"] = [inv_svc.window(target, inv.period_start, inv.period_end)]
+    meta["usageWindows"] = [
+        inv_svc.window(
+            target,
+            inv.period_start,
+            inv.period_end,
+            await usage_seam.pricing_snapshot(s, target.id),
+        )
+    ]
     await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id)
@@ -941,7 +1003,7 @@ async def _reprice_arrears_period(
         .execution_options(synchronize_session=False)
     )
     await s.refresh(inv)
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     return None
 
 
@@ -1003,6 +1065,82 @@ async def _prepaid_price_minor(s: AsyncSession, sub: Subscription) -> int:
     return price
 
 
+def _ending_by(part: dict[str, Any], end: datetime) -> dict[str, Any]:
+    """A segment or usage window cut at ``end`` (its other keys kept)."""
+    return {
+        **part,
+        "from": _iso(part["from"]),
+        "to": _iso(min(inv_svc.dt(part["to"]), end)),
+    }
+
+
+async def _close_arrears_period(s: AsyncSession, inv: Invoice, now: datetime) -> None:
+    """An IN_ARREARS period ends at an immediate cancellation: its open invoice keeps the
+    plan segments and usage up to ``now`` only (base price prorated to the time used,
+    shares of the full period, rounded like an upgrade), ends its period at ``now`` and
+    is DUE at once, with the amount as of now."""
+    meta = dict(inv.metadata_ or {})
+    full_end = meta.get("fullPeriodEnd") or _iso(inv.period_end)
+    segs = meta.get("segments") or []
+    meta["segments"] = [_ending_by(x, now) for x in segs if inv_svc.dt(x["from"]) < now]
+    meta["usageWindows"] = [
+        _ending_by(w, now) for w in meta.get("usageWindows") or [] if inv_svc.dt(w["from"]) < now
+    ]
+    meta["fullPeriodEnd"] = full_end
+    meta["closedAt"] = _iso(now)
+    await s.execute(
+        update(Invoice)
+        .where(Invoice.id == inv.id, Invoice.status.in_(inv_svc.OPEN))
+        .values(metadata=meta, period_end=now, due_date=start_of_day(now), modified_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await s.refresh(inv)
+    await inv_svc.refresh(s, inv, now)
+    if inv.status == "PENDING":
+        await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",))
+
+
+async def _final_usage_invoice(
+    s: AsyncSession,
+    env: str,
+    sub: Subscription,
+    plan: Plan,
+    period: tuple[datetime, datetime],
+    carried: list[dict[str, Any]],
+    now: datetime,
+    fx: Effects,
+) -> None:
+    """IN_ADVANCE immediate cancellation: usage is billed in arrears, so what was used
+    in the running period up to ``now`` — and the previous period's usage, when the
+    invoice carrying it was just voided unpaid — goes on a final usage invoice, DUE now,
+    keyed like the END_OF_PERIOD one on the start of the period that will never begin.
+    ``period``: the running period as it was before the cancellation."""
+    start, end = period
+    pricing = await _period_pricing(s, sub.id, start, plan)
+    windows = [*carried, inv_svc.window(plan, start, now, pricing)]
+    lines = await inv_svc.compute_usage_lines(s, sub, windows)
+    if not lines:
+        return
+    inv = await inv_svc.create_invoice(
+        s,
+        env,
+        now,
+        customer_id=sub.customer_id,
+        subscription_id=sub.id,
+        type="REGULAR",
+        status="DUE",
+        currency=plan.currency,
+        due_date=start_of_day(now),
+        period_start=end,
+        period_end=end,
+        lines=lines,
+        metadata={"usageWindows": windows, "final": True},
+    )
+    if inv is not None:
+        await _record_invoice(s, fx, inv, "invoices_created")
+        fx.event("invoice.created", invoiceId=inv.id, type="REGULAR", status="DUE")
+
+
 async def cancel_subscription(
     s: AsyncSession, env: str, sub_id: str, mode: str, now: datetime
 ) -> Effects:
@@ -1053,7 +1191,7 @@ async def cancel_subscription(
         fx.status_after = await status_of(s, sub)
         return fx
     # IMMEDIATE
-    period_end = sub.current_period_end
+    period_start, period_end = sub.current_period_start, sub.current_period_end
     ratio = remaining_fraction(now, sub.current_period_start, sub.current_period_end)
     refund = Decimal(0)
     if plan.billing_timing == "IN_ADVANCE":
@@ -1083,12 +1221,28 @@ async def cancel_subscription(
             .execution_options(populate_existing=True)
         )
     ).all()
+    carried: list[dict[str, Any]] = []  # usage windows of the invoices voided here
     for inv in open_invoices:
-        if inv.status == "PAST_DUE" and inv.period_end is not None and inv.period_end <= now:
+        if inv.period_end is not None and inv.period_end <= now:
             continue  # a debt for a period that is over stays payable
+        if (
+            plan.billing_timing == "IN_ARREARS"
+            and inv.type == "REGULAR"
+            and inv.period_start == sub.current_period_start
+            and inv.status in inv_svc.OPEN
+        ):
+            await _close_arrears_period(s, inv, now)
+            await _record_invoice(s, fx, inv, "invoices_closed")
+            fx.event(
+                "invoice.due", invoiceId=inv.id, amount=from_minor(inv.amount_minor, inv.currency)
+            )
+            continue
         if await inv_svc.set_status(s, inv, "VOID", now, only_from=inv_svc.UNPAID):
             await _record_invoice(s, fx, inv, "invoices_voided")
             fx.event("invoice.voided", invoiceId=inv.id)
+            carried += (inv.metadata_ or {}).get("usageWindows") or []
+    if plan.billing_timing == "IN_ADVANCE":
+        await _final_usage_invoice(s, env, sub, plan, (period_start, period_end), carried, now, fx)
     if refund:
         credit = await inv_svc.create_invoice(
             s,
@@ -1162,7 +1316,7 @@ def next_period(
 
 
 async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effects | None:
-    """Period rollover (reference §4.4), exactly once per period: the claim is a
+    """Period rollover, exactly once per period: the claim is a
     conditional UPDATE of the period; a concurrent runner matches no row."""
     sub = await load_subscription(s, env, sub_id, lock=True)
     if (
@@ -1227,15 +1381,18 @@ async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effect
     # usage of the period that just closed, when its plan billed in advance
     windows: list[dict[str, Any]] = []
     if old_plan.billing_timing == "IN_ADVANCE":
-        windows.append(inv_svc.window(old_plan, old_start, old_end))
+        old_pricing = await _period_pricing(s, sub.id, old_start, old_plan)
+        windows.append(inv_svc.window(old_plan, old_start, old_end, old_pricing))
     await _rollover(s, env, sub, new_start, now, fx)
     lines = [inv_svc.base_line(new_plan)] if new_plan.price_minor else []
     meta: dict[str, Any] = {}
+    new_pricing = await _pricing_record(s, new_plan)
     if new_plan.billing_timing == "IN_ARREARS":
-        windows.append(inv_svc.window(new_plan, new_start, new_end))
+        windows.append(inv_svc.window(new_plan, new_start, new_end, new_pricing["rules"]))
         meta["segments"] = [inv_svc.segment(new_plan, new_start, new_end)]
         status, due = "PENDING", new_end
     else:
+        meta["periodPricing"] = new_pricing
         status, due = "DUE", max(new_start, start_of_day(now))
     meta["usageWindows"] = windows
     lines += await inv_svc.compute_usage_lines(s, sub, windows)
@@ -1274,7 +1431,7 @@ async def renew(s: AsyncSession, env: str, sub_id: str, now: datetime) -> Effect
 async def end_at_period_end(
     s: AsyncSession, env: str, sub_id: str, now: datetime
 ) -> Effects | None:
-    """An END_OF_PERIOD cancellation takes effect (reference §4.7)."""
+    """An END_OF_PERIOD cancellation takes effect."""
     sub = await load_subscription(s, env, sub_id, lock=True)
     if (
         sub.cancel_mode != "END_OF_PERIOD"
@@ -1308,7 +1465,8 @@ async def end_at_period_end(
     if plan.billing_timing == "IN_ADVANCE":
         # the last period's usage still has to be billed: on an invoice keyed on the
         # start of the period that will never begin
-        windows = [inv_svc.window(plan, sub.current_period_start, sub.current_period_end)]
+        pricing = await _period_pricing(s, sub.id, sub.current_period_start, plan)
+        windows = [inv_svc.window(plan, sub.current_period_start, sub.current_period_end, pricing)]
         lines = await inv_svc.compute_usage_lines(s, sub, windows)
         if lines:
             inv = await inv_svc.create_invoice(
@@ -1349,7 +1507,7 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
         if inv.subscription_id
         else None
     )
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",)):
         return None
     fx = Effects(action="INVOICE_DUE", subscription_id=inv.subscription_id)
@@ -1361,8 +1519,19 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
     return fx
 
 
+async def refresh_invoice_job(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> None:
+    """Store an open invoice's amount as of now (usage was recorded since it was last
+    stored). Locks its subscription first, like every billing write."""
+    inv = await inv_svc.get_invoice(s, env, invoice_id)
+    if inv.status not in inv_svc.OPEN or inv.subscription_id is None:
+        return
+    await load_subscription(s, env, inv.subscription_id, lock=True)
+    inv = await inv_svc.get_invoice(s, env, invoice_id)  # as of the lock
+    await inv_svc.refresh(s, inv, now, touch=True)
+
+
 def past_due_at(due_date: datetime, grace_days: int) -> datetime:
-    """First instant at which a DUE invoice is past due (Appendix B: due Mar 1, grace 3
+    """First instant at which a DUE invoice is past due (due Mar 1, grace 3
     → Mar 5 00:00)."""
     from datetime import timedelta
 
@@ -1380,7 +1549,7 @@ async def invoice_past_due(
     if not is_past_grace(inv.due_date, sub.grace_period_days, now):
         return None
     status = await status_of(s, sub)
-    await inv_svc.recompute(s, inv, sub, now)
+    await inv_svc.refresh(s, inv, now)
     if not await inv_svc.set_status(s, inv, "PAST_DUE", now, only_from=("DUE",)):
         return None
     fx = Effects(action="INVOICE_PAST_DUE", subscription_id=sub.id, status_before=status)

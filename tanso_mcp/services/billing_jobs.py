@@ -1,4 +1,4 @@
-"""Billing and credit jobs on the environment clock (reference §4.3).
+"""Billing and credit jobs on the environment clock.
 
 Each kind finds its due items in the domain tables (so the schedule cannot drift from
 the data) and runs one item per unit of work through the same service functions as the
@@ -13,7 +13,10 @@ Kinds, in the order they run when due at the same instant:
    revoked, renewal paused;
 3. ``invoice.due``             — PENDING invoice reached its due date: recomputed, DUE;
 4. ``subscription.cancel``     — END_OF_PERIOD cancellation takes effect;
-5. ``subscription.renew``      — period rollover (applies a scheduled plan change first).
+5. ``subscription.renew``      — period rollover (applies a scheduled plan change first);
+6. ``invoice.refresh``         — usage was recorded for the subscription of an open
+   (PENDING/DUE) invoice since the invoice was last stored: its amount and lines as of
+   now are stored (reads compute them anyway; this keeps the stored amount current).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import CreditGrant, Environment, Invoice, Subscription
+from ..db.models import CreditGrant, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
 from . import billing
 from .jobs import JobRegistry
@@ -165,8 +168,34 @@ def register(registry: JobRegistry) -> None:
     async def renew_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.renew(s, env, key, now))
 
+    # -- invoice.refresh ---------------------------------------------------------
+    async def refresh_find(s: AsyncSession, env: str, until: datetime, limit: int):
+        # every ingest that counts usage moves its counter's modified_at (the
+        # environment's time); ">=": usage recorded at the very instant of the last
+        # store (a test clock standing still) is looked at again
+        last_usage = func.max(UsageCounter.modified_at)
+        rows = await s.execute(
+            select(Invoice.id, last_usage)
+            .join(UsageCounter, UsageCounter.subscription_id == Invoice.subscription_id)
+            .where(
+                Invoice.environment_id == env,
+                Invoice.status.in_(("PENDING", "DUE")),
+                Invoice.provider_invoice_id.is_(None),
+                UsageCounter.modified_at >= Invoice.modified_at,
+                UsageCounter.modified_at <= until,
+            )
+            .group_by(Invoice.id)
+            .order_by(last_usage, Invoice.id)
+            .limit(limit)
+        )
+        return [item("invoice.refresh", at, iid) for iid, at in rows]
+
+    async def refresh_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
+        await billing.refresh_invoice_job(s, env, key, now)
+
     registry.register("credits.expire", expire_find, expire_run)
     registry.register("invoice.past_due", past_due_find, past_due_run)
     registry.register("invoice.due", due_find, due_run)
     registry.register("subscription.cancel", cancel_find, cancel_run)
     registry.register("subscription.renew", renew_find, renew_run)
+    registry.register("invoice.refresh", refresh_find, refresh_run)

@@ -17,13 +17,14 @@ from ..domain.credits import CreditAllocation, parse_credit_allocations
 from ..domain.money import from_minor, normalize_currency, parse_money_amount, to_decimal, to_minor
 from ..domain.rules import RuleValue, parse_rule_value
 from ..errors import Conflict, InvalidRequest, NotFound
+from .plan_entitlements import sync_feature
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 DENOM_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 PLAN_STATUSES = ("DRAFT", "ACTIVE", "ARCHIVED")
 TIMINGS = ("IN_ADVANCE", "IN_ARREARS")
 ROLLOVER = ("NONE", "FULL", "CAPPED")
-# status changes a plan may make (SPEC §3)
+# status changes a plan may make
 TRANSITIONS = {("DRAFT", "ACTIVE"), ("ACTIVE", "ARCHIVED"), ("ARCHIVED", "ACTIVE")}
 LOCKED_WHEN_ACTIVE = (
     "key",
@@ -170,6 +171,8 @@ async def update_feature(
         f.is_enabled = bool(changes["isEnabled"])
     f.modified_at = now
     await s.flush()
+    if changes.get("isEnabled") is not None or changes.get("key") is not None:
+        await sync_feature(s, env, now, f.id)  # every subscription, at once
     return f
 
 
@@ -488,6 +491,7 @@ async def link_feature(
     if value and value.denomination:
         await upsert_credit_model(s, env, now, value.denomination)
     await s.flush()
+    await sync_feature(s, env, now, feature_id, [plan_id])  # existing subscribers too
     return pf
 
 
@@ -517,10 +521,14 @@ async def update_rule(
         pf.is_enabled = bool(is_enabled)
     pf.modified_at = now
     await s.flush()
+    if is_enabled is not None:
+        await sync_feature(s, env, now, feature_id, [plan_id])  # existing subscribers too
     return pf
 
 
-async def unlink_feature(s: AsyncSession, env: str, plan_id: str, feature_id: str) -> PlanFeature:
+async def unlink_feature(
+    s: AsyncSession, env: str, plan_id: str, feature_id: str, *, now: datetime
+) -> PlanFeature:
     pf = await get_rule(s, env, plan_id, feature_id)
     plan = await plan_by_id(s, env, plan_id)
     if plan.status == "ARCHIVED":
@@ -534,6 +542,7 @@ async def unlink_feature(s: AsyncSession, env: str, plan_id: str, feature_id: st
         if not others:
             raise InvalidRequest("an ACTIVE plan must keep at least one feature", field="featureId")
     await s.execute(delete(PlanFeature).where(PlanFeature.id == pf.id))
+    await sync_feature(s, env, now, feature_id, [plan_id])  # revoked from subscribers now
     return pf
 
 

@@ -87,7 +87,7 @@ async def unlink_feature(
     ctx: AppContext, p: Principal, plan_id: str, feature_id: str
 ) -> dict[str, Any]:
     async def fn(s: AsyncSession, now: Any) -> dict[str, Any]:
-        pf = await catalog.unlink_feature(s, p.environment_id, plan_id, feature_id)
+        pf = await catalog.unlink_feature(s, p.environment_id, plan_id, feature_id, now=now)
         return {"success": True, "message": "feature unlinked from plan", "ruleId": pf.id}
 
     return await _write(ctx, p, fn)

@@ -1,6 +1,6 @@
-"""Invoices: building, line items, usage recomputation, status changes, presenters.
+"""Invoices: building, line items, the amount as of now, status changes, presenters.
 
-Rules (SPEC §3 "Invoices", reference §2.10, §4.10):
+Rules:
 
 * types ``IN_ADVANCE_INITIAL``, ``REGULAR``, ``ADJUSTMENT``, ``CREDIT``; statuses
   ``PENDING``, ``DUE``, ``PAID``, ``PAST_DUE``, ``VOID``;
@@ -11,20 +11,26 @@ Rules (SPEC §3 "Invoices", reference §2.10, §4.10):
   twice is a no-op that returns ``None``;
 * fixed lines (base price, adjustment, credit) are written when the invoice is
   created; usage lines come from ``services.usage.usage_lines`` for the invoice's
-  *usage windows* (``metadata.usageWindows``: ``[{planId, from, to}]``) and are
-  recomputed while the invoice is ``PENDING`` or ``DUE``. A window is the period whose
-  usage the invoice closes, priced with the plan that was in force then: for an
-  IN_ARREARS plan the invoice's own period, for an IN_ADVANCE plan the period before
-  it (usage is always billed in arrears);
+  *usage windows* (``metadata.usageWindows``: ``[{planId, from, to}]``). A window is
+  the period whose usage the invoice closes, priced with the plan that was in force
+  then: for an IN_ARREARS plan the invoice's own period, for an IN_ADVANCE plan the
+  period before it (usage is always billed in arrears);
 * ``metadata.segments`` (IN_ARREARS ``REGULAR`` invoices): which plan covered which
   part of the period; the base lines are derived from them (an immediate upgrade
-  splits the current segment, see services/subscriptions.py).
+  splits the current segment, an immediate cancellation ends the last one);
+* while an invoice is ``PENDING`` or ``DUE`` its amount and lines are those of
+  :func:`current` — as of now, from the events and segments — for every read, preview
+  and payment; the billing jobs store them (:func:`refresh`), and every status change
+  stores them first, so what leaves ``PENDING``/``DUE`` is exactly what was shown.
+  After that an invoice never changes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -32,16 +38,18 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Customer, Invoice, InvoiceItem, Plan
+from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
 from ..db.scale import qty_to_int
 from ..db.types import new_id
-from ..domain.money import from_minor, round_money, to_minor
+from ..domain.money import from_minor, to_minor
 from ..domain.periods import parse_datetime
+from ..domain.proration import prorate
 from ..errors import Conflict, InvalidRequest, NotFound
 from . import usage as usage_seam
 from .credits import insert_ignore
 
 OPEN = ("PENDING", "DUE")
+_MS = timedelta(milliseconds=1)
 UNPAID = ("PENDING", "DUE", "PAST_DUE")
 TYPES = ("IN_ADVANCE_INITIAL", "REGULAR", "ADJUSTMENT", "CREDIT")
 UNIQUE_TYPES = ("IN_ADVANCE_INITIAL", "REGULAR", "CREDIT")
@@ -56,8 +64,14 @@ class Line:
     quantity: Decimal | None = None
 
 
-def window(plan: Plan, start: datetime, end: datetime) -> dict[str, Any]:
-    return {"planId": plan.id, "from": start, "to": end}
+def window(
+    plan: Plan, start: datetime, end: datetime, pricing: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A usage window; ``pricing``: the plan's rules when the period started."""
+    out: dict[str, Any] = {"planId": plan.id, "from": start, "to": end}
+    if pricing is not None:
+        out["pricing"] = pricing
+    return out
 
 
 def segment(plan: Plan, start: datetime, end: datetime) -> dict[str, Any]:
@@ -71,22 +85,27 @@ def base_line(plan: Plan) -> Line:
 
 
 async def segment_lines(
-    s: AsyncSession, segments: list[dict[str, Any]], period_start: datetime, period_end: datetime
+    s: AsyncSession,
+    segments: list[dict[str, Any]],
+    period_start: datetime,
+    period_end: datetime,
+    plans: dict[str, Plan] | None = None,
 ) -> list[Line]:
-    """Base lines of an IN_ARREARS period from its plan segments: each segment bills
-    its share of the period at its plan's price (a single segment = the full price)."""
-    total_ms = (period_end - period_start).total_seconds() * 1000
+    """Base lines of an IN_ARREARS period ``[period_start, period_end)`` from its plan
+    segments: a segment covering the whole period bills its plan's price; any other
+    bills its share of the period (whole milliseconds) at its plan's price, rounded
+    once, half-up — the proration rule of upgrades and cancellations."""
+    total_ms = (period_end - period_start) // _MS
     out: list[Line] = []
     for seg in segments:
-        plan = await s.get(Plan, seg["planId"])
-        start, end = _dt(seg["from"]), _dt(seg["to"])
-        price = from_minor(plan.price_minor, plan.currency)
-        if len(segments) == 1:
+        plan = (plans or {}).get(seg["planId"]) or await s.get(Plan, seg["planId"])
+        start, end = dt(seg["from"]), dt(seg["to"])
+        if start <= period_start and end >= period_end:
             out.append(base_line(plan))
             continue
-        ms = int((end - start).total_seconds() * 1000)
-        share = Fraction(ms, int(total_ms)) if total_ms else Fraction(0)
-        amount = round_money(share * Fraction(price), plan.currency)
+        ms = max((end - start) // _MS, 0)
+        share = Fraction(min(ms, total_ms), total_ms) if total_ms > 0 else Fraction(0)
+        amount = prorate(share, from_minor(plan.price_minor, plan.currency), plan.currency)
         out.append(
             Line(
                 "base",
@@ -98,26 +117,50 @@ async def segment_lines(
     return out
 
 
+def full_period_end(inv: Invoice) -> datetime | None:
+    """The end of the period an invoice's plan segments are shares of (an immediate
+    cancellation ends the invoice's own period early, not the shares' denominator)."""
+    full = (inv.metadata_ or {}).get("fullPeriodEnd")
+    return dt(full) if full else inv.period_end
+
+
 def _percent(share: Fraction) -> str:
     value = Decimal(share.numerator) * 100 / Decimal(share.denominator)
     return str(value.quantize(Decimal("0.01")))
 
 
-def _dt(v: Any) -> datetime:
+def dt(v: Any) -> datetime:
+    """A datetime stored in invoice metadata (segments, windows)."""
     return v if isinstance(v, datetime) else parse_datetime(v, "window")
 
 
 async def compute_usage_lines(
     s: AsyncSession, sub: Any, windows: list[dict[str, Any]]
 ) -> list[Line]:
-    lines: list[Line] = []
-    for w in windows:
-        plan = await s.get(Plan, w["planId"])
-        if plan is None:
-            continue
-        for u in await usage_seam.usage_lines(s, sub, plan, _dt(w["from"]), _dt(w["to"])):
-            lines.append(Line("usage", u.description, u.amount, u.feature_id, u.quantity))
-    return lines
+    return (await _usage_lines_many(s, [(sub, windows)]))[0]
+
+
+async def _usage_lines_many(
+    s: AsyncSession, wanted: list[tuple[Any, list[dict[str, Any]]]]
+) -> list[list[Line]]:
+    """Usage lines for several (subscription, usage windows) pairs in one pass."""
+    requests: list[usage_seam.UsageRequest] = []
+    owner: list[int] = []
+    for n, (sub, windows) in enumerate(wanted):
+        for w in windows:
+            requests.append(
+                usage_seam.UsageRequest(
+                    sub, w["planId"], dt(w["from"]), dt(w["to"]), w.get("pricing")
+                )
+            )
+            owner.append(n)
+    out: list[list[Line]] = [[] for _ in wanted]
+    if not requests:
+        return out
+    for n, found in zip(owner, await usage_seam.usage_lines_for(s, requests), strict=True):
+        for u in found:
+            out[n].append(Line("usage", u.description, u.amount, u.feature_id, u.quantity))
+    return out
 
 
 async def create_invoice(
@@ -140,7 +183,7 @@ async def create_invoice(
     """Insert an invoice and its lines. For the unique types, returns ``None`` when the
     invoice already exists (another process or an earlier run created it)."""
     inv_id = new_id()
-    minors = [to_minor(line.amount, currency) for line in lines]
+    rows = _rows(inv_id, currency, lines, start=0)
     values = {
         "id": inv_id,
         "environment_id": env,
@@ -148,7 +191,7 @@ async def create_invoice(
         "subscription_id": subscription_id,
         "type": type,
         "status": status,
-        "amount_minor": sum(minors),
+        "amount_minor": sum(r.charge_minor for r in rows),
         "currency": currency,
         "due_date": due_date,
         "period_start": period_start,
@@ -163,30 +206,88 @@ async def create_invoice(
             return None
     else:
         await s.execute(Invoice.__table__.insert().values(**values))
-    await _write_lines(s, env, inv_id, lines, minors, now)
+    await _insert_rows(s, env, inv_id, rows, now)
     return await s.get(Invoice, inv_id)
 
 
-async def _write_lines(
-    s: AsyncSession, env: str, invoice_id: str, lines: list[Line], minors: list[int], now
+# --------------------------------------------------------------------------- lines
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """A line as stored or as it would be stored (the shape reads present)."""
+
+    id: str
+    kind: str
+    description: str
+    charge_minor: int
+    quantity_q: int | None
+    feature_id: str | None
+
+    @classmethod
+    def of(cls, it: InvoiceItem) -> ItemRow:
+        return cls(it.id, it.kind, it.description, it.charge_minor, it.quantity_q, it.feature_id)
+
+    def content(self) -> tuple:
+        return (self.kind, self.description, self.charge_minor, self.quantity_q, self.feature_id)
+
+
+def line_id(invoice_id: str, position: int, content: tuple) -> str:
+    """Id of a line derived from its invoice, position and content: a read of an open
+    invoice shows the ids its lines get when the recomputation is stored, and ids sort
+    in line order (the position is the id's leading 16 bits)."""
+    digest = hashlib.blake2b(
+        repr((invoice_id, position, content)).encode(), digest_size=16
+    ).digest()
+    value = (min(position, 0xFFFF) << 112) | int.from_bytes(digest[2:], "big")
+    value = (value & ~(0xF << 76)) | (0x8 << 76)  # UUID version 8 (custom)
+    value = (value & ~(0b11 << 62)) | (0b10 << 62)
+    return str(uuid.UUID(int=value))
+
+
+def _rows(invoice_id: str, currency: str, lines: list[Line], *, start: int) -> list[ItemRow]:
+    """Lines rounded once each to minor units; zero usage lines are not kept."""
+    out: list[ItemRow] = []
+    for line in lines:
+        minor = to_minor(line.amount, currency)
+        if minor == 0 and line.kind == "usage":
+            continue
+        qty = qty_to_int(line.quantity) if line.quantity is not None else None
+        content = (line.kind, line.description, minor, qty, line.feature_id)
+        out.append(
+            ItemRow(
+                line_id(invoice_id, start + len(out), content),
+                line.kind,
+                line.description,
+                minor,
+                qty,
+                line.feature_id,
+            )
+        )
+    return out
+
+
+async def _insert_rows(
+    s: AsyncSession, env: str, invoice_id: str, rows: list[ItemRow], now: datetime
 ) -> None:
-    rows = [
-        {
-            "id": new_id(),
-            "environment_id": env,
-            "invoice_id": invoice_id,
-            "kind": line.kind,
-            "feature_id": line.feature_id,
-            "description": line.description,
-            "quantity_q": qty_to_int(line.quantity) if line.quantity is not None else None,
-            "charge_minor": m,
-            "created_at": now,
-        }
-        for line, m in zip(lines, minors, strict=True)
-        if m != 0 or line.kind != "usage"
-    ]
     if rows:
-        await s.execute(InvoiceItem.__table__.insert(), rows)
+        await s.execute(
+            InvoiceItem.__table__.insert(),
+            [
+                {
+                    "id": r.id,
+                    "environment_id": env,
+                    "invoice_id": invoice_id,
+                    "kind": r.kind,
+                    "feature_id": r.feature_id,
+                    "description": r.description,
+                    "quantity_q": r.quantity_q,
+                    "charge_minor": r.charge_minor,
+                    "created_at": now,
+                }
+                for r in rows
+            ],
+        )
 
 
 async def items_of(s: AsyncSession, invoice_ids: list[str]) -> dict[str, list[InvoiceItem]]:
@@ -204,55 +305,115 @@ async def items_of(s: AsyncSession, invoice_ids: list[str]) -> dict[str, list[In
     return out
 
 
-async def rewrite_lines(
-    s: AsyncSession, inv: Invoice, now: datetime, *, kinds: tuple[str, ...], lines: list[Line]
-) -> bool:
-    """Replace the invoice's lines of ``kinds`` by ``lines`` and set the amount to the
-    new sum, only while the invoice is open (PENDING/DUE). Returns False if it was not
-    open any more (nothing changed)."""
-    await s.execute(
-        delete(InvoiceItem).where(InvoiceItem.invoice_id == inv.id, InvoiceItem.kind.in_(kinds))
+# --------------------------------------------------------------------------- as of now
+
+
+@dataclass
+class Current:
+    """An invoice's amount and lines as of now. ``changed``: they differ from what is
+    stored (an open invoice whose usage or plan segments moved since it was stored)."""
+
+    amount_minor: int
+    items: list[ItemRow]
+    changed: bool
+    recomputed_kinds: tuple[str, ...] = ()
+
+
+async def current(s: AsyncSession, inv: Invoice, stored: list[InvoiceItem]) -> Current:
+    """The one rule for what an invoice amounts to now. Closed invoices (and open ones
+    with nothing to recompute, e.g. an adjustment) are what is stored. An open
+    (PENDING/DUE) invoice with plan segments re-derives its base lines from them, and
+    one with usage windows re-prices the usage of those windows from the events; its
+    other lines stay as stored. Reads, previews, payments and the jobs all use this."""
+    return (await current_many(s, [inv], {inv.id: stored}))[inv.id]
+
+
+async def current_many(
+    s: AsyncSession, invoices: list[Invoice], stored: dict[str, list[InvoiceItem]]
+) -> dict[str, Current]:
+    """:func:`current` for a page of invoices, with a fixed number of statements."""
+    out: dict[str, Current] = {}
+    todo: list[tuple[Invoice, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    for inv in invoices:
+        rows = [ItemRow.of(it) for it in stored[inv.id]]
+        out[inv.id] = Current(inv.amount_minor, rows, False)
+        meta = inv.metadata_ or {}
+        windows = meta.get("usageWindows") or []
+        segments = meta.get("segments") or []
+        # an invoice mirrored from a payment provider has the provider's amount
+        if inv.status in OPEN and (windows or segments) and inv.provider_invoice_id is None:
+            todo.append((inv, windows, segments))
+    if not todo:
+        return out
+    # what the lines need, in two statements
+    sub_ids = {inv.subscription_id for inv, _w, _s in todo if inv.subscription_id}
+    plan_ids = {x["planId"] for _i, w, sg in todo for x in (*w, *sg)}
+    subs = {
+        sub.id: sub
+        for sub in (await s.scalars(select(Subscription).where(Subscription.id.in_(sub_ids))))
+    }
+    plans = {p.id: p for p in await s.scalars(select(Plan).where(Plan.id.in_(plan_ids)))}
+    usage = await _usage_lines_many(
+        s,
+        [
+            (subs[inv.subscription_id], windows)
+            if windows and inv.subscription_id in subs
+            else (None, [])
+            for inv, windows, _sg in todo
+        ],
     )
-    minors = [to_minor(line.amount, inv.currency) for line in lines]
-    await _write_lines(s, inv.environment_id, inv.id, lines, minors, now)
-    total = await s.scalar(
-        select(func.coalesce(func.sum(InvoiceItem.charge_minor), 0)).where(
-            InvoiceItem.invoice_id == inv.id
+    for (inv, windows, segments), usage_lines in zip(todo, usage, strict=True):
+        kinds = tuple(k for k, on in (("base", bool(segments)), ("usage", bool(windows))) if on)
+        lines: list[Line] = []
+        if segments:
+            lines += await segment_lines(s, segments, inv.period_start, full_period_end(inv), plans)
+        lines += usage_lines
+        rows = out[inv.id].items
+        fixed = [r for r in rows if r.kind not in kinds]
+        fresh = _rows(inv.id, inv.currency, lines, start=len(fixed))
+        items = fixed + fresh
+        amount = sum(r.charge_minor for r in items)
+        before = [r.content() for r in rows if r.kind in kinds]
+        changed = before != [r.content() for r in fresh] or amount != inv.amount_minor
+        out[inv.id] = Current(amount, items, changed, kinds)
+    return out
+
+
+async def refresh(s: AsyncSession, inv: Invoice, now: datetime, *, touch: bool = False) -> bool:
+    """Store an open invoice's amount and lines as of now (``current``); True when the
+    stored invoice changed. No-op for closed invoices. ``touch``: record ``now`` as its
+    modification time even when nothing changed (the refresh job's mark that the usage
+    recorded so far has been looked at)."""
+    if inv.status not in OPEN:
+        return False
+    stored = (await items_of(s, [inv.id]))[inv.id]
+    cur = await current(s, inv, stored)
+    if not cur.changed:
+        if touch and inv.modified_at < now:
+            await s.execute(
+                update(Invoice)
+                .where(Invoice.id == inv.id, Invoice.status.in_(OPEN))
+                .values(modified_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            inv.modified_at = now
+        return False
+    await s.execute(
+        delete(InvoiceItem).where(
+            InvoiceItem.invoice_id == inv.id, InvoiceItem.kind.in_(cur.recomputed_kinds)
         )
     )
+    fresh = [r for r in cur.items if r.kind in cur.recomputed_kinds]
+    await _insert_rows(s, inv.environment_id, inv.id, fresh, now)
     res = await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id, Invoice.status.in_(OPEN))
-        .values(amount_minor=int(total or 0), modified_at=now)
+        .values(amount_minor=cur.amount_minor, modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    if (res.rowcount or 0) != 1:
-        raise _NotOpen()
-    inv.amount_minor, inv.modified_at = int(total or 0), now
-    return True
-
-
-class _NotOpen(Exception):
-    pass
-
-
-async def recompute(s: AsyncSession, inv: Invoice, sub: Any, now: datetime) -> bool:
-    """Recompute the usage lines of an open invoice from its usage windows (and its
-    base lines from its plan segments). No-op for closed invoices."""
-    if inv.status not in OPEN:
-        return False
-    meta = inv.metadata_ or {}
-    windows = meta.get("usageWindows") or []
-    segments = meta.get("segments")
-    try:
-        if segments:
-            lines = await segment_lines(s, segments, inv.period_start, inv.period_end)
-            await rewrite_lines(s, inv, now, kinds=("base",), lines=lines)
-        if windows:
-            lines = await compute_usage_lines(s, sub, windows)
-            await rewrite_lines(s, inv, now, kinds=("usage",), lines=lines)
-    except _NotOpen:
-        return False
+    if (res.rowcount or 0) != 1:  # closed under us: leave it as it was
+        raise Conflict(f"invoice {inv.id} changed concurrently; retry", field="invoiceId")
+    inv.amount_minor, inv.modified_at = cur.amount_minor, now
     return True
 
 
@@ -306,16 +467,18 @@ def check_payable(inv: Invoice) -> None:
 
 def invoice_view(
     inv: Invoice,
-    items: list[InvoiceItem] | None,
+    items: list[ItemRow] | None,
     customer_ref: str | None = None,
     *,
     with_id: bool = True,
+    amount_minor: int | None = None,
 ) -> dict[str, Any]:
+    amount = inv.amount_minor if amount_minor is None else amount_minor
     out: dict[str, Any] = {
         "id": inv.id if with_id else None,
         "type": inv.type,
         "status": inv.status,
-        "amount": from_minor(inv.amount_minor, inv.currency),
+        "amount": from_minor(amount, inv.currency),
         "currency": inv.currency,
         "dueDate": inv.due_date,
         "periodStart": inv.period_start,
@@ -343,11 +506,22 @@ def invoice_view(
     return out
 
 
+async def views(
+    s: AsyncSession, invoices: list[Invoice], customer_ref: str | None = None
+) -> list[dict[str, Any]]:
+    """Invoices as every answer shows them: amount and lines as of now (``current``)."""
+    items = await items_of(s, [i.id for i in invoices])
+    now = await current_many(s, invoices, items)
+    return [
+        invoice_view(inv, now[inv.id].items, customer_ref, amount_minor=now[inv.id].amount_minor)
+        for inv in invoices
+    ]
+
+
 async def invoice_detail(s: AsyncSession, env: str, invoice_id: str) -> dict[str, Any]:
     inv = await get_invoice(s, env, invoice_id)
-    items = (await items_of(s, [inv.id]))[inv.id]
     ref = await s.scalar(select(Customer.reference_id).where(Customer.id == inv.customer_id))
-    return invoice_view(inv, items, ref)
+    return (await views(s, [inv], ref))[0]
 
 
 async def list_for_customer(
@@ -363,8 +537,7 @@ async def list_for_customer(
             )
         ).all()
     )
-    items = await items_of(s, [i.id for i in rows])
-    return [invoice_view(i, items[i.id], customer.reference_id) for i in rows], int(total or 0)
+    return await views(s, rows, customer.reference_id), int(total or 0)
 
 
 async def invoice_problems(s: AsyncSession, env: str) -> list[str]:

@@ -317,6 +317,9 @@ class EffectsOut(Out):
     invoicesCreated: list[InvoiceOut]
     invoicesVoided: list[InvoiceOut]
     invoicesPaid: list[InvoiceOut]
+    # open invoices closed early and made DUE (an IN_ARREARS period ended by an
+    # immediate cancellation)
+    invoicesClosed: list[InvoiceOut] = []
     amountToPay: Amount
     amountCredited: Amount
     entitlementsGranted: list[str]

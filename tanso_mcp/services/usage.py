@@ -1,8 +1,9 @@
 """The seam between invoicing and metering: the usage lines of an invoice.
 
-Invoicing (services/billing) calls `usage_lines` whenever it builds or recomputes an
-invoice that closes a subscription period (or a plan's part of one, after a plan
-change); metering owns how usage is counted and priced. Contract:
+Invoicing (services/billing, services/invoices) calls `usage_lines_for` whenever it
+builds an invoice that closes a subscription period (or a plan's part of one, after a
+plan change) or works out an open invoice as of now — for a whole page of invoices at
+once; metering owns how usage is counted and priced. Contract:
 
 - only overage is priced (units covered by credits are never billed twice);
 - `reset` features: graduated tiers on the period total; `accumulate` features: the
@@ -18,6 +19,10 @@ falls in ``[period_start, period_end)``, per feature, priced by the rules of ``p
 the subscription's overage before ``period_start``. Exact integer sums in SQL on both
 databases (scaled integers).
 
+Prices: a period is priced by the plan's rules as they stood when it started (the
+invoice's usage window carries a :func:`pricing_snapshot`); a rule's price edited
+mid-period applies from each subscription's next period.
+
 Late events: an event whose ``occurredAt`` lies in a period is billed as long as the
 invoice closing that period is still open (``PENDING``/``DUE``: billing recomputes it);
 once the invoice has left those states it is never recomputed, so usage that arrives
@@ -29,8 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Integer, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Event, Feature, Plan, PlanFeature, Subscription
@@ -56,70 +62,180 @@ def _fmt(units: Decimal) -> str:
     return format(units, "f")
 
 
-async def _overage_by_feature(
-    s: AsyncSession, sub: Subscription, start: datetime | None, end: datetime
-) -> dict[str, int]:
-    q = (
-        select(Event.feature_id, func.coalesce(func.sum(Event.overage_q), 0))
-        .where(
-            Event.environment_id == sub.environment_id,
-            Event.customer_id == sub.customer_id,
-            Event.subscription_id == sub.id,
-            Event.event_type == "CLIENT_TRACKED",
-            Event.occurred_at < end,
-        )
-        .group_by(Event.feature_id)
+@dataclass(frozen=True)
+class UsageRequest:
+    """The usage of ``sub`` with ``occurredAt`` in ``[start, end)``, priced by the rules
+    of the plan ``plan_id`` — as they were when the period started when ``pricing`` (a
+    :func:`pricing_snapshot`) is given: a rule edited since keeps its old price for
+    this window, a feature linked since is priced by its rule."""
+
+    sub: Subscription
+    plan_id: str
+    start: datetime
+    end: datetime
+    pricing: dict[str, Any] | None = None
+
+
+async def pricing_snapshot(s: AsyncSession, plan_id: str) -> dict[str, Any]:
+    """The plan's rules as they stand now, to price a period that starts now with:
+    ``{featureId: {"key": featureKey, "value": rule JSON or None}}``."""
+    rows = await s.execute(
+        select(PlanFeature.feature_id, Feature.key, PlanFeature.value)
+        .join(Feature, Feature.id == PlanFeature.feature_id)
+        .where(PlanFeature.plan_id == plan_id)
     )
-    if start is not None:
-        q = q.where(Event.occurred_at >= start)
-    return {fid: int(total) for fid, total in (await s.execute(q)).all() if fid is not None}
+    return {fid: {"key": key, "value": value} for fid, key, value in rows}
+
+
+def _metered(value: Any) -> Any:
+    """The pricing of a stored rule value, or None (unpriced or unreadable)."""
+    if not value:
+        return None
+    try:
+        rule = parse_rule_value(value)
+    except TansoError:  # a stored rule is always valid; never fail an invoice on it
+        return None
+    return rule.pricing if rule is not None else None
+
+
+def _with_snapshot(
+    live: list[tuple[str, str, Any]], snapshot: dict[str, Any] | None
+) -> list[tuple[str, str, Any]]:
+    if snapshot is None:
+        return live
+    out = [(fid, key, p) for fid, key, p in live if fid not in snapshot]
+    for fid, entry in snapshot.items():
+        pricing = _metered(entry.get("value"))
+        if pricing is not None:
+            out.append((fid, entry.get("key") or fid, pricing))
+    return sorted(out, key=lambda r: r[1])
+
+
+_CHUNK = 200  # windows per statement (one UNION ALL of grouped sums)
+
+
+async def _overage_sums(
+    s: AsyncSession, parts: list[tuple[int, Subscription, datetime | None, datetime]]
+) -> dict[int, dict[str, int]]:
+    """Per request index: overage units per feature of the subscription's events with
+    ``occurredAt`` in ``[start, end)`` (no lower bound when ``start`` is None). One
+    statement per chunk of windows, so a page of open invoices costs one round trip."""
+    out: dict[int, dict[str, int]] = {i: {} for i, *_ in parts}
+    if len(parts) > 4:  # a page of windows: only those of subscriptions with overage
+        billed = await _with_overage(s, parts)
+        parts = [p for p in parts if p[1].id in billed]
+    for at in range(0, len(parts), _CHUNK):
+        selects = []
+        for i, sub, start, end in parts[at : at + _CHUNK]:
+            q = (
+                select(
+                    literal(i, Integer).label("i"),
+                    Event.feature_id,
+                    func.coalesce(func.sum(Event.overage_q), 0),
+                )
+                .where(
+                    Event.environment_id == sub.environment_id,
+                    Event.customer_id == sub.customer_id,
+                    Event.subscription_id == sub.id,
+                    Event.event_type == "CLIENT_TRACKED",
+                    Event.occurred_at < end,
+                )
+                .group_by(Event.feature_id)
+            )
+            if start is not None:
+                q = q.where(Event.occurred_at >= start)
+            selects.append(q)
+        stmt = selects[0] if len(selects) == 1 else union_all(*selects)
+        for i, fid, total in (await s.execute(stmt)).all():
+            if fid is not None:
+                out[int(i)][fid] = int(total)
+    return out
+
+
+async def _with_overage(
+    s: AsyncSession, parts: list[tuple[int, Subscription, datetime | None, datetime]]
+) -> set[str]:
+    """The subscriptions among ``parts`` with any overage in the span of their windows
+    (one cheap statement, so a page of invoices without usage costs no per-window sums)."""
+    first = None if any(p[2] is None for p in parts) else min(p[2] for p in parts)
+    q = select(Event.subscription_id).where(
+        Event.environment_id.in_(sorted({p[1].environment_id for p in parts})),
+        Event.customer_id.in_(sorted({p[1].customer_id for p in parts})),
+        Event.subscription_id.in_(sorted({p[1].id for p in parts})),
+        Event.event_type == "CLIENT_TRACKED",
+        Event.overage_q > 0,
+        Event.occurred_at < max(p[3] for p in parts),
+    )
+    if first is not None:
+        q = q.where(Event.occurred_at >= first)
+    return set((await s.scalars(q.distinct())).all())
+
+
+async def _metered_rules(
+    s: AsyncSession, plan_ids: list[str]
+) -> dict[str, list[tuple[str, str, Any]]]:
+    out: dict[str, list[tuple[str, str, Any]]] = {pid: [] for pid in plan_ids}
+    if not plan_ids:
+        return out
+    rows = (
+        await s.execute(
+            select(PlanFeature.plan_id, PlanFeature.value, Feature.id, Feature.key)
+            .join(Feature, Feature.id == PlanFeature.feature_id)
+            .where(PlanFeature.plan_id.in_(plan_ids))
+            .order_by(Feature.key)
+        )
+    ).all()
+    for pid, value, fid, key in rows:
+        pricing = _metered(value)
+        if pricing is not None:
+            out[pid].append((fid, key, pricing))
+    return out
+
+
+async def usage_lines_for(s: AsyncSession, requests: list[UsageRequest]) -> list[list[UsageLine]]:
+    """The usage lines of each request (see the module contract), computed together:
+    one statement for the rules, one per chunk of windows for the period sums, one more
+    for the prior usage of ``accumulate`` features."""
+    out: list[list[UsageLine]] = [[] for _ in requests]
+    plan_rules = await _metered_rules(s, sorted({r.plan_id for r in requests}))
+    rules = [_with_snapshot(plan_rules[r.plan_id], r.pricing) for r in requests]
+    live = [(i, r) for i, r in enumerate(requests) if rules[i]]
+    if not live:
+        return out
+    period = await _overage_sums(s, [(i, r.sub, r.start, r.end) for i, r in live])
+    need_prior = [
+        (i, r.sub, None, r.start)
+        for i, r in live
+        if any(
+            p.reset_mode == ResetMode.ACCUMULATE and period[i].get(fid, 0) > 0
+            for fid, _k, p in rules[i]
+        )
+    ]
+    prior = await _overage_sums(s, need_prior) if need_prior else {}
+    for i, _r in live:
+        for fid, key, pricing in rules[i]:
+            units_q = period[i].get(fid, 0)
+            if units_q <= 0:
+                continue
+            units = _units(units_q)
+            if pricing.reset_mode == ResetMode.ACCUMULATE:
+                amount = period_charge(pricing, units, _units(prior[i].get(fid, 0)))
+            else:
+                amount = period_charge(pricing, units)
+            if amount == 0:
+                continue
+            out[i].append(
+                UsageLine(
+                    feature_id=fid,
+                    description=f"Usage for {key}: {_fmt(units)} units",
+                    quantity=units,
+                    amount=amount,
+                )
+            )
+    return out
 
 
 async def usage_lines(
     s: AsyncSession, sub: Subscription, plan: Plan, period_start: datetime, period_end: datetime
 ) -> list[UsageLine]:
-    rules = (
-        await s.execute(
-            select(PlanFeature.id, PlanFeature.value, Feature.id, Feature.key)
-            .join(Feature, Feature.id == PlanFeature.feature_id)
-            .where(PlanFeature.plan_id == plan.id)
-            .order_by(Feature.key)
-        )
-    ).all()
-    metered = []
-    for _rid, value, fid, key in rules:
-        if not value:
-            continue
-        try:
-            rule = parse_rule_value(value)
-        except TansoError:  # a stored rule is always valid; never fail an invoice on it
-            continue
-        if rule is not None and rule.pricing is not None:
-            metered.append((fid, key, rule.pricing))
-    if not metered:
-        return []
-    period = await _overage_by_feature(s, sub, period_start, period_end)
-    prior: dict[str, int] | None = None
-    lines: list[UsageLine] = []
-    for fid, key, pricing in metered:
-        units_q = period.get(fid, 0)
-        if units_q <= 0:
-            continue
-        units = _units(units_q)
-        if pricing.reset_mode == ResetMode.ACCUMULATE:
-            if prior is None:
-                prior = await _overage_by_feature(s, sub, None, period_start)
-            amount = period_charge(pricing, units, _units(prior.get(fid, 0)))
-        else:
-            amount = period_charge(pricing, units)
-        if amount == 0:
-            continue
-        lines.append(
-            UsageLine(
-                feature_id=fid,
-                description=f"Usage for {key}: {_fmt(units)} units",
-                quantity=units,
-                amount=amount,
-            )
-        )
-    return lines
+    return (await usage_lines_for(s, [UsageRequest(sub, plan.id, period_start, period_end)]))[0]
