@@ -115,7 +115,7 @@ async def sync_feature(
             dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
             ins = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
             await s.execute(
-                ins(Entitlement.__table__).on_conflict_do_nothing(),
+                ins(Entitlement).on_conflict_do_nothing(),
                 [
                     {
                         "id": new_id(),

@@ -157,7 +157,8 @@ async def _with_overage(
 ) -> set[str]:
     """The subscriptions among ``parts`` with any overage in the span of their windows
     (one cheap statement, so a page of invoices without usage costs no per-window sums)."""
-    first = None if any(p[2] is None for p in parts) else min(p[2] for p in parts)
+    starts = [p[2] for p in parts if p[2] is not None]
+    first = min(starts) if len(starts) == len(parts) else None
     q = select(Event.subscription_id).where(
         Event.environment_id.in_(sorted({p[1].environment_id for p in parts})),
         Event.customer_id.in_(sorted({p[1].customer_id for p in parts})),
