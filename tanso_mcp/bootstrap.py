@@ -84,9 +84,10 @@ class AppContext:
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
-    from .services import billing_jobs
+    from .services import billing_jobs, stripe_usage
 
     billing_jobs.register(registry)
+    stripe_usage.register(registry)
 
 
 def build_context(

@@ -532,3 +532,6 @@ class UsageCounter(Base):
 
 
 _ = Decimal, DecimalText  # exported for modules that need exact non-summed decimals
+
+# Stripe usage reporting and import tables live in their own module (same metadata).
+from .stripe_usage_models import MeterReport, StripeImportJob  # noqa: E402, F401
