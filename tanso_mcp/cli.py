@@ -105,7 +105,12 @@ def cmd_stdio(args) -> int:
             principal = await ctx.keys.resolve(settings.api_key)
             if principal is None:
                 raise ConfigError("api_key (TANSO_API_KEY): unknown or revoked API key")
-            server = build_mcp_server(ctx, all_handlers(), stdio_principal=principal)
+            server = build_mcp_server(
+                ctx,
+                all_handlers(),
+                stdio_principal=principal,
+                tool_groups=settings.mcp_tool_groups,
+            )
             await server.run_stdio_async()
         finally:
             await ctx.close()

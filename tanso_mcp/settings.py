@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -46,8 +46,10 @@ class Settings(BaseSettings):
 
     # --- MCP ---
     api_key: str | None = Field(default=None, description="API key used by `tanso-mcp stdio`")
-    mcp_extra_tools: bool = Field(
-        default=False, description="expose tool groups beyond the 34 standard tools"
+    mcp_tool_groups: list[Literal["testing", "analytics", "stripe"]] = Field(
+        default_factory=list,
+        description="optional MCP tool groups offered besides the 34 standard tools, "
+        'e.g. ["testing", "analytics"]',
     )
 
     # --- jobs ---

@@ -22,10 +22,14 @@ from tanso_mcp.web.app import create_app
 
 
 @asynccontextmanager
-async def inmemory(ctx: AppContext, key: str) -> AsyncIterator[Client]:
+async def inmemory(
+    ctx: AppContext, key: str, tool_groups: tuple[str, ...] = ()
+) -> AsyncIterator[Client]:
     principal = await ctx.keys.resolve(key)
     assert principal is not None
-    server = build_mcp_server(ctx, all_handlers(), stdio_principal=principal)
+    server = build_mcp_server(
+        ctx, all_handlers(), stdio_principal=principal, tool_groups=tool_groups
+    )
     async with Client(server) as client:
         yield client
 

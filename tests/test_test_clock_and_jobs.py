@@ -17,10 +17,92 @@ async def test_new_test_environment_clock_starts_at_creation(client, tenant, clo
     assert r.json()["data"]["now"] == "2026-01-15T10:00:00Z"
 
 
-async def test_clock_is_frozen_between_advances(client, tenant, clock):
+async def test_clock_runs_with_real_time(client, tenant, clock):
     clock.set(clock.now() + timedelta(hours=5))  # real time passes…
     r = await client.get("/api/v1/client/test-clock", headers=tenant.headers("read"))
-    assert r.json()["data"]["now"] == "2026-01-15T10:00:00Z"  # …the test clock does not
+    # …and so does the test clock
+    assert r.json()["data"] == {"now": "2026-01-15T15:00:00Z", "frozen": False, "offsetSeconds": 0}
+
+
+async def test_real_timestamps_are_accepted_after_the_environment_was_created(
+    client, tenant, clock
+):
+    """An application sends real occurredAt values to its test environment: ten minutes
+    after the environment was created they must still be accepted (they used to be
+    rejected as 'in the future' because the clock stood still at the creation instant)."""
+    clock.set(clock.now() + timedelta(minutes=10))
+    body = {
+        "eventIdempotencyKey": "real-time-1",
+        "eventName": "api_call",
+        "customerReferenceId": "cus_rt",
+        "featureKey": "api_calls",
+        "occurredAt": "2026-01-15T10:10:00Z",
+    }
+    r = await client.post("/api/v1/client/events", json=body, headers=tenant.headers("client"))
+    assert r.status_code == 201, r.text
+
+
+async def test_time_errors_name_the_environment_clock(client, tenant, clock):
+    body = {
+        "eventName": "api_call",
+        "customerReferenceId": "cus_rt",
+        "featureKey": "api_calls",
+        "occurredAt": "2026-01-16T10:00:00Z",
+    }
+    r = await client.post("/api/v1/client/events", json=body, headers=tenant.headers("client"))
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["field"] == "occurredAt"
+    assert "environment's clock reads 2026-01-15T10:00:00.000Z" in error["message"]
+
+
+async def test_frozen_clock_stands_still_until_advanced_or_unfrozen(client, tenant, clock):
+    h, url = tenant.headers(), "/api/v1/client/test-clock"
+    r = await client.post(url, json={"frozen": True}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"] == {"now": "2026-01-15T10:00:00Z", "frozen": True, "offsetSeconds": 0}
+    clock.set(clock.now() + timedelta(hours=5))  # real time passes, the frozen clock does not
+    r = await client.get(url, headers=tenant.headers("read"))
+    assert r.json()["data"] == {
+        "now": "2026-01-15T10:00:00Z",
+        "frozen": True,
+        "offsetSeconds": -18000,
+    }
+    r = await client.post(f"{url}/advance", json={"days": 1}, headers=h)
+    assert r.json()["data"]["now"] == "2026-01-16T10:00:00Z"
+    assert r.json()["data"]["frozen"] is True
+    r = await client.post(url, json={"frozen": False}, headers=h)
+    assert r.json()["data"] == {
+        "now": "2026-01-16T10:00:00Z",
+        "frozen": False,
+        "offsetSeconds": 68400,
+    }
+    clock.set(clock.now() + timedelta(hours=1))  # runs again from where it stood
+    r = await client.get(url, headers=h)
+    assert r.json()["data"]["now"] == "2026-01-16T11:00:00Z"
+
+
+async def test_advanced_clock_keeps_running_ahead(client, tenant, clock):
+    h, url = tenant.headers(), "/api/v1/client/test-clock"
+    r = await client.post(f"{url}/advance", json={"days": 2}, headers=h)
+    assert r.json()["data"]["offsetSeconds"] == 172800
+    clock.set(clock.now() + timedelta(hours=1))
+    r = await client.get(url, headers=h)
+    assert r.json()["data"] == {
+        "now": "2026-01-17T11:00:00Z",
+        "frozen": False,
+        "offsetSeconds": 172800,
+    }
+
+
+async def test_freeze_needs_admin_and_a_boolean(client, tenant):
+    url = "/api/v1/client/test-clock"
+    r = await client.post(url, json={"frozen": True}, headers=tenant.headers("client"))
+    assert r.status_code == 403
+    r = await client.post(url, json={"frozen": "yes"}, headers=tenant.headers())
+    assert r.status_code == 400 and r.json()["error"]["field"] == "frozen"
+    r = await client.post(url, json={"frozen": True}, headers=tenant.headers("admin", "live"))
+    assert r.status_code == 400 and r.json()["error"]["field"] == "environment"
 
 
 async def test_advance_by_days_seconds_and_to(client, tenant):
@@ -164,3 +246,25 @@ def test_registry_rejects_duplicates_and_orders_ties():
     b = reg.item("one", _t(1), "k")
     assert sorted([a, b]) == [b, a]
     assert isinstance(a, DueItem)
+
+
+async def test_testing_tool_group_sees_and_moves_the_clock(ctx, tenant, clock):
+    from tests.mcp_helpers import fails, inmemory, ok
+
+    async with inmemory(ctx, tenant.keys[("test", "admin")], ("testing",)) as mcp:
+        state = await ok(mcp, "getTestClock")
+        assert state == {"now": "2026-01-15T10:00:00Z", "frozen": False, "offsetSeconds": 0}
+        moved = await ok(mcp, "advanceTestClock", {"days": 1})
+        assert moved["now"] == "2026-01-16T10:00:00Z" and moved["jobsRun"] == 0
+        frozen = await ok(mcp, "setTestClockFrozen", {"frozen": True})
+        assert frozen["frozen"] is True and frozen["offsetSeconds"] == 86400
+        clock.set(clock.now() + timedelta(minutes=3))
+        assert (await ok(mcp, "getTestClock"))["now"] == "2026-01-16T10:00:00Z"
+        bad = await fails(mcp, "advanceTestClock", {"days": 1, "seconds": 5})
+        assert bad["error"] == "invalid_request" and bad["field"] == "days"
+    async with inmemory(ctx, tenant.keys[("live", "admin")], ("testing",)) as mcp:
+        live = await fails(mcp, "getTestClock")
+        assert live["error"] == "invalid_request" and live["field"] == "environment"
+    async with inmemory(ctx, tenant.keys[("test", "admin")]) as mcp:
+        names = {tool.name for tool in (await mcp.list_tools()).tools}
+        assert "getTestClock" not in names and len(names) == 34

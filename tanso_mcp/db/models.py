@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .types import ID, DecimalText, JSONDoc, UTCDateTime, new_id
@@ -71,8 +72,15 @@ class Environment(Base):
         ID, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
     )
     mode: Mapped[str] = mapped_column(String(8), nullable=False)  # test | live
-    # test environments: the frozen test-clock time; NULL for live (real time)
+    # test environments: the clock reads real time + clock_offset_us, or clock_now while
+    # clock_frozen (both are written together at every change); live: real time
     clock_now: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    clock_offset_us: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    clock_frozen: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=sa_false()
+    )
     payment_provider: Mapped[str] = mapped_column(String(40), nullable=False, default="native")
     stripe_mode: Mapped[str] = mapped_column(String(32), nullable=False, default="NONE")
     currency: Mapped[str] = mapped_column(String(3), nullable=False, default="USD")

@@ -1,7 +1,8 @@
 """The MCP server: the tool table of ``specs.py`` wired to pluggable handlers.
 
-``build_mcp_server(app, handlers, stdio_principal=...)`` registers all 34 tools on an
-``MCPServer`` named ``tanso-mcp``. Each call goes through the same steps, none of which
+``build_mcp_server(app, handlers, stdio_principal=..., tool_groups=...)`` registers the 34
+standard tools, plus those of the enabled optional groups, on an ``MCPServer`` named
+``tanso-mcp``. Each call goes through the same steps, none of which
 touches business data:
 
 1. **Principal.** ``resolve_principal``: the ``current_principal`` ContextVar (set by the
@@ -30,7 +31,7 @@ SDK builds the full list, the middleware drops the tools the caller's role may n
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ from tanso_mcp.errors import (
     TansoError,
 )
 from tanso_mcp.principal import Principal, current_principal
+from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.results import (
     error_object,
     error_result,
@@ -59,7 +61,7 @@ from tanso_mcp.tools.results import (
     success_result,
     to_json_value,
 )
-from tanso_mcp.tools.specs import SPECS_BY_NAME, TOOL_SPECS, ToolSpec, input_schema, output_schema
+from tanso_mcp.tools.specs import ToolSpec, input_schema, output_schema
 
 __all__ = [
     "PRINCIPAL_STATE_KEY",
@@ -111,7 +113,7 @@ def handlers_from(source: Any) -> dict[str, ToolImpl]:
     left out (and answer "not available yet").
     """
     found: dict[str, ToolImpl] = {}
-    for spec in TOOL_SPECS:
+    for spec in all_specs():
         handler = getattr(source, spec.handler, None)
         if handler is None:
             continue
@@ -120,9 +122,10 @@ def handlers_from(source: Any) -> dict[str, ToolImpl]:
 
 
 def _normalise(handlers: Mapping[str, Handler | ToolImpl] | None) -> dict[str, ToolImpl]:
+    specs = all_specs_by_name()
     impls: dict[str, ToolImpl] = {}
     for name, value in (handlers or {}).items():
-        if name not in SPECS_BY_NAME:
+        if name not in specs:
             raise ValueError(f"no tool named {name!r} (handlers are keyed by tool name)")
         if isinstance(value, ToolImpl):
             impls[name] = value
@@ -130,7 +133,7 @@ def _normalise(handlers: Mapping[str, Handler | ToolImpl] | None) -> dict[str, T
             impls[name] = ToolImpl(value, getattr(value, "preview", None))
         else:
             raise TypeError(f"handler for {name!r} must be a ToolImpl or an async callable")
-        if impls[name].preview is not None and not SPECS_BY_NAME[name].confirm:
+        if impls[name].preview is not None and not specs[name].confirm:
             raise ValueError(f"{name} is not a confirmAction tool; a preview would never run")
     return impls
 
@@ -179,7 +182,7 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = SPECS_BY_NAME.get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = all_specs_by_name().get(tool.get("name")) if isinstance(tool, dict) else None
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)
@@ -343,6 +346,7 @@ def build_mcp_server(
     handlers: Mapping[str, Handler | ToolImpl] | None = None,
     *,
     stdio_principal: Principal | None = None,
+    tool_groups: Iterable[str] = (),
 ) -> MCPServer:
     """Build the ``tanso-mcp`` MCP server.
 
@@ -350,14 +354,16 @@ def build_mcp_server(
     maps tool names to an async handler or a ``ToolImpl`` (handler + preview); a bare
     callable may carry its preview as a ``preview`` attribute. Unknown tool names are a
     ``ValueError``. ``stdio_principal`` is the caller for transports without HTTP requests
-    (stdio, in-process clients); HTTP requests never fall back to it.
+    (stdio, in-process clients); HTTP requests never fall back to it. ``tool_groups``
+    names the optional tool groups to offer besides the standard tools (see ``groups``);
+    handlers for tools of other groups are accepted and left unregistered.
     """
     runner = _Runner(app, _normalise(handlers), stdio_principal)
     server: MCPServer = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_make_tool(spec, runner) for spec in TOOL_SPECS],
+        tools=[_make_tool(spec, runner) for spec in enabled_specs(tool_groups)],
         # The listing depends on the caller: never let a client share it across keys.
         cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
         log_level="WARNING",

@@ -70,6 +70,8 @@ class ToolSpec:
     output_schema: Mapping[str, Any]
     effect: str = ""
     """For guarded tools: one sentence on what confirming would do (default preview)."""
+    group: str = "core"
+    """``core`` (always offered) or the optional tool group it belongs to (see ``groups``)."""
 
     def allows(self, role: str) -> bool:
         return role_allows(role, self.role)

@@ -73,7 +73,8 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     from ..tools.registry import all_handlers
     from ..tools.server import build_mcp_server
 
-    mcp = mcp_http_app(build_mcp_server(ctx, all_handlers()), ctx.settings.allowed_hosts)
+    server = build_mcp_server(ctx, all_handlers(), tool_groups=ctx.settings.mcp_tool_groups)
+    mcp = mcp_http_app(server, ctx.settings.allowed_hosts)
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -52,11 +52,13 @@ async def connect(
     role: str | None = "admin",
     mode: str = "auto",
     app: Any = None,
+    tool_groups: tuple[str, ...] = (),
 ) -> AsyncIterator[Client]:
     server = build_mcp_server(
         app if app is not None else object(),
         handlers,
         stdio_principal=PRINCIPALS[role] if role else None,
+        tool_groups=tool_groups,
     )
     async with Client(server, mode=mode) as client:
         yield client

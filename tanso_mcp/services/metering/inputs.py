@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...domain.cost import CostInput, parse_cost_input
 from ...domain.money import NumberError, coerce_decimal, to_micros
@@ -259,7 +260,8 @@ def parse_event(
         occurred_at = parse_datetime(occurred_raw, "occurredAt")
         if occurred_at - now > timedelta(seconds=future_skew_seconds):
             raise InvalidRequest(
-                f"occurredAt is more than {future_skew_seconds} seconds in the future",
+                f"occurredAt is more than {future_skew_seconds} seconds in the future: "
+                f"this environment's clock reads {iso(now)}",
                 field="occurredAt",
             )
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
+from decimal import Decimal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, Field, StrictBool, model_validator
 
 from ...errors import InvalidRequest
-from ...services.jobs import run_due
+from ...services import test_clock
 from ..routing import Api, ApiModel, Call
 
 api = Api("/api/v1/client")
-
-MAX_ADVANCE = timedelta(days=3660)
 
 
 class AdvanceClock(ApiModel):
@@ -28,29 +27,42 @@ class AdvanceClock(ApiModel):
         return self
 
 
+class FreezeClock(ApiModel):
+    frozen: StrictBool
+
+
 class ClockOut(ApiModel):
     now: datetime
+    frozen: bool
+    offsetSeconds: Decimal = Field(
+        description="how far the clock is ahead of real time (negative: behind)"
+    )
     jobsRun: int | None = None
-
-
-def _require_test(call: Call) -> None:
-    if call.principal.mode != "test":
-        raise InvalidRequest(
-            "test clocks exist only in test environments (use an sk_test_ key)", field="environment"
-        )
 
 
 @api.route(
     "GET",
     "/test-clock",
     role="read",
-    summary="Current time of the test clock",
+    summary="Current time of the test clock, whether it is frozen, and its offset from real time",
     response=ClockOut,
     tags=["test clock"],
 )
 async def get_test_clock(call: Call):
-    _require_test(call)
-    return {"now": await call.ctx.now(call.principal)}
+    return await test_clock.clock_state(call.ctx, call.principal)
+
+
+@api.route(
+    "POST",
+    "/test-clock",
+    role="admin",
+    body=FreezeClock,
+    response=ClockOut,
+    summary="Freeze the test clock at its current instant, or let it run with real time again",
+    tags=["test clock"],
+)
+async def set_test_clock_frozen(call: Call):
+    return await test_clock.set_frozen(call.ctx, call.principal, call.body.frozen)
 
 
 @api.route(
@@ -63,20 +75,7 @@ async def get_test_clock(call: Call):
     tags=["test clock"],
 )
 async def advance_test_clock(call: Call):
-    _require_test(call)
     body: AdvanceClock = call.body
-    env_id = call.principal.environment_id
-    call.ctx.clocks.forget(env_id)  # read the stored value, not a cached one
-    now = await call.ctx.now(call.principal)
-    if body.to is not None:
-        target = body.to
-        if target < now:
-            raise InvalidRequest("the test clock only moves forward", field="to")
-        if target - now > MAX_ADVANCE:
-            raise InvalidRequest("advance at most 3660 days at a time", field="to")
-    elif body.days is not None:
-        target = now + timedelta(days=body.days)
-    else:
-        target = now + timedelta(seconds=body.seconds or 0)
-    ran = await run_due(call.ctx, env_id, until=target, move_clock=True)
-    return {"now": await call.ctx.now(call.principal), "jobsRun": ran}
+    return await test_clock.advance(
+        call.ctx, call.principal, days=body.days, seconds=body.seconds, to=body.to
+    )

@@ -1,0 +1,116 @@
+"""The optional ``testing`` tool group: see and move a test environment's clock.
+
+Off by default; enabled with ``mcp_tool_groups = ["testing"]``. Each tool works only with
+a test key (``sk_test_…``); a live environment always runs on real time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AwareDatetime, Field
+
+from tanso_mcp.tools.fields import Flag
+from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, _object
+
+__all__ = ["TOOL_SPECS"]
+
+_CLOCK = "test clocks"
+_STATE = _object(
+    "The test environment's clock.",
+    now={"type": "string", "format": "date-time", "description": "the clock's current time"},
+    frozen={"type": "boolean", "description": "true: the clock stands still between advances"},
+    offsetSeconds={
+        "type": "number",
+        "description": "how far the clock is ahead of real time (while it runs)",
+    },
+)
+_ADVANCED = _object(
+    "The test environment's clock after the advance.",
+    now={"type": "string", "format": "date-time"},
+    frozen={"type": "boolean"},
+    offsetSeconds={"type": "number"},
+    jobsRun={"type": "integer", "description": "jobs (renewals, expiries…) that ran"},
+)
+
+
+class NoParams(ToolParams):
+    pass
+
+
+class AdvanceParams(ToolParams):
+    days: Annotated[int | None, Field(ge=0, le=3660, description="Days to move forward")] = None
+    seconds: Annotated[
+        int | None, Field(ge=0, le=3660 * 86400, description="Seconds to move forward")
+    ] = None
+    to: Annotated[
+        AwareDatetime | None,
+        Field(description="Instant to move to (ISO 8601 with a time zone), not in the past"),
+    ] = None
+
+
+class FrozenParams(ToolParams):
+    frozen: Annotated[
+        Flag,
+        Field(
+            description="true: stop the clock at its current instant; false: let it run "
+            "with real time again from there"
+        ),
+    ]
+
+
+TOOL_SPECS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        name="getTestClock",
+        title="Get test clock",
+        description=(
+            "Shows the current time of this test environment's clock, whether it is frozen, "
+            "and how far it is ahead of real time. A test environment's clock runs with "
+            "real time, shifted by every advance. Test keys only."
+        ),
+        params=NoParams,
+        role="read",
+        annotations=_ann(read_only=True, idempotent=True),
+        confirm=False,
+        handler="get_test_clock",
+        capability=_CLOCK,
+        output_schema=_STATE,
+        group="testing",
+    ),
+    ToolSpec(
+        name="advanceTestClock",
+        title="Advance test clock",
+        description=(
+            "Moves this test environment's clock forward by `days` or `seconds`, or to the "
+            "instant `to` (give exactly one), and runs every job that became due on the way "
+            "(renewals, invoice due dates, grace periods, credit expiry) in time order "
+            "before answering. The clock never moves back. Test keys only."
+        ),
+        params=AdvanceParams,
+        role="admin",
+        annotations=_ann(),
+        confirm=False,
+        handler="advance_test_clock",
+        capability=_CLOCK,
+        output_schema=_ADVANCED,
+        group="testing",
+    ),
+    ToolSpec(
+        name="setTestClockFrozen",
+        title="Freeze or unfreeze test clock",
+        description=(
+            "frozen: true stops this test environment's clock at its current instant, for "
+            "scripted tests that need exact times (only advances move it then); "
+            "frozen: false lets it run with real time again from where it stands. "
+            "Test keys only."
+        ),
+        params=FrozenParams,
+        role="admin",
+        annotations=_ann(idempotent=True),
+        confirm=False,
+        handler="set_test_clock_frozen",
+        capability=_CLOCK,
+        output_schema=_STATE,
+        group="testing",
+    ),
+)
