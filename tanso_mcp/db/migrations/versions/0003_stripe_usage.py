@@ -1,7 +1,7 @@
 """stripe usage: meter reports (exactly-once overage forwarding) and import jobs
 
 Revision ID: 0003_stripe_usage
-Revises: 0002
+Revises: 0003_clock_protocol
 Create Date: 2026-11-30
 """
 
@@ -14,7 +14,7 @@ ID = lambda: sa.String(length=36)  # noqa: E731
 
 
 revision = '0003_stripe_usage'
-down_revision = '0002'
+down_revision = '0003_clock_protocol'
 branch_labels = None
 depends_on = None
 
