@@ -46,7 +46,8 @@ class MeterReport(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    sent_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the usage timestamp sent, fixed at claim so a retry repeats the very same request
+    event_timestamp: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     external_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -84,6 +84,7 @@ class _Work:
     identifier: str
     quantity_q: int
     period_start: datetime
+    event_timestamp: datetime
     feature_key: str
     customer: CustomerData
     attempts: int
@@ -186,11 +187,14 @@ def _insert(dialect: str):
     return (postgresql if dialect == "postgresql" else sqlite).insert
 
 
-async def claim(ctx: AppContext, env_id: str, wall: datetime, limit: int = BATCH) -> list[str]:
+async def claim(
+    ctx: AppContext, env_id: str, env_now: datetime, wall: datetime, limit: int = BATCH
+) -> list[str]:
     """Step 1: pending rows for every (subscription, feature, period) with unreported
     overage; answers the ids this process claimed (a concurrent claimer gets none of
     the same steps)."""
     rules = _Rules()
+    stamp = meter_timestamp(env_now, wall)
     rows: list[dict[str, Any]] = []
     async with ctx.db.reader() as s:
         for sid, fid, period, overage_q, reported_q, plan_id, cid in await _candidates(
@@ -215,6 +219,7 @@ async def claim(ctx: AppContext, env_id: str, wall: datetime, limit: int = BATCH
                     "status": "pending",
                     "attempts": 0,
                     "next_attempt_at": wall + CLAIM_LEASE,
+                    "event_timestamp": stamp,
                     "created_at": wall,
                 }
             )
@@ -247,6 +252,7 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
                 identifier=report.identifier,
                 quantity_q=report.to_q - report.from_q,
                 period_start=report.period_start,
+                event_timestamp=report.event_timestamp,
                 feature_key=feature_key,
                 customer=CustomerData(
                     customer_id=customer.id,
@@ -299,7 +305,7 @@ async def record_sent(
             .values(
                 status="sent",
                 sent_at=wall,
-                sent_timestamp=stamp,
+                event_timestamp=stamp,
                 external_id=external_id,
                 attempts=MeterReport.attempts + 1,
                 last_error=None,
@@ -333,7 +339,7 @@ async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportR
     if provider is None:
         return ReportRun()
     wall = ctx.clocks.system_now()
-    claimed = await claim(ctx, env_id, wall)
+    claimed = await claim(ctx, env_id, now, wall)
     work = await _load(ctx, MeterReport.id.in_(claimed), BATCH) if claimed else []
     work += await _load(
         ctx,
@@ -350,7 +356,7 @@ async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportR
 
     async def one(w: _Work) -> bool:
         async with gate:
-            return await _send(ctx, provider, w, now)
+            return await _send(ctx, provider, w)
 
     results = await asyncio.gather(*(one(w) for w in work))
     sent = sum(results)

@@ -30,10 +30,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import billing, catalog, metering, system
+    from .routes import billing, catalog, metering, stripe_usage, system
 
     api = Api("")
-    for module in (system, catalog, billing, metering):
+    for module in (system, catalog, billing, metering, stripe_usage):
         api.include(module.api)
     return api
 

@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column('attempts', sa.Integer(), nullable=False),
         sa.Column('last_error', sa.Text(), nullable=True),
         sa.Column('next_attempt_at', UTCDateTime(timezone=True), nullable=False),
-        sa.Column('sent_timestamp', UTCDateTime(timezone=True), nullable=True),
+        sa.Column('event_timestamp', UTCDateTime(timezone=True), nullable=False),
         sa.Column('external_id', sa.String(length=200), nullable=True),
         sa.Column('created_at', UTCDateTime(timezone=True), nullable=False),
         sa.Column('sent_at', UTCDateTime(timezone=True), nullable=True),
