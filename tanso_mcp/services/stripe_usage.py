@@ -267,10 +267,11 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
     return out
 
 
-async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work, env_now: datetime) -> bool:
+async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> bool:
     """Steps 2 and 3 for one report; answers whether it is now recorded as sent."""
-    wall = ctx.clocks.system_now()
-    stamp = meter_timestamp(env_now, wall)
+    # the claimed timestamp, so a retry is the very same request; re-clamped only when a
+    # long outage pushed it out of the provider's window
+    stamp = meter_timestamp(work.event_timestamp, ctx.clocks.system_now())
     report = UsageReport(
         customer=work.customer,
         feature_key=work.feature_key,
