@@ -135,23 +135,20 @@ def is_forwarded_rule(value: dict[str, Any] | None) -> bool:
     )
 
 
-def _reported_subquery():
-    return (
-        select(
-            MeterReport.subscription_id.label("sid"),
-            MeterReport.feature_id.label("fid"),
-            MeterReport.period_start.label("ps"),
-            func.max(MeterReport.to_q).label("reported_q"),
-        )
-        .group_by(MeterReport.subscription_id, MeterReport.feature_id, MeterReport.period_start)
-        .subquery()
-    )
-
-
 async def _candidates(s: AsyncSession, env_id: str, limit: int) -> list[Any]:
-    """Counters with at least one whole unit of overage beyond what was claimed."""
-    rep = _reported_subquery()
-    reported = func.coalesce(rep.c.reported_q, 0)
+    """Counters with at least one whole unit of overage beyond what was claimed. The
+    claimed total of each counter is looked up through the unique index of the chain."""
+    r = MeterReport.__table__.alias("r")
+    reported = func.coalesce(
+        select(func.max(r.c.to_q))
+        .where(
+            r.c.subscription_id == UsageCounter.subscription_id,
+            r.c.feature_id == UsageCounter.feature_id,
+            r.c.period_start == UsageCounter.window_start,
+        )
+        .scalar_subquery(),
+        0,
+    )
     q = (
         select(
             UsageCounter.subscription_id,
@@ -163,17 +160,10 @@ async def _candidates(s: AsyncSession, env_id: str, limit: int) -> list[Any]:
             Subscription.customer_id,
         )
         .join(Subscription, Subscription.id == UsageCounter.subscription_id)
-        .outerjoin(
-            rep,
-            and_(
-                rep.c.sid == UsageCounter.subscription_id,
-                rep.c.fid == UsageCounter.feature_id,
-                rep.c.ps == UsageCounter.window_start,
-            ),
-        )
         .where(
             UsageCounter.environment_id == env_id,
             UsageCounter.window_start != LIFETIME,
+            UsageCounter.overage_q >= QTY_SCALE,
             Subscription.provider_subscription_id.is_not(None),
             UsageCounter.overage_q - reported >= QTY_SCALE,
         )
@@ -197,14 +187,17 @@ async def claim(
     stamp = meter_timestamp(env_now, wall)
     rows: list[dict[str, Any]] = []
     async with ctx.db.reader() as s:
+        # non-forwarded features (no price on the plan) are skipped here, so look wider
         for sid, fid, period, overage_q, reported_q, plan_id, cid in await _candidates(
-            s, env_id, limit
+            s, env_id, limit * 10
         ):
             if not await rules.forwarded(s, plan_id, fid):
                 continue
             to_q = reportable_total(overage_q, QTY_SCALE)
             if to_q <= reported_q:
                 continue
+            if len(rows) >= limit:
+                break
             rows.append(
                 {
                     "id": new_id(),
