@@ -23,6 +23,12 @@ from tanso_mcp.db.models import Base
 from tanso_mcp.services import tenancy
 from tanso_mcp.settings import Settings
 from tanso_mcp.web.app import create_app
+from tests.stripe_fake.fixtures import (  # noqa: F401 - fixtures for the Stripe tests
+    stripe_client,
+    stripe_fake,
+    stripe_fake_server,
+    webhook_receiver,
+)
 
 PG_URL = os.environ.get("TANSO_TEST_DATABASE_URL")
 START = datetime(2026, 1, 15, 10, 0, 0, tzinfo=UTC)
