@@ -84,10 +84,12 @@ class AppContext:
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
-    from .services import billing_jobs, stripe_usage
+    from .services import billing_jobs, stripe_import, stripe_jobs, stripe_usage
 
     billing_jobs.register(registry)
+    stripe_jobs.register(registry)
     stripe_usage.register(registry)
+    stripe_import.register(registry)
 
 
 def build_context(

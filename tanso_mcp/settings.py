@@ -82,7 +82,39 @@ class Settings(BaseSettings):
         description="Fernet key that encrypts provider secrets; generated and stored in "
         "the database on first start when unset",
     )
-    stripe_api_base: str | None = None
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Stripe API base URL (tests point it at a local fake); the SDK's "
+        "default https://api.stripe.com when unset",
+    )
+
+    # --- Stripe Integration mode ---
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    stripe_checkout_success_url: str | None = Field(
+        default=None,
+        description="where Stripe Checkout sends a customer after paying; default "
+        "{public_base_url}/checkout/success?session_id={CHECKOUT_SESSION_ID} "
+        "(an environment may override it when connecting its key)",
+    )
+    stripe_checkout_cancel_url: str | None = Field(
+        default=None,
+        description="where Stripe Checkout sends a customer who gives up; default "
+        "{public_base_url}/checkout/cancel",
+    )
+    stripe_days_until_due: int = Field(
+        default=30,
+        ge=0,
+        le=365,
+        description="payment term of the invoices of directly created Stripe "
+        "subscriptions (in-arrears and free plans)",
+    )
+    stripe_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="first wait before a failed webhook is processed again (doubles per "
+        "attempt, at most an hour)",
+    )
 
     # --- plugins ---
     plugins: dict[str, dict[str, Any]] = Field(
@@ -107,7 +139,12 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return v
 
-    @field_validator("public_base_url", "stripe_api_base")
+    @field_validator(
+        "public_base_url",
+        "stripe_api_base",
+        "stripe_checkout_success_url",
+        "stripe_checkout_cancel_url",
+    )
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):

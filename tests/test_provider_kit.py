@@ -22,10 +22,10 @@ from tanso_mcp.plugin import (
     USAGE_REPORTING,
     WEBHOOKS,
     ExternalRef,
-    OutcomeUnknown,
     ProviderEvent,
     ProviderInfo,
-    WebhookRejected,
+    ProviderUnavailable,
+    WebhookSignatureError,
     build_plugins,
 )
 from tanso_mcp.plugin.testing import (
@@ -109,7 +109,7 @@ class ToyPay:
         try:
             return self.backend.request(key, kind, payload)
         except ConnectionError as exc:
-            raise OutcomeUnknown(str(exc)) from exc
+            raise ProviderUnavailable(str(exc)) from exc
 
     async def ensure_customer(self, customer, *, idempotency_key):
         return await self._call(idempotency_key, "customer", {"ref": customer.reference_id})
@@ -132,7 +132,7 @@ class ToyPay:
     async def parse_webhook(self, headers: Mapping[str, str], body: bytes):
         expected = self.backend.sign(body)["toy-signature"]
         if not hmac.compare_digest(headers.get("toy-signature", ""), expected):
-            raise WebhookRejected("bad signature")
+            raise WebhookSignatureError("bad signature")
         doc = json.loads(body)
         return [ProviderEvent(doc["id"], KINDS.get(doc["type"], "unknown"), data=doc)]
 
@@ -251,7 +251,7 @@ async def test_outage_answered_as_success_is_caught():
                 return None  # pretends it worked
 
     backend = ToyBackend()
-    with pytest.raises(KitFailure, match="must raise OutcomeUnknown"):
+    with pytest.raises(KitFailure, match="must raise ProviderUnavailable"):
         await check_unknown_outcomes(toy_kit(backend, make=lambda: Optimist(backend)))
 
 

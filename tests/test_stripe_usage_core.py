@@ -26,8 +26,8 @@ from tanso_mcp.plugin import (
     PROVIDER_INVOICING,
     USAGE_REPORTING,
     ExternalRef,
-    OutcomeUnknown,
     ProviderInfo,
+    ProviderUnavailable,
     build_plugins,
     hookimpl,
 )
@@ -64,7 +64,7 @@ class LedgerProvider:
         self.ledger.calls += 1
         await asyncio.sleep(0)  # a real call yields to other tasks
         if not self.ledger.up:
-            raise OutcomeUnknown("meter backend unreachable")
+            raise ProviderUnavailable("meter backend unreachable")
         # a repeated identifier is "already recorded": the same answer, nothing added
         self.ledger.events.setdefault(
             idempotency_key, (report.customer.external_id, report.feature_key, report.quantity)

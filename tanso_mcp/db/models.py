@@ -158,6 +158,8 @@ class Feature(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONDoc, nullable=False, default=dict
     )
+    # the payment provider's meter that overage of this feature is reported to
+    provider_meter_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -202,6 +204,8 @@ class PlanFeature(Base):
     value: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     credit_denomination: Mapped[str | None] = mapped_column(String(64))
+    # the payment provider's metered price of this feature on this plan
+    provider_price_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -248,6 +252,13 @@ class Subscription(Base):
     __table_args__ = (
         Index("ix_subscriptions_env_period_end", "environment_id", "current_period_end"),
         Index("ix_subscriptions_env_cancel_at", "environment_id", "cancel_effective_at"),
+        # a provider's subscription is mirrored once
+        Index(
+            "uq_subscriptions_provider",
+            "environment_id",
+            "provider_subscription_id",
+            unique=True,
+        ),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
@@ -353,6 +364,8 @@ class Invoice(Base):
             postgresql_where=text("type = 'CREDIT'"),
         ),
         Index("ix_invoices_subscription_status", "subscription_id", "status"),
+        # a provider's invoice is mirrored once
+        Index("uq_invoices_provider", "environment_id", "provider_invoice_id", unique=True),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
@@ -536,6 +549,77 @@ class UsageCounter(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     used_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     overage_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class EnvironmentSecret(Base):
+    """A credential of an environment (e.g. its Stripe secret key), Fernet-encrypted
+    with the server's secret key; ``masked`` is the only form ever shown."""
+
+    __tablename__ = "environment_secrets"
+    environment_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text, nullable=False)
+    masked: Mapped[str] = mapped_column(String(64), nullable=False)
+    external_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class WebhookInbox(Base):
+    """Every verified provider callback, recorded once (unique on the provider's event
+    id) before it is acknowledged, then processed after the commit; a failed
+    processing is retried from here by the job runner, never dropped."""
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "provider", "event_id"),
+        Index("ix_webhook_inbox_pending", "processed_at", "next_attempt_at"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    provider: Mapped[str] = mapped_column(String(40), nullable=False)
+    event_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class PendingSubscription(Base):
+    """A subscription asked of the payment provider and not yet confirmed: a checkout
+    the customer has to pay (``CHECKOUT``) or a direct creation (``DIRECT``). Written and
+    committed before the provider is called, so a crash in between leaves a record to
+    resume from; the call's idempotency key is derived from this row's id."""
+
+    __tablename__ = "pending_subscriptions"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "external_id"),
+        Index("ix_pending_subscriptions_customer", "customer_id", "status"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False
+    )
+    plan_id: Mapped[str] = mapped_column(ID, ForeignKey("plans.id"), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # CHECKOUT | DIRECT
+    # PENDING (provider not called yet) | OPEN (checkout waiting) | COMPLETED | FAILED
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    url: Mapped[str | None] = mapped_column(Text)
+    subscription_id: Mapped[str | None] = mapped_column(ID)
+    grace_period_days: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 

@@ -23,6 +23,15 @@ own ids so a retry after a crash or timeout never does the work twice. The core 
 calls a provider inside a database transaction (it writes a pending row, commits, calls,
 then records the result).
 
+Providers that invoice themselves (``PROVIDER_INVOICING``) are the system of record for
+subscriptions and invoices: the core mirrors their state. It reads it through
+:class:`ExternalSubscription`, :class:`ExternalInvoice` and :class:`ExternalCheckout`
+(returned by the provider's calls, carried by :class:`ProviderEvent`, or read back with
+``retrieve``), and converges to what the provider says *now*, so callbacks delivered
+twice or out of order change nothing. A provider signals failures with
+:class:`ProviderError` (the core answers ``stripe_api_error`` / HTTP 502 and applies
+nothing); :class:`ProviderUnavailable` means "try again later" (network down, 5xx).
+
 Domain events
 -------------
 After a unit of work commits, the core announces what happened as a
@@ -95,6 +104,31 @@ class CustomerData:
 
 
 @dataclass(frozen=True)
+class PriceTier:
+    """One bracket of a graduated price; ``up_to`` ``None`` is the open last bracket.
+    Amounts in major units of the plan's currency."""
+
+    up_to: Decimal | None
+    unit_price: Decimal
+    flat_fee: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class MeteredPrice:
+    """A metered feature of a plan: what one unit of overage costs (``unit_price``) or
+    graduated ``tiers``. ``external_meter_id``/``external_price_id`` are what an earlier
+    ``sync_plan`` returned (reuse them; create only what is missing)."""
+
+    feature_id: str
+    feature_key: str
+    feature_name: str
+    unit_price: Decimal | None = None
+    tiers: tuple[PriceTier, ...] = ()
+    external_meter_id: str | None = None
+    external_price_id: str | None = None
+
+
+@dataclass(frozen=True)
 class PlanData:
     plan_id: str
     key: str
@@ -105,6 +139,9 @@ class PlanData:
     billing_timing: str
     external_product_id: str | None = None
     external_price_id: str | None = None
+    metered: tuple[MeteredPrice, ...] = ()
+    price_minor: int | None = None
+    """``price`` in minor units of ``currency`` (what payment APIs usually take)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +152,24 @@ class SubscriptionData:
     period_start: datetime
     period_end: datetime
     external_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Stored on the provider's subscription and returned in
+    :attr:`ExternalSubscription.metadata` (the core puts its own ids here)."""
+    days_until_due: int | None = None
+    """Invoices of a directly created subscription are payable within this many days."""
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """A hosted payment page that starts a subscription to ``plan`` once paid."""
+
+    reference: str
+    """The core's id for this checkout (also in ``metadata``)."""
+    customer: CustomerData
+    plan: PlanData
+    success_url: str
+    cancel_url: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,15 +203,147 @@ class ExternalRef:
 
 
 @dataclass(frozen=True)
+class ExternalSubscription:
+    """A subscription as the provider holds it. ``status``: ``active``, ``trialing``,
+    ``past_due``, ``unpaid``, ``incomplete``, ``incomplete_expired``, ``canceled`` or
+    ``paused``. ``price_ids``: the prices it bills (base price first if any)."""
+
+    external_id: str
+    customer_external_id: str | None
+    status: str
+    price_ids: tuple[str, ...] = ()
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    ended_at: datetime | None = None
+    latest_invoice_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in ("active", "trialing", "past_due", "unpaid")
+
+
+@dataclass(frozen=True)
+class ExternalInvoiceLine:
+    description: str
+    amount_minor: int
+    price_id: str | None = None
+    proration: bool = False
+    metered: bool = False
+
+
+@dataclass(frozen=True)
+class ExternalInvoice:
+    """An invoice as the provider holds it. ``status``: ``draft``, ``open``, ``paid``,
+    ``void`` or ``uncollectible``. ``billing_reason``: ``subscription_create`` (first
+    invoice), ``subscription_cycle`` (renewal), ``subscription_update`` (proration of
+    a plan change), or anything else (manual/one-off). Amounts in minor units."""
+
+    external_id: str
+    customer_external_id: str | None
+    subscription_external_id: str | None
+    status: str
+    billing_reason: str | None
+    currency: str
+    amount_due_minor: int
+    amount_paid_minor: int = 0
+    lines: tuple[ExternalInvoiceLine, ...] = ()
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    due_date: datetime | None = None
+    hosted_url: str | None = None
+    attempted: bool = False
+
+
+@dataclass(frozen=True)
+class ExternalCheckout:
+    """A hosted checkout. ``status``: ``open``, ``complete`` or ``expired``."""
+
+    external_id: str
+    status: str
+    url: str | None = None
+    subscription_external_id: str | None = None
+    customer_external_id: str | None = None
+    payment_status: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExternalCustomer:
+    external_id: str
+    email: str | None = None
+    name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExternalPrice:
+    external_id: str
+    product_id: str
+    currency: str
+    unit_amount_minor: int | None = None
+    interval: str | None = None
+    """``month``, ``year``… for recurring prices; ``None`` for one-off ones."""
+    interval_count: int = 1
+    usage_type: str = "licensed"
+    """``licensed`` (a fixed price per period) or ``metered`` (billed on usage)."""
+    meter_id: str | None = None
+    tiers: tuple[PriceTier, ...] = ()
+    unit_amount: Decimal | None = None
+    """Exact per-unit price in major units (metered prices may be fractional)."""
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class ExternalProduct:
+    external_id: str
+    name: str
+    description: str | None = None
+    active: bool = True
+    prices: tuple[ExternalPrice, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+ExternalObject = ExternalSubscription | ExternalInvoice | ExternalCheckout
+
+
+@dataclass(frozen=True)
 class ProviderEvent:
     """A provider callback, normalised. ``kind`` is one of ``checkout.completed``,
     ``invoice.created``, ``invoice.paid``, ``invoice.payment_failed``,
-    ``subscription.updated``, ``subscription.deleted`` or ``unknown``."""
+    ``subscription.updated``, ``subscription.deleted`` or ``unknown``.
+    ``external_ids`` names the objects involved (keys ``subscription``, ``invoice``,
+    ``checkout``, ``customer``); ``object`` is the object as the event carried it (it
+    may be stale: the core reads the current one back with ``retrieve``)."""
 
     event_id: str
     kind: str
     external_ids: Mapping[str, str] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
+    object: ExternalObject | None = None
+    created: datetime | None = None
+    raw_type: str = ""
+    """The provider's own event type (``invoice.paid``…), for logs and the inbox."""
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``message`` is the provider's own explanation. The core
+    answers ``stripe_api_error`` (HTTP 502) and applies nothing."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider could not be reached or failed on its side: retry later."""
+
+
+class WebhookSignatureError(ProviderError):
+    """A callback's signature is missing or wrong: reject it, store nothing."""
 
 
 @dataclass(frozen=True)
@@ -185,9 +372,15 @@ class PaymentProvider(Protocol):
 
     async def ensure_customer(
         self, customer: CustomerData, *, idempotency_key: str
-    ) -> ExternalRef | None: ...
+    ) -> ExternalRef | None:
+        """Create the customer (or update it when ``customer.external_id`` is set)."""
+        ...
 
-    async def sync_plan(self, plan: PlanData, *, idempotency_key: str) -> ExternalRef | None: ...
+    async def sync_plan(self, plan: PlanData, *, idempotency_key: str) -> ExternalRef | None:
+        """Create what is missing of the plan: ``external_id`` is the product; ``data``
+        holds ``price_id`` (the base price) and ``metered`` ``{feature_key: {"meter_id",
+        "price_id"}}``."""
+        ...
 
     async def create_checkout(
         self, subscription: SubscriptionData, *, idempotency_key: str
@@ -195,11 +388,15 @@ class PaymentProvider(Protocol):
 
     async def upsert_subscription(
         self, subscription: SubscriptionData, *, idempotency_key: str
-    ) -> ExternalRef | None: ...
+    ) -> ExternalSubscription | ExternalRef | None:
+        """Create the subscription directly (no payment page; active at once)."""
+        ...
 
     async def cancel_subscription(
         self, subscription: SubscriptionData, *, immediate: bool, idempotency_key: str
-    ) -> ExternalRef | None: ...
+    ) -> ExternalSubscription | ExternalRef | None:
+        """``immediate``: end it now; otherwise at the end of the current period."""
+        ...
 
     async def report_usage(
         self, report: UsageReport, *, idempotency_key: str
@@ -207,7 +404,74 @@ class PaymentProvider(Protocol):
 
     async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes
-    ) -> list[ProviderEvent]: ...
+    ) -> list[ProviderEvent]:
+        """Verify the signature (raise :class:`WebhookSignatureError` if it fails) and
+        normalise the callback."""
+        ...
+
+
+@runtime_checkable
+class InvoicingProvider(PaymentProvider, Protocol):
+    """What the core needs in addition from a provider with ``PROVIDER_INVOICING``
+    (it issues and collects invoices; the core mirrors it). The core calls these
+    methods only on such providers, so a provider without that capability needs none
+    of them."""
+
+    async def start_checkout(
+        self, request: CheckoutRequest, *, idempotency_key: str
+    ) -> ExternalRef | None:
+        """A hosted page where the customer pays for and starts a subscription
+        (``external_id`` = the checkout id, ``url``)."""
+        ...
+
+    async def change_plan(
+        self,
+        subscription: SubscriptionData,
+        plan: PlanData,
+        *,
+        prorate: bool,
+        idempotency_key: str,
+    ) -> ExternalSubscription | None:
+        """Move the subscription to ``plan`` now. ``prorate``: charge the difference for
+        the rest of the period at once (an adjustment invoice); otherwise the new price
+        applies from the next period."""
+        ...
+
+    async def resume_subscription(
+        self, subscription: SubscriptionData, *, idempotency_key: str
+    ) -> ExternalSubscription | None:
+        """Withdraw a cancellation scheduled for the end of the period."""
+        ...
+
+    async def mark_invoice_paid(
+        self, invoice: InvoiceData, *, idempotency_key: str
+    ) -> ExternalInvoice | None:
+        """Record that the invoice was paid outside the provider."""
+        ...
+
+    async def invoice_payment_url(self, invoice: InvoiceData) -> ExternalRef | None:
+        """A page where the customer pays an open invoice (``url``)."""
+        ...
+
+    async def create_webhook_endpoint(
+        self, url: str, *, idempotency_key: str
+    ) -> ExternalRef | None:
+        """Register ``url`` for the callbacks the core handles; ``data["secret"]`` is
+        the signing secret (stored encrypted by the core and passed back in the
+        provider's config as ``secrets["webhook_secret"]``). Also proves the
+        credentials work."""
+        ...
+
+    async def retrieve(self, kind: str, external_id: str) -> ExternalObject | None:
+        """The current state of a ``subscription``, ``invoice`` or ``checkout``."""
+        ...
+
+    async def list_products(self) -> list[ExternalProduct]: ...
+
+    async def list_customers(self) -> list[ExternalCustomer]: ...
+
+    async def list_subscriptions(self) -> list[ExternalSubscription]: ...
+
 
 
 def has_capability(provider: PaymentProvider, capability: str) -> bool:
@@ -217,6 +481,21 @@ def has_capability(provider: PaymentProvider, capability: str) -> bool:
 __all__ = [
     "ALL_CAPABILITIES",
     "CHECKOUT",
+    "CheckoutRequest",
+    "ExternalCheckout",
+    "ExternalCustomer",
+    "ExternalInvoice",
+    "ExternalInvoiceLine",
+    "ExternalObject",
+    "ExternalPrice",
+    "ExternalProduct",
+    "ExternalSubscription",
+    "InvoicingProvider",
+    "MeteredPrice",
+    "PriceTier",
+    "ProviderError",
+    "ProviderUnavailable",
+    "WebhookSignatureError",
     "CORE_INVOICING",
     "MARK_PAID",
     "MULTIPLE_SUBSCRIPTIONS",

@@ -22,7 +22,7 @@ from .api import PROJECT, DomainEvent, PaymentProvider, ProviderInfo
 
 log = logging.getLogger("tanso_mcp.plugins")
 
-BUILTINS = ("tanso_native",)
+BUILTINS = ("tanso_native", "tanso_stripe")
 
 
 class UnknownProvider(LookupError):

@@ -13,14 +13,14 @@ core but the public plugin API). The checks:
    key (as the core does after a crash or a timeout, with the same data) answers the
    same external ids and leaves the backend as the first call left it.
 3. **Unknown outcomes are reported as such** — while the backend cannot be reached,
-   every mutating call raises :class:`~tanso_mcp.plugin.errors.OutcomeUnknown` (never a
+   every mutating call raises :class:`~tanso_mcp.plugin.api.ProviderUnavailable` (never a
    success, never another exception), and the retry with the same key once the backend
    is back does the work exactly once. A provider that talks to a backend must give the
    kit a way to cut it off.
 4. **Webhooks** — signed callbacks parse into normalised
    :class:`~tanso_mcp.plugin.api.ProviderEvent` s with stable event ids (a redelivery is
    recognisable), unknown types become ``unknown``, and a tampered body or a missing
-   signature raises :class:`~tanso_mcp.plugin.errors.WebhookRejected`. A provider
+   signature raises :class:`~tanso_mcp.plugin.api.WebhookSignatureError`. A provider
    without the ``webhooks`` capability turns any callback into no event.
 
 Use it in two ways (``plugins/README.md`` has a worked example):
@@ -61,10 +61,11 @@ from .api import (
     PlanData,
     ProviderEvent,
     ProviderInfo,
+    ProviderUnavailable,
     SubscriptionData,
     UsageReport,
+    WebhookSignatureError,
 )
-from .errors import OutcomeUnknown, WebhookRejected
 
 EVENT_KINDS = frozenset(
     {
@@ -318,7 +319,7 @@ async def check_idempotency(kit: ProviderKit) -> list[str]:
 
 async def check_unknown_outcomes(kit: ProviderKit) -> list[str]:
     """Check 3: with the backend unreachable every mutating call raises
-    ``OutcomeUnknown``; once it is back, the retry with the same key works, once."""
+    ``ProviderUnavailable``; once it is back, the retry with the same key works, once."""
     provider = check_construction(kit)
     _require_backend_hooks(kit, provider)
     if not _has_backend(provider):
@@ -333,17 +334,17 @@ async def check_unknown_outcomes(kit: ProviderKit) -> list[str]:
         async with kit.outage():
             try:
                 result = await fn(*args, idempotency_key=key, **kwargs)
-            except OutcomeUnknown:
+            except ProviderUnavailable:
                 pass
             except Exception as exc:
                 raise _fail(
                     f"{method} with the backend unreachable raised {type(exc).__name__}: "
-                    f"{exc}; it must raise OutcomeUnknown"
+                    f"{exc}; it must raise ProviderUnavailable"
                 ) from exc
             else:
                 raise _fail(
                     f"{method} with the backend unreachable answered {result!r}; "
-                    "it must raise OutcomeUnknown"
+                    "it must raise ProviderUnavailable"
                 )
         if await _count(kit) != before:
             raise _fail(f"{method} changed the backend while it was unreachable")
@@ -372,7 +373,7 @@ async def check_webhooks(kit: ProviderKit) -> int:
         for body in (b"", b"{}", b'{"type": "invoice.paid", "id": "evt_1"}'):
             try:
                 events = await provider.parse_webhook({}, body)
-            except WebhookRejected:
+            except WebhookSignatureError:
                 continue
             if events:
                 raise _fail("a provider without the webhooks capability produced events")
@@ -406,12 +407,12 @@ async def check_webhooks(kit: ProviderKit) -> int:
         ):
             try:
                 parsed = await provider.parse_webhook(headers, body)
-            except WebhookRejected:
+            except WebhookSignatureError:
                 continue
             except Exception as exc:
                 raise _fail(
                     f"a callback with {label} raised {type(exc).__name__}; "
-                    "it must raise WebhookRejected"
+                    "it must raise WebhookSignatureError"
                 ) from exc
             raise _fail(f"a callback with {label} was accepted: {parsed!r}")
     return len(samples)

@@ -880,6 +880,7 @@ async def _reprice_arrears_period(
             Invoice.type == "REGULAR",
             Invoice.period_start == sub.current_period_start,
             Invoice.status.in_(inv_svc.OPEN),
+            Invoice.provider_invoice_id.is_(None),  # a provider's invoice is its own
         )
         .execution_options(populate_existing=True)
     )

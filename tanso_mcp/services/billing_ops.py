@@ -24,9 +24,9 @@ from ..db.scale import int_to_qty
 from ..domain.money import to_decimal
 from ..domain.periods import parse_datetime
 from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
-from ..plugin.api import CORE_INVOICING, MARK_PAID
+from ..plugin.api import CORE_INVOICING, MARK_PAID, PaymentProvider
 from ..principal import Principal
-from . import billing, catalog, credits, customers, payments
+from . import billing, catalog, credits, customers, payments, stripe_billing, stripe_sync
 from . import invoices as inv_svc
 from .subscriptions import subscription_view
 from .views import pool_view
@@ -89,6 +89,13 @@ def _message(fx: billing.Effects) -> str:
     return f"{msg}; status {fx.status_after}." if fx.status_after else f"{msg}."
 
 
+async def _provider_invoicing(ctx: AppContext, p: Principal) -> PaymentProvider | None:
+    """The environment's provider when it invoices itself (Stripe mode): then the
+    lifecycle calls go to ``stripe_billing``, which applies the same rules after Stripe."""
+    async with ctx.db.reader() as s:
+        return await stripe_sync.provider_invoicing(ctx, s, p.environment_id)
+
+
 # --------------------------------------------------------------------------- subscriptions
 
 
@@ -111,6 +118,17 @@ async def create_subscription(
     grace = billing.parse_grace(grace_period)
     customers.check_reference(customer_ref)
     env = p.environment_id
+    stripe = await _provider_invoicing(ctx, p)
+    if stripe is not None:
+        return await stripe_billing.create_subscription(
+            ctx,
+            p,
+            stripe,
+            customer_ref=customer_ref,
+            plan_id=plan_id,
+            plan_key=plan_key,
+            grace_days=grace,
+        )
     now = await ctx.now(p)
     async with ctx.db.unit_of_work() as s:
         provider = await payments.provider_for(ctx, s, env)
@@ -181,6 +199,10 @@ async def change_plan(
     dry_run: bool = False,
 ) -> dict[str, Any]:
     env = p.environment_id
+    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.change_plan(
+            ctx, p, stripe, sub_id, to_plan_id, change_type, plan_field=plan_field
+        )
     return await _write(
         ctx,
         p,
@@ -202,6 +224,8 @@ async def cancel(
     ctx: AppContext, p: Principal, sub_id: str, mode: str | None, *, dry_run: bool = False
 ) -> dict[str, Any]:
     env = p.environment_id
+    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.cancel(ctx, p, stripe, sub_id, mode or "END_OF_PERIOD")
     return await _write(
         ctx,
         p,
@@ -212,6 +236,8 @@ async def cancel(
 
 async def undo_cancel(ctx: AppContext, p: Principal, sub_id: str) -> dict[str, Any]:
     env = p.environment_id
+    if (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.undo_cancel(ctx, p, stripe, sub_id)
     return await _write(
         ctx, p, lambda s, now: billing.undo_cancellation(s, env, sub_id, now), dry_run=False
     )
@@ -224,6 +250,8 @@ async def mark_paid(
     ctx: AppContext, p: Principal, invoice_id: str, *, dry_run: bool = False
 ) -> dict[str, Any]:
     env = p.environment_id
+    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.mark_paid(ctx, p, stripe, invoice_id)
 
     async def run(s: AsyncSession, now: datetime) -> billing.Effects:
         provider = await payments.provider_for(ctx, s, env)

@@ -9,12 +9,6 @@ A job kind is registered with two functions:
   of work. It must be idempotent and safe when several processes run it at once: it
   re-checks its condition with a conditional UPDATE or relies on a unique constraint.
 
-A *sweep* is registered with ``register_sweep(name, fn)``: ``fn(ctx, environment_id,
-now)`` runs once per environment after the due items of every pass (each job tick and
-each test-clock advance), outside any transaction, so it may call the network. It owns
-its own units of work and must be safe to run in several processes at once (reporting
-usage to a payment provider is one).
-
 Advancing a test clock runs every item that became due, in time order: the
 environment's clock is set to each item's due time before the item runs, so the work
 sees the time at which it was due. Live environments run whatever is due now.
@@ -55,7 +49,10 @@ class DueItem:
 
 FindDue = Callable[[AsyncSession, str, datetime, int], Awaitable[list[DueItem]]]
 RunItem = Callable[[AsyncSession, "AppContext", str, str, datetime], Awaitable[Any]]
-Sweep = Callable[["AppContext", str, datetime], Awaitable[Any]]
+# A pass runs after an environment's due items, outside any transaction, so it may call
+# the network (e.g. a payment provider): ``run(ctx, environment_id, now) -> items done``.
+# It opens its own units of work and must be idempotent like every job.
+Pass = Callable[["AppContext", str, datetime], Awaitable[int]]
 
 
 @dataclass
@@ -69,20 +66,17 @@ class JobKind:
 class JobRegistry:
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
-        self._sweeps: dict[str, Sweep] = {}
+        self.passes: dict[str, Pass] = {}
+
+    def register_pass(self, name: str, run: Pass) -> None:
+        if name in self.passes:
+            raise ValueError(f"pass {name!r} registered twice")
+        self.passes[name] = run
 
     def register(self, name: str, find_due: FindDue, run: RunItem) -> None:
         if name in self._kinds:
             raise ValueError(f"job {name!r} registered twice")
         self._kinds[name] = JobKind(name, find_due, run, order=len(self._kinds))
-
-    def register_sweep(self, name: str, fn: Sweep) -> None:
-        if name in self._sweeps:
-            raise ValueError(f"sweep {name!r} registered twice")
-        self._sweeps[name] = fn
-
-    def sweeps(self) -> list[tuple[str, Sweep]]:
-        return list(self._sweeps.items())
 
     def item(self, name: str, at: datetime, key: str) -> DueItem:
         return DueItem(at=at, order=self._kinds[name].order, job=name, key=key)
@@ -187,18 +181,12 @@ async def run_due(
         async with ctx.db.unit_of_work() as s:
             await ctx.clocks.set_test_clock(s, env_id, until)
         ctx.clocks.remember(env_id, until)
-    await run_sweeps(ctx, env_id, until)
-    return done
-
-
-async def run_sweeps(ctx: AppContext, env_id: str, now: datetime) -> None:
-    """Every registered sweep for one environment; a failing sweep is logged and never
-    stops the others (it runs again on the next pass)."""
-    for name, sweep in ctx.jobs.sweeps():
+    for name, run in ctx.jobs.passes.items():
         try:
-            await sweep(ctx, env_id, now)
+            done += await run(ctx, env_id, until)
         except Exception:
-            log.exception("sweep %s failed for environment %s", name, env_id)
+            log.exception("job pass %s failed", name)
+    return done
 
 
 async def run_all_due(ctx: AppContext) -> int:

@@ -36,19 +36,34 @@ async def provider_name(s: AsyncSession, env_id: str) -> tuple[str, dict[str, An
     return row[0] or "native", dict(config) if isinstance(config, dict) else {}
 
 
-async def provider_for(ctx: AppContext, s: AsyncSession, env_id: str) -> PaymentProvider:
-    """The environment's provider (built once per environment and provider name)."""
-    name, config = await provider_name(s, env_id)
-    cache: dict[tuple[str, str], PaymentProvider] = ctx.extras.setdefault("providers", {})
-    key = (env_id, name)
+async def provider_for(
+    ctx: AppContext, s: AsyncSession, env_id: str, *, name: str | None = None
+) -> PaymentProvider:
+    """The environment's provider (or the provider ``name``, e.g. to set it up), built
+    once per environment, provider and version of its stored credentials. Its config
+    holds the environment's decrypted credentials under ``secrets`` (``api_key``,
+    ``webhook_secret``)."""
+    from . import stripe_secrets
+
+    current, config = await provider_name(s, env_id)
+    name = name or current
+    found = await stripe_secrets.rows(s, env_id)
+    cache: dict[tuple, PaymentProvider] = ctx.extras.setdefault("providers", {})
+    key = (env_id, name, stripe_secrets.fingerprint(found))
     provider = cache.get(key)
     if provider is None:
+        if found:
+            plain = await stripe_secrets.decrypt_all(ctx, s, env_id)
+            config["secrets"] = {
+                n.split(".", 1)[1]: v for n, v in plain.items() if n.startswith(f"{name}.")
+            }
         try:
             provider = ctx.plugins.make_provider(name, config, ctx)
         except UnknownProvider:
             raise PreconditionFailed(
                 f"the environment's payment provider {name!r} is not installed"
             ) from None
+        forget_provider(ctx, env_id)  # versions built from older credentials
         cache[key] = provider
     return provider
 

@@ -1,7 +1,7 @@
 """Forwarding overage to the payment provider's usage meters (Stripe Billing Meters).
 
 Ingest never calls the provider: it only updates the usage counters. This reporter,
-a sweep of the job runner (after every job pass and every test-clock advance), reads
+a pass of the job runner (after every job tick and every test-clock advance), reads
 per (subscription, feature, period) the overage the counters hold — units neither
 covered by credits nor beyond the limit — and sends what was not reported yet as one
 meter event, so its cost follows the number of customers, not the number of events.
@@ -54,7 +54,8 @@ from ..plugin import (
     USAGE_REPORTING,
     CustomerData,
     PaymentProvider,
-    ProviderRejected,
+    ProviderError,
+    ProviderUnavailable,
     UsageReport,
 )
 from ..services.metering.windows import LIFETIME
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tanso_mcp.stripe_usage")
 
-SWEEP = "usage.meter_reports"
+PASS = "usage.meter_reports"
 BATCH = 500  # reports claimed or retried per environment and pass
 CONCURRENCY = 8  # provider calls in flight per environment
 
@@ -274,12 +275,13 @@ async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> bool
     )
     try:
         if work.customer.external_id is None:
-            raise ProviderRejected("the customer is not linked to the provider yet")
+            raise ProviderError("the customer is not linked to the provider yet")
         ref = await provider.report_usage(report, idempotency_key=work.identifier)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # recorded and retried with the same identifier
-        status = "rejected" if isinstance(exc, ProviderRejected) else "unknown"
+        refused = isinstance(exc, ProviderError) and not isinstance(exc, ProviderUnavailable)
+        status = "rejected" if refused else "unknown"
         if status == "unknown":
             log.warning("meter report %s: outcome unknown (%s)", work.identifier, exc)
         await record_failure(ctx, work.report_id, status, str(exc) or type(exc).__name__)
@@ -326,7 +328,7 @@ async def record_failure(ctx: AppContext, report_id: str, status: str, error: st
 
 
 async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportRun:
-    """One pass for one environment (the sweep): claim new steps, send them and every
+    """One pass for one environment: claim new steps, send them and every
     earlier step that is due again (failed, or claimed by a process that vanished)."""
     async with ctx.db.reader() as s:
         provider = await reporting_provider(ctx, s, env_id)
@@ -358,7 +360,7 @@ async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportR
 
 
 def register(registry: JobRegistry) -> None:
-    async def sweep(ctx: AppContext, env_id: str, now: datetime) -> None:
-        await report_overage(ctx, env_id, now)
+    async def meter_pass(ctx: AppContext, env_id: str, now: datetime) -> int:
+        return (await report_overage(ctx, env_id, now)).sent
 
-    registry.register_sweep(SWEEP, sweep)
+    registry.register_pass(PASS, meter_pass)

@@ -147,6 +147,7 @@ def customer_base_view(c: Customer) -> dict[str, Any]:
         "lastName": c.last_name,
         "phoneNumber": c.phone_number,
         "source": c.source,
+        "stripeCustomerId": c.provider_customer_id,
         "createdAt": c.created_at,
         "modifiedAt": c.modified_at,
     }

@@ -30,10 +30,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import billing, catalog, metering, stripe_usage, system
+    from .routes import billing, catalog, metering, stripe, stripe_usage, system
 
     api = Api("")
-    for module in (system, catalog, billing, metering, stripe_usage):
+    for module in (system, catalog, billing, metering, stripe, stripe_usage):
         api.include(module.api)
     return api
 
@@ -72,6 +72,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
     from ..tools.http import mcp_http_app
     from ..tools.registry import all_handlers
     from ..tools.server import build_mcp_server
+    from .routes.stripe_webhooks import webhook_routes
 
     server = build_mcp_server(ctx, all_handlers(), tool_groups=ctx.settings.mcp_tool_groups)
     mcp = mcp_http_app(server, ctx.settings.allowed_hosts)
@@ -80,6 +81,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.starlette_routes(ctx),
+        *webhook_routes(ctx),
         # the SDK's app routes on the unchanged path /mcp; a plain Route (not a Mount)
         # keeps every other unknown path answering with our JSON 404
         Route("/mcp", endpoint=mcp.app),

@@ -12,7 +12,7 @@ from .jsonio import dumps
 if TYPE_CHECKING:
     from ..services.auth import KeyResolver
 
-PROTECTED_PREFIXES = ("/api/v1/client", "/mcp")
+PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", "/mcp")
 
 
 async def _send_error(send, exc: TansoError, extra_headers: list | None = None) -> None:

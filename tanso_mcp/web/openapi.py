@@ -43,6 +43,7 @@ STATUS_TEXT = {
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
+    502: "The payment provider (Stripe) refused or failed; nothing was applied",
 }
 
 

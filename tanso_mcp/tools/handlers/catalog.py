@@ -7,7 +7,7 @@ from typing import Any
 
 from ...bootstrap import AppContext
 from ...principal import Principal
-from ...services import catalog, customers, views
+from ...services import catalog, customers, stripe_sync, views
 
 
 async def _now(app: AppContext, p: Principal):
@@ -58,6 +58,8 @@ async def create_customer(app: AppContext, p: Principal, params: Any):
             last_name=params.lastName,
         )
         view = await views.customer_view(s, c)
+    if ext := await stripe_sync.after_customer_write(app, p.environment_id, c.id):
+        view["stripeCustomerId"] = ext
     await app.emit("customer.created", p, {"customer": view})
     return view
 
@@ -77,6 +79,7 @@ async def update_customer(app: AppContext, p: Principal, params: Any):
         )
         view = await views.customer_view(s, c)
     app.invalidate(p.environment_id)
+    await stripe_sync.after_customer_write(app, p.environment_id, c.id)
     await app.emit("customer.updated", p, {"customer": view})
     return view
 

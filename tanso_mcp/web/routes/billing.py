@@ -92,8 +92,12 @@ class InvoiceOut(Out):
 
 
 class SubscribedOut(Out):
-    subscription: SubscriptionOut
+    # with Stripe collecting payments, a paid in-advance plan answers a checkout page
+    # instead: the subscription exists once Stripe confirms the payment
+    subscription: SubscriptionOut | None = None
     invoice: InvoiceOut | None = None
+    checkoutUrl: str | None = None
+    checkoutSessionId: str | None = None
 
 
 class EffectsOut(Out):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ...errors import InvalidRequest
-from ...services import catalog, customers, views
+from ...services import catalog, customers, stripe_sync, views
 from ..routing import Api, ApiModel, Call, Page, Pagination, Result
 from .schemas import CatalogPlanOut, CustomerOut, FeatureOut
 
@@ -68,6 +68,8 @@ async def create_customer(call: Call):
             phone_number=b.phoneNumber,
         )
         view = await views.customer_view(s, c)
+    if ext := await stripe_sync.after_customer_write(call.ctx, env, c.id):
+        view["stripeCustomerId"] = ext
     await call.ctx.emit("customer.created", call.principal, {"customer": view})
     return Result(view, 201)
 
@@ -105,6 +107,7 @@ async def update_customer(call: Call):
         )
         view = await views.customer_view(s, c)
     call.ctx.invalidate(call.principal.environment_id)
+    await stripe_sync.after_customer_write(call.ctx, call.principal.environment_id, c.id)
     await call.ctx.emit("customer.updated", call.principal, {"customer": view})
     return view
 

@@ -1,7 +1,7 @@
 """stripe usage: meter reports (exactly-once overage forwarding) and import jobs
 
 Revision ID: 0003_stripe_usage
-Revises: 0003_clock_protocol
+Revises: 0003_stripe_core, 0003_clock_protocol
 Create Date: 2026-11-30
 """
 
@@ -14,7 +14,8 @@ ID = lambda: sa.String(length=36)  # noqa: E731
 
 
 revision = '0003_stripe_usage'
-down_revision = '0003_clock_protocol'
+# joins the two branches that start at 0002 (test clocks, Stripe core) into one head
+down_revision = ('0003_stripe_core', '0003_clock_protocol')
 branch_labels = None
 depends_on = None
 
