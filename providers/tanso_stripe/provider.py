@@ -98,6 +98,7 @@ class StripeProvider:
         self._api_base = api_base
         self._retries = max_network_retries
         self._client: stripe.StripeClient | None = None
+        self._http: stripe.HTTPXClient | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -107,13 +108,20 @@ class StripeProvider:
             if not self._api_key:
                 raise ProviderError("no Stripe secret key is registered", code="no_key")
             base = {"api": self._api_base} if self._api_base else None
+            self._http = stripe.HTTPXClient()
             self._client = stripe.StripeClient(
                 self._api_key,
                 base_addresses=base,
-                http_client=stripe.HTTPXClient(),
+                http_client=self._http,
                 max_network_retries=self._retries,
             )
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections (the core calls it when it drops the provider)."""
+        if self._http is not None:
+            http, self._http, self._client = self._http, None, None
+            await http.close_async()
 
     @property
     def v1(self) -> Any:
@@ -459,7 +467,7 @@ class StripeProvider:
                 options=_idem(idempotency_key),
             )
         )
-        return ExternalRef(external_id=obj.id, data={"secret": obj.get("secret")})
+        return ExternalRef(external_id=obj.id, data={"secret": norm.as_dict(obj).get("secret")})
 
     async def parse_webhook(
         self, headers: Mapping[str, str], body: bytes
@@ -535,7 +543,7 @@ class StripeProvider:
         out: list[dict] = []
         while True:
             out.extend(norm.as_dict(x) for x in page.data)
-            if not page.get("has_more") or not page.data:
+            if not getattr(page, "has_more", False) or not page.data:
                 return out
             last = page.data[-1].id
             page = await self._call(
@@ -584,4 +592,4 @@ class StripeProvider:
                 options=_idem(idempotency_key),
             )
         )
-        return ExternalRef(external_id=obj.get("identifier") or idempotency_key)
+        return ExternalRef(external_id=norm.as_dict(obj).get("identifier") or idempotency_key)

@@ -782,43 +782,7 @@ async def _upgrade_now(
             type=adj_invoice.type,
             status=adj_invoice.status,
         )
-    # credits: only the delta, and only once the period itself is paid for
-    if await _period_paid(s, sub, current):
-        old = {
-            m.denomination: a.credit_amount_q
-            for a, m in await catalog.plan_allocations(s, current.id)
-        }
-        change_id = new_id()
-        todo = []
-        for alloc, model in await catalog.plan_allocations(s, target.id):
-            delta = alloc.credit_amount_q - old.get(model.denomination, 0)
-            if delta > 0:
-                pool = await _plan_pool(s, env, sub, target, alloc, model, now)
-                todo.append((alloc, model, pool, delta))
-        await _lock_in_order(s, env, [t[2] for t in todo])
-        for alloc, model, pool, delta in todo:
-            key = (
-                plan_grant_key(sub.id, model.denomination, sub.current_period_start)
-                if model.denomination not in old
-                else f"plan_upgrade_{sub.id}_{model.denomination}_{change_id}"
-            )
-            g = await credits.grant(
-                s,
-                env,
-                pool,
-                delta,
-                "PLAN_INCLUDED",
-                now,
-                idempotency_key=key,
-                expires_at=add_months(now, alloc.grant_expires_months)
-                if alloc.grant_expires_months
-                else None,
-                subscription_id=sub.id,
-                period_start=sub.current_period_start,
-                description=f"upgrade to {target.name}: additional plan credits",
-            )
-            if g is not None:
-                fx.add_credits(fx.credits_granted, {model.denomination: delta})
+    await grant_upgrade_credits(s, env, sub, current, target, now, fx)
     await s.execute(
         update(Subscription)
         .where(
@@ -858,6 +822,56 @@ async def _upgrade_now(
         toPlanId=target.id,
     )
     return fx
+
+
+async def grant_upgrade_credits(
+    s: AsyncSession,
+    env: str,
+    sub: Subscription,
+    current: Plan,
+    target: Plan,
+    now: datetime,
+    fx: Effects,
+) -> None:
+    """A plan change within a period grants the credit delta: per denomination, the
+    target's allocation minus the current one when positive (existing credits are
+    kept), and only once the period itself is paid for."""
+    if await _period_paid(s, sub, current):
+        old = {
+            m.denomination: a.credit_amount_q
+            for a, m in await catalog.plan_allocations(s, current.id)
+        }
+        change_id = new_id()
+        todo = []
+        for alloc, model in await catalog.plan_allocations(s, target.id):
+            delta = alloc.credit_amount_q - old.get(model.denomination, 0)
+            if delta > 0:
+                pool = await _plan_pool(s, env, sub, target, alloc, model, now)
+                todo.append((alloc, model, pool, delta))
+        await _lock_in_order(s, env, [t[2] for t in todo])
+        for alloc, model, pool, delta in todo:
+            key = (
+                plan_grant_key(sub.id, model.denomination, sub.current_period_start)
+                if model.denomination not in old
+                else f"plan_upgrade_{sub.id}_{model.denomination}_{change_id}"
+            )
+            g = await credits.grant(
+                s,
+                env,
+                pool,
+                delta,
+                "PLAN_INCLUDED",
+                now,
+                idempotency_key=key,
+                expires_at=add_months(now, alloc.grant_expires_months)
+                if alloc.grant_expires_months
+                else None,
+                subscription_id=sub.id,
+                period_start=sub.current_period_start,
+                description=f"upgrade to {target.name}: additional plan credits",
+            )
+            if g is not None:
+                fx.add_credits(fx.credits_granted, {model.denomination: delta})
 
 
 async def _reprice_arrears_period(

@@ -64,12 +64,29 @@ async def provider_for(
                 f"the environment's payment provider {name!r} is not installed"
             ) from None
         forget_provider(ctx, env_id)  # versions built from older credentials
+        if not ctx.extras.get("providers_closer"):
+            ctx.extras["providers_closer"] = True
+            ctx.on_close(lambda: _close_providers(ctx))
         cache[key] = provider
     return provider
 
 
 def forget_provider(ctx: AppContext, env_id: str) -> None:
-    """Drop cached providers of an environment (after its provider configuration changes)."""
+    """Drop cached providers of an environment (after its provider configuration changes);
+    their connections are closed with the context (a call may still be using them)."""
     cache = ctx.extras.get("providers") or {}
+    retired = ctx.extras.setdefault("retired_providers", [])
     for key in [k for k in cache if k[0] == env_id]:
-        cache.pop(key, None)
+        retired.append(cache.pop(key))
+
+
+async def _close_providers(ctx: AppContext) -> None:
+    """Providers may hold connections (an optional ``aclose()``): closed at shutdown."""
+    cache = ctx.extras.get("providers") or {}
+    everything = [*cache.values(), *ctx.extras.get("retired_providers", [])]
+    cache.clear()
+    ctx.extras["retired_providers"] = []
+    for provider in everything:
+        close = getattr(provider, "aclose", None)
+        if close is not None:
+            await close()

@@ -19,7 +19,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 
 from ..db.models import (
     Customer,
@@ -27,7 +27,6 @@ from ..db.models import (
     Invoice,
     PendingSubscription,
     Plan,
-    ScheduledChange,
     Subscription,
 )
 from ..db.types import new_id
@@ -43,7 +42,7 @@ from ..plugin.api import (
 from ..principal import Principal
 from . import billing, catalog, customers
 from . import invoices as inv_svc
-from .stripe_mirror import converge_subscription, materialise, mirror_invoice
+from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
 from .stripe_setup import checkout_urls, stripe_error
 from .stripe_sync import customer_data, plan_data, provider_invoicing, sync_customer, sync_plan
 
@@ -308,30 +307,33 @@ async def change_plan(
         except ProviderError as exc:
             raise stripe_error(exc) from None
     async with ctx.db.unit_of_work() as s:
-        fx = await billing.change_plan(
-            s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
-        )
         if immediate:
-            # Stripe's proration invoice (mirrored from its webhooks) replaces the
-            # adjustment invoice native billing computes
-            for view in fx.invoices_created:
-                await s.execute(
-                    update(ScheduledChange)
-                    .where(ScheduledChange.adjustment_invoice_id == view["id"])
-                    .values(adjustment_invoice_id=None)
-                    .execution_options(synchronize_session=False)
-                )
-                await s.execute(
-                    delete(Invoice).where(
-                        Invoice.id == view["id"], Invoice.provider_invoice_id.is_(None)
-                    )
-                )
-            fx.invoices_created = []
-            fx.events = [e for e in fx.events if e[0] != "invoice.created"]
-            fx.notes.append("Stripe prorates the change and invoices the difference")
+            # Stripe prorates and invoices the difference (mirrored from its webhooks);
+            # the engine follows Stripe's subscription — possibly already done by the
+            # webhook Stripe sent while answering, then this changes nothing
+            sub = await billing.load_subscription(s, env, sub_id, lock=True)
+            fx = billing.Effects(
+                action="UPGRADE",
+                subscription_id=sub.id,
+                status_before=await billing.status_of(s, sub),
+                plan_before=dry.plan_before,
+                plan_after=dry.plan_after,
+            )
+            target_plan = await s.get(Plan, to_plan_id)
+            if sub.plan_id != target_plan.id:
+                await switch_plan(s, env, sub, target_plan, now, fx)
             if ext is not None:
                 sub = await billing.load_subscription(s, env, sub_id)
                 await converge_subscription(s, env, sub, ext, now, fx)
+            fx.scheduled_change = fx.scheduled_change or dry.scheduled_change
+            fx.effective_at = now
+            fx.notes.append("Stripe prorates the change and invoices the difference")
+            sub = await billing.load_subscription(s, env, sub_id)
+            fx.status_after = await billing.status_of(s, sub)
+        else:
+            fx = await billing.change_plan(
+                s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
+            )
         from .billing_ops import _message, subscription_out
 
         out: dict[str, Any] = {"success": True, "message": _message(fx)}

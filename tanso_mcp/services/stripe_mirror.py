@@ -27,6 +27,7 @@ from ..db.models import (
     InvoiceItem,
     PendingSubscription,
     Plan,
+    ScheduledChange,
     Subscription,
 )
 from ..db.types import new_id
@@ -227,20 +228,58 @@ async def converge_subscription(
     # a plan changed on Stripe's side (or a change of ours, confirmed) is followed here
     plan = await plan_for_price(s, env, ext.price_ids[0] if ext.price_ids else None)
     if plan is not None and plan.id != sub.plan_id:
-        old = await s.get(Plan, sub.plan_id)
-        await s.execute(
-            update(Subscription)
-            .where(Subscription.id == sub.id)
-            .values(plan_id=plan.id, interval_months=plan.interval_months, modified_at=now)
-            .execution_options(synchronize_session=False)
+        await switch_plan(s, env, sub, plan, now, fx)
+
+
+async def switch_plan(
+    s: AsyncSession, env: str, sub: Subscription, target: Plan, now: datetime, fx: billing.Effects
+) -> None:
+    """The subscription now bills ``target`` in Stripe: swap the plan here once
+    (conditional on the plan it had), with the billing service's plan-change rules —
+    entitlements reconciled, the credit delta granted — and the change recorded as done
+    (a scheduled change to this plan is completed, any other one cancelled)."""
+    current = await s.get(Plan, sub.plan_id)
+    res = await s.execute(
+        update(Subscription)
+        .where(Subscription.id == sub.id, Subscription.plan_id == current.id)
+        .values(plan_id=target.id, interval_months=target.interval_months, modified_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not res.rowcount:
+        return
+    await billing.grant_upgrade_credits(s, env, sub, current, target, now, fx)
+    sub = await billing.load_subscription(s, env, sub.id)
+    if sub.is_active and not await billing.has_past_due(s, sub.id):
+        await billing.reconcile_entitlements(s, env, sub, target, now, fx)
+    pending = await billing.pending_change(s, sub.id)
+    if pending is not None and pending.to_plan_id == target.id:
+        pending.status, pending.fulfilled_at = "COMPLETED", now
+        change = pending
+    else:
+        await billing._cancel_pending_changes(s, sub.id, now, fx)
+        change = ScheduledChange(
+            id=new_id(),
+            environment_id=env,
+            subscription_id=sub.id,
+            type="UPGRADE" if target.price_minor >= current.price_minor else "DOWNGRADE",
+            from_plan_id=current.id,
+            to_plan_id=target.id,
+            status="COMPLETED",
+            effective_at=now,
+            fulfilled_at=now,
+            created_at=now,
         )
-        sub = await billing.load_subscription(s, env, sub.id)
-        if sub.is_active and not await billing.has_past_due(s, sub.id):
-            await billing.reconcile_entitlements(s, env, sub, plan, now, fx)
-        fx.plan_before, fx.plan_after = billing._plan_brief(old), billing._plan_brief(plan)
-        fx.event(
-            "subscription.plan_changed", subscriptionId=sub.id, fromPlanId=old.id, toPlanId=plan.id
-        )
+        s.add(change)
+    await s.flush()
+    fx.scheduled_change = billing._change_view(change)
+    fx.plan_before, fx.plan_after = billing._plan_brief(current), billing._plan_brief(target)
+    fx.effective_at = now
+    fx.event(
+        "subscription.plan_changed",
+        subscriptionId=sub.id,
+        fromPlanId=current.id,
+        toPlanId=target.id,
+    )
 
 
 # --------------------------------------------------------------------------- invoices

@@ -28,8 +28,13 @@ WEBHOOK_SECRET = "stripe.webhook_secret"
 
 def mask(value: str) -> str:
     """``sk_test_51Hx…abcd`` → ``sk_test_…abcd``; ``whsec_…`` keeps its prefix too."""
-    head, sep, _ = value.rpartition("_")
-    prefix = value[: len(head) + 1] if sep and len(head) <= 12 else ""
+    parts = value.split("_")
+    if parts[0] in ("sk", "rk", "pk") and len(parts) > 2:
+        prefix = f"{parts[0]}_{parts[1]}_"
+    elif len(parts) > 1 and len(parts[0]) <= 8:
+        prefix = f"{parts[0]}_"
+    else:
+        prefix = ""
     return f"{prefix}…{value[-4:]}"
 
 
