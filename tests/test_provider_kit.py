@@ -129,6 +129,37 @@ class ToyPay:
     async def report_usage(self, report, *, idempotency_key):
         return await self._call(idempotency_key, "usage", {"units": str(report.quantity)})
 
+    # a provider that invoices itself also starts checkouts, changes plans, …
+    async def start_checkout(self, request, *, idempotency_key):
+        return await self._call(idempotency_key, "checkout", {"plan": request.plan.key})
+
+    async def change_plan(self, subscription, plan, *, prorate, idempotency_key):
+        return await self._call(idempotency_key, "change", {"plan": plan.key})
+
+    async def resume_subscription(self, subscription, *, idempotency_key):
+        return await self._call(idempotency_key, "resume", {})
+
+    async def mark_invoice_paid(self, invoice, *, idempotency_key):
+        return await self._call(idempotency_key, "paid", {})
+
+    async def create_webhook_endpoint(self, url, *, idempotency_key):
+        return await self._call(idempotency_key, "endpoint", {"url": url})
+
+    async def invoice_payment_url(self, invoice):
+        return None
+
+    async def retrieve(self, kind, external_id):
+        return None
+
+    async def list_products(self):
+        return []
+
+    async def list_customers(self):
+        return []
+
+    async def list_subscriptions(self):
+        return []
+
     async def parse_webhook(self, headers: Mapping[str, str], body: bytes):
         expected = self.backend.sign(body)["toy-signature"]
         if not hmac.compare_digest(headers.get("toy-signature", ""), expected):

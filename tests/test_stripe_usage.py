@@ -256,3 +256,34 @@ async def test_timestamps_stay_in_stripes_window_whatever_the_test_clock(
     assert await stripe_fake.meter_total(ids["meter"], ids["customer"]) == 8
     [row] = await reports(ctx)
     assert row.status == "sent" and row.event_timestamp <= ctx.clocks.system_now()
+
+
+async def test_identifier_seen_again_past_the_idempotency_window_counts_as_recorded(
+    ctx, client, tenant, stripe_fake
+):
+    """Stripe's idempotency keys replay for 24 h; its identifiers may stay unique
+    longer. A retry that meets its identifier again (under a new idempotency key here)
+    is "already recorded": a success, and Stripe's total does not move."""
+    from tanso_mcp.plugin import CustomerData, UsageReport
+    from tanso_mcp.services import payments
+    from tanso_stripe import meters
+
+    ids = await stripe_setup(ctx, client, tenant, stripe_fake)
+    async with ctx.db.reader() as s:
+        provider = await payments.provider_for(ctx, s, ids["env"])
+    report = UsageReport(
+        customer=CustomerData("c", "cus_1", external_id=ids["customer"]),
+        feature_key="api_calls",
+        quantity=D(3),
+        period_start=ctx.clocks.system_now(),
+        occurred_at=ctx.clocks.system_now(),
+    )
+    first = await meters.send_meter_event(
+        provider, report, identifier="tanso_step_1", idempotency_key="k1"
+    )
+    again = await meters.send_meter_event(
+        provider, report, identifier="tanso_step_1", idempotency_key="k2-after-24h"
+    )
+    assert first.external_id == again.external_id == "tanso_step_1"
+    assert again.data == {"alreadyRecorded": True}
+    assert await stripe_fake.meter_total(ids["meter"], ids["customer"]) == 3

@@ -1,0 +1,58 @@
+"""Usage reports as Stripe Billing Meter events.
+
+One report is one meter event: ``event_name`` is the feature's meter, the payload
+carries the Stripe customer and the value (a decimal string), ``identifier`` is the
+core's deterministic key for this step of the customer's overage, and ``timestamp`` is
+the one the core chose within Stripe's window (never ahead of real time, at most 35
+days old). Stripe keeps identifiers unique over at least a rolling 24 h; its idempotency
+keys replay the first answer for 24 h. A retry past the idempotency window can meet the
+identifier again: Stripe then refuses it as already existing, which means "recorded" —
+answered as a success, never as an error to retry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tanso_mcp.plugin import ExternalRef, ProviderError, UsageReport
+
+if TYPE_CHECKING:
+    from .provider import StripeProvider
+
+DUPLICATE = "resource_already_exists"
+
+
+def meter_event_name(feature_key: str) -> str:
+    """The meter event name of a feature (what usage reports are sent under)."""
+    return f"tanso_{feature_key}"
+
+
+async def send_meter_event(
+    provider: StripeProvider,
+    report: UsageReport,
+    *,
+    identifier: str,
+    idempotency_key: str,
+) -> ExternalRef:
+    if not report.customer.external_id:
+        raise ProviderError("the customer is not synced to Stripe yet", code="no_customer")
+    params = {
+        "event_name": meter_event_name(report.feature_key),
+        "payload": {
+            "stripe_customer_id": report.customer.external_id,
+            "value": format(report.quantity.normalize(), "f"),
+        },
+        "identifier": identifier,
+        "timestamp": int(report.occurred_at.timestamp()),
+    }
+    try:
+        obj = await provider._call(
+            lambda: provider.v1.billing.meter_events.create_async(
+                params=params, options={"idempotency_key": idempotency_key[:255]}
+            )
+        )
+    except ProviderError as exc:
+        if exc.code == DUPLICATE:
+            return ExternalRef(external_id=identifier, data={"alreadyRecorded": True})
+        raise
+    return ExternalRef(external_id=getattr(obj, "identifier", None) or identifier)
