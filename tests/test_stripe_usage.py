@@ -264,9 +264,10 @@ async def test_identifier_seen_again_past_the_idempotency_window_counts_as_recor
     """Stripe's idempotency keys replay for 24 h; its identifiers may stay unique
     longer. A retry that meets its identifier again (under a new idempotency key here)
     is "already recorded": a success, and Stripe's total does not move."""
+    from tanso_stripe import meters
+
     from tanso_mcp.plugin import CustomerData, UsageReport
     from tanso_mcp.services import payments
-    from tanso_stripe import meters
 
     ids = await stripe_setup(ctx, client, tenant, stripe_fake)
     async with ctx.db.reader() as s:
