@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base, _env, _id
+from .models import Base, Customer, Feature, Plan, _env, _id
 from .types import ID, JSONDoc, UTCDateTime
 
 
@@ -72,5 +72,18 @@ class StripeImportJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
+
+
+
+# A Stripe customer or product is linked to one record per environment, so importing
+# (or re-importing, or two imports at once) can never create a second one.
+Index(
+    "uq_customers_provider",
+    Customer.environment_id,
+    Customer.provider_customer_id,
+    unique=True,
+)
+Index("uq_plans_provider_product", Plan.environment_id, Plan.provider_product_id, unique=True)
+Index("uq_features_provider_meter", Feature.environment_id, Feature.provider_meter_id, unique=True)
 
 __all__ = ["MeterReport", "StripeImportJob"]

@@ -263,7 +263,9 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
             now,
             key=key,
             name=(product.name or key)[:200],
-            description=product.description,
+            # an ACTIVE plan needs a description
+            description=product.description
+            or f"Imported from Stripe product {product.external_id}",
             price_amount=str(amount),
             interval_months=_interval_months(ref_price),
             billing_timing="IN_ADVANCE" if amount > 0 else "IN_ARREARS",
@@ -309,6 +311,13 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
                 .values(provider_price_id=price.external_id)
                 .execution_options(synchronize_session=False)
             )
+        if not metered:
+            # an ACTIVE plan grants at least one feature: access to the product itself
+            fkey = await _free_key(s, Feature, env, f"{key}_access", product.external_id)
+            feature = await catalog.create_feature(
+                s, env, now, key=fkey, name=f"{product.name or key} access", source=SOURCE
+            )
+            await catalog.link_feature(s, env, now, plan_id=plan.id, feature_id=feature.id)
         if product.active:
             await catalog.update_plan(s, env, now, plan.id, status="ACTIVE")
         after_commit(s, _invalidate(ctx, env))

@@ -1,4 +1,5 @@
-"""stripe usage: meter reports (exactly-once overage forwarding) and import jobs
+"""stripe usage: meter reports (exactly-once overage forwarding), import jobs, one
+record per Stripe customer / product / meter
 
 Revision ID: 0003_stripe_usage
 Revises: 0003_stripe_core, 0003_clock_protocol
@@ -70,7 +71,21 @@ def upgrade() -> None:
         batch_op.create_index('ix_stripe_import_jobs_env_status', ['environment_id', 'status'], unique=False)
 
 
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.create_index('uq_customers_provider', ['environment_id', 'provider_customer_id'], unique=True)
+    with op.batch_alter_table('plans', schema=None) as batch_op:
+        batch_op.create_index('uq_plans_provider_product', ['environment_id', 'provider_product_id'], unique=True)
+    with op.batch_alter_table('features', schema=None) as batch_op:
+        batch_op.create_index('uq_features_provider_meter', ['environment_id', 'provider_meter_id'], unique=True)
+
+
 def downgrade() -> None:
+    with op.batch_alter_table('features', schema=None) as batch_op:
+        batch_op.drop_index('uq_features_provider_meter')
+    with op.batch_alter_table('plans', schema=None) as batch_op:
+        batch_op.drop_index('uq_plans_provider_product')
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.drop_index('uq_customers_provider')
     with op.batch_alter_table('stripe_import_jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_stripe_import_jobs_env_status')
     op.drop_table('stripe_import_jobs')
