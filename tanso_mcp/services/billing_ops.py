@@ -250,7 +250,10 @@ async def mark_paid(
     ctx: AppContext, p: Principal, invoice_id: str, *, dry_run: bool = False
 ) -> dict[str, Any]:
     env = p.environment_id
-    if not dry_run and (stripe := await _provider_invoicing(ctx, p)) is not None:
+    now = await ctx.now(p)
+    if (stripe := await _provider_invoicing(ctx, p)) is not None:
+        if dry_run:  # the same rule, rolled back; Stripe is not called
+            return await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
         return await stripe_billing.mark_paid(ctx, p, stripe, invoice_id)
 
     async def run(s: AsyncSession, now: datetime) -> billing.Effects:

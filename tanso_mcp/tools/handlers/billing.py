@@ -34,6 +34,8 @@ async def create_subscription(app: AppContext, p: Principal, params: Any):
     out = await ops.create_subscription(
         app, p, customer_ref=params.customerReferenceId, plan_id=params.planId
     )
+    if out.get("subscription") is None:  # Stripe Checkout: created once the customer pays
+        return {"success": True, **{k: v for k, v in out.items() if v is not None}}
     status = out["subscription"]["status"]
     message = (
         "Subscription created and active."
