@@ -192,7 +192,7 @@ async def test_crash_between_send_and_record(ctx, client, tenant, stripe_fake, c
     async def crash(*a, **k):
         raise Crash
 
-    monkeypatch.setattr(stripe_usage, "record_sent", crash)
+    monkeypatch.setattr(stripe_usage, "record_outcomes", crash)
     with pytest.raises(BaseExceptionGroup):
         async with asyncio.TaskGroup() as tg:
             tg.create_task(stripe_usage.report_overage(ctx, ids["env"], clock.now()))

@@ -219,16 +219,16 @@ async def test_crash_between_send_and_record_resends_the_same_identifier(
     class Crash(BaseException):
         pass
 
-    real = stripe_usage.record_sent
+    real = stripe_usage.record_outcomes
 
     async def crash(*a, **k):
         raise Crash
 
-    monkeypatch.setattr(stripe_usage, "record_sent", crash)
+    monkeypatch.setattr(stripe_usage, "record_outcomes", crash)
     with pytest.raises(BaseExceptionGroup):  # the process "dies" after the send
         async with asyncio.TaskGroup() as tg:
             tg.create_task(sweep(ctx, env))
-    monkeypatch.setattr(stripe_usage, "record_sent", real)
+    monkeypatch.setattr(stripe_usage, "record_outcomes", real)
     assert ledger.total() == 25
     [row] = await reports(ctx)
     assert row.status == "pending"

@@ -70,6 +70,7 @@ log = logging.getLogger("tanso_mcp.stripe_usage")
 PASS = "usage.meter_reports"
 BATCH = 500  # reports claimed or retried per environment and pass
 CONCURRENCY = 8  # provider calls in flight per environment
+RECORD_EVERY = 64  # reports sent between two records (one unit of work each)
 
 
 @dataclass(frozen=True)
@@ -261,8 +262,17 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
     return out
 
 
-async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> bool:
-    """Steps 2 and 3 for one report; answers whether it is now recorded as sent."""
+@dataclass(frozen=True)
+class _Outcome:
+    report_id: str
+    status: str  # sent | unknown | rejected
+    stamp: datetime
+    external_id: str | None = None
+    error: str | None = None
+
+
+async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> _Outcome:
+    """Step 2 for one report (no transaction open)."""
     # the claimed timestamp, so a retry is the very same request; re-clamped only when a
     # long outage pushed it out of the provider's window
     stamp = meter_timestamp(work.event_timestamp, ctx.clocks.system_now())
@@ -281,50 +291,50 @@ async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> bool
         raise
     except Exception as exc:  # recorded and retried with the same identifier
         refused = isinstance(exc, ProviderError) and not isinstance(exc, ProviderUnavailable)
-        status = "rejected" if refused else "unknown"
-        if status == "unknown":
+        if not refused:
             log.warning("meter report %s: outcome unknown (%s)", work.identifier, exc)
-        await record_failure(ctx, work.report_id, status, str(exc) or type(exc).__name__)
-        return False
-    await record_sent(ctx, work.report_id, stamp, ref.external_id if ref is not None else None)
-    return True
+        return _Outcome(
+            work.report_id,
+            "rejected" if refused else "unknown",
+            stamp,
+            error=(str(exc) or type(exc).__name__)[:2000],
+        )
+    return _Outcome(work.report_id, "sent", stamp, ref.external_id if ref is not None else None)
 
 
-async def record_sent(
-    ctx: AppContext, report_id: str, stamp: datetime, external_id: str | None
-) -> None:
+async def record_outcomes(ctx: AppContext, outcomes: list[_Outcome]) -> None:
+    """Step 3 for a group of reports, in one unit of work. A report already recorded as
+    sent (by a concurrent process) is left as it is."""
     wall = ctx.clocks.system_now()
     async with ctx.db.unit_of_work() as s:
-        await s.execute(
-            update(MeterReport)
-            .where(MeterReport.id == report_id, MeterReport.status != "sent")
-            .values(
-                status="sent",
-                sent_at=wall,
-                event_timestamp=stamp,
-                external_id=external_id,
-                attempts=MeterReport.attempts + 1,
-                last_error=None,
-            )
+        attempts = dict(
+            (
+                await s.execute(
+                    select(MeterReport.id, MeterReport.attempts).where(
+                        MeterReport.id.in_([o.report_id for o in outcomes])
+                    )
+                )
+            ).all()
         )
-
-
-async def record_failure(ctx: AppContext, report_id: str, status: str, error: str) -> None:
-    wall = ctx.clocks.system_now()
-    async with ctx.db.unit_of_work() as s:
-        attempts = await s.scalar(select(MeterReport.attempts).where(MeterReport.id == report_id))
-        if attempts is None:
-            return
-        await s.execute(
-            update(MeterReport)
-            .where(MeterReport.id == report_id, MeterReport.status != "sent")
-            .values(
-                status=status,
-                attempts=attempts + 1,
-                last_error=error[:2000],
-                next_attempt_at=wall + retry_delay(attempts + 1),
+        for o in outcomes:
+            n = attempts.get(o.report_id)
+            if n is None:
+                continue
+            values: dict[str, Any] = {"status": o.status, "attempts": n + 1}
+            if o.status == "sent":
+                values.update(
+                    sent_at=wall,
+                    event_timestamp=o.stamp,
+                    external_id=o.external_id,
+                    last_error=None,
+                )
+            else:
+                values.update(last_error=o.error, next_attempt_at=wall + retry_delay(n + 1))
+            await s.execute(
+                update(MeterReport)
+                .where(MeterReport.id == o.report_id, MeterReport.status != "sent")
+                .values(**values)
             )
-        )
 
 
 async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportRun:
@@ -346,17 +356,19 @@ async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportR
         ),
         BATCH,
     )
-    if not work:
-        return ReportRun(claimed=len(claimed))
     gate = asyncio.Semaphore(CONCURRENCY)
 
-    async def one(w: _Work) -> bool:
+    async def one(w: _Work) -> _Outcome:
         async with gate:
             return await _send(ctx, provider, w)
 
-    results = await asyncio.gather(*(one(w) for w in work))
-    sent = sum(results)
-    return ReportRun(claimed=len(claimed), sent=sent, failed=len(results) - sent)
+    sent = failed = 0
+    for i in range(0, len(work), RECORD_EVERY):
+        outcomes = await asyncio.gather(*(one(w) for w in work[i : i + RECORD_EVERY]))
+        await record_outcomes(ctx, list(outcomes))
+        ok = sum(o.status == "sent" for o in outcomes)
+        sent, failed = sent + ok, failed + len(outcomes) - ok
+    return ReportRun(claimed=len(claimed), sent=sent, failed=failed)
 
 
 def register(registry: JobRegistry) -> None:
