@@ -91,7 +91,6 @@ def _stripe_env(sctx: ServerContext) -> dict[str, str]:
         **base._tanso_env(sctx),
         "TANSO_STRIPE_API_BASE": fake_stripe_base(),
         "TANSO_PUBLIC_BASE_URL": f"http://127.0.0.1:{sctx.port}",
-        "TANSO_JOBS_INTERVAL_SECONDS": "1",
     }
 
 
@@ -105,7 +104,13 @@ TANSO_STRIPE = Server(
 
 
 def connect_stripe(ctx: Context) -> None:
-    """Key, webhook endpoint, STRIPE_DRIVEN mode — through the MCP setup tools."""
+    """Key, webhook endpoint, STRIPE_DRIVEN mode — through the MCP setup tools, on an
+    empty fake Stripe account (one per scenario, as each scenario's server is new)."""
+    import urllib.request
+
+    urllib.request.urlopen(
+        urllib.request.Request(fake_stripe_base() + "/_test/reset", method="POST"), timeout=10
+    ).close()
     ctx.mcp("registerStripeApiKey", {"stripeApiKey": FAKE_KEY, "confirmAction": True})
     out = ctx.mcp("setupStripeIntegration", {"confirmAction": True})
     status = ctx.mcp("getStripeIntegrationStatus", {})
