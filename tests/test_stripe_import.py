@@ -257,3 +257,44 @@ async def test_unknown_job_is_not_found(ctx, tenant):
     async with inmemory(ctx, tenant.key("read")) as mcp:
         err = await fails(mcp, "getStripeImportStatus", {"jobId": "nope"})
     assert err["error"] == "not_found"
+
+
+async def test_a_job_whose_process_died_is_resumed_by_the_job_runner(
+    ctx, tenant, stripe_fake, stripe_client, clock
+):
+    from datetime import timedelta
+
+    from tanso_mcp.db.stripe_usage_models import StripeImportJob
+    from tanso_mcp.services.jobs import run_due
+
+    await seed_account(stripe_client)
+    env = tenant.env_ids["test"]
+    async with inmemory(ctx, tenant.key("admin")) as mcp:
+        await ok(
+            mcp,
+            "registerStripeApiKey",
+            {"stripeApiKey": stripe_fake.api_key, "confirmAction": True},
+        )
+        await ok(mcp, "setupStripeIntegration", {"confirmAction": True})
+    # a job row left RUNNING by a server that died before importing anything
+    stale = clock.now() - timedelta(minutes=5)
+    async with ctx.db.unit_of_work() as s:
+        job = StripeImportJob(
+            environment_id=env,
+            status="RUNNING",
+            total_items=7,
+            processed_items=2,
+            error_details=[],
+            warnings=[],
+            created_at=stale,
+            modified_at=stale,
+        )
+        s.add(job)
+        await s.flush()
+        job_id = job.id
+    await run_due(ctx, env)  # a job tick
+    async with inmemory(ctx, tenant.key("read")) as mcp:
+        done = await ok(mcp, "getStripeImportStatus", {"jobId": job_id})
+    assert done["status"] == "COMPLETED_WITH_ERRORS"
+    assert (done["processedItems"], done["failedItems"]) == (7, 1)
+    assert await counts(ctx) == (2, 2, 2, 2, 1, 1)
