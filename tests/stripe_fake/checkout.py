@@ -10,7 +10,7 @@ from decimal import Decimal
 from aiohttp import web
 from localstripe import resources as ls
 
-from . import billing
+from . import invoices, subscriptions
 from .core import (
     as_int,
     bad,
@@ -27,7 +27,7 @@ from .core import (
     respond,
     table,
 )
-from .prices import amount_for
+from .prices import amount_for, create_price
 from .prices import export as export_price
 
 routes = web.RouteTableDef()
@@ -41,8 +41,8 @@ def export(session: dict) -> dict:
 async def create_session(request):
     data = await params(request)
     mode = one_of(req(data, "mode"), ("payment", "setup", "subscription"), "mode")
-    if mode != "subscription":
-        raise bad("mode", "The fake supports mode=subscription only")
+    if mode == "setup":
+        raise bad("mode", "The fake supports mode=subscription and mode=payment")
     success_url = req(data, "success_url")
     if data.get("customer"):
         customer(data["customer"])
@@ -51,41 +51,83 @@ async def create_session(request):
         raise bad("line_items", "Missing required param: line_items.", "parameter_missing")
     items, currency = [], None
     for i, spec in enumerate(raw):
-        price = get("price", req(spec, "price", f"line_items[{i}][price]"), "price",
-                    f"line_items[{i}][price]")
+        if isinstance(spec.get("price_data"), dict):  # an inline price, as Stripe allows
+            price = create_price(spec["price_data"])
+            price["active"] = False
+        else:
+            price = get(
+                "price",
+                req(spec, "price", f"line_items[{i}][price]"),
+                "price",
+                f"line_items[{i}][price]",
+            )
+        if mode == "payment" and price["recurring"]:
+            raise bad(
+                f"line_items[{i}][price]",
+                "You must use one-time prices in `payment` "
+                "mode; use `subscription` mode for recurring prices.",
+            )
         metered = price["recurring"] and price["recurring"]["usage_type"] == "metered"
         qty = as_int(spec.get("quantity"), f"line_items[{i}][quantity]")
         if metered and qty is not None:
-            raise bad(f"line_items[{i}][quantity]",
-                      "Quantity should not be specified where usage_type is `metered`.")
+            raise bad(
+                f"line_items[{i}][quantity]",
+                "Quantity should not be specified where usage_type is `metered`.",
+            )
         if not metered and qty is None:
             raise bad(f"line_items[{i}][quantity]", "Quantity is required.", "parameter_missing")
         if currency not in (None, price["currency"]):
             raise bad("line_items", "All prices must have the same currency.")
         currency = price["currency"]
         amount = 0 if metered else amount_for(price, Decimal(qty))
-        items.append({"id": new_id("li_"), "object": "item", "amount_discount": 0,
-                      "amount_subtotal": amount, "amount_tax": 0, "amount_total": amount,
-                      "currency": currency, "description": None, "price": price["id"],
-                      "quantity": qty})
-    if not any(table("price")[it["price"]]["recurring"] for it in items):
-        raise bad("line_items", "You must provide at least one recurring price in "
-                  "`subscription` mode when using prices.")
+        items.append(
+            {
+                "id": new_id("li_"),
+                "object": "item",
+                "amount_discount": 0,
+                "amount_subtotal": amount,
+                "amount_tax": 0,
+                "amount_total": amount,
+                "currency": currency,
+                "description": None,
+                "price": price["id"],
+                "quantity": qty,
+            }
+        )
+    if mode == "subscription" and not any(table("price")[it["price"]]["recurring"] for it in items):
+        raise bad(
+            "line_items",
+            "You must provide at least one recurring price in "
+            "`subscription` mode when using prices.",
+        )
     total = sum(it["amount_total"] for it in items)
     sid = new_id("cs_test_")
     session = {
-        "id": sid, "object": "checkout.session", "amount_subtotal": total,
-        "amount_total": total, "cancel_url": data.get("cancel_url") or None,
-        "client_reference_id": data.get("client_reference_id") or None, "created": now(),
-        "currency": currency, "customer": data.get("customer") or None,
+        "id": sid,
+        "object": "checkout.session",
+        "amount_subtotal": total,
+        "amount_total": total,
+        "cancel_url": data.get("cancel_url") or None,
+        "client_reference_id": data.get("client_reference_id") or None,
+        "created": now(),
+        "currency": currency,
+        "customer": data.get("customer") or None,
         "customer_email": data.get("customer_email") or None,
         "expires_at": as_int(data.get("expires_at"), "expires_at") or now() + 86400,
-        "invoice": None, "livemode": False, "metadata": merge_metadata({}, data.get("metadata")),
-        "mode": mode, "payment_status": "unpaid", "status": "open",
-        "subscription": None, "success_url": success_url, "ui_mode": "hosted",
+        "invoice": None,
+        "livemode": False,
+        "metadata": merge_metadata({}, data.get("metadata")),
+        "mode": mode,
+        "payment_intent": None,
+        "payment_status": "unpaid",
+        "status": "open",
+        "subscription": None,
+        "success_url": success_url,
+        "ui_mode": "hosted",
         "url": f"https://checkout.stripe.test/c/pay/{sid}",
         "_line_items": items,
         "_subscription_data": data.get("subscription_data") or {},
+        "customer_details": None,
     }
     table("checkout.session")[sid] = session
     return respond(export(session))
@@ -100,12 +142,12 @@ async def retrieve_session(request):
 async def session_line_items(request):
     session = get("checkout.session", request.match_info["id"], "checkout session")
     data = await params(request)
-    rows = [dict(it, created=-i, price=export_price(table("price")[it["price"]]))
-            for i, it in enumerate(session["_line_items"])]
-    out = page(f"/v1/checkout/sessions/{session['id']}/line_items", rows, data)
-    for row in out["data"]:
-        row.pop("created")
-    return respond(out)
+    rows = [
+        dict(it, price=export_price(table("price")[it["price"]])) for it in session["_line_items"]
+    ]
+    return respond(
+        page(f"/v1/checkout/sessions/{session['id']}/line_items", rows, data, newest_first=False)
+    )
 
 
 @routes.get("/v1/checkout/sessions")
@@ -124,7 +166,9 @@ async def list_sessions(request):
 async def expire_session(request):
     session = get("checkout.session", request.match_info["id"], "checkout session")
     if session["status"] != "open":
-        raise bad("session", f"Only an open session can be expired (this one is {session['status']})")
+        raise bad(
+            "session", f"Only an open session can be expired (this one is {session['status']})"
+        )
     session["status"] = "expired"
     emit("checkout.session.expired", export(session))
     return respond(export(session))
@@ -141,19 +185,49 @@ async def complete_session(request):
         cus_id = ls.Customer(email=session["customer_email"]).id
     pm = ls.PaymentMethod._api_retrieve("pm_card_visa")
     ls.PaymentMethod._api_attach(pm.id, customer=cus_id)
+    cus = customer(cus_id)
+    details = {
+        "address": None,
+        "email": cus.email,
+        "name": cus.name,
+        "phone": None,
+        "tax_exempt": "none",
+        "tax_ids": [],
+    }
+    if session["mode"] == "payment":
+        session.update(
+            customer=cus_id,
+            customer_details=details,
+            status="complete",
+            payment_status="paid",
+            payment_intent=new_id("pi_"),
+        )
+        emit("checkout.session.completed", export(session))
+        return respond(export(session))
     sub_data = session["_subscription_data"]
-    sub = billing.build_subscription({
-        "customer": cus_id,
-        "items": [{"price": it["price"], "quantity": it["quantity"]}
-                  for it in session["_line_items"]],
-        "metadata": sub_data.get("metadata"), "description": sub_data.get("description"),
-        "default_payment_method": pm.id,
-    })
-    emit("customer.subscription.created", billing.export(sub))
-    inv = billing._new_invoice(sub, billing._advance_lines(sub), "subscription_create",
-                               *billing.period(sub))
-    billing.collect(inv)  # pays with the card: the subscription becomes active
-    session.update(customer=cus_id, subscription=sub["id"], invoice=inv["id"],
-                   status="complete", payment_status="paid")
+    sub = subscriptions.build_subscription(
+        {
+            "customer": cus_id,
+            "items": [
+                {"price": it["price"], "quantity": it["quantity"]} for it in session["_line_items"]
+            ],
+            "metadata": sub_data.get("metadata"),
+            "description": sub_data.get("description"),
+            "default_payment_method": pm.id,
+        }
+    )
+    emit("customer.subscription.created", subscriptions.export(sub))
+    inv = invoices.new_invoice(
+        sub, subscriptions.advance_lines(sub), "subscription_create", *subscriptions.period(sub)
+    )
+    invoices.collect(inv)  # pays with the card: the subscription becomes active
+    session.update(
+        customer=cus_id,
+        customer_details=details,
+        subscription=sub["id"],
+        invoice=inv["id"],
+        status="complete",
+        payment_status="paid",
+    )
     emit("checkout.session.completed", export(session))
     return respond(export(session))

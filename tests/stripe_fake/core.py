@@ -30,8 +30,13 @@ class FakeState:
     meter_event_ids: dict[str, int] = field(default_factory=dict)  # identifier -> created
     idempotency: dict[str, dict] = field(default_factory=dict)
     balances: dict[str, int] = field(default_factory=dict)  # customer -> balance (<0 = credit)
-    webhook_mode: str = "sync"  # "sync": deliver before the API call answers; "hold": queue
+    # "sync": sent before the API call answers; "async": sent in order right after it answers;
+    # "hold": queued until a test releases them
+    webhook_mode: str = "sync"
     held: list[str] = field(default_factory=list)  # event ids waiting to be released
+    queue: list[str] = field(default_factory=list)  # event ids waiting for async delivery
+    faults: list[dict] = field(default_factory=list)  # injected failures, see /_test/faults
+    rate_limit: int | None = None  # requests per second before a 429
     deliveries: list[dict] = field(default_factory=list)
     outbox: list[str] = field(default_factory=list)  # events of the request being handled
 
@@ -52,6 +57,17 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(8)
 
 
+def expire(entries: dict, cutoff: int, at=lambda v: v) -> None:
+    """Drop entries older than `cutoff` from a dict filled in time order (oldest first)."""
+    old = []
+    for key, value in entries.items():
+        if at(value) >= cutoff:
+            break
+        old.append(key)
+    for key in old:
+        del entries[key]
+
+
 def table(kind: str) -> dict[str, dict]:
     return state().objects.setdefault(kind, {})
 
@@ -59,8 +75,15 @@ def table(kind: str) -> dict[str, dict]:
 class StripeError(Exception):
     """An error answered in Stripe's shape: {"error": {type, message, code, param}}."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status = status
         self.body = {"error": {"type": type_, "message": message}}
@@ -97,24 +120,37 @@ def respond(obj: Any, status: int = 200) -> web.Response:
 
 
 async def params(request: web.Request) -> dict:
-    """Form-encoded (as the SDK sends) or JSON body, plus the query string."""
-    data = dict(unflatten_data(request.query) or {})
-    if request.method in ("POST", "DELETE") and request.body_exists:
-        data.update(await get_post_data(request) or {})
+    """Form-encoded (as the SDK sends) or JSON body, plus the query string; `expand` is
+    applied to the response by the server's middleware."""
+    data = await params_with_expand(request)
     data.pop("expand", None)
     return data
 
 
+async def params_with_expand(request: web.Request) -> dict:
+    data = dict(unflatten_data(request.query) or {})
+    if request.method in ("POST", "DELETE") and request.body_exists:
+        data.update(await get_post_data(request) or {})
+    return data
+
+
 def expand_list(request: web.Request) -> list[str]:
-    return list((unflatten_data(request.query) or {}).get("expand") or [])
+    """`expand[]` of a GET (query) — POST bodies are read by `params_with_expand`."""
+    raw = (unflatten_data(request.query) or {}).get("expand") or []
+    return [p.removeprefix("data.") for p in raw]
 
 
 # --- typed reads of form values (the SDK sends every scalar as a string) ---
 
+
 def req(data: dict, key: str, param: str | None = None) -> Any:
     if data.get(key) in (None, ""):
-        raise StripeError(400, f"Missing required param: {param or key}.",
-                          param=param or key, code="parameter_missing")
+        raise StripeError(
+            400,
+            f"Missing required param: {param or key}.",
+            param=param or key,
+            code="parameter_missing",
+        )
     return data[key]
 
 
@@ -174,25 +210,35 @@ def merge_metadata(current: dict | None, update: Any) -> dict:
     return out
 
 
-def page(url: str, items: list[dict], data: dict) -> dict:
-    """A Stripe list object over `items` (newest first), with limit/starting_after."""
+def page(url: str, items: list[dict], data: dict, *, newest_first: bool = True) -> dict:
+    """A Stripe list object over `items` with limit / starting_after / ending_before.
+    Stripe lists newest first (ties: the later created first); `newest_first=False` keeps
+    the given order (invoice lines)."""
     limit = as_int(data.get("limit"), "limit") or 10
     if not 1 <= limit <= 100:
         raise bad("limit", "Invalid limit: must be between 1 and 100")
-    items = sorted(items, key=lambda o: o.get("created", 0), reverse=True)
+    if newest_first:
+        ranked = sorted(
+            enumerate(items), key=lambda p: (p[1].get("created", 0), p[0]), reverse=True
+        )
+        items = [o for _, o in ranked]
     after, before = data.get("starting_after"), data.get("ending_before")
+    ids = [o.get("id") for o in items]
     if after:
-        ids = [o["id"] for o in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
+        items = items[ids.index(after) + 1 :] if after in ids else []
     elif before:
-        ids = [o["id"] for o in items]
-        items = items[:ids.index(before)][-limit:] if before in ids else []
+        items = items[: ids.index(before)][-limit:] if before in ids else []
     chunk = items[:limit]
-    return {"object": "list", "data": [copy.deepcopy(o) for o in chunk],
-            "has_more": len(items) > limit, "url": url}
+    return {
+        "object": "list",
+        "data": [copy.deepcopy(o) for o in chunk],
+        "has_more": len(items) > limit,
+        "url": url,
+    }
 
 
 # --- events: a snapshot of the object at the time of the change, like Stripe ---
+
 
 class _Snapshot:
     """Adapter so localstripe's Event class stores our dicts (and lists them at /v1/events)."""

@@ -1,7 +1,7 @@
 """pytest fixtures for the fake Stripe.
 
 `stripe_fake_server` (session scope) starts one server process; `stripe_fake` (per test)
-resets its state, restarts it if a test left it stopped, and yields the `StripeFake`
+resets its state, restarts it if a test left it stopped, and gives the `StripeFake`
 handle: base URL, API key, an SDK client, and the test-only controls (complete a
 checkout, end a period, fail a payment, hold / release / redeliver webhooks, outage)."""
 
@@ -27,9 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 class StripeFake:
     """A fake Stripe server process on 127.0.0.1. The port stays the same across restarts."""
 
-    def __init__(self, workdir: Path, api_key: str = "sk_test_fake_4242424242424242"):
+    def __init__(
+        self, workdir: Path, api_key: str = "sk_test_fake_4242424242424242", persist: bool = True
+    ):
         self.api_key = api_key
-        self.state_file = workdir / "stripe-fake.pickle"
+        # saved after every write, so a restart keeps the state; without it, a restart is
+        # a fresh Stripe account (and writes are a little faster)
+        self.state_file = workdir / "stripe-fake.pickle" if persist else None
         self.log_file = workdir / "stripe-fake.log"
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -45,13 +49,25 @@ class StripeFake:
             return
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_fake.server", "--port", str(self.port),
-             "--state-file", str(self.state_file), "--api-key", self.api_key],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, env=os.environ | {"PYTHONWARNINGS": ""})
+            [
+                sys.executable,
+                "-m",
+                "tests.stripe_fake.server",
+                "--port",
+                str(self.port),
+                "--api-key",
+                self.api_key,
+                *(["--state-file", str(self.state_file)] if self.state_file else []),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=os.environ | {"PYTHONWARNINGS": ""},
+        )
         log.close()
         line = self.proc.stdout.readline().decode()
         if not line.startswith("LISTENING "):
-            self.proc.kill()
+            self.stop(crash=True)
             raise RuntimeError(f"fake Stripe did not start: {line!r}; see {self.log_file}")
         self.port = int(line.split()[1])
         deadline = time.monotonic() + 10
@@ -92,13 +108,23 @@ class StripeFake:
 
     # --- clients ---
 
-    def client(self, api_key: str | None = None,
-               http_client: stripe.HTTPXClient | None = None) -> stripe.StripeClient:
+    def client(
+        self, api_key: str | None = None, http_client: stripe.HTTPXClient | None = None
+    ) -> stripe.StripeClient:
         """The real SDK, async, pointed at the fake (use the `*_async` methods). Close the
-        HTTPXClient you pass (`await http_client.close_async()`), or use `stripe_client`."""
-        return stripe.StripeClient(api_key or self.api_key, base_addresses={"api": self.base_url},
-                                   http_client=http_client or stripe.HTTPXClient(),
-                                   max_network_retries=0)
+        HTTPXClient you pass (`await http_client.close_async()`). Without one, the client
+        keeps no idle connection, so a client nobody closes leaks no socket."""
+        if http_client is None:
+            http_client = stripe.HTTPXClient()
+            http_client._client_async = httpx.AsyncClient(
+                limits=httpx.Limits(max_keepalive_connections=0)
+            )
+        return stripe.StripeClient(
+            api_key or self.api_key,
+            base_addresses={"api": self.base_url},
+            http_client=http_client,
+            max_network_retries=0,
+        )
 
     async def _call(self, method: str, path: str, json: dict | None = None):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as http:
@@ -117,12 +143,21 @@ class StripeFake:
         paid invoice and sends the events. Returns the completed session."""
         return await self._call("POST", f"/_test/checkout/sessions/{session_id}/complete")
 
-    async def end_period(self, subscription_id: str, *, fail: bool = False) -> dict | None:
-        """End the current period now: renewal invoice (licensed items for the new period,
-        metered usage, pending prorations), paid, or failed with `fail=True`. Returns the
-        invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
-        return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period",
-                                {"fail": fail})
+    async def end_period(
+        self, subscription_id: str, *, fail: bool = False, pay: bool | None = None
+    ) -> dict | None:
+        """End the current period now: the renewal invoice (licensed items for the new
+        period, metered usage, pending prorations) is created and collected as Stripe does:
+        charged to the card (`charge_automatically`; the fake's cards always work) or left
+        open for the customer (`send_invoice`). `fail=True`: the payment attempt fails;
+        `pay=True`: paid whatever the collection method; `pay=False`: left open. Returns
+        the invoice (None when a cancel-at-period-end subscription ends with nothing to bill)."""
+        body = {"fail": fail} | ({} if pay is None else {"pay": pay})
+        return await self._call("POST", f"/_test/subscriptions/{subscription_id}/end_period", body)
+
+    async def pay_invoice_hosted(self, invoice_id: str) -> dict:
+        """The customer pays an open invoice on its hosted page (`invoice.paid`)."""
+        return await self._call("POST", f"/_test/invoices/{invoice_id}/pay")
 
     async def fail_payment(self, invoice_id: str) -> dict:
         """A payment attempt on an open invoice fails (`invoice.payment_failed`, past_due)."""
@@ -135,6 +170,59 @@ class StripeFake:
     async def deliver_webhooks_now(self) -> None:
         """Default mode: events are sent before the API call that caused them answers."""
         await self._call("POST", "/_test/webhooks/mode", {"mode": "sync"})
+
+    async def deliver_webhooks_async(self) -> None:
+        """Events are sent in order right after the API call answers, as Stripe does;
+        `await drain_webhooks()` waits until all are sent."""
+        await self._call("POST", "/_test/webhooks/mode", {"mode": "async"})
+
+    async def drain_webhooks(self) -> None:
+        await self._call("POST", "/_test/webhooks/drain")
+
+    async def fail_next(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 500,
+        type: str = "api_error",
+        message: str | None = None,
+        code: str | None = None,
+        count: int = 1,
+    ) -> None:
+        """The next `count` `method` requests whose path starts with `path` answer `status`
+        with a Stripe error of `type`, and change nothing."""
+        await self._call(
+            "POST",
+            "/_test/faults",
+            {
+                "method": method,
+                "path": path,
+                "status": status,
+                "type": type,
+                "message": message,
+                "code": code,
+                "count": count,
+                "mode": "error",
+            },
+        )
+
+    async def drop_next(self, method: str, path: str, *, count: int = 1) -> None:
+        """The next `count` matching requests take effect, but the connection closes before
+        the answer: the client sees a network error (an unknown outcome)."""
+        await self._call(
+            "POST",
+            "/_test/faults",
+            {"method": method, "path": path, "count": count, "mode": "drop"},
+        )
+
+    async def set_rate_limit(self, per_second: int | None) -> None:
+        """Answer 429 (`stripe.RateLimitError`) past `per_second` /v1 requests in any second,
+        as Stripe does (25/s in test mode); None lifts the limit."""
+        await self._call("POST", "/_test/rate_limit", {"per_second": per_second})
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "/_test/faults")
 
     async def held_events(self) -> list[dict]:
         """Queued events, oldest first: [{id, type, created, object_id}]."""
@@ -172,6 +260,12 @@ class StripeFake:
         """Every accepted meter event of a meter, aggregated per customer id."""
         raw = await self._call("GET", f"/_test/billing/meters/{meter_id}/totals")
         return {cus: Decimal(v) for cus, v in raw.items()}
+
+    async def meter_events(self, event_name: str | None = None) -> list[dict]:
+        """Every accepted meter event, oldest first: {event_name, identifier, payload,
+        timestamp, created, invoiced_by}."""
+        path = "/_test/billing/meter_events"
+        return await self._call("GET", path + (f"?event_name={event_name}" if event_name else ""))
 
     async def meter_total(self, meter_id: str, customer_id: str) -> Decimal:
         return (await self.meter_totals(meter_id)).get(customer_id, Decimal(0))
@@ -235,8 +329,10 @@ class WebhookReceiver:
         """Received events, each verified with the endpoint's signing secret."""
         with self._lock:
             received = list(self.received)
-        return [stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
-                for headers, body in received]
+        return [
+            stripe.Webhook.construct_event(body, headers["Stripe-Signature"], secret)
+            for headers, body in received
+        ]
 
     def close(self) -> None:
         self._server.shutdown()

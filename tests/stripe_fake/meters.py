@@ -12,6 +12,7 @@ from .core import (
     as_decimal,
     as_int,
     bad,
+    expire,
     get,
     new_id,
     now,
@@ -37,7 +38,9 @@ async def create_meter(request):
     event_name = req(data, "event_name")
     for other in table("billing.meter").values():
         if other["event_name"] == event_name and other["status"] == "active":
-            raise bad("event_name", f"An active meter with event_name `{event_name}` already exists.")
+            raise bad(
+                "event_name", f"An active meter with event_name `{event_name}` already exists."
+            )
     agg = data.get("default_aggregation") or {}
     mapping = data.get("customer_mapping") or {}
     values = data.get("value_settings") or {}
@@ -50,8 +53,11 @@ async def create_meter(request):
             "type": one_of(mapping.get("type"), ("by_id",), "customer_mapping[type]", "by_id"),
         },
         "default_aggregation": {
-            "formula": one_of(req(agg, "formula", "default_aggregation[formula]"),
-                              ("sum", "count", "last"), "default_aggregation[formula]"),
+            "formula": one_of(
+                req(agg, "formula", "default_aggregation[formula]"),
+                ("sum", "count", "last"),
+                "default_aggregation[formula]",
+            ),
         },
         "display_name": req(data, "display_name"),
         "event_name": event_name,
@@ -108,30 +114,53 @@ async def create_meter_event(request):
     timestamp = as_int(data.get("timestamp"), "timestamp")
     timestamp = t if timestamp is None else timestamp
     if timestamp < t - PAST_WINDOW:
-        raise bad("timestamp", "Timestamp must be within the past 35 calendar days.",
-                  "timestamp_too_far_in_past")
+        raise bad(
+            "timestamp",
+            "Timestamp must be within the past 35 calendar days.",
+            "timestamp_too_far_in_past",
+        )
     if timestamp > t + FUTURE_WINDOW:
-        raise bad("timestamp", "Timestamp must not be more than 5 minutes in the future.",
-                  "timestamp_in_future")
-    meter = next((m for m in table("billing.meter").values()
-                  if m["event_name"] == event_name and m["status"] == "active"), None)
+        raise bad(
+            "timestamp",
+            "Timestamp must not be more than 5 minutes in the future.",
+            "timestamp_in_future",
+        )
+    meter = next(
+        (
+            m
+            for m in table("billing.meter").values()
+            if m["event_name"] == event_name and m["status"] == "active"
+        ),
+        None,
+    )
     if meter is not None:
         value = payload.get(meter["value_settings"]["event_payload_key"])
-        if meter["default_aggregation"]["formula"] != "count" and as_decimal(
-                value, f"payload[{meter['value_settings']['event_payload_key']}]") is None:
-            raise bad(f"payload[{meter['value_settings']['event_payload_key']}]",
-                      "The meter event payload is missing the value key.", "parameter_missing")
+        if (
+            meter["default_aggregation"]["formula"] != "count"
+            and as_decimal(value, f"payload[{meter['value_settings']['event_payload_key']}]")
+            is None
+        ):
+            raise bad(
+                f"payload[{meter['value_settings']['event_payload_key']}]",
+                "The meter event payload is missing the value key.",
+                "parameter_missing",
+            )
         if not payload.get(meter["customer_mapping"]["event_payload_key"]):
-            raise bad(f"payload[{meter['customer_mapping']['event_payload_key']}]",
-                      "The meter event payload is missing the customer key.", "parameter_missing")
+            raise bad(
+                f"payload[{meter['customer_mapping']['event_payload_key']}]",
+                "The meter event payload is missing the customer key.",
+                "parameter_missing",
+            )
     st = state()
-    for ident, created in list(st.meter_event_ids.items()):
-        if created < t - IDENTIFIER_TTL:
-            del st.meter_event_ids[ident]
+    expire(st.meter_event_ids, t - IDENTIFIER_TTL)
     identifier = data.get("identifier") or new_id("mev_")
     if identifier in st.meter_event_ids:
-        raise StripeError(400, f"An event already exists with identifier {identifier}.",
-                          param="identifier", code="resource_already_exists")
+        raise StripeError(
+            400,
+            f"An event already exists with identifier {identifier}.",
+            param="identifier",
+            code="resource_already_exists",
+        )
     st.meter_event_ids[identifier] = t
     event = {
         "object": "billing.meter_event",
@@ -149,17 +178,24 @@ async def create_meter_event(request):
 
 def events_for(meter: dict, cus_id: str, start: int | None = None, end: int | None = None):
     key_c = meter["customer_mapping"]["event_payload_key"]
-    return [e for e in state().meter_events
-            if e["event_name"] == meter["event_name"] and e["payload"].get(key_c) == cus_id
-            and (start is None or e["timestamp"] >= start) and (end is None or e["timestamp"] < end)]
+    return [
+        e
+        for e in state().meter_events
+        if e["event_name"] == meter["event_name"]
+        and e["payload"].get(key_c) == cus_id
+        and (start is None or e["timestamp"] >= start)
+        and (end is None or e["timestamp"] < end)
+    ]
 
 
 def aggregate(meter: dict, events: list[dict]) -> Decimal:
     formula = meter["default_aggregation"]["formula"]
     if formula == "count":
         return Decimal(len(events))
-    values = [Decimal(e["payload"].get(meter["value_settings"]["event_payload_key"], "0"))
-              for e in sorted(events, key=lambda e: (e["timestamp"], e["created"]))]
+    values = [
+        Decimal(e["payload"].get(meter["value_settings"]["event_payload_key"], "0"))
+        for e in sorted(events, key=lambda e: (e["timestamp"], e["created"]))
+    ]
     if formula == "last":
         return values[-1] if values else Decimal(0)
     return sum(values, Decimal(0))
@@ -182,26 +218,29 @@ async def event_summaries(request):
     if end <= start:
         raise bad("end_time", "end_time must be after start_time.")
     step = {None: end - start, "": end - start, "hour": 3600, "day": 86400}.get(
-        data.get("value_grouping_window"))
+        data.get("value_grouping_window")
+    )
     if step is None:
         raise bad("value_grouping_window", "Invalid value_grouping_window: must be hour or day")
     summaries = []
     for s in range(start, end, step):
         e = min(s + step, end)
-        summaries.append({
-            "id": f"mtrusg_{meter['id']}_{cus}_{s}",
-            "object": "billing.meter_event_summary",
-            "aggregated_value": number(aggregate(meter, events_for(meter, cus, s, e))),
-            "end_time": e,
-            "livemode": False,
-            "meter": meter["id"],
-            "start_time": s,
-            "created": s,
-        })
-    out = page(f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data)
-    for s in out["data"]:
-        s.pop("created")
-    return respond(out)
+        summaries.append(
+            {
+                "id": f"mtrusg_{meter['id']}_{cus}_{s}",
+                "object": "billing.meter_event_summary",
+                "aggregated_value": number(aggregate(meter, events_for(meter, cus, s, e))),
+                "end_time": e,
+                "livemode": False,
+                "meter": meter["id"],
+                "start_time": s,
+            }
+        )
+    return respond(
+        page(
+            f"/v1/billing/meters/{meter['id']}/event_summaries", summaries, data, newest_first=False
+        )
+    )
 
 
 @routes.get("/_test/billing/meters/{id}/totals")
@@ -209,6 +248,26 @@ async def totals(request):
     """Test-only: every event ever accepted for the meter, summed per customer (exact)."""
     meter = get("billing.meter", request.match_info["id"], "billing meter")
     key_c = meter["customer_mapping"]["event_payload_key"]
-    customers = sorted({e["payload"].get(key_c) for e in state().meter_events
-                        if e["event_name"] == meter["event_name"]} - {None})
+    customers = sorted(
+        {
+            e["payload"].get(key_c)
+            for e in state().meter_events
+            if e["event_name"] == meter["event_name"]
+        }
+        - {None}
+    )
     return respond({c: str(aggregate(meter, events_for(meter, c))) for c in customers})
+
+
+@routes.get("/_test/billing/meter_events")
+async def all_meter_events(request):
+    """Test-only: every accepted meter event, oldest first (optionally one `event_name`),
+    with the invoice that billed it (`invoiced_by`: a subscription id, or null)."""
+    data = await params(request)
+    return respond(
+        [
+            {k: v for k, v in e.items() if not k.startswith("_")} | {"invoiced_by": e["_invoice"]}
+            for e in state().meter_events
+            if not data.get("event_name") or e["event_name"] == data["event_name"]
+        ]
+    )

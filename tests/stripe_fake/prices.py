@@ -42,17 +42,27 @@ def _tiers(raw, currency_param: str = "tiers") -> list[dict]:
             up_to = as_int(up_to, f"tiers[{i}][up_to]")
             if up_to is None or up_to <= 0:
                 raise bad(f"tiers[{i}][up_to]", "Each tier needs up_to (a positive integer or inf)")
-        unit = as_decimal(t.get("unit_amount_decimal", t.get("unit_amount")), f"tiers[{i}][unit_amount]")
-        flat = as_decimal(t.get("flat_amount_decimal", t.get("flat_amount")), f"tiers[{i}][flat_amount]")
+        unit = as_decimal(
+            t.get("unit_amount_decimal", t.get("unit_amount")), f"tiers[{i}][unit_amount]"
+        )
+        flat = as_decimal(
+            t.get("flat_amount_decimal", t.get("flat_amount")), f"tiers[{i}][flat_amount]"
+        )
         if unit is None and flat is None:
             raise bad(f"tiers[{i}]", "Each tier needs unit_amount or flat_amount")
-        tiers.append({
-            "up_to": up_to,
-            "unit_amount": int(unit) if unit is not None and unit == unit.to_integral() else None,
-            "unit_amount_decimal": str(unit) if unit is not None else None,
-            "flat_amount": int(flat) if flat is not None and flat == flat.to_integral() else None,
-            "flat_amount_decimal": str(flat) if flat is not None else None,
-        })
+        tiers.append(
+            {
+                "up_to": up_to,
+                "unit_amount": int(unit)
+                if unit is not None and unit == unit.to_integral()
+                else None,
+                "unit_amount_decimal": str(unit) if unit is not None else None,
+                "flat_amount": int(flat)
+                if flat is not None and flat == flat.to_integral()
+                else None,
+                "flat_amount_decimal": str(flat) if flat is not None else None,
+            }
+        )
     bounds = [t["up_to"] for t in tiers]
     if bounds[-1] is not None or None in bounds[:-1]:
         raise bad("tiers", "The last tier must have up_to=inf, and only the last one")
@@ -69,35 +79,44 @@ def create_price(data: dict) -> dict:
             raise bad("product", f"No such product: '{product}'", "resource_missing")
     elif isinstance(data.get("product_data"), dict):
         pd = data["product_data"]
-        product = ls.Product(name=req(pd, "name", "product_data[name]"),
-                             metadata=pd.get("metadata") or {}).id
+        product = ls.Product(
+            name=req(pd, "name", "product_data[name]"), metadata=pd.get("metadata") or {}
+        ).id
     else:
         raise bad("product", "Missing required param: product.", "parameter_missing")
 
     recurring = None
     if isinstance(data.get("recurring"), dict):
         r = data["recurring"]
-        usage_type = one_of(r.get("usage_type"), ("licensed", "metered"),
-                            "recurring[usage_type]", "licensed")
+        usage_type = one_of(
+            r.get("usage_type"), ("licensed", "metered"), "recurring[usage_type]", "licensed"
+        )
         meter = r.get("meter") or None
         if usage_type == "metered":
             if not meter:
-                raise bad("recurring[meter]",
-                          "Metered prices must be backed by a meter: pass recurring[meter].",
-                          "parameter_missing")
+                raise bad(
+                    "recurring[meter]",
+                    "Metered prices must be backed by a meter: pass recurring[meter].",
+                    "parameter_missing",
+                )
             get("billing.meter", meter, "billing meter", "recurring[meter]")
         elif meter:
             raise bad("recurring[meter]", "A meter can only be set on a metered price")
         recurring = {
-            "interval": one_of(req(r, "interval", "recurring[interval]"),
-                               ("day", "week", "month", "year"), "recurring[interval]"),
+            "interval": one_of(
+                req(r, "interval", "recurring[interval]"),
+                ("day", "week", "month", "year"),
+                "recurring[interval]",
+            ),
             "interval_count": as_int(r.get("interval_count"), "recurring[interval_count]") or 1,
             "meter": meter,
             "trial_period_days": None,
             "usage_type": usage_type,
         }
 
-    scheme = one_of(data.get("billing_scheme"), ("per_unit", "tiered"), "billing_scheme", "per_unit")
+    scheme = one_of(
+        data.get("billing_scheme"), ("per_unit", "tiered"), "billing_scheme", "per_unit"
+    )
     tiers = tiers_mode = None
     unit = None
     if scheme == "tiered":
@@ -138,7 +157,9 @@ def create_price(data: dict) -> dict:
                 if as_bool(data.get("transfer_lookup_key"), "transfer_lookup_key"):
                     other["lookup_key"] = None
                 else:
-                    raise bad("lookup_key", f"A price (`{other['id']}`) already uses that lookup key.")
+                    raise bad(
+                        "lookup_key", f"A price (`{other['id']}`) already uses that lookup key."
+                    )
     table("price")[price["id"]] = price
     return price
 

@@ -44,13 +44,23 @@ def _search(kind: str, url: str):
         test = _matcher(req(data, "query"))
         limit = as_int(data.get("limit"), "limit") or 10
         start = as_int(data.get("page"), "page") or 0
-        found = sorted((o for k, o in ls.store.items() if k.startswith(kind + ":") and test(o)),
-                       key=lambda o: o.created, reverse=True)
-        chunk = found[start:start + limit]
+        found = sorted(
+            (o for k, o in ls.store.items() if k.startswith(kind + ":") and test(o)),
+            key=lambda o: o.created,
+            reverse=True,
+        )
+        chunk = found[start : start + limit]
         more = len(found) > start + limit
-        return respond({"object": "search_result", "url": url,
-                        "data": [o._export() for o in chunk], "has_more": more,
-                        "next_page": str(start + limit) if more else None})
+        return respond(
+            {
+                "object": "search_result",
+                "url": url,
+                "data": [o._export() for o in chunk],
+                "has_more": more,
+                "next_page": str(start + limit) if more else None,
+            }
+        )
+
     return handler
 
 

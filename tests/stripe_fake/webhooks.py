@@ -4,6 +4,7 @@ controls: hold deliveries, release them in a chosen order, redeliver an event.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -112,6 +113,7 @@ async def list_endpoints(request):
 
 # --- delivery ---
 
+
 def event_object(event_id: str):
     event = ls.store.get(f"event:{event_id}")
     if event is None:
@@ -137,9 +139,12 @@ def sign(body: bytes, secret: str, t: int | None = None) -> str:
 
 
 def targets(event) -> list[dict]:
-    return [e for e in table("webhook_endpoint").values()
-            if e["status"] == "enabled"
-            and ("*" in e["enabled_events"] or event.type in e["enabled_events"])]
+    return [
+        e
+        for e in table("webhook_endpoint").values()
+        if e["status"] == "enabled"
+        and ("*" in e["enabled_events"] or event.type in e["enabled_events"])
+    ]
 
 
 async def deliver(event_id: str) -> list[dict]:
@@ -149,11 +154,18 @@ async def deliver(event_id: str) -> list[dict]:
     results = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for endpoint in targets(event):
-            result = {"event": event.id, "type": event.type, "endpoint": endpoint["id"],
-                      "url": endpoint["url"], "at": now()}
-            headers = {"Content-Type": "application/json; charset=utf-8",
-                       "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-                       "Stripe-Signature": sign(body, endpoint["_secret"])}
+            result = {
+                "event": event.id,
+                "type": event.type,
+                "endpoint": endpoint["id"],
+                "url": endpoint["url"],
+                "at": now(),
+            }
+            headers = {
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+                "Stripe-Signature": sign(body, endpoint["_secret"]),
+            }
             try:
                 async with session.post(endpoint["url"], data=body, headers=headers) as r:
                     result["status"] = r.status
@@ -167,29 +179,64 @@ async def deliver(event_id: str) -> list[dict]:
 
 
 async def flush_outbox() -> None:
-    """Called after every request: send (or hold) the events the request produced, in order."""
+    """Called after every request: send (or queue, or hold) the events the request
+    produced, in order."""
     st = state()
     pending, st.outbox[:] = list(st.outbox), []
-    for event_id in pending:
-        if st.webhook_mode == "hold":
-            st.held.append(event_id)
-        else:
+    if st.webhook_mode == "hold":
+        st.held.extend(pending)
+    elif st.webhook_mode == "async":
+        st.queue.extend(pending)
+        start_drain()
+    else:
+        for event_id in pending:
             await deliver(event_id)
+
+
+_drain: asyncio.Task | None = None
+
+
+def start_drain() -> None:
+    global _drain
+    if state().queue and (_drain is None or _drain.done()):
+        _drain = asyncio.get_running_loop().create_task(_drain_queue())
+
+
+async def _drain_queue() -> None:
+    st = state()
+    while st.queue and state() is st:  # a reset drops what was queued
+        await deliver(st.queue[0])
+        if st.queue:
+            st.queue.pop(0)
 
 
 # --- test-only controls ---
 
+
 @routes.post("/_test/webhooks/mode")
 async def set_mode(request):
     data = await params(request)
-    state().webhook_mode = one_of(req(data, "mode"), ("sync", "hold"), "mode")
+    state().webhook_mode = one_of(req(data, "mode"), ("sync", "async", "hold"), "mode")
     return respond({"mode": state().webhook_mode})
 
 
 def _summary(event_id: str) -> dict:
     event = event_object(event_id)
-    return {"id": event.id, "type": event.type, "created": event.created,
-            "object_id": event.data["object"].get("id")}
+    return {
+        "id": event.id,
+        "type": event.type,
+        "created": event.created,
+        "object_id": event.data["object"].get("id"),
+    }
+
+
+@routes.post("/_test/webhooks/drain")
+async def drain(request):
+    """Wait until every event queued for async delivery has been sent."""
+    while state().queue or (_drain is not None and not _drain.done()):
+        start_drain()
+        await asyncio.sleep(0.01)
+    return respond({"queued": 0})
 
 
 @routes.get("/_test/webhooks/held")
@@ -244,15 +291,26 @@ async def signed(request):
     (for tests that hand the delivery to an in-process app themselves)."""
     event = event_object(request.match_info["id"])
     body = payload_of(event)
-    return respond([{"endpoint": e["id"], "url": e["url"], "payload": body.decode(),
-                     "headers": {"Content-Type": "application/json; charset=utf-8",
-                                 "Stripe-Signature": sign(body, e["_secret"])}}
-                    for e in targets(event)])
+    return respond(
+        [
+            {
+                "endpoint": e["id"],
+                "url": e["url"],
+                "payload": body.decode(),
+                "headers": {
+                    "Content-Type": "application/json; charset=utf-8",
+                    "Stripe-Signature": sign(body, e["_secret"]),
+                },
+            }
+            for e in targets(event)
+        ]
+    )
 
 
 @routes.get("/_test/events")
 async def all_events(request):
     """Every event in creation order (oldest first), with type and object id."""
-    events = sorted((v for k, v in ls.store.items() if k.startswith("event:")),
-                    key=lambda e: e.created)
+    events = sorted(
+        (v for k, v in ls.store.items() if k.startswith("event:")), key=lambda e: e.created
+    )
     return respond([_summary(e.id) for e in events])
