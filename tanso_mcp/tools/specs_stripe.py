@@ -47,6 +47,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         capability=_STRIPE,
         output_schema=_object(
             "The period's reconciliation.",
+            period={"type": "string"},
             forwarding={"type": "boolean"},
             items={"type": "array", "items": _ANY},
             totals=_ANY,
