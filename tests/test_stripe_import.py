@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from tanso_mcp.clock import FrozenClock
 from tanso_mcp.db.models import Customer, Entitlement, Feature, Plan, PlanFeature, Subscription
+from tanso_mcp.services.jobs import run_due
 from tanso_mcp.settings import Settings
 from tests.mcp_helpers import fails, inmemory, ok
 
@@ -139,12 +140,14 @@ async def counts(ctx) -> tuple[int, ...]:
 
 
 async def test_discover_then_import_twice_without_duplicates(
-    ctx, tenant, stripe_fake, stripe_client
+    ctx, client, tenant, stripe_fake, stripe_client
 ):
     seeded = await seed_account(stripe_client)
     async with inmemory(ctx, tenant.key("admin")) as mcp:
         err = await fails(mcp, "discoverStripeData", {})
         assert err["error"] == "precondition_failed"  # no key yet
+        err = await fails(mcp, "importStripeData", {"confirmAction": True})
+        assert err["error"] == "precondition_failed"
         await ok(
             mcp,
             "registerStripeApiKey",
@@ -224,6 +227,23 @@ async def test_discover_then_import_twice_without_duplicates(
         )
         assert (again["processedItems"], again["failedItems"]) == (7, 1)
         assert await counts(ctx) == first
+
+        # usage of an imported customer reaches the account's own meter (its event name
+        # is the meter's, not one tanso-mcp would have chosen)
+        r = await client.post(
+            "/api/v1/client/events",
+            json={
+                "eventIdempotencyKey": "imported-1",
+                "eventName": "summary",
+                "customerReferenceId": "user_alice",
+                "featureKey": "pro_monthly_usage",
+                "usageUnits": 7,
+            },
+            headers=tenant.headers("client"),
+        )
+        assert r.status_code == 201, r.text
+        await run_due(ctx, tenant.env_ids["test"])
+        assert await stripe_fake.meter_total(seeded["meter"], seeded["alice"]) == 7
 
         found = await ok(mcp, "discoverStripeData", {})
         mapped = {p["id"]: p["alreadyMapped"] for p in found["products"]}

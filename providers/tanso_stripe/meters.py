@@ -12,7 +12,8 @@ answered as a success, never as an error to retry.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from tanso_mcp.plugin import ExternalRef, ProviderError, UsageReport
 
@@ -20,11 +21,28 @@ if TYPE_CHECKING:
     from .provider import StripeProvider
 
 DUPLICATE = "resource_already_exists"
+# meter id -> event name, per provider instance (a meter's event name never changes)
+_EVENT_NAMES: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
 def meter_event_name(feature_key: str) -> str:
-    """The meter event name of a feature (what usage reports are sent under)."""
+    """The meter event name of a feature whose meter tanso-mcp created."""
     return f"tanso_{feature_key}"
+
+
+async def event_name_for(provider: StripeProvider, report: UsageReport) -> str:
+    """The event name of the report's meter: read from Stripe once per meter (a meter
+    found by an import keeps the event name it had), else derived from the feature."""
+    if not report.external_meter_id:
+        return meter_event_name(report.feature_key)
+    names = _EVENT_NAMES.setdefault(provider, {})
+    name = names.get(report.external_meter_id)
+    if name is None:
+        meter = await provider._call(
+            lambda: provider.v1.billing.meters.retrieve_async(report.external_meter_id)
+        )
+        name = names[report.external_meter_id] = meter.event_name
+    return name
 
 
 async def send_meter_event(
@@ -37,7 +55,7 @@ async def send_meter_event(
     if not report.customer.external_id:
         raise ProviderError("the customer is not synced to Stripe yet", code="no_customer")
     params = {
-        "event_name": meter_event_name(report.feature_key),
+        "event_name": await event_name_for(provider, report),
         "payload": {
             "stripe_customer_id": report.customer.external_id,
             "value": format(report.quantity.normalize(), "f"),

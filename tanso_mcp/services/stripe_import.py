@@ -40,7 +40,7 @@ from ..plugin import (
     ProviderError,
 )
 from ..principal import Principal
-from . import billing, catalog, customers, payments, stripe_mirror
+from . import billing, catalog, customers, payments, stripe_mirror, stripe_secrets
 from .stripe_setup import stripe_error
 
 if TYPE_CHECKING:
@@ -546,7 +546,10 @@ async def start_import(ctx: AppContext, p: Principal) -> dict[str, Any]:
     """Record the job and start it in the background; answers the job at once."""
     env = p.environment_id
     async with ctx.db.reader() as s:
-        await payments.provider_for(ctx, s, env, name=PROVIDER)  # configured at all?
+        if stripe_secrets.API_KEY not in await stripe_secrets.rows(s, env):
+            raise PreconditionFailed(
+                "no Stripe secret key is registered: call registerStripeApiKey first"
+            )
     warnings = mode_warnings(await _stripe_mode(ctx, env))
     wall = ctx.clocks.system_now()
     async with ctx.db.unit_of_work() as s:

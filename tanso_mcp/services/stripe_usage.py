@@ -88,6 +88,7 @@ class _Work:
     period_start: datetime
     event_timestamp: datetime
     feature_key: str
+    meter_id: str | None
     customer: CustomerData
     attempts: int
 
@@ -230,7 +231,7 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
     async with ctx.db.reader() as s:
         rows = (
             await s.execute(
-                select(MeterReport, Feature.key, Customer)
+                select(MeterReport, Feature.key, Feature.provider_meter_id, Customer)
                 .join(Feature, Feature.id == MeterReport.feature_id)
                 .join(Customer, Customer.id == MeterReport.customer_id)
                 .where(where)
@@ -239,7 +240,7 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
             )
         ).all()
     out = []
-    for report, feature_key, customer in rows:
+    for report, feature_key, meter_id, customer in rows:
         name = " ".join(p for p in (customer.first_name, customer.last_name) if p) or None
         out.append(
             _Work(
@@ -249,6 +250,7 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
                 period_start=report.period_start,
                 event_timestamp=report.event_timestamp,
                 feature_key=feature_key,
+                meter_id=meter_id,
                 customer=CustomerData(
                     customer_id=customer.id,
                     reference_id=customer.reference_id,
@@ -282,6 +284,7 @@ async def _send(ctx: AppContext, provider: PaymentProvider, work: _Work) -> _Out
         quantity=Decimal(work.quantity_q // QTY_SCALE),
         period_start=work.period_start,
         occurred_at=stamp,
+        external_meter_id=work.meter_id,
     )
     try:
         if work.customer.external_id is None:
