@@ -6,8 +6,8 @@ core's deterministic key for this step of the customer's overage, and ``timestam
 the one the core chose within Stripe's window (never ahead of real time, at most 35
 days old). Stripe keeps identifiers unique over at least a rolling 24 h; its idempotency
 keys replay the first answer for 24 h. A retry past the idempotency window can meet the
-identifier again: Stripe then refuses it as already existing, which means "recorded" —
-answered as a success, never as an error to retry.
+identifier again: Stripe then answers 400 "An event already exists with identifier …",
+which means "recorded" — answered as a success, never as an error to retry.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ from tanso_mcp.plugin import ExternalRef, ProviderError, UsageReport
 if TYPE_CHECKING:
     from .provider import StripeProvider
 
+# Stripe's v1 answer to a repeated identifier: 400 with this message and no error code
+# (some API versions add the code); either way the usage is already recorded
 DUPLICATE = "resource_already_exists"
+DUPLICATE_MESSAGE = "already exists with identifier"
 # meter id -> event name, per provider instance (a meter's event name never changes)
 _EVENT_NAMES: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def already_recorded(exc: ProviderError) -> bool:
+    return exc.code == DUPLICATE or (exc.status == 400 and DUPLICATE_MESSAGE in (exc.message or ""))
 
 
 def meter_event_name(feature_key: str) -> str:
@@ -70,7 +77,7 @@ async def send_meter_event(
             )
         )
     except ProviderError as exc:
-        if exc.code == DUPLICATE:
+        if already_recorded(exc):
             return ExternalRef(external_id=identifier, data={"alreadyRecorded": True})
         raise
     return ExternalRef(external_id=getattr(obj, "identifier", None) or identifier)
