@@ -88,6 +88,9 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         async with app.mcp() as mcp:
             err, preview = await call(mcp, "markInvoicePaid", {"invoiceId": invoice_id})
             assert err and preview["error"] == "confirmation_required"
+            assert "Stripe collects payments" in str(preview["preview"])
+            # a preview never calls Stripe
+            assert (await stripe_client.v1.invoices.retrieve_async(stripe_inv)).status == "open"
             paid = await ok(
                 mcp, "markInvoicePaid", {"invoiceId": invoice_id, "confirmAction": True}
             )
@@ -132,7 +135,9 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         # over MCP, a paid in-advance plan answers a checkout page (nothing created yet)
         pro = await make_plan(app.ctx, app.env, key="pro", price="25.00", features={"seats": None})
         async with app.mcp() as mcp:
-            await ok(mcp, "createCustomer", {"customerReferenceId": "m1", "email": "m1@example.com"})
+            await ok(
+                mcp, "createCustomer", {"customerReferenceId": "m1", "email": "m1@example.com"}
+            )
             out = await ok(
                 mcp, "createSubscription", {"customerReferenceId": "m1", "planId": pro["plan_id"]}
             )
@@ -155,6 +160,11 @@ async def test_outages_lose_nothing(db_url, stripe_fake, stripe_client):
             )
             assert r["error"]["code"] == "stripe_api_error"
             assert (await app.data("GET", "/customers/o1"))["subscriptions"] == []
+            # a customer is created here all the same; Stripe gets it later
+            c = await app.data(
+                "POST", "/customers", 201, json={"customerReferenceId": "o2", "email": "o2@x.io"}
+            )
+            assert c.get("stripeCustomerId") is None
             # ingest never calls Stripe
             r = await app.req(
                 "POST",
@@ -173,6 +183,13 @@ async def test_outages_lose_nothing(db_url, stripe_fake, stripe_client):
         assert sorted(p.status for p in failed) == ["COMPLETED", "FAILED"]
         sub = await _subscribe_existing(app, "o1", plans["team"])
         assert sub["status"] == "active"
+        sub_o2 = await _subscribe_existing(app, "o2", plans["team"])
+        assert sub_o2["status"] == "active"
+        o2 = await app.data("GET", "/customers/o2")
+        assert o2["stripeCustomerId"].startswith("cus_")
+        await app.data("PATCH", "/customers/o2", json={"email": "new@x.io"})
+        got = await stripe_client.v1.customers.retrieve_async(o2["stripeCustomerId"])
+        assert (got.email, got.metadata["customerReferenceId"]) == ("new@x.io", "o2")
 
         # a webhook received while Stripe cannot be read back is kept and processed later
         await stripe_fake.hold_webhooks()
@@ -225,7 +242,12 @@ async def test_a_downgrade_reaches_stripe_at_the_period_boundary(
     async with stripe_app(db_url, stripe_fake) as app:
         plans = await _ready(app)
         small = await make_plan(
-            app.ctx, app.env, key="small", price="4.00", timing="IN_ARREARS", features={"basic": None}
+            app.ctx,
+            app.env,
+            key="small",
+            price="4.00",
+            timing="IN_ARREARS",
+            features={"basic": None},
         )
         sub = await _subscribe(app, "d1", plans["team"])
         out = await app.data(
@@ -246,6 +268,7 @@ async def test_a_downgrade_reaches_stripe_at_the_period_boundary(
 
 
 async def test_unknown_event_types_are_acknowledged_and_ignored(db_url, stripe_fake):
+    import asyncio
     import json
     import time
 
@@ -261,13 +284,18 @@ async def test_unknown_event_types_are_acknowledged_and_ignored(db_url, stripe_f
             ]
         body = json.dumps({"id": "evt_x", "type": "charge.refunded", "data": {"object": {}}})
         header = stripe.WebhookSignature.generate_signature_header(body, secret, int(time.time()))
-        for _ in range(2):  # a redelivery is recorded once
-            r = await app.http.post(
-                f"/api/v1/webhooks/stripe/{app.env}",
-                content=body.encode(),
-                headers={"Stripe-Signature": header},
+        # redeliveries, even at the same moment, are recorded once
+        answers = await asyncio.gather(
+            *(
+                app.http.post(
+                    f"/api/v1/webhooks/stripe/{app.env}",
+                    content=body.encode(),
+                    headers={"Stripe-Signature": header},
+                )
+                for _ in range(6)
             )
-            assert r.status_code == 200
+        )
+        assert [r.status_code for r in answers] == [200] * 6
         await app.settle()
         async with app.ctx.db.reader() as s:
             rows = (await s.scalars(select(WebhookInbox))).all()
@@ -282,3 +310,24 @@ async def test_unknown_event_types_are_acknowledged_and_ignored(db_url, stripe_f
             headers={"Stripe-Signature": header},
         )
         assert r.status_code == 400
+
+
+async def test_stripe_ends_a_subscription_at_the_period_end(db_url, stripe_fake, stripe_client):
+    async with stripe_app(db_url, stripe_fake) as app:
+        plans = await _ready(app)
+        sub = await _subscribe(app, "e1", plans["team"])
+        out = await app.data(
+            "POST", f"/subscriptions/cancellation/{sub['id']}?cancelMode=END_OF_PERIOD"
+        )
+        assert out["subscription"]["status"] == "cancel_scheduled"
+        assert await _allowed(app, "e1")  # access until Stripe ends it
+        stripe_sub = (await stripe_client.v1.subscriptions.list_async()).data[0]
+        await stripe_fake.end_period(stripe_sub.id)
+        await app.settle()
+        assert (
+            await stripe_client.v1.subscriptions.retrieve_async(stripe_sub.id)
+        ).status == "canceled"
+        assert (await app.data("GET", f"/subscriptions/{sub['id']}"))["status"] == "cancelled"
+        assert not await _allowed(app, "e1")
+        pools = await app.data("GET", "/credits/e1/pools")
+        assert [Decimal(str(p["balance"])) for p in pools] == [Decimal(0)]

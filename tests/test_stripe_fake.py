@@ -124,7 +124,10 @@ async def test_meter_events_dedup_window_and_summaries(sc, stripe_fake):
     await usage(sc, cus.id, 12, "ev-2", timestamp=now - 34 * 86400)
     with pytest.raises(stripe.InvalidRequestError) as err:
         await usage(sc, cus.id, 30, "ev-1")
-    assert err.value.code == "resource_already_exists" and err.value.param == "identifier"
+    # as on Stripe: no error code, the message says it (and Stripe-Should-Retry: false)
+    assert err.value.code is None and err.value.http_status == 400
+    assert str(err.value.user_message) == "An event already exists with identifier ev-1."
+    assert err.value.headers["stripe-should-retry"] == "false"
     for ts in (now - 36 * 86400, now + 600):
         with pytest.raises(stripe.InvalidRequestError) as err:
             await usage(sc, cus.id, 1, f"late-{ts}", timestamp=ts)
@@ -408,7 +411,22 @@ async def test_customer_search_and_lists(sc):
     with pytest.raises(stripe.InvalidRequestError) as err:
         await sc.v1.customers.retrieve_async("cus_missing")
     assert (err.value.http_status, err.value.code) == (404, "resource_missing")
-    await sc.v1.products.create_async({"name": "Basic"})
+    basic = await sc.v1.products.create_async(
+        {
+            "name": "Basic",
+            "default_price_data": {
+                "currency": "usd",
+                "unit_amount": 900,
+                "recurring": {"interval": "month"},
+            },
+        }
+    )
+    assert (await sc.v1.prices.retrieve_async(basic.default_price)).unit_amount == 900
+    with pytest.raises(stripe.InvalidRequestError):
+        await sc.v1.products.create_async(
+            {"name": "Broken", "default_price_data": {"currency": "usd"}}
+        )
+    assert (await sc.v1.customers.retrieve_async(other.id)).balance == 0
     assert [p.name for p in (await sc.v1.products.list_async()).data] == ["Basic"]
 
 
@@ -464,8 +482,17 @@ async def test_expand_events_list_and_preview(sc, stripe_fake):
 async def test_injected_errors_and_lost_answers(sc, stripe_fake):
     await stripe_fake.fail_next("POST", "/v1/customers", status=500)
     with pytest.raises(stripe.APIError):
-        await sc.v1.customers.create_async({"email": "o@example.com"})
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
     assert (await sc.v1.customers.list_async()).data == []  # nothing happened
+    with pytest.raises(stripe.APIError):  # Stripe replays a 500 for the same key
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k5"})
+    await stripe_fake.fail_next("POST", "/v1/customers", status=429, type="invalid_request_error")
+    with pytest.raises(stripe.RateLimitError):
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    assert (
+        await sc.v1.customers.create_async({"email": "o@example.com"}, {"idempotency_key": "k6"})
+    ).email
+    await sc.v1.customers.delete_async((await sc.v1.customers.list_async()).data[0].id)
     await stripe_fake.drop_next("POST", "/v1/customers")
     opts = {"idempotency_key": "create-o"}
     with pytest.raises(stripe.APIConnectionError):

@@ -82,6 +82,14 @@ async def test_status_register_setup_over_mcp(db_url, stripe_fake, stripe_client
                 "customer.subscription.deleted",
             ]
         )
+        # an endpoint deleted in Stripe (or a key of another account) is recreated
+        await stripe_client.v1.webhook_endpoints.delete_async(endpoints[0].id)
+        third = await ok(mcp, "setupStripeIntegration", {"confirmAction": True})
+        assert third == third | {"webhookCreated": True, "modeChanged": False}
+        endpoints = (await stripe_client.v1.webhook_endpoints.list_async()).data
+        assert len(endpoints) == 1
+        status2 = await ok(mcp, "getStripeIntegrationStatus")
+        assert status2["webhookEndpointId"] == endpoints[0].id != status["webhookEndpointId"]
 
 
 async def test_rest_connect_replaces_the_key_and_checks_its_mode(db_url, stripe_fake):

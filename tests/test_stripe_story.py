@@ -76,8 +76,12 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
             cust = await ok(
                 mcp,
                 "createCustomer",
-                {"customerReferenceId": "user_456", "email": "jane@example.com",
-                 "firstName": "Jane", "lastName": "Smith"},
+                {
+                    "customerReferenceId": "user_456",
+                    "email": "jane@example.com",
+                    "firstName": "Jane",
+                    "lastName": "Smith",
+                },
             )
         cus_id = cust["stripeCustomerId"]
         stripe_cus = await sc.v1.customers.retrieve_async(cus_id)
@@ -86,7 +90,9 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
 
         # --- paid in advance: a checkout page, nothing created yet
         out = await app.data(
-            "POST", "/subscriptions", 201,
+            "POST",
+            "/subscriptions",
+            201,
             json={"customerReferenceId": "user_456", "planId": plans["pro"]},
         )
         assert out.get("subscription") is None and out.get("invoice") is None
@@ -96,7 +102,9 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
         assert not await allowed(app, "user_456", "export")
         # asking again gives the same page (no second session)
         again = await app.data(
-            "POST", "/subscriptions", 201,
+            "POST",
+            "/subscriptions",
+            201,
             json={"customerReferenceId": "user_456", "planId": plans["pro"]},
         )
         assert again["checkoutSessionId"] == out["checkoutSessionId"]
@@ -116,7 +124,9 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
         assert await balance(app, "user_456") == 100
         # one active subscription per customer in this mode
         r = await app.req(
-            "POST", "/api/v1/client/subscriptions", 400,
+            "POST",
+            "/api/v1/client/subscriptions",
+            400,
             json={"customerReferenceId": "user_456", "planId": plans["enterprise"]},
         )
         assert sub_id in r["error"]["message"]
@@ -132,7 +142,8 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
 
         # --- upgrade: Stripe swaps the price and prorates; the adjustment is mirrored
         up = await app.data(
-            "POST", f"/subscriptions/{sub_id}/plan-change",
+            "POST",
+            f"/subscriptions/{sub_id}/plan-change",
             json={"changeToPlanId": plans["enterprise"], "changeType": "UPGRADE"},
         )
         assert up["subscription"]["planId"] == plans["enterprise"]
@@ -140,9 +151,9 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
         stripe_sub = await sc.v1.subscriptions.retrieve_async(stripe_sub_id)
         enterprise_price = (await app.data("GET", f"/subscriptions/{sub_id}"))["plan"]["id"]
         assert enterprise_price == plans["enterprise"]
-        assert any(
-            item.price.unit_amount == 5000 for item in stripe_sub["items"].data
-        ), "Stripe bills the new plan"
+        assert any(item.price.unit_amount == 5000 for item in stripe_sub["items"].data), (
+            "Stripe bills the new plan"
+        )
         invoices = await app.data("GET", "/billing/invoices/user_456")
         adjustments = [i for i in invoices if i["type"] == "ADJUSTMENT"]
         assert len(adjustments) == 1 and Decimal(str(adjustments[0]["amount"])) > 0
@@ -163,9 +174,7 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
         assert len(regular) == 1 and regular[0]["status"] == "PAID"
 
         # --- cancel at the end of the period, undo, cancel now
-        c = await app.data(
-            "POST", f"/subscriptions/cancellation/{sub_id}?cancelMode=END_OF_PERIOD"
-        )
+        c = await app.data("POST", f"/subscriptions/cancellation/{sub_id}?cancelMode=END_OF_PERIOD")
         assert c["subscription"]["status"] == "cancel_scheduled"
         assert (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
         await app.settle()
@@ -173,6 +182,12 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
         await app.settle()
         assert not (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
         assert (await app.data("GET", f"/subscriptions/{sub_id}"))["status"] == "active"
+        # and once more (a new request, not a replay of the first one)
+        await app.data("POST", f"/subscriptions/cancellation/{sub_id}?cancelMode=END_OF_PERIOD")
+        assert (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
+        await app.data("DELETE", f"/subscriptions/cancellation/{sub_id}/scheduled")
+        assert not (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
+        await app.settle()
         async with app.mcp() as mcp:
             gone = await ok(
                 mcp,

@@ -204,9 +204,7 @@ class StripeProvider:
             metered[m.feature_key] = await self._sync_metered(
                 plan, m, product_id, recurring, idempotency_key
             )
-        return ExternalRef(
-            external_id=product_id, data={"price_id": price_id, "metered": metered}
-        )
+        return ExternalRef(external_id=product_id, data={"price_id": price_id, "metered": metered})
 
     async def _sync_metered(
         self,
@@ -386,9 +384,7 @@ class StripeProvider:
             return None
         if immediate:
             obj = await self._call(
-                lambda: self.v1.subscriptions.cancel_async(
-                    ext_id, options=_idem(idempotency_key)
-                )
+                lambda: self.v1.subscriptions.cancel_async(ext_id, options=_idem(idempotency_key))
             )
         else:
             obj = await self._call(
@@ -466,9 +462,7 @@ class StripeProvider:
         )
         return ExternalRef(external_id=obj.id, data={"secret": norm.as_dict(obj).get("secret")})
 
-    async def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes
-    ) -> list[ProviderEvent]:
+    async def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[ProviderEvent]:
         if not self._webhook_secret:
             raise WebhookSignatureError("no webhook signing secret is stored", code="no_secret")
         header = None
@@ -522,7 +516,7 @@ class StripeProvider:
             raw_type=etype,
         )
 
-    async def retrieve(self, kind: str, external_id: str) -> ExternalObject | None:
+    async def retrieve(self, kind: str, external_id: str) -> ExternalObject | ExternalRef | None:
         if kind == "subscription":
             return await self._retrieve_subscription(external_id)
         if kind == "invoice":
@@ -531,6 +525,13 @@ class StripeProvider:
         if kind == "checkout":
             obj = await self._call(lambda: self.v1.checkout.sessions.retrieve_async(external_id))
             return norm.checkout(norm.as_dict(obj))
+        if kind == "webhook_endpoint":
+            obj = norm.as_dict(
+                await self._call(lambda: self.v1.webhook_endpoints.retrieve_async(external_id))
+            )
+            return ExternalRef(
+                external_id=obj["id"], url=obj.get("url"), data={"status": obj.get("status")}
+            )
         raise ValueError(f"unknown object kind {kind!r}")
 
     # ------------------------------------------------------------------ import
@@ -563,8 +564,7 @@ class StripeProvider:
 
     async def list_subscriptions(self) -> list[ExternalSubscription]:
         return [
-            norm.subscription(s)
-            for s in await self._list(self.v1.subscriptions, {"status": "all"})
+            norm.subscription(s) for s in await self._list(self.v1.subscriptions, {"status": "all"})
         ]
 
     # ------------------------------------------------------------------ usage

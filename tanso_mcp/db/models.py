@@ -278,6 +278,11 @@ class Subscription(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     provider_subscription_id: Mapped[str | None] = mapped_column(String(100))
+    # changes applied through the payment provider so far: the idempotency keys of the
+    # provider calls are derived from it (a retry reuses the key, the next change not)
+    provider_ops: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONDoc, nullable=False, default=dict
     )

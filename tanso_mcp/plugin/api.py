@@ -408,9 +408,7 @@ class PaymentProvider(Protocol):
         self, report: UsageReport, *, idempotency_key: str
     ) -> ExternalRef | None: ...
 
-    async def parse_webhook(
-        self, headers: Mapping[str, str], body: bytes
-    ) -> list[ProviderEvent]:
+    async def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[ProviderEvent]:
         """Verify the signature (raise :class:`WebhookSignatureError` if it fails) and
         normalise the callback."""
         ...
@@ -468,8 +466,10 @@ class InvoicingProvider(PaymentProvider, Protocol):
         credentials work."""
         ...
 
-    async def retrieve(self, kind: str, external_id: str) -> ExternalObject | None:
-        """The current state of a ``subscription``, ``invoice`` or ``checkout``."""
+    async def retrieve(self, kind: str, external_id: str) -> ExternalObject | ExternalRef | None:
+        """The current state of a ``subscription``, ``invoice`` or ``checkout``; for a
+        ``webhook_endpoint`` an :class:`ExternalRef` (``url``), or a
+        :class:`ProviderError` with ``status`` 404 when it no longer exists."""
         ...
 
     async def list_products(self) -> list[ExternalProduct]: ...
@@ -477,7 +477,6 @@ class InvoicingProvider(PaymentProvider, Protocol):
     async def list_customers(self) -> list[ExternalCustomer]: ...
 
     async def list_subscriptions(self) -> list[ExternalSubscription]: ...
-
 
 
 def has_capability(provider: PaymentProvider, capability: str) -> bool:

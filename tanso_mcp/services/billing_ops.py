@@ -99,6 +99,18 @@ async def _provider_invoicing(ctx: AppContext, p: Principal) -> PaymentProvider 
 # --------------------------------------------------------------------------- subscriptions
 
 
+async def resolve_plan(
+    s: AsyncSession, env: str, plan_id: str | None, plan_key: str | None
+) -> Plan:
+    """The plan a subscribe request names (``planId`` wins; both must agree)."""
+    if plan_id:
+        plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
+        if plan_key and plan.key != plan_key:
+            raise InvalidRequest("planId and planKey name different plans", field="planKey")
+        return plan
+    return await catalog.plan_by_key(s, env, plan_key, field="planKey")
+
+
 def _plan_ref(plan_id: str | None, plan_key: str | None) -> None:
     if not plan_id and not plan_key:
         raise InvalidRequest("planId or planKey is required", field="planId")
@@ -133,12 +145,7 @@ async def create_subscription(
     async with ctx.db.unit_of_work() as s:
         provider = await payments.provider_for(ctx, s, env)
         customer = await customers.by_reference(s, env, customer_ref)
-        if plan_id:
-            plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
-            if plan_key and plan.key != plan_key:
-                raise InvalidRequest("planId and planKey name different plans", field="planKey")
-        else:
-            plan = await catalog.plan_by_key(s, env, plan_key, field="planKey")
+        plan = await resolve_plan(s, env, plan_id, plan_key)
         if CORE_INVOICING not in provider.capabilities:
             raise PreconditionFailed(
                 f"subscriptions of this environment are created through its payment "
@@ -177,7 +184,10 @@ async def _write(
 ) -> dict[str, Any]:
     now = await ctx.now(p)
     if dry_run:
-        return await preview(ctx, lambda s: fn(s, now))
+        out = await preview(ctx, lambda s: fn(s, now))
+        if await _provider_invoicing(ctx, p) is not None:
+            stripe_billing.annotate_preview(out)
+        return out
     async with ctx.db.unit_of_work() as s:
         fx = await fn(s, now)
         out: dict[str, Any] = {"success": True, "message": _message(fx)}
@@ -253,7 +263,8 @@ async def mark_paid(
     now = await ctx.now(p)
     if (stripe := await _provider_invoicing(ctx, p)) is not None:
         if dry_run:  # the same rule, rolled back; Stripe is not called
-            return await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
+            out = await preview(ctx, lambda s: billing.mark_invoice_paid(s, env, invoice_id, now))
+            return stripe_billing.annotate_preview(out)
         return await stripe_billing.mark_paid(ctx, p, stripe, invoice_id)
 
     async def run(s: AsyncSession, now: datetime) -> billing.Effects:

@@ -63,7 +63,9 @@ async def provider_for(
             raise PreconditionFailed(
                 f"the environment's payment provider {name!r} is not installed"
             ) from None
-        forget_provider(ctx, env_id)  # versions built from older credentials
+        retired = ctx.extras.setdefault("retired_providers", [])
+        for old in [k for k in cache if k[:2] == (env_id, name)]:  # older credentials
+            retired.append(cache.pop(old))
         if not ctx.extras.get("providers_closer"):
             ctx.extras["providers_closer"] = True
             ctx.on_close(lambda: _close_providers(ctx))

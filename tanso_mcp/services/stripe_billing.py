@@ -16,7 +16,7 @@ applies nothing. Previews (``confirmAction`` without ``true``) never call Stripe
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -40,7 +40,7 @@ from ..plugin.api import (
     SubscriptionData,
 )
 from ..principal import Principal
-from . import billing, catalog, customers
+from . import billing, customers
 from . import invoices as inv_svc
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
 from .stripe_setup import checkout_urls, stripe_error
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from ..bootstrap import AppContext
 
 log = logging.getLogger("tanso_mcp.stripe")
+
+CHECKOUT_REUSE = timedelta(hours=23)
 
 
 async def announce(ctx: AppContext, p: Principal, fx: billing.Effects) -> None:
@@ -88,13 +90,10 @@ async def create_subscription(
     created directly, active at once. One live subscription per customer."""
     env = p.environment_id
     async with ctx.db.reader() as s:
+        from .billing_ops import resolve_plan
+
         customer = await customers.by_reference(s, env, customer_ref)
-        if plan_id:
-            plan = await catalog.plan_by_id(s, env, plan_id, field="planId")
-            if plan_key and plan.key != plan_key:
-                raise InvalidRequest("planId and planKey name different plans", field="planKey")
-        else:
-            plan = await catalog.plan_by_key(s, env, plan_key, field="planKey")
+        plan = await resolve_plan(s, env, plan_id, plan_key)
         field = "planId" if plan_id else "planKey"
         if plan.status != "ACTIVE":
             raise InvalidRequest(
@@ -119,7 +118,11 @@ async def create_subscription(
                 PendingSubscription.plan_id == plan.id,
                 PendingSubscription.kind == "CHECKOUT",
                 PendingSubscription.status == "OPEN",
+                # Stripe expires a Checkout Session after 24 hours
+                PendingSubscription.created_at > await ctx.now(p) - CHECKOUT_REUSE,
             )
+            .order_by(PendingSubscription.created_at.desc())
+            .limit(1)
         )
     if checkout and reuse is not None and reuse.url:
         return _checkout_answer(reuse.external_id, reuse.url)
@@ -185,11 +188,20 @@ async def create_subscription(
         await _fail_pending(ctx, pending_id, "the provider returned nothing", now)
         raise StripeApiError("Stripe returned no object")
     async with ctx.db.unit_of_work() as s:
+        # the webhook Stripe sends while answering may be mirroring the same
+        # subscription concurrently: both take the subscription first, then the pending
+        # row (one lock order), and the subscription is inserted once (unique index)
+        sub = None
+        fx = None
+        if not checkout:
+            fx = billing.Effects(action="SUBSCRIBE")
+            sub = await materialise(s, env, ext, now, fx) if ext else None
         await s.execute(
             update(PendingSubscription)
             .where(PendingSubscription.id == pending_id)
             .values(
-                status="OPEN",
+                status="COMPLETED" if sub is not None else "OPEN",
+                subscription_id=sub.id if sub is not None else None,
                 external_id=ref.external_id,
                 url=getattr(ref, "url", None),
                 modified_at=now,
@@ -198,10 +210,7 @@ async def create_subscription(
         )
         if checkout:
             out = _checkout_answer(ref.external_id, ref.url)
-            fx = None
         else:
-            fx = billing.Effects(action="SUBSCRIBE")
-            sub = await materialise(s, env, ext, now, fx) if ext else None
             if sub is None:
                 raise StripeApiError(
                     f"Stripe created subscription {ref.external_id} but it is not active "
@@ -216,6 +225,16 @@ async def create_subscription(
             }
     if fx is not None:
         await announce(ctx, p, fx)
+    return out
+
+
+def annotate_preview(out: dict[str, Any]) -> dict[str, Any]:
+    """A preview in Stripe mode is the billing rule's own, computed without calling
+    Stripe: the money side is Stripe's to settle."""
+    out.setdefault("notes", []).append(
+        "Stripe collects payments in this environment: invoices, prorations and refunds "
+        "are computed by Stripe and mirrored here; the amounts shown are estimates"
+    )
     return out
 
 
@@ -241,6 +260,33 @@ async def _fail_pending(ctx: AppContext, pending_id: str, message: str, now: dat
 
 
 # --------------------------------------------------------------------------- changes
+
+
+async def _answer(s, env: str, sub_id: str, fx: billing.Effects) -> dict[str, Any]:
+    """The same answer as native billing's for the same operation."""
+    from .billing_ops import _message, subscription_out
+
+    out: dict[str, Any] = {"success": True, "message": _message(fx)}
+    out["subscription"] = await subscription_out(s, env, sub_id)
+    out.update(fx.to_json())
+    return out
+
+
+def _state_key(action: str, sub: Subscription, *parts: str) -> str:
+    """Idempotency key of a change to a Stripe subscription: derived from the number of
+    changes already recorded for it (``provider_ops``, bumped when a change is
+    applied). A retry after a failure or crash sends the same key (Stripe answers what
+    it did the first time); the next change — say cancel, undo, cancel — has a new one."""
+    return ":".join((action, sub.id, *parts, str(sub.provider_ops)))
+
+
+async def _bump_ops(s, sub_id: str) -> None:
+    await s.execute(
+        update(Subscription)
+        .where(Subscription.id == sub_id)
+        .values(provider_ops=Subscription.provider_ops + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def _subscription_data(s, env: str, sub: Subscription) -> SubscriptionData:
@@ -302,7 +348,7 @@ async def change_plan(
                 sdata,
                 sdata_target,
                 prorate=True,
-                idempotency_key=f"upgrade:{sub.id}:{target.id}:{sub.current_period_start.isoformat()}",
+                idempotency_key=_state_key("upgrade", sub, target.id),
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
@@ -319,6 +365,7 @@ async def change_plan(
                 plan_before=dry.plan_before,
                 plan_after=dry.plan_after,
             )
+            await _bump_ops(s, sub.id)
             target_plan = await s.get(Plan, to_plan_id)
             if sub.plan_id != target_plan.id:
                 await switch_plan(s, env, sub, target_plan, now, fx)
@@ -334,11 +381,7 @@ async def change_plan(
             fx = await billing.change_plan(
                 s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
             )
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
@@ -365,13 +408,14 @@ async def cancel(
         ext = await provider.cancel_subscription(
             sdata,
             immediate=immediate,
-            idempotency_key=f"cancel:{sub.id}:{mode}:{sub.current_period_start.isoformat()}",
+            idempotency_key=_state_key("cancel", sub, mode),
         )
     except ProviderError as exc:
         raise stripe_error(exc) from None
     ext = _ext(ext)
     async with ctx.db.unit_of_work() as s:
         sub = await billing.load_subscription(s, env, sub_id, lock=True)
+        await _bump_ops(s, sub.id)
         if not immediate:
             fx = await billing.cancel_subscription(s, env, sub_id, mode, now)
         else:
@@ -400,11 +444,7 @@ async def cancel(
             await converge_subscription(s, env, sub, ext, now, billing.Effects(action="SYNC"))
         sub = await billing.load_subscription(s, env, sub_id)
         fx.status_after = await billing.status_of(s, sub)
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
@@ -425,20 +465,18 @@ async def undo_cancel(
         try:
             ext = await provider.resume_subscription(
                 sdata,
-                idempotency_key=f"resume:{sub.id}:{sub.cancelled_at.isoformat() if sub.cancelled_at else ''}",
+                idempotency_key=_state_key("resume", sub),
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
     async with ctx.db.unit_of_work() as s:
+        if ext is not None:
+            await _bump_ops(s, sub_id)
         fx = await billing.undo_cancellation(s, env, sub_id, now)
         if ext is not None:
             sub = await billing.load_subscription(s, env, sub_id)
             await converge_subscription(s, env, sub, ext, now, billing.Effects(action="SYNC"))
-        from .billing_ops import _message, subscription_out
-
-        out: dict[str, Any] = {"success": True, "message": _message(fx)}
-        out["subscription"] = await subscription_out(s, env, sub_id)
-        out.update(fx.to_json())
+        out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 

@@ -192,6 +192,17 @@ async def setup(ctx: AppContext, p: Principal, *, dry_run: bool = False) -> dict
         need_mode = env.payment_provider != PROVIDER or env.stripe_mode != STRIPE_DRIVEN
         provider = await payments.provider_for(ctx, s, env_id, name=PROVIDER)
     url = webhook_url(ctx, env_id)
+    hook = found.get(WEBHOOK_SECRET)
+    if hook is not None and hook.external_id and not dry_run:
+        # still there (the key may now be another account's, or it was deleted)? This
+        # call also proves the key works
+        try:
+            ref = await provider.retrieve("webhook_endpoint", hook.external_id)
+            need_webhook = ref is None or getattr(ref, "url", url) != url
+        except ProviderError as exc:
+            if exc.status != 404:
+                raise stripe_error(exc) from None
+            need_webhook = True
     if dry_run:
         return {
             "dryRun": True,
@@ -214,7 +225,9 @@ async def setup(ctx: AppContext, p: Principal, *, dry_run: bool = False) -> dict
     secret = endpoint_id = None
     if need_webhook:
         try:
-            ref = await provider.create_webhook_endpoint(url, idempotency_key=f"webhook:{env_id}")
+            ref = await provider.create_webhook_endpoint(
+                url, idempotency_key=f"webhook:{env_id}:{hook.external_id if hook else 0}"
+            )
         except ProviderError as exc:
             raise stripe_error(exc) from None
         if ref is None or not ref.data.get("secret"):
@@ -224,7 +237,7 @@ async def setup(ctx: AppContext, p: Principal, *, dry_run: bool = False) -> dict
     async with ctx.db.unit_of_work() as s:
         env, found = await _preconditions(ctx, s, p)  # again, as of this transaction
         webhook_created = False
-        if secret is not None and WEBHOOK_SECRET not in found:
+        if secret is not None:
             await stripe_secrets.put(
                 ctx, s, env_id, WEBHOOK_SECRET, secret, now, external_id=endpoint_id
             )

@@ -83,9 +83,11 @@ class StripeError(Exception):
         param: str | None = None,
         code: str | None = None,
         type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
         self.body = {"error": {"type": type_, "message": message}}
         if param:
             self.body["error"]["param"] = param
@@ -115,8 +117,8 @@ def customer(cus_id: Any, param: str = "customer"):
     return obj
 
 
-def respond(obj: Any, status: int = 200) -> web.Response:
-    return web.json_response(obj, status=status, dumps=json.dumps)
+def respond(obj: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.json_response(obj, status=status, dumps=json.dumps, headers=headers)
 
 
 async def params(request: web.Request) -> dict:
@@ -272,3 +274,10 @@ def _emit_localstripe(event) -> None:
 
 
 ls.schedule_webhook = _emit_localstripe
+
+# localstripe's objects with the fields the current API has and localstripe lacks
+ls.Product.default_price = None
+ls.Customer.balance = property(
+    lambda self: -self.account_balance,
+    lambda self, value: setattr(self, "account_balance", -int(value)),
+)

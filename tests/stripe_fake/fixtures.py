@@ -191,7 +191,9 @@ class StripeFake:
         count: int = 1,
     ) -> None:
         """The next `count` `method` requests whose path starts with `path` answer `status`
-        with a Stripe error of `type`, and change nothing."""
+        with a Stripe error of `type`, and change nothing. As Stripe does, a 5xx (or 402)
+        answer is saved under the request's Idempotency-Key: a retry with the same key gets
+        the same error for 24 h; only a new key executes again."""
         await self._call(
             "POST",
             "/_test/faults",

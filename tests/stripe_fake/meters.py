@@ -155,11 +155,11 @@ async def create_meter_event(request):
     expire(st.meter_event_ids, t - IDENTIFIER_TTL)
     identifier = data.get("identifier") or new_id("mev_")
     if identifier in st.meter_event_ids:
+        # Stripe's v1 answer carries no error code: integrations recognise the message
         raise StripeError(
             400,
             f"An event already exists with identifier {identifier}.",
-            param="identifier",
-            code="resource_already_exists",
+            headers={"Stripe-Should-Retry": "false"},
         )
     st.meter_event_ids[identifier] = t
     event = {

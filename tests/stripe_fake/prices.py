@@ -10,6 +10,7 @@ from aiohttp import web
 from localstripe import resources as ls
 
 from .core import (
+    StripeError,
     as_bool,
     as_decimal,
     as_int,
@@ -24,15 +25,16 @@ from .core import (
     params,
     req,
     respond,
+    state,
     table,
 )
 
 routes = web.RouteTableDef()
 
 
-def _tiers(raw, currency_param: str = "tiers") -> list[dict]:
+def _tiers(raw) -> list[dict]:
     if not isinstance(raw, list) or not raw:
-        raise bad(currency_param, "Missing required param: tiers.", "parameter_missing")
+        raise bad("tiers", "Missing required param: tiers.", "parameter_missing")
     tiers = []
     for i, t in enumerate(raw):
         up_to = t.get("up_to")
@@ -193,6 +195,24 @@ def amount_for(price: dict, quantity: Decimal) -> int:
                 total += unit * in_tier + flat
                 lower = upper if upper is not None else lower
     return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@routes.post("/v1/products")
+async def create_product(request):
+    """localstripe's product, plus `default_price_data` (the product's first price)."""
+    data = await params(request)
+    price_data = data.pop("default_price_data", None)
+    events = len(state().outbox)
+    product = ls.Product._api_create(**data)
+    if isinstance(price_data, dict):
+        try:
+            product.default_price = create_price(price_data | {"product": product.id})["id"]
+        except StripeError as exc:  # all or nothing
+            del ls.store[f"product:{product.id}"]
+            del state().outbox[events:]
+            exc.body["error"]["param"] = f"default_price_data[{exc.body['error'].get('param')}]"
+            raise
+    return respond(product._export())
 
 
 @routes.post("/v1/prices")

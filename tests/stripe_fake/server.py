@@ -75,7 +75,7 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         try:
             return await handler(request)
         except core.StripeError as exc:
-            return core.respond(exc.body, exc.status)
+            return core.respond(exc.body, exc.status, exc.headers)
         except UserError as exc:  # localstripe's errors, in Stripe's shape
             if exc.code == 404:
                 obj_id = request.match_info.get("id", request.path.rsplit("/", 1)[-1])
@@ -176,6 +176,14 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         st.idempotency[slot] = {"fingerprint": fingerprint, "body": None, "at": t}
         try:
             response = await handler(request)
+        except core.StripeError as exc:
+            # Stripe saves the answer once the endpoint began executing, errors included
+            # (a 500 is replayed too); not a request refused before (validation, 429, ...)
+            if exc.status == 402 or exc.status >= 500:
+                st.idempotency[slot].update(body=json.dumps(exc.body).encode(), status=exc.status)
+            else:
+                del st.idempotency[slot]
+            raise
         except BaseException:
             del st.idempotency[slot]
             raise
@@ -204,7 +212,7 @@ def build_app(api_keys: list[str] | None = None, state_file: str | None = None) 
         _test_routes,
     )
     own = {route.handler for table in tables for route in table}
-    app = web.Application(middlewares=[errors, auth, faults, idempotency, expansion, after_write])
+    app = web.Application(middlewares=[errors, auth, idempotency, faults, expansion, after_write])
     for table in tables:
         app.router.add_routes(table)
     claimed = {(r.method, r.resource.canonical) for r in app.router.routes()}

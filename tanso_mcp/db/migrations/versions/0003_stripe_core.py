@@ -78,6 +78,7 @@ def upgrade() -> None:
     with op.batch_alter_table('plan_features', schema=None) as batch_op:
         batch_op.add_column(sa.Column('provider_price_id', sa.String(length=100), nullable=True))
     with op.batch_alter_table('subscriptions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('provider_ops', sa.Integer(), server_default=sa.text('0'), nullable=False))
         batch_op.create_index('uq_subscriptions_provider', ['environment_id', 'provider_subscription_id'], unique=True)
     with op.batch_alter_table('invoices', schema=None) as batch_op:
         batch_op.create_index('uq_invoices_provider', ['environment_id', 'provider_invoice_id'], unique=True)
@@ -88,6 +89,7 @@ def downgrade() -> None:
         batch_op.drop_index('uq_invoices_provider')
     with op.batch_alter_table('subscriptions', schema=None) as batch_op:
         batch_op.drop_index('uq_subscriptions_provider')
+        batch_op.drop_column('provider_ops')
     with op.batch_alter_table('plan_features', schema=None) as batch_op:
         batch_op.drop_column('provider_price_id')
     with op.batch_alter_table('features', schema=None) as batch_op:
