@@ -197,6 +197,15 @@ async def test_checkout_creates_nothing_until_completed(sc, stripe_fake, webhook
     with pytest.raises(stripe.SignatureVerificationError):
         headers, body = webhook_receiver.received[0]
         stripe.Webhook.construct_event(body, headers["Stripe-Signature"], "whsec_wrong")
+    with pytest.raises(stripe.InvalidRequestError) as err:  # one item per price
+        await sc.v1.checkout.sessions.create_async(
+            {
+                "mode": "subscription",
+                "success_url": "https://app.test/ok",
+                "line_items": [{"price": base.id, "quantity": 1}] * 2,
+            }
+        )
+    assert err.value.param == "line_items"
     with pytest.raises(stripe.InvalidRequestError):  # a session completes once
         await sc.v1.checkout.sessions.expire_async(session.id)
 

@@ -94,12 +94,13 @@ async def create_session(request):
                 "quantity": qty,
             }
         )
-    if mode == "subscription" and not any(table("price")[it["price"]]["recurring"] for it in items):
-        raise bad(
-            "line_items",
-            "You must provide at least one recurring price in "
-            "`subscription` mode when using prices.",
-        )
+    if mode == "subscription":
+        prices = [table("price")[it["price"]] for it in items]
+        if not all(p["recurring"] for p in prices):
+            raise bad("line_items", "The fake takes only recurring prices in `subscription` mode.")
+        # checked now, as Stripe does, so that completing the session cannot fail
+        subscriptions.same_terms(prices, "line_items")
+        subscriptions.distinct_prices([p["id"] for p in prices], "line_items")
     total = sum(it["amount_total"] for it in items)
     sid = new_id("cs_test_")
     session = {

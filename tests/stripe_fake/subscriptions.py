@@ -179,8 +179,8 @@ def build_subscription(data: dict) -> dict:
         raise bad("items", "Missing required param: items.", "parameter_missing")
     sub_id = new_id("sub_")
     items = [_item(sub_id, spec, i) for i, spec in enumerate(items_spec)]
-    _distinct_prices([it["price"]["id"] for it in items])
-    _same_terms([it["price"] for it in items])
+    distinct_prices([it["price"]["id"] for it in items])
+    same_terms([it["price"] for it in items])
     currencies = {it["price"]["currency"] for it in items}
     t = now()
     sub = {
@@ -327,8 +327,8 @@ def _plan_items(sub: dict, specs) -> tuple[list[tuple[str, dict | None, dict | N
             final.pop(current["id"])
         else:
             final[current["id"] if current else new["id"]] = new["price"]["id"]
-    _distinct_prices(list(final.values()))
-    _same_terms([table("price")[p] for p in final.values()])
+    distinct_prices(list(final.values()))
+    same_terms([table("price")[p] for p in final.values()])
     if not final:
         raise bad("items", "A subscription needs at least one item; cancel it instead.")
     old = sub["items"]["data"][0]["price"]
@@ -336,19 +336,19 @@ def _plan_items(sub: dict, specs) -> tuple[list[tuple[str, dict | None, dict | N
     return plan, not _same_cycle(old, new)
 
 
-def _same_terms(prices: list[dict]) -> None:
+def same_terms(prices: list[dict], param: str = "items") -> None:
     terms = {
         (p["currency"], p["recurring"]["interval"], p["recurring"]["interval_count"])
         for p in prices
     }
     if len(terms) > 1:
-        raise bad("items", "All prices on a subscription must have the same currency and interval.")
+        raise bad(param, "All prices on a subscription must have the same currency and interval.")
 
 
-def _distinct_prices(price_ids: list[str]) -> None:
+def distinct_prices(price_ids: list[str], param: str = "items") -> None:
     if len(set(price_ids)) < len(price_ids):
         raise bad(
-            "items",
+            param,
             "You cannot add multiple subscription items with the same price; "
             "use one item with a quantity instead.",
         )
