@@ -47,7 +47,7 @@ from harness import (  # noqa: E402
     free_port,
     request_shape,
 )
-from scenarios import BY_NAME, SCENARIOS  # noqa: E402
+from scenarios import BY_NAME, SCENARIOS, TANSO, tanso_name  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -429,6 +429,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep each scenario's temporary directory (server log, database)",
     )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="serve the product on PostgreSQL (postgresql+asyncpg://…): each scenario gets a "
+        "fresh database on that server, dropped at the end (default: a SQLite file)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`tanso-mcp serve --workers N` (PostgreSQL only; N > 1 turns CPU pinning off)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -470,11 +482,22 @@ def main(argv: list[str] | None = None) -> int:
         reps=args.reps or (1 if quick else 5),
         connections=args.connections or 64,
         threads=max(1, args.threads),
-        pin=not args.no_pin and (os.cpu_count() or 1) >= 2 and _has_taskset(),
+        pin=not args.no_pin and args.workers <= 1 and (os.cpu_count() or 1) >= 2 and _has_taskset(),
         quick=quick,
         renewals=args.renewals or (100 if quick else 500),
         verbose=args.verbose,
     )
+    if args.database:
+        if not args.database.startswith("postgresql"):
+            print("--database: a postgresql+asyncpg:// URL", file=sys.stderr)
+            return 2
+        os.environ["BENCH_DATABASE_URL"] = args.database
+    if args.workers > 1:
+        if not args.database:
+            print("--workers needs --database (SQLite is served by one process)", file=sys.stderr)
+            return 2
+        os.environ["BENCH_WORKERS"] = str(args.workers)
+    TANSO.name = tanso_name()
     chosen = select(args.scenarios)
     if args.self_check:
         args.tanso_cmd = f"{sys.executable} {BENCH_DIR / 'selfcheck_server.py'}"

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pg_databases
 from harness import (
     Context,
     Measurement,
@@ -83,15 +84,26 @@ def tanso_command() -> list[str]:
 
 
 def _tanso_argv(sctx: ServerContext) -> list[str]:
-    return [*tanso_command(), "serve", "--host", "127.0.0.1", "--port", str(sctx.port)]
+    argv = [*tanso_command(), "serve", "--host", "127.0.0.1", "--port", str(sctx.port)]
+    workers = int(os.environ.get("BENCH_WORKERS") or 1)
+    return argv + (["--workers", str(workers)] if workers > 1 else [])
 
 
 def _tanso_env(sctx: ServerContext) -> dict[str, str]:
+    base = os.environ.get("BENCH_DATABASE_URL")
+    if base:  # run.py --database: a fresh PostgreSQL database per scenario
+        return {"TANSO_DATABASE_URL": pg_databases.fresh(base)}
     return {"TANSO_DATABASE_URL": f"sqlite+aiosqlite:///{sctx.tmpdir}/bench.db"}
 
 
+def tanso_name() -> str:
+    db = "PostgreSQL" if os.environ.get("BENCH_DATABASE_URL") else "SQLite"
+    workers = int(os.environ.get("BENCH_WORKERS") or 1)
+    return f"tanso-mcp serve ({db}{f', {workers} workers' if workers > 1 else ''})"
+
+
 TANSO = Server(
-    name="tanso-mcp serve (SQLite)",
+    name=tanso_name(),
     argv=_tanso_argv,
     env=_tanso_env,
     ready_path="/readyz",

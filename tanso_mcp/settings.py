@@ -67,6 +67,13 @@ class Settings(BaseSettings):
 
     # --- events ---
     event_future_skew_seconds: int = Field(default=300, ge=0, le=86_400)
+    event_max_age_days: int = Field(
+        default=35,
+        ge=1,
+        le=36_500,
+        description="events whose occurredAt is further in the past than this on the "
+        "environment's clock are refused (400)",
+    )
     entitlement_cache_seconds: float = Field(
         default=2.0,
         ge=0,

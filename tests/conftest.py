@@ -30,6 +30,9 @@ from tests.stripe_fake.fixtures import (  # noqa: F401 - fixtures for the Stripe
     webhook_receiver,
 )
 
+# every MCP and REST answer of every test is checked against its declared schema
+pytest_plugins = ["tests.schema_guard"]
+
 PG_URL = os.environ.get("TANSO_TEST_DATABASE_URL")
 START = datetime(2026, 1, 15, 10, 0, 0, tzinfo=UTC)
 

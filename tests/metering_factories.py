@@ -95,7 +95,6 @@ async def give_credits(
     *,
     hard_limit: bool | None = None,
     subscription_id: str | None = None,
-    draw_priority: int = 0,
     draw_limit: str | None = None,
     expires_at: datetime | None = None,
     created_at: datetime | None = None,
@@ -103,7 +102,7 @@ async def give_credits(
 ) -> str:
     """Grant credits to the customer's pool of `denomination` through billing's credits
     service (pool created on first use, `hard_limit` applied), optionally linked to a
-    subscription with a draw priority and limit; returns the pool id."""
+    subscription with a draw limit; returns the pool id."""
     now = created_at or ctx.clocks.system_now()
     async with ctx.db.unit_of_work() as s:
         c = await s.scalar(
@@ -124,9 +123,7 @@ async def give_credits(
             subscription_id=subscription_id,
         )
         if subscription_id is not None:
-            await credits.link_subscription(
-                s, env, pool.id, subscription_id, draw_priority=draw_priority
-            )
+            await credits.link_subscription(s, env, pool.id, subscription_id)
             if draw_limit is not None:
                 await s.execute(
                     update(CreditPoolSubscription)

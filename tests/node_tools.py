@@ -221,3 +221,23 @@ async def key_injecting_proxy(upstream: str, key: str) -> AsyncIterator[str]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(60, read=None)) as client:
         async with serve_asgi(_proxy_app(upstream, key, client)) as base:
             yield base
+
+
+async def _serve_proxy_forever(upstream: str, key: str) -> None:
+    async with key_injecting_proxy(upstream.rstrip("/"), key) as base:
+        print(f"conformance proxy: {base}/mcp -> {upstream.rstrip('/')}/mcp", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    # python -m tests.node_tools <server base URL>  (key from TANSO_API_KEY): a loopback
+    # proxy that adds the key to every request, for clients that cannot send headers
+    import sys
+
+    key = os.environ.get("TANSO_API_KEY")
+    if len(sys.argv) != 2 or not key:
+        sys.exit("usage: TANSO_API_KEY=sk_test_… python -m tests.node_tools http://127.0.0.1:8080")
+    try:
+        asyncio.run(_serve_proxy_forever(sys.argv[1], key))
+    except KeyboardInterrupt:
+        pass

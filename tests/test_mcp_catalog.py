@@ -42,10 +42,12 @@ async def build_catalog(client) -> dict:
     features = {}
     for key in SEED_EXAMPLES:
         f = await ok(client, "adminCreateFeature", {"name": key.title(), "key": key})
-        features[key] = f["id"]
+        assert f["success"] is True
+        features[key] = f["feature"]["id"]
     plan = await ok(
         client, "adminCreatePlan", {"key": "pro_tier", "name": "Pro Tier", "priceAmount": "99.00"}
     )
+    assert plan["success"] is True
     assert plan["plan"]["status"] == "DRAFT" and plan["plan"]["intervalMonths"] == 1
     assert plan["plan"]["billingTiming"] == "IN_ADVANCE"
     plan_id = plan["plan"]["id"]
@@ -57,7 +59,7 @@ async def build_catalog(client) -> dict:
         if value is not None:
             args["valueJson"] = value
         rule = await ok(client, "adminLinkFeatureToPlan", args)
-        assert rule["featureKey"] == key
+        assert rule["rule"]["featureKey"] == key
     await ok(client, "adminUpdatePlan", {"planId": plan_id, "description": "For pros"})
     active = await ok(client, "adminUpdatePlan", {"planId": plan_id, "status": "ACTIVE"})
     assert active["plan"]["status"] == "ACTIVE"
@@ -162,7 +164,7 @@ async def test_invalid_rules_are_rejected_and_nothing_is_written(ctx, tenant, va
         err = await fails(
             mcp,
             "adminLinkFeatureToPlan",
-            {"planId": p["plan"]["id"], "featureId": f["id"], "valueJson": value},
+            {"planId": p["plan"]["id"], "featureId": f["feature"]["id"], "valueJson": value},
         )
         assert err["error"] == "invalid_request" and err["field"] == field, err
     assert await _count(ctx, PlanFeature) == 0
@@ -231,11 +233,13 @@ async def test_customer_tools(ctx, tenant):
             "createCustomer",
             {"customerReferenceId": "user_abc123", "email": "a@example.com", "firstName": "A"},
         )
+        assert c["success"] is True
+        c = c["customer"]
         assert c["customerReferenceId"] == "user_abc123" and c["subscriptions"] == []
         u = await ok(
             mcp, "updateCustomer", {"customerReferenceId": "user_abc123", "phoneNumber": "+1 555"}
         )
-        assert u["phoneNumber"] == "+1 555" and u["firstName"] == "A"
+        assert u["customer"]["phoneNumber"] == "+1 555" and u["customer"]["firstName"] == "A"
         err = await fails(
             mcp, "createCustomer", {"customerReferenceId": "user_abc123", "email": "a@example.com"}
         )
@@ -298,6 +302,6 @@ async def test_stdio_server_process(ctx, tenant, settings):
     async with Client(stdio_client(params), mode="legacy") as mcp:
         assert len((await mcp.list_tools()).tools) == 34
         f = await ok(mcp, "adminCreateFeature", {"name": "Via stdio", "key": "stdio_f"})
-        assert f["key"] == "stdio_f"
+        assert f["feature"]["key"] == "stdio_f"
     async with ctx.db.reader() as s:
         assert await s.scalar(select(Feature.name).where(Feature.key == "stdio_f")) == "Via stdio"

@@ -83,8 +83,10 @@ def test_expected_failures_file_is_well_formed():
     assert listed, "the expected-failures list is empty"
     assert not MUST_PASS & listed.keys()
     for scenario, reason in listed.items():
-        assert reason.split(":", 1)[0] in {"fixture", "stateless", "fixture+stateless"}, (
-            f"{scenario}: a reason must start with fixture:, stateless: or fixture+stateless:"
+        kinds = reason.split(":", 1)[0].split("+")
+        assert kinds and set(kinds) <= {"fixture", "stateless", "design"}, (
+            f"{scenario}: a reason must start with fixture:, stateless: or design: "
+            "(or a combination such as fixture+stateless:)"
         )
 
 

@@ -92,18 +92,20 @@ async def test_typescript_sdk_client(ctx, tenant):
 
     # the catalog workflow
     w = summary["workflow"]
-    feature = _assert_result(w["createFeature"], is_error=False)
+    created = _assert_result(w["createFeature"], is_error=False)
+    assert created["success"] is True and created["message"]
+    feature = created["feature"]
     assert feature["key"] == "api_calls" and feature["isEnabled"] is True
     _assert_result(w["createGate"], is_error=False)
     plan = _assert_result(w["createPlan"], is_error=False)["plan"]
     assert (plan["status"], plan["priceAmount"], plan["currency"]) == ("DRAFT", 99, "USD")
     early = _assert_result(w["activateTooEarly"], is_error=True)
     assert early["error"] == "invalid_request" and early["field"] == "description"
-    rule = _assert_result(w["link"], is_error=False)
+    rule = _assert_result(w["link"], is_error=False)["rule"]
     assert rule["planId"] == plan["id"] and rule["featureId"] == feature["id"]
     assert rule["value"]["pricing"]["tiers"][1]["up_to"] == "inf"
     assert rule["value"]["cost"]["model"] == "simple"
-    assert _assert_result(w["linkGate"], is_error=False)["value"] is None
+    assert _assert_result(w["linkGate"], is_error=False)["rule"]["value"] is None
     active = _assert_result(w["activate"], is_error=False)["plan"]
     assert active["status"] == "ACTIVE" and active["description"] == "For professional teams"
     full = _assert_result(w["getPlan"], is_error=False)
@@ -133,10 +135,11 @@ async def test_typescript_sdk_client(ctx, tenant):
     hidden = _assert_result(read["hiddenTool"], is_error=True)
     assert hidden["error"] == "forbidden"
 
-    # no key / a wrong key: the handshake gets HTTP 401
-    for label in ("noKey", "badKey"):
+    # no key / a wrong key: the handshake gets HTTP 401 and the client shows our message
+    for label, text in (("noKey", "missing API key"), ("badKey", "invalid or revoked API key")):
         assert summary[label]["connected"] is False, summary[label]
         assert summary[label]["code"] == 401, summary[label]
+        assert text in summary[label]["message"], summary[label]
 
     # what the client did is what the database holds
     assert await _count(ctx, Feature) == 2
@@ -166,6 +169,7 @@ async def test_inspector_cli(ctx, tenant, tmp_path):
             base, tenant.key("admin"), "--method", "tools/list", "--strict", home=tmp_path
         )
         assert code == 0, (out, err)
+        assert "Warning" not in err, err  # --strict: no portability warning either
         assert {t["name"] for t in out["result"]["tools"]} == ALL_TOOLS
         code, out, err = await _inspector(
             base, tenant.key("read"), "--method", "tools/list", home=tmp_path
@@ -186,10 +190,21 @@ async def test_inspector_cli(ctx, tenant, tmp_path):
         assert code == 0, (out, err)
         result = out["result"]
         assert result["isError"] is False
-        assert result["structuredContent"]["key"] == "sso"
+        assert result["structuredContent"]["feature"]["key"] == "sso"
         assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
         code, out, err = await _inspector(
             base, "sk_test_not-a-real-key", "--method", "tools/list", home=tmp_path
         )
         assert code != 0 and "result" not in out, (code, out, err)
+        # The Inspector treats every HTTP 401 as an OAuth challenge, whatever the server's
+        # headers say; --stored-auth-only makes it report the server's own message.
+        code, out, err = await _inspector(
+            base,
+            "sk_test_not-a-real-key",
+            "--method",
+            "tools/list",
+            "--stored-auth-only",
+            home=tmp_path,
+        )
+        assert code != 0 and "invalid or revoked API key" in err, (code, out, err)
     assert await _count(ctx, Feature) == 1

@@ -304,7 +304,8 @@ async def test_revenue_fast_path_matches_domain_pricing():
     from tanso_mcp.domain.money import to_micros
     from tanso_mcp.domain.pricing import event_revenue
     from tanso_mcp.domain.rules import parse_rule_value
-    from tanso_mcp.services.metering.batch import _Rule, _RulePlan
+    from tanso_mcp.services.metering.batch import _RulePlan
+    from tanso_mcp.services.metering.grants import Grant
 
     @settings(max_examples=300, deadline=None)
     @given(
@@ -316,7 +317,7 @@ async def test_revenue_fast_path_matches_domain_pricing():
         value = parse_rule_value(
             {"pricing": {"model": "usage", "usage_unit_type": "u", "price_per_unit": str(price)}}
         )
-        plan = _RulePlan(_Rule("r", value, True, currency))
+        plan = _RulePlan(Grant("f", "k", "r", value, currency))
         expected = to_micros(event_revenue(value.pricing, D(units_q) / 10000, 0, currency))
         assert plan.revenue_micros(units_q, 0) == expected
 

@@ -48,7 +48,12 @@ async def catalog(client, *, rule=CHAT_RULE, feature="ai_chat") -> str:
     await ok(
         client,
         "adminLinkFeatureToPlan",
-        {"planId": plan_id, "featureId": f["id"], "type": "BASE", "valueJson": json.dumps(rule)},
+        {
+            "planId": plan_id,
+            "featureId": f["feature"]["id"],
+            "type": "BASE",
+            "valueJson": json.dumps(rule),
+        },
     )
     await ok(client, "adminUpdatePlan", {"planId": plan_id, "status": "ACTIVE"})
     return plan_id

@@ -53,7 +53,7 @@ async def test_time_errors_name_the_environment_clock(client, tenant, clock):
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["field"] == "occurredAt"
-    assert "environment's clock reads 2026-01-15T10:00:00.000Z" in error["message"]
+    assert "environment's clock says it is 2026-01-15T10:00:00.000Z" in error["message"]
 
 
 async def test_frozen_clock_stands_still_until_advanced_or_unfrozen(client, tenant, clock):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,6 +20,12 @@ from sqlalchemy.ext.asyncio import (
 )
 
 log = logging.getLogger("tanso_mcp.db")
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE matched (``Session.execute`` is typed as returning a plain
+    ``Result``; for these statements it is a ``CursorResult``)."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:

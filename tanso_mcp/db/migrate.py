@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .startup import startup_lock
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -20,7 +22,9 @@ def alembic_config(connection=None) -> Config:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.begin() as conn:
+    """Migrate to ``revision``. Processes started together take turns (start-up lock):
+    the first migrates, the others then find the schema at head and do nothing."""
+    async with startup_lock(engine), engine.begin() as conn:
         await conn.run_sync(lambda sync_conn: command.upgrade(alembic_config(sync_conn), revision))
 
 

@@ -451,6 +451,8 @@ class CreditPoolSubscription(Base):
     subscription_id: Mapped[str] = mapped_column(
         ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False, index=True
     )
+    # unused: there is one pool per customer and denomination, so there is nothing to
+    # order draws by (kept so the schema needs no migration)
     draw_priority: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     draw_limit_q: Mapped[int | None] = mapped_column(BigInteger)
     total_drawn_q: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
@@ -511,6 +513,13 @@ class Event(Base):
     __table_args__ = (
         UniqueConstraint("environment_id", "idempotency_key"),
         Index("ix_events_env_customer_time", "environment_id", "customer_id", "occurred_at"),
+        # PostgreSQL only fills tx_seq (see below); on SQLite the index stays empty
+        Index(
+            "ix_events_tx_seq",
+            "tx_seq",
+            sqlite_where=text("tx_seq IS NOT NULL"),
+            postgresql_where=text("tx_seq IS NOT NULL"),
+        ),
     )
     id: Mapped[str] = _id()
     environment_id: Mapped[str] = _env()
@@ -536,6 +545,9 @@ class Event(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # PostgreSQL: id of the writing transaction (server default pg_current_xact_id()),
+    # the order in which the analytics rollup takes events in; SQLite uses the rowid
+    tx_seq: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class UsageCounter(Base):
@@ -626,6 +638,74 @@ class PendingSubscription(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# --------------------------------------------------------------------------- analytics
+
+
+class AnalyticsRollup(Base):
+    """Sums of CLIENT_TRACKED events per (environment, grain, bucket, customer, feature,
+    model, subscription). ``grain`` is the time grain h|d|m (hour, day, calendar month,
+    UTC) followed by the row set: ``*`` every dimension, ``c``/``f``/``o``/``s`` only
+    the customer/feature/model/subscription, ``t`` totals; ``bucket`` the epoch hour
+    its bucket starts at. Absent dimensions are '' (so the
+    unique key matches them). Maintained by the rollup job from a watermark over the
+    events (``analytics_state``); every view adds the events past the watermark."""
+
+    __tablename__ = "analytics_rollup"
+    __table_args__ = (
+        Index("ix_analytics_rollup_customer", "environment_id", "customer_id", "grain", "bucket"),
+    )
+    # the primary key is the rollup key (absent dimensions are '')
+    environment_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    grain: Mapped[str] = mapped_column(String(2), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    feature_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    usage_q: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    revenue_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    costed_events: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    unknown_model_events: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class AnalyticsState(Base):
+    """Named integers of the analytics jobs: the rollup watermark ('events': every event
+    whose sequence is below it is in the rollup), alert schedules."""
+
+    __tablename__ = "analytics_state"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class MarginAlert(Base):
+    """A margin crossing: ``margin.alert`` (fell below its threshold) or
+    ``margin.recovered``. ``seq`` counts a customer's crossings; the unique key makes
+    each crossing fire once however many processes evaluate at the same moment."""
+
+    __tablename__ = "margin_alerts"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "customer_id", "seq"),
+        Index("ix_margin_alerts_env_created", "environment_id", "created_at"),
+    )
+    id: Mapped[str] = _id()
+    environment_id: Mapped[str] = _env()
+    customer_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(24), nullable=False)  # margin.alert|margin.recovered
+    # exact decimals as text (never summed)
+    threshold: Mapped[str] = mapped_column(String(32), nullable=False)
+    gross_margin: Mapped[str | None] = mapped_column(String(32))
+    revenue_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
 _ = Decimal, DecimalText  # exported for modules that need exact non-summed decimals

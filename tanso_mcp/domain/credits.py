@@ -8,10 +8,11 @@
   deduction covered the event's full credit cost every unit is covered (no overage from
   4-dp rounding). Without ``units`` the floor is to whole units. The remainder is
   *overage*, which is what gets billed (``credit_coverage`` does both).
-* ``plan_draw``: spread an amount over a customer's pools of one denomination, lowest
-  ``draw_priority`` first (ties keep the caller's order, so pass pools in a stable order,
-  e.g. by creation), each giving ``min(still needed, balance, draw limit remaining)``,
-  skipping empty ones.
+* ``available_credits``: what a subscription's usage may draw from its customer's pool
+  of a denomination (there is one pool per customer and denomination; a subscription's
+  link to it may cap what it draws per period).
+* ``plan_draw``: the usage draw, FIFO over the pool's unexpired grants (ingest, single
+  and batch, and ``services/credits.deduct`` all draw through it).
 * ``fifo_allocation``: spread an amount over a pool's grants, oldest first (ties by the
   caller's order).
 * ``rollover_expiry``: what a pool loses at period end before the new grant: ``NONE``
@@ -49,10 +50,11 @@ from tanso_mcp.domain.rules import (
 )
 
 __all__ = [
+    "DRAWABLE_POOL_STATUSES",
     "Coverage",
+    "available_credits",
     "CreditAllocation",
     "GrantSlice",
-    "PoolSlot",
     "RolloverPolicy",
     "covered_units",
     "credit_coverage",
@@ -68,6 +70,28 @@ __all__ = [
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# pools usage may draw from (a pool in any other status gives nothing)
+DRAWABLE_POOL_STATUSES = frozenset({"ACTIVE"})
+
+
+def available_credits(
+    balance_q: int,
+    pool_status: str,
+    draw_limit_q: int | None = None,
+    drawn_q: int = 0,
+    live_grants_q: int | None = None,
+) -> int:
+    """Credits (ten-thousandths) a subscription's usage may draw from its customer's pool
+    of one denomination now: the balance — no more than the unexpired grants hold, when
+    known — within the subscription's draw limit (``None``: none); 0 from a pool that is
+    not drawable. Used by the entitlement check and by ingest alike."""
+    if pool_status not in DRAWABLE_POOL_STATUSES:
+        return 0
+    room = balance_q if live_grants_q is None else min(balance_q, live_grants_q)
+    if draw_limit_q is not None:
+        room = min(room, draw_limit_q - drawn_q)
+    return room if room > 0 else 0
 
 
 class RolloverPolicy(StrEnum):
@@ -141,35 +165,25 @@ def credit_coverage(
     return Coverage(needed, deducted, covered, overage)
 
 
-class PoolSlot(NamedTuple):
-    pool_id: Any
-    draw_priority: int
-    balance: Decimal
-    draw_limit_remaining: Decimal | None = None
-    """``None``: no per-period draw limit on this pool-subscription link."""
-
-
 def plan_draw(
-    pools: Iterable[PoolSlot | tuple[Any, int, Decimal, Decimal | None]],
-    amount: Decimal | int,
-) -> list[tuple[Any, Decimal]]:
-    """Ordered ``[(pool_id, take), …]`` covering as much of ``amount`` as possible."""
-    remaining = _amount(amount, "amount")
-    slots = [PoolSlot(*pool) for pool in pools]
-    order = sorted(range(len(slots)), key=lambda i: (slots[i].draw_priority, i))
-    plan: list[tuple[Any, Decimal]] = []
-    with decimal_context():
-        for i in order:
-            if remaining <= 0:
-                break
-            slot = slots[i]
-            room = _amount(slot.balance, "balance")
-            if slot.draw_limit_remaining is not None:
-                room = min(room, _amount(slot.draw_limit_remaining, "draw_limit_remaining"))
-            take = min(room, remaining)
-            if take > 0:
-                plan.append((slot.pool_id, take))
-                remaining -= take
+    grants: Iterable[tuple[Any, int, datetime | None]], amount_q: int, now: datetime
+) -> list[tuple[Any, int]]:
+    """The credit draw of usage: ``[(grant, take_q), …]`` taking ``amount_q``
+    ten-thousandths of a credit from one pool's grants ``(grant, remaining_q,
+    expires_at)``, oldest first in the caller's order (by creation), skipping grants
+    expired at ``now`` and empty ones. Takes ``min(amount_q, what the valid grants
+    hold)``; how much to ask for is :func:`available_credits` and the entitlement
+    decision's business. Integers only: it runs once per credit-drawing event."""
+    plan: list[tuple[Any, int]] = []
+    left = amount_q
+    for grant, remaining_q, expires_at in grants:
+        if left <= 0:
+            break
+        if remaining_q <= 0 or (expires_at is not None and expires_at <= now):
+            continue
+        take = remaining_q if remaining_q < left else left
+        plan.append((grant, take))
+        left -= take
     return plan
 
 
@@ -312,7 +326,7 @@ def parse_credit_allocations(raw: Any, field: str = "creditAllocations") -> list
         snake_to_camel = {v: k for k, v in _ALLOCATION_KEYS.items()}
         normalized: dict[str, Any] = {}
         for key, value in item.items():
-            camel = snake_to_camel.get(key, key)
+            camel = snake_to_camel.get(key, key) if isinstance(key, str) else key
             if camel in normalized:
                 raise _fail(field_path(path, key), f"duplicates {camel}")
             normalized[camel] = value

@@ -71,7 +71,7 @@ from . import catalog, credits
 from . import invoices as inv_svc
 from .credits import insert_ignore
 from .invoices import Line
-from .subscriptions import derive_status
+from .subscriptions import derive_status, past_due_ids
 
 GRACE_DEFAULT = 3
 MAX_GRACE = 365
@@ -189,7 +189,9 @@ def _change_view(sc: ScheduledChange) -> dict[str, Any]:
 
 async def _record_invoice(s: AsyncSession, fx: Effects, inv: Invoice, bucket: str) -> None:
     items = (await inv_svc.items_of(s, [inv.id]))[inv.id]
-    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items))
+    # the same invoice view as listCustomerInvoices, customer reference included
+    ref = await s.scalar(select(Customer.reference_id).where(Customer.id == inv.customer_id))
+    getattr(fx, bucket).append(inv_svc.invoice_view(inv, items, ref))
 
 
 # --------------------------------------------------------------------------- loading
@@ -216,13 +218,7 @@ async def load_subscription(
 
 
 async def has_past_due(s: AsyncSession, sub_id: str) -> bool:
-    return (
-        await s.scalar(
-            select(Invoice.id)
-            .where(Invoice.subscription_id == sub_id, Invoice.status == "PAST_DUE")
-            .limit(1)
-        )
-    ) is not None
+    return sub_id in await past_due_ids(s, [sub_id])
 
 
 async def status_of(s: AsyncSession, sub: Subscription) -> str:

@@ -21,17 +21,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.engine import after_commit
 from ..db.models import CreditGrant, Environment, Invoice, Subscription
 from ..principal import Principal
 from . import billing
 from .jobs import JobRegistry
+from .subscriptions import past_due_clause
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 SYSTEM_KEY_ID = "system:jobs"
 
@@ -48,17 +48,15 @@ async def system_principal(s: AsyncSession, env_id: str) -> Principal:
 
 
 async def announce(s: AsyncSession, ctx: AppContext, env_id: str, fx: Any) -> None:
-    """After the job's commit: invalidate the environment's caches, emit its events."""
+    """Record on the job's unit of work: invalidate the environment's caches and emit
+    its events after the commit."""
     if fx is None:
         return
     principal = await system_principal(s, env_id)
 
-    async def done() -> None:
-        ctx.invalidate(env_id)
-        for name, payload in fx.events:
-            await ctx.emit(name, principal, payload)
-
-    after_commit(s, done)
+    ctx.changed(s, env_id)
+    for name, payload in fx.events:
+        ctx.announce(s, name, principal, payload)
 
 
 def register(registry: JobRegistry) -> None:
@@ -147,9 +145,7 @@ def register(registry: JobRegistry) -> None:
 
     # -- subscription.renew -----------------------------------------------------
     async def renew_find(s: AsyncSession, env: str, until: datetime, limit: int):
-        past_due = exists().where(
-            Invoice.subscription_id == Subscription.id, Invoice.status == "PAST_DUE"
-        )
+        past_due = past_due_clause(Subscription.id)
         rows = await s.execute(
             select(Subscription.id, Subscription.current_period_end)
             .where(

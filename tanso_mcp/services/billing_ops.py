@@ -32,17 +32,19 @@ from .subscriptions import subscription_view
 from .views import pool_view
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 DENOM_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 # --------------------------------------------------------------------------- plumbing
 
 
-async def _commit_and_announce(ctx: AppContext, p: Principal, fx: billing.Effects) -> None:
-    ctx.invalidate(p.environment_id)
+def _announce(s: AsyncSession, ctx: AppContext, p: Principal, fx: billing.Effects) -> None:
+    """Record the cache invalidation and the domain events on the unit of work (run
+    after its commit)."""
+    ctx.changed(s, p.environment_id)
     for name, payload in fx.events:
-        await ctx.emit(name, p, payload)
+        ctx.announce(s, name, p, payload)
 
 
 async def preview(
@@ -166,7 +168,7 @@ async def create_subscription(
             "subscription": await subscription_out(s, env, fx.subscription_id),
             "invoice": fx.invoices_created[0] if fx.invoices_created else None,
         }
-    await _commit_and_announce(ctx, p, fx)
+        _announce(s, ctx, p, fx)
     return out
 
 
@@ -194,7 +196,7 @@ async def _write(
         if fx.subscription_id:
             out["subscription"] = await subscription_out(s, p.environment_id, fx.subscription_id)
         out.update(fx.to_json())
-    await _commit_and_announce(ctx, p, fx)
+        _announce(s, ctx, p, fx)
     return out
 
 
@@ -510,15 +512,16 @@ async def top_up(
             )
         pool = await credits.lock_pool(s, env, pool.id)
         out = {"grant": grant_view(g, now), "pool": credit_pool_view(pool)}
-    ctx.invalidate(env)
-    await ctx.emit(
-        "credits.granted",
-        p,
-        {
-            "customerReferenceId": ref,
-            "poolId": pool.id,
-            "grantId": g.id,
-            "amount": int_to_qty(amount_q),
-        },
-    )
+        ctx.changed(s, env)
+        ctx.announce(
+            s,
+            "credits.granted",
+            p,
+            {
+                "customerReferenceId": ref,
+                "poolId": pool.id,
+                "grantId": g.id,
+                "amount": int_to_qty(amount_q),
+            },
+        )
     return out

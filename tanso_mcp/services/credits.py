@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.engine import rowcount
 from ..db.models import (
     CreditGrant,
     CreditPool,
@@ -55,7 +56,7 @@ from ..db.models import (
     CreditTransaction,
 )
 from ..db.types import new_id
-from ..domain.credits import fifo_allocation, rollover_expiry
+from ..domain.credits import available_credits, fifo_allocation, plan_draw, rollover_expiry
 from ..errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 
 __all__ = [
@@ -115,7 +116,7 @@ async def insert_ignore(s: AsyncSession, model: Any, values: dict[str, Any]) -> 
     ins = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
     stmt = ins(model).values(**values).on_conflict_do_nothing()
     res = await s.execute(stmt)
-    return (res.rowcount or 0) == 1
+    return (rowcount(res) or 0) == 1
 
 
 async def lock_pool(s: AsyncSession, env_id: str, pool_id: str) -> CreditPool:
@@ -214,7 +215,7 @@ async def _take_from_grant(s: AsyncSession, grant_id: str, take_q: int) -> None:
         .values(remaining_q=CreditGrant.remaining_q - take_q)
         .execution_options(synchronize_session=False)
     )
-    if (res.rowcount or 0) != 1:
+    if (rowcount(res) or 0) != 1:
         raise ConcurrentCreditChange("a credit grant changed concurrently; retry")
 
 
@@ -309,7 +310,7 @@ async def ensure_pool(
 
 
 async def link_subscription(
-    s: AsyncSession, env_id: str, pool_id: str, subscription_id: str, *, draw_priority: int = 0
+    s: AsyncSession, env_id: str, pool_id: str, subscription_id: str
 ) -> None:
     """Link a pool to a subscription (events of that subscription draw from it); once."""
     await insert_ignore(
@@ -320,7 +321,6 @@ async def link_subscription(
             "environment_id": env_id,
             "pool_id": pool_id,
             "subscription_id": subscription_id,
-            "draw_priority": draw_priority,
             "total_drawn_q": 0,
         },
     )
@@ -481,8 +481,9 @@ async def deduct(
     subscription_id: str | None = None,
     description: str | None = None,
 ) -> int:
-    """Take up to ``amount_q`` credits from the pool, FIFO over its unexpired, unvoided
-    grants (oldest first), and return what was taken. Grants whose expiry has passed
+    """Take up to ``amount_q`` credits from the pool by the usage draw
+    (:func:`~tanso_mcp.domain.credits.plan_draw`, as ingest does: FIFO over its
+    unexpired, unvoided grants) and return what was taken. Grants whose expiry has passed
     are expired first (so usage never eats credits that are no longer valid, even if the
     expiry job has not run yet). Without ``allow_partial``, a pool that cannot cover the
     whole amount raises InsufficientCredits and nothing changes. A non-ACTIVE pool gives
@@ -493,7 +494,7 @@ async def deduct(
     grants = list((await s.scalars(_live_grants_query(env_id, pool_id))).all())
     await _expire_due_in_pool(s, env_id, pool, grants, now)
     usable = [g for g in grants if g.remaining_q > 0]
-    available = pool.balance_q if pool.status == "ACTIVE" else 0
+    available = available_credits(pool.balance_q, pool.status)
     take = min(amount_q, available)
     if take < amount_q and not allow_partial:
         raise InsufficientCredits(
@@ -503,15 +504,13 @@ async def deduct(
         )
     if take <= 0:
         return 0
-    plan = fifo_allocation([(g.id, g.remaining_q, (g.created_at, g.id)) for g in usable], take)
-    taken = sum(int(t) for _, t in plan)
-    if taken != take:  # grants and balance disagree: never paper over it
+    plan = plan_draw([(g, g.remaining_q, g.expires_at) for g in usable], take, now)
+    if sum(t for _, t in plan) != take:  # grants and balance disagree: never paper over it
         raise ConcurrentCreditChange("credit grants do not cover the pool balance; retry")
-    by_id = {g.id: g for g in usable}
-    for gid, t in plan:
-        await _take_from_grant(s, gid, int(t))
-        by_id[gid].remaining_q -= int(t)
-        _committed(by_id[gid], ("remaining_q",))
+    for g, t in plan:
+        await _take_from_grant(s, g.id, t)
+        g.remaining_q -= t
+        _committed(g, ("remaining_q",))
     await _move(
         s,
         env_id,
@@ -519,7 +518,7 @@ async def deduct(
         -take,
         "DEDUCTION",
         now,
-        grant_id=plan[0][0] if len(plan) == 1 else None,
+        grant_id=plan[0][0].id if len(plan) == 1 else None,
         event_id=event_id,
         subscription_id=subscription_id,
         description=description,
@@ -600,7 +599,7 @@ async def claw_back_subscription(
             .values(remaining_q=0, voided_at=now)
             .execution_options(synchronize_session=False)
         )
-        if (res.rowcount or 0) != 1:
+        if (rowcount(res) or 0) != 1:
             raise ConcurrentCreditChange("a credit grant changed concurrently; retry")
         g.remaining_q, g.voided_at = 0, now
         _committed(g, ("remaining_q", "voided_at"))

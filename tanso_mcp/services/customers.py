@@ -1,17 +1,26 @@
-"""Customer use cases."""
+"""Customer use cases: :func:`create` and :func:`update` are the whole use case (one
+unit of work, cache invalidation and the domain event recorded on it), called alike by
+the REST routes and the MCP tools; the session-level functions below are their parts,
+also used by other use cases (subscribe auto-creates customers)."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Customer
+from ..db.models import CreditPool, Customer
 from ..errors import Conflict, InvalidRequest, NotFound
+from ..principal import Principal
+from .subscriptions import subscriptions_for_customer_view
+from .views import customer_base_view, pool_view
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
@@ -111,3 +120,72 @@ async def update_customer(
     c.modified_at = now
     await s.flush()
     return c
+
+
+async def create(
+    ctx: AppContext,
+    p: Principal,
+    *,
+    reference_id: Any,
+    email: Any = None,
+    first_name: Any = None,
+    last_name: Any = None,
+    phone_number: Any = None,
+) -> dict[str, Any]:
+    """Create a customer; its view. A check that cached "no such customer" sees it as
+    soon as this commits."""
+    now = await ctx.now(p)
+    async with ctx.db.unit_of_work() as s:
+        c = await create_customer(
+            s,
+            p.environment_id,
+            now,
+            reference_id=reference_id,
+            email=email,
+            first_name=first_name,
+            last_name=last_name,
+            phone_number=phone_number,
+        )
+        view = await customer_view(s, c)
+        ctx.changed(s, p.environment_id)
+        ctx.announce(s, "customer.created", p, {"customer": view})
+    # Stripe Integration mode: created in Stripe too, after the commit (never inside it)
+    from . import stripe_sync
+
+    if ext := await stripe_sync.after_customer_write(ctx, p.environment_id, c.id):
+        view["stripeCustomerId"] = ext
+    return view
+
+
+async def update(ctx: AppContext, p: Principal, ref: str, **changes: Any) -> dict[str, Any]:
+    """Update the given fields of a customer; its view."""
+    now = await ctx.now(p)
+    async with ctx.db.unit_of_work() as s:
+        c = await update_customer(s, p.environment_id, now, ref, **changes)
+        view = await customer_view(s, c)
+        ctx.changed(s, p.environment_id)
+        ctx.announce(s, "customer.updated", p, {"customer": view})
+    from . import stripe_sync
+
+    await stripe_sync.after_customer_write(ctx, p.environment_id, c.id)
+    return view
+
+
+async def customer_view(s: AsyncSession, c: Customer) -> dict[str, Any]:
+    """A customer with its subscriptions and credit pools."""
+    out = customer_base_view(c)
+    out["subscriptions"] = await subscriptions_for_customer_view(s, c)
+    pools = (
+        (
+            await s.execute(
+                select(CreditPool)
+                .where(CreditPool.customer_id == c.id)
+                .order_by(CreditPool.denomination)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if pools:
+        out["creditPools"] = [pool_view(p) for p in pools]
+    return out

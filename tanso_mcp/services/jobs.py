@@ -28,10 +28,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.engine import rowcount
 from ..db.models import Environment, JobLease
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.jobs")
 
@@ -113,7 +114,7 @@ async def try_lease(ctx: AppContext, name: str, now: datetime, ttl: timedelta) -
                 .where(JobLease.name == name, JobLease.expires_at < wall)
                 .values(holder=HOLDER, expires_at=wall + ttl)
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 return True
             exists = await s.scalar(select(JobLease.name).where(JobLease.name == name))
             if exists is not None:

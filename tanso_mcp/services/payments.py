@@ -18,7 +18,7 @@ from ..errors import PreconditionFailed
 from ..plugin import PaymentProvider, UnknownProvider
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 
 async def provider_name(s: AsyncSession, env_id: str) -> tuple[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ async def provider_for(
     current, config = await provider_name(s, env_id)
     name = name or current
     found = await stripe_secrets.rows(s, env_id)
-    cache: dict[tuple, PaymentProvider] = ctx.extras.setdefault("providers", {})
+    cache = ctx.providers
     key = (env_id, name, stripe_secrets.fingerprint(found))
     provider = cache.get(key)
     if provider is None:
@@ -76,7 +76,7 @@ async def provider_for(
 def forget_provider(ctx: AppContext, env_id: str) -> None:
     """Drop cached providers of an environment (after its provider configuration changes);
     their connections are closed with the context (a call may still be using them)."""
-    cache = ctx.extras.get("providers") or {}
+    cache = ctx.providers
     retired = ctx.extras.setdefault("retired_providers", [])
     for key in [k for k in cache if k[0] == env_id]:
         retired.append(cache.pop(key))
@@ -84,7 +84,7 @@ def forget_provider(ctx: AppContext, env_id: str) -> None:
 
 async def _close_providers(ctx: AppContext) -> None:
     """Providers may hold connections (an optional ``aclose()``): closed at shutdown."""
-    cache = ctx.extras.get("providers") or {}
+    cache = ctx.providers
     everything = [*cache.values(), *ctx.extras.get("retired_providers", [])]
     cache.clear()
     ctx.extras["retired_providers"] = []

@@ -5,24 +5,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Customer, Invoice, Plan, ScheduledChange, Subscription
+from ..domain.entitlements import PAST_DUE_INVOICE_STATUS, is_past_due, subscription_status
 from .views import plan_view
 
 
 def derive_status(sub: Subscription, has_past_due: bool) -> str:
-    """pending_payment | active | cancel_scheduled | past_due | cancelled."""
-    if sub.ended_at is not None or (not sub.is_active and sub.cancelled_at is not None):
-        return "cancelled"
-    if not sub.is_active:
-        return "pending_payment"
-    if has_past_due:
-        return "past_due"
-    if sub.cancel_mode == "END_OF_PERIOD" and sub.cancel_effective_at is not None:
-        return "cancel_scheduled"
-    return "active"
+    """pending_payment | active | cancel_scheduled | past_due | cancelled (the rule is
+    :func:`tanso_mcp.domain.entitlements.subscription_status`)."""
+    return subscription_status(
+        is_active=sub.is_active,
+        ended_at=sub.ended_at,
+        cancelled_at=sub.cancelled_at,
+        cancel_mode=sub.cancel_mode,
+        cancel_effective_at=sub.cancel_effective_at,
+        past_due=has_past_due,
+    )
+
+
+async def past_due_ids(s: AsyncSession, sub_ids: list[str]) -> set[str]:
+    """The subscriptions of ``sub_ids`` that are past due, by the domain rule applied to
+    their invoices' statuses."""
+    if not sub_ids:
+        return set()
+    statuses: dict[str, set[str]] = {}
+    for sid, status in (
+        await s.execute(
+            select(Invoice.subscription_id, Invoice.status)
+            .where(Invoice.subscription_id.in_(sub_ids))
+            .distinct()
+        )
+    ).all():
+        if sid is not None:
+            statuses.setdefault(sid, set()).add(status)
+    return {sid for sid, st in statuses.items() if is_past_due(st)}
+
+
+def past_due_clause(subscription_id: Any) -> Any:
+    """The same rule as a SQL condition on a subscription id column, for queries that
+    must filter in the database (the job finder)."""
+    return exists().where(
+        Invoice.subscription_id == subscription_id, Invoice.status == PAST_DUE_INVOICE_STATUS
+    )
 
 
 def subscription_view(
@@ -76,15 +103,7 @@ async def subscriptions_for_customer_view(s: AsyncSession, c: Customer) -> list[
     if not rows:
         return []
     ids = [sub.id for sub, _ in rows]
-    past_due = set(
-        (
-            await s.execute(
-                select(Invoice.subscription_id).where(
-                    Invoice.subscription_id.in_(ids), Invoice.status == "PAST_DUE"
-                )
-            )
-        ).scalars()
-    )
+    past_due = await past_due_ids(s, ids)
     pending = {
         sc.subscription_id: sc
         for sc in (

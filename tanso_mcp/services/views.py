@@ -1,10 +1,10 @@
-"""Presenters: the JSON shapes of SPEC §4, shared by the REST API and the MCP tools."""
+"""Presenters: the answer shapes declared in services/outputs.py, shared by the REST API and
+the MCP tools."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import (
@@ -151,29 +151,3 @@ def customer_base_view(c: Customer) -> dict[str, Any]:
         "createdAt": c.created_at,
         "modifiedAt": c.modified_at,
     }
-
-
-async def subscription_views(s: AsyncSession, c: Customer) -> list[dict[str, Any]]:
-    # imported here: the subscriptions module builds on these presenters
-    from .subscriptions import subscriptions_for_customer_view
-
-    return await subscriptions_for_customer_view(s, c)
-
-
-async def customer_view(s: AsyncSession, c: Customer) -> dict[str, Any]:
-    out = customer_base_view(c)
-    out["subscriptions"] = await subscription_views(s, c)
-    pools = (
-        (
-            await s.execute(
-                select(CreditPool)
-                .where(CreditPool.customer_id == c.id)
-                .order_by(CreditPool.denomination)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if pools:
-        out["creditPools"] = [pool_view(p) for p in pools]
-    return out

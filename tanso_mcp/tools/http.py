@@ -12,6 +12,12 @@
   fails with "Task group is not initialized". It can run only once per ``mcp_http_app``
   call (build a new server + app per host app instance, e.g. per test).
 
+The server offers no server-initiated stream: ``GET /mcp`` answers 405 with ``Allow:
+POST``, as the transport specifies for such servers (the SDK's stateless mode would hold
+an event stream open forever with nothing on it, a connection per client). The SDK's
+per-request INFO line ("Terminating session: None", once per stateless request) is
+dropped; its warnings and errors are kept.
+
 Authentication is not done here: an outer ASGI middleware checks ``X-API-Key`` or
 ``Authorization: Bearer``, answers 401 itself, and sets ``current_principal`` (or
 ``scope["state"]["principal"]``) for the tools.
@@ -25,13 +31,15 @@ validates ``Host`` itself).
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NamedTuple
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["MCP_PATH", "McpHttpApp", "mcp_http_app"]
 
@@ -63,6 +71,58 @@ def _security(
     )
 
 
+_NO_GET_STREAM = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32600,
+            "message": "Method Not Allowed: this server offers no server-initiated stream; "
+            "send requests with POST",
+        },
+    }
+).encode()
+
+
+class _NoGetStream:
+    """ASGI wrapper: GET (and HEAD) on the MCP endpoint answer 405, the rest goes to the
+    SDK. A class, not a function: Starlette treats a plain function endpoint as a
+    request/response handler rather than an ASGI app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [
+                        (b"allow", b"POST"),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_NO_GET_STREAM)).encode()),
+                    ],
+                }
+            )
+            body = b"" if scope["method"] == "HEAD" else _NO_GET_STREAM
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class _DropPerRequestInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO and str(record.msg).startswith("Terminating session")
+        )
+
+
+_SDK_TRANSPORT_LOG = logging.getLogger("mcp.server.streamable_http")
+if not any(isinstance(f, _DropPerRequestInfo) for f in _SDK_TRANSPORT_LOG.filters):
+    _SDK_TRANSPORT_LOG.addFilter(_DropPerRequestInfo())
+
+
 def mcp_http_app(
     server: MCPServer,
     allowed_hosts: Sequence[str],
@@ -86,4 +146,4 @@ def mcp_http_app(
         async with session_manager.run():
             yield
 
-    return McpHttpApp(app, lifespan)
+    return McpHttpApp(_NoGetStream(app), lifespan)

@@ -41,7 +41,8 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tanso_mcp import __version__
@@ -53,6 +54,7 @@ from tanso_mcp.errors import (
     TansoError,
 )
 from tanso_mcp.principal import Principal, current_principal
+from tanso_mcp.tools import apps_analytics
 from tanso_mcp.tools.groups import all_specs, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.results import (
     error_object,
@@ -182,12 +184,36 @@ class RoleScopedToolList:
         principal = resolve_principal(ctx, self._stdio_principal)
 
         def visible(tool: Any) -> bool:
-            spec = all_specs_by_name().get(tool.get("name")) if isinstance(tool, dict) else None
+            spec = (
+                all_specs_by_name().get(str(tool.get("name", "")))
+                if isinstance(tool, dict)
+                else None
+            )
             if spec is None:
                 return True
             return principal is not None and spec.allows(principal.role)
 
         return {**result, "tools": [tool for tool in tools if visible(tool)]}
+
+
+class UnknownPromptIsInvalidParams:
+    """Server middleware: ``prompts/get`` for a prompt that does not exist answers the
+    JSON-RPC error the protocol names (-32602, invalid params), like an unknown resource.
+    The SDK raises a plain ``ValueError`` there, which goes out as code 0 with an ERROR
+    traceback in the log for what is only a client's mistake."""
+
+    def __init__(self, server: MCPServer) -> None:
+        self._server = server
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            known = {prompt.name for prompt in await self._server.list_prompts()}
+            if name not in known:
+                raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}", {"name": name})
+        return await call_next(ctx)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,7 +323,11 @@ class _Runner:
                     "Check the outcome with a read tool before retrying.",
                 }
             )
-        return success_result(structured)
+        result = success_result(structured)
+        image = apps_analytics.fallback_image(spec.name, structured, request_context)
+        if image is not None:  # hosts without MCP Apps still get the chart
+            result.content.append(image)
+        return result
 
     async def _preview(
         self, spec: ToolSpec, impl: ToolImpl, principal: Principal, params: BaseModel
@@ -338,6 +368,7 @@ def _make_tool(spec: ToolSpec, runner: _Runner) -> Tool:
         is_async=True,
         context_kwarg="ctx",
         annotations=spec.annotations,
+        meta=apps_analytics.tool_meta(spec.name),
     )
 
 
@@ -359,14 +390,19 @@ def build_mcp_server(
     handlers for tools of other groups are accepted and left unregistered.
     """
     runner = _Runner(app, _normalise(handlers), stdio_principal)
+    specs = enabled_specs(tool_groups)
+    # the margin tools' ui:// dashboard (MCP Apps), with the analytics group
+    apps = [apps_analytics.extension()] if any(s.group == "analytics" for s in specs) else []
     server: MCPServer = MCPServer(
         SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
-        tools=[_make_tool(spec, runner) for spec in enabled_specs(tool_groups)],
+        tools=[_make_tool(spec, runner) for spec in specs],
+        extensions=apps,
         # The listing depends on the caller: never let a client share it across keys.
         cache_hints={"tools/list": CacheHint(ttl_ms=0, scope="private")},
         log_level="WARNING",
     )
     server.middleware.append(RoleScopedToolList(stdio_principal))
+    server.middleware.append(UnknownPromptIsInvalidParams(server))
     return server

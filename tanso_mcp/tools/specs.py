@@ -1,4 +1,4 @@
-"""The 34 MCP tools of tanso-mcp, as data.
+"""The 34 standard MCP tools of tanso-mcp, as data (optional groups: ``specs_<group>.py``).
 
 One ``ToolSpec`` per tool: its name, title, description, parameter model, the minimum
 role that may see and call it, its annotations, whether it is guarded by
@@ -8,18 +8,20 @@ MCP server and the services plug handlers into it.
 
 Parameter models follow the tool contract exactly: field names are the contract's
 parameter names, required fields are the contract's required parameters. Two deliberate
-extensions come from the product spec (§3): ``adminCreatePlan`` and ``adminUpdatePlan``
-take an optional ``creditAllocations`` JSON string. ``confirmAction`` is a plain field
+extensions: ``adminCreatePlan`` and ``adminUpdatePlan`` take an optional
+``creditAllocations`` JSON string. ``confirmAction`` is a plain field
 (never an alias), defaults to ``False`` in the model so that an omitted value reaches the
 confirmation guard instead of failing validation, and is still advertised as required in
 the tool's input schema, as the contract lists it.
 
-Result conventions (``output_schema``): every result is a JSON object. Tools whose
-natural answer is a list (listPlans, listFeatures, …) answer ``{"items": [...]}``; the
-server wraps a list returned by a handler accordingly. Object schemas name the fields a
-caller can rely on but stay open (``additionalProperties`` allowed, nothing beyond
-``items`` required) so services can add fields without breaking clients that validate
-structured content.
+Result conventions (``output_schema``): every result is a JSON object whose schema is
+generated from its answer model in ``services.outputs`` (the models the REST API
+documents too). Tools whose natural answer is a list answer ``{"items": [...]}``; the
+server wraps a list returned by a handler accordingly. Write tools answer
+``{"success": true, "message": ..., <resource key>: ...}``. The declared schema is the
+model's, relaxed at the top level only so that it also admits the tool's error objects
+(see ``_Declared``); ``strict_output_schema`` is the model's own, which successful answers
+match exactly.
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from tanso_mcp.principal import Role, role_allows
+from tanso_mcp.services.outputs import (
+    CatalogPlanOut,
+    CheckOut,
+    CreditPoolDetailOut,
+    CustomerOut,
+    CustomerWriteOut,
+    EffectsOut,
+    EventOut,
+    FeatureOut,
+    FeatureWriteOut,
+    InvoiceOut,
+    PlanOut,
+    PlanWriteOut,
+    RuleOut,
+    RuleWriteOut,
+    SubscribedWriteOut,
+    SubscriptionEntitlementsOut,
+    UnlinkOut,
+)
 from tanso_mcp.tools.fields import Flag, JsonText, NumberText, RequiredText, Text, choice
 
 __all__ = [
@@ -109,6 +130,71 @@ def _object(description: str, **properties: Any) -> dict[str, Any]:
     }
 
 
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    """Resolve ``$ref``s into ``$defs`` (the models are not recursive) and drop pydantic's
+    titles: an outputSchema that stands alone, readable by any client."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            target = _inline(defs[ref.rsplit("/", 1)[-1]], defs)
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            return {**target, **_inline(extra, defs)}
+        return {
+            k: _inline(v, defs)
+            for k, v in node.items()
+            if k not in ("$defs", "title") or isinstance(v, dict) and k == "title"
+        }
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+class _Declared(dict):
+    """A tool's declared output schema (what ``tools/list`` shows) that also keeps the
+    answer model's strict schema (``strict``: every field declared, required ones listed)
+    for the tests.
+
+    The declared form relaxes only the top level (no required fields, other properties
+    allowed): the same outputSchema also covers the tool's error answers
+    (``{"error", "message", …}`` with ``isError: true``), which clients such as the
+    TypeScript SDK validate against it as well."""
+
+    strict: dict[str, Any]
+
+
+def _declare(strict: dict[str, Any]) -> _Declared:
+    declared = _Declared(copy.deepcopy(strict))
+    declared.pop("required", None)
+    declared["additionalProperties"] = True
+    declared.strict = strict
+    return declared
+
+
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(mode="serialization")
+    out = _inline(schema, schema.get("$defs", {}))
+    out.setdefault("description", (model.__doc__ or "").strip() or model.__name__)
+    return out
+
+
+def _model(model: type[BaseModel]) -> _Declared:
+    """The tool's output schema, generated from the answer's model (``services.outputs``),
+    the same model the REST API documents."""
+    return _declare(_model_schema(model))
+
+
+def _items(model: type[BaseModel], description: str) -> _Declared:
+    return _declare(
+        {
+            "type": "object",
+            "description": description + ' Wrapped as {"items": [...]}.',
+            "properties": {"items": {"type": "array", "items": _model_schema(model)}},
+            "required": ["items"],
+            "additionalProperties": False,
+        }
+    )
+
+
 def _list(description: str) -> dict[str, Any]:
     return {
         "type": "object",
@@ -120,9 +206,11 @@ def _list(description: str) -> dict[str, Any]:
 
 
 _STR = {"type": "string"}
-_OPT_STR = {"type": ["string", "null"]}
+# single-type branches: a `type` array is legal JSON Schema but not portable to clients
+# that map tool schemas onto one-type dialects (the Inspector's --strict check)
+_OPT_STR = {"anyOf": [{"type": "string"}, {"type": "null"}]}
 _BOOL = {"type": "boolean"}
-_NUM = {"type": ["number", "string"]}  # exact decimals may be rendered as strings
+_NUM = {"anyOf": [{"type": "number"}, {"type": "string"}]}  # exact decimals may be strings
 _WRITE = _object(
     "Outcome of the change; services may add the affected resource.",
     success=_BOOL,
@@ -146,6 +234,8 @@ def _ann(
 
 
 _READ = _ann(read_only=True, idempotent=True)
+# updates replace the stored values of the fields they are given: the old ones are lost
+_OVERWRITE = _ann(destructive=True, idempotent=True)
 _READ_STRIPE = _ann(read_only=True, idempotent=True, open_world=True)
 
 _WARNINGS = {"type": "array", "items": _STR}
@@ -460,7 +550,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_plans",
         capability=_CATALOG,
-        output_schema=_list("Active plans with their features and credit allocations."),
+        output_schema=_items(
+            CatalogPlanOut, "Active plans with their features and credit allocations."
+        ),
     ),
     ToolSpec(
         name="listFeatures",
@@ -476,7 +568,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_features",
         capability=_CATALOG,
-        output_schema=_list("Features of this environment."),
+        output_schema=_items(FeatureOut, "Features of this environment."),
     ),
     ToolSpec(
         name="getFeature",
@@ -491,7 +583,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_feature",
         capability=_CATALOG,
-        output_schema=_object("The feature.", id=_STR, key=_STR, name=_STR),
+        output_schema=_model(FeatureOut),
     ),
     ToolSpec(
         name="getCustomer",
@@ -508,13 +600,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_customer",
         capability=_CUSTOMERS,
-        output_schema=_object(
-            "The customer with subscriptions and credit pools.",
-            customerReferenceId=_STR,
-            email=_OPT_STR,
-            subscriptions={"type": "array", "items": _ANY},
-            creditPools={"type": "array", "items": _ANY},
-        ),
+        output_schema=_model(CustomerOut),
     ),
     ToolSpec(
         name="checkEntitlement",
@@ -532,16 +618,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="check_entitlement",
         capability=_ENTITLEMENTS,
-        output_schema=_object(
-            "Access decision.",
-            customerReferenceId=_STR,
-            featureKey=_STR,
-            allowed=_BOOL,
-            isAllowed=_BOOL,
-            usage=_ANY,
-            credit=_ANY,
-            reason=_STR,
-        ),
+        output_schema=_model(CheckOut),
     ),
     ToolSpec(
         name="listCustomerEntitlements",
@@ -556,7 +633,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_customer_entitlements",
         capability=_ENTITLEMENTS,
-        output_schema=_list("The customer's entitlements."),
+        output_schema=_items(
+            SubscriptionEntitlementsOut, "The customer's entitlements, per subscription."
+        ),
     ),
     ToolSpec(
         name="evaluateEntitlement",
@@ -564,7 +643,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         description=(
             "Dry-runs an entitlement check for a proposed amount of usage: returns the normal "
             "access decision plus a simulation (requested usage, projected usage and remaining "
-            "quota, whether the limit would be exceeded). Consumes no quota or credits and "
+            "quota; for credit features the credits required and available; "
+            "wouldExceedLimit is true when the usage limit or a hard credit limit would be "
+            "passed, and then allowed is false). Consumes no quota or credits and "
             "bills nothing; it only leaves a zero-usage audit event. Use it before ingestEvent "
             "to see whether a batch of usage would fit."
         ),
@@ -574,18 +655,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="evaluate_entitlement",
         capability=_ENTITLEMENTS,
-        output_schema=_object(
-            "Access decision with a simulation block.",
-            allowed=_BOOL,
-            isAllowed=_BOOL,
-            simulation=_object(
-                "Projected effect of the requested usage.",
-                requestedUsage=_NUM,
-                projectedUsage=_NUM,
-                projectedRemaining=_NUM,
-                wouldExceedLimit=_BOOL,
-            ),
-        ),
+        output_schema=_model(CheckOut),
     ),
     ToolSpec(
         name="listCustomerInvoices",
@@ -601,7 +671,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="list_customer_invoices",
         capability=_BILLING,
-        output_schema=_list("The customer's invoices, newest first."),
+        output_schema=_items(InvoiceOut, "The customer's invoices, newest first."),
     ),
     ToolSpec(
         name="getCreditPools",
@@ -617,7 +687,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_credit_pools",
         capability=_CREDITS,
-        output_schema=_list("The customer's credit pools."),
+        output_schema=_items(CreditPoolDetailOut, "The customer's credit pools."),
     ),
     ToolSpec(
         name="getCreditBalance",
@@ -632,9 +702,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_credit_balance",
         capability=_CREDITS,
-        output_schema=_object(
-            "The credit pool.", id=_STR, denomination=_STR, balance=_NUM, status=_STR
-        ),
+        output_schema=_model(CreditPoolDetailOut),
     ),
     ToolSpec(
         name="getStripeIntegrationStatus",
@@ -712,6 +780,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "permanent record; a reference ID that already exists is refused. When Stripe "
             "collects payments the customer is created in Stripe too. Usually followed by "
             "createSubscription."
+            ' Answers {"success": true, "message", "customer": {...}}.'
         ),
         params=CreateCustomerParams,
         role="client",
@@ -719,7 +788,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="create_customer",
         capability=_CUSTOMERS,
-        output_schema=_WRITE,
+        output_schema=_model(CustomerWriteOut),
     ),
     ToolSpec(
         name="updateCustomer",
@@ -728,14 +797,15 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes a customer's first or last name, email or phone number. Only the fields "
             "you pass change; omitted ones keep their values, and repeating the call has no "
             "further effect. When Stripe collects payments the change is mirrored there."
+            ' Answers {"success": true, "message", "customer": {...}}.'
         ),
         params=UpdateCustomerParams,
         role="client",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="update_customer",
         capability=_CUSTOMERS,
-        output_schema=_WRITE,
+        output_schema=_model(CustomerWriteOut),
     ),
     ToolSpec(
         name="createSubscription",
@@ -745,6 +815,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "first invoice. On a paid plan billed IN_ADVANCE, access starts once that invoice "
             "is paid (when Stripe collects payments, a checkout URL is returned for that); "
             "IN_ARREARS and free plans grant access immediately. Writes data."
+            ' Answers {"success": true, "message", "subscription": {...}, "invoice": {...}}.'
         ),
         params=CreateSubscriptionParams,
         role="client",
@@ -752,13 +823,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="create_subscription",
         capability=_SUBSCRIPTIONS,
-        output_schema=_object(
-            "The new subscription and its first invoice.",
-            success=_BOOL,
-            subscription=_ANY,
-            invoice=_ANY,
-            checkoutUrl=_STR,
-        ),
+        output_schema=_model(SubscribedWriteOut),
     ),
     ToolSpec(
         name="ingestEvent",
@@ -777,15 +842,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="ingest_event",
         capability=_EVENTS,
-        output_schema=_object(
-            "What the event did.",
-            success=_BOOL,
-            eventId=_STR,
-            usageLimitExceeded=_BOOL,
-            creditsDeducted=_NUM,
-            overageUnits=_NUM,
-            customerAutoCreated=_BOOL,
-        ),
+        output_schema=_model(EventOut),
     ),
     # --- guarded (role client) ---------------------------------------------------------
     ToolSpec(
@@ -805,7 +862,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="cancel_subscription",
         capability=_SUBSCRIPTIONS,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Cancels the subscription: at the end of the current period, or at once with "
         "cancelMode IMMEDIATE (access revoked, open invoices voided, unused prepaid time "
         "credited, unused plan credits removed).",
@@ -826,7 +883,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="change_subscription_plan",
         capability=_SUBSCRIPTIONS,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Switches the subscription to the new plan: now with proration for an UPGRADE, "
         "at the end of the current period for a DOWNGRADE.",
     ),
@@ -846,7 +903,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="mark_invoice_paid",
         capability=_BILLING,
-        output_schema=_WRITE,
+        output_schema=_model(EffectsOut),
         effect="Marks the invoice PAID, which may activate or restore the subscription it "
         "belongs to.",
     ),
@@ -932,7 +989,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_list_features",
         capability=_ADMIN_CATALOG,
-        output_schema=_list("All features."),
+        output_schema=_items(FeatureOut, "Features of this environment."),
     ),
     ToolSpec(
         name="adminListPlans",
@@ -948,7 +1005,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_list_plans",
         capability=_ADMIN_CATALOG,
-        output_schema=_list("All plans."),
+        output_schema=_items(PlanOut, "Plans of every status."),
     ),
     # --- admin writes ------------------------------------------------------------------
     ToolSpec(
@@ -958,6 +1015,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Adds a feature to the catalog. Its key must be unique in this environment; it is "
             "the identifier entitlement checks and usage events refer to. Writes data. Attach "
             "it to plans with adminLinkFeatureToPlan."
+            ' Answers {"success": true, "message", "feature": {...}} (the new id is feature.id).'
         ),
         params=CreateFeatureParams,
         role="admin",
@@ -965,7 +1023,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_create_feature",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(FeatureWriteOut),
     ),
     ToolSpec(
         name="adminUpdateFeature",
@@ -974,14 +1032,15 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes a feature's name, key, description or enabled flag; omitted fields stay "
             "as they are and repeating the call has no further effect. A new key must still "
             "be unique."
+            ' Answers {"success": true, "message", "feature": {...}}.'
         ),
         params=UpdateFeatureParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_feature",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(FeatureWriteOut),
     ),
     ToolSpec(
         name="adminCreatePlan",
@@ -992,6 +1051,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "billingTiming to IN_ADVANCE; creditAllocations optionally grants credits every "
             "period. Next: link features with adminLinkFeatureToPlan, then activate with "
             "adminUpdatePlan(status: ACTIVE)."
+            ' Answers {"success": true, "message", "plan": {...}, "features", "creditAllocations"} (the new id is plan.id).'
         ),
         params=CreatePlanParams,
         role="admin",
@@ -999,7 +1059,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_create_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(PlanWriteOut),
     ),
     ToolSpec(
         name="adminUpdatePlan",
@@ -1011,14 +1071,15 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "on key, priceAmount, intervalMonths and billingTiming are frozen. An ACTIVE plan can be ARCHIVED (no "
             "new subscriptions) and an ARCHIVED one reactivated; archived plans accept only "
             "that status change."
+            ' Answers {"success": true, "message", "plan": {...}, "features", "creditAllocations"}.'
         ),
         params=UpdatePlanParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(PlanWriteOut),
     ),
     ToolSpec(
         name="adminGetPlanWithFeatures",
@@ -1034,12 +1095,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_get_plan_with_features",
         capability=_ADMIN_CATALOG,
-        output_schema=_object(
-            "The plan with features and credit allocations.",
-            plan=_ANY,
-            features={"type": "array", "items": _ANY},
-            creditAllocations={"type": "array", "items": _ANY},
-        ),
+        output_schema=_model(CatalogPlanOut),
     ),
     ToolSpec(
         name="adminGetFeatureRule",
@@ -1054,7 +1110,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_get_feature_rule",
         capability=_ADMIN_CATALOG,
-        output_schema=_object("The plan-feature rule.", type=_STR, isEnabled=_BOOL),
+        output_schema=_model(RuleOut),
     ),
     ToolSpec(
         name="adminLinkFeatureToPlan",
@@ -1074,6 +1130,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "older flat form with cost keys inside pricing is accepted and converted. Example: "
             '{"pricing":{"model":"usage","usage_unit_type":"api_calls","price_per_unit":0.02,'
             '"max_usage":5000}}. Writes data.'
+            ' Answers {"success": true, "message", "rule": {...}}.'
         ),
         params=LinkFeatureParams,
         role="admin",
@@ -1081,7 +1138,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="admin_link_feature_to_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(RuleWriteOut),
     ),
     ToolSpec(
         name="adminUpdateFeatureRule",
@@ -1090,14 +1147,15 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Changes an existing plan-feature rule: its type, its valueJson (same format as "
             "adminLinkFeatureToPlan) or its enabled flag. Omitted fields stay as they are and "
             "repeating the call has no further effect."
+            ' Answers {"success": true, "message", "rule": {...}}.'
         ),
         params=UpdateRuleParams,
         role="admin",
-        annotations=_ann(idempotent=True),
+        annotations=_OVERWRITE,
         confirm=False,
         handler="admin_update_feature_rule",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(RuleWriteOut),
     ),
     ToolSpec(
         name="adminUnlinkFeatureFromPlan",
@@ -1106,6 +1164,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             "Detaches a feature from a plan by deleting their rule, so the plan no longer "
             "grants or prices it. Requires confirmAction: true; without it nothing changes "
             "and the answer previews the consequences."
+            ' Answers {"success": true, "message", "ruleId"}.'
         ),
         params=UnlinkFeatureParams,
         role="admin",
@@ -1113,7 +1172,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="admin_unlink_feature_from_plan",
         capability=_ADMIN_CATALOG,
-        output_schema=_WRITE,
+        output_schema=_model(UnlinkOut),
         effect="Deletes the plan-feature rule: the plan stops granting and pricing the feature.",
     ),
 )
@@ -1121,7 +1180,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
 SPECS_BY_NAME: Mapping[str, ToolSpec] = {spec.name: spec for spec in TOOL_SPECS}
 
 LIST_TOOLS: frozenset[str] = frozenset(
-    spec.name for spec in TOOL_SPECS if spec.output_schema.get("required") == ["items"]
+    spec.name
+    for spec in TOOL_SPECS
+    if getattr(spec.output_schema, "strict", spec.output_schema).get("required") == ["items"]
 )
 """Tools whose result is a list, answered as ``{"items": [...]}``."""
 
@@ -1170,5 +1231,11 @@ def _tidy_property(prop: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def output_schema(spec: ToolSpec) -> dict[str, Any]:
-    """A private copy of the tool's output schema (the table's copy stays untouched)."""
+    """A private copy of the tool's declared output schema (the table's stays untouched)."""
     return copy.deepcopy(dict(spec.output_schema))
+
+
+def strict_output_schema(spec: ToolSpec) -> dict[str, Any]:
+    """The schema a successful answer must match exactly: the answer model's, with its
+    required fields (the declared schema relaxes the top level, see ``_Declared``)."""
+    return copy.deepcopy(getattr(spec.output_schema, "strict", dict(spec.output_schema)))

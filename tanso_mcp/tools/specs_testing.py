@@ -10,28 +10,14 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, Field
 
+from tanso_mcp.services.outputs import ClockOut
 from tanso_mcp.tools.fields import Flag
-from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, _object
+from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, _model
 
 __all__ = ["TOOL_SPECS"]
 
 _CLOCK = "test clocks"
-_STATE = _object(
-    "The test environment's clock.",
-    now={"type": "string", "format": "date-time", "description": "the clock's current time"},
-    frozen={"type": "boolean", "description": "true: the clock stands still between advances"},
-    offsetSeconds={
-        "type": "number",
-        "description": "how far the clock is ahead of real time (while it runs)",
-    },
-)
-_ADVANCED = _object(
-    "The test environment's clock after the advance.",
-    now={"type": "string", "format": "date-time"},
-    frozen={"type": "boolean"},
-    offsetSeconds={"type": "number"},
-    jobsRun={"type": "integer", "description": "jobs (renewals, expiries…) that ran"},
-)
+_STATE = _model(ClockOut)
 
 
 class NoParams(ToolParams):
@@ -92,7 +78,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="advance_test_clock",
         capability=_CLOCK,
-        output_schema=_ADVANCED,
+        output_schema=_STATE,
         group="testing",
     ),
     ToolSpec(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,17 +23,17 @@ from .openapi import build_openapi
 from .routing import Api, envelope_error
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import billing, catalog, metering, stripe, stripe_usage, system
+    from .routes import analytics, billing, catalog, metering, stripe, stripe_usage, system
 
     api = Api("")
-    for module in (system, catalog, billing, metering, stripe, stripe_usage):
+    for module in (system, catalog, billing, metering, analytics, stripe, stripe_usage):
         api.include(module.api)
     return api
 
@@ -113,6 +113,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await ctx.start_feed()
         task = asyncio.create_task(_jobs_loop(ctx)) if run_jobs else None
         try:
             async with mcp.lifespan():
@@ -123,13 +124,15 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    # Starlette types a handler as taking any Exception; each takes its own class
+    handlers: dict[Any, Any] = {
+        HTTPException: http_error,
+        TansoError: tanso_error,
+        Exception: server_error,
+    }
     app = Starlette(
         routes=routes,
-        exception_handlers={
-            HTTPException: http_error,
-            TansoError: tanso_error,
-            Exception: server_error,
-        },
+        exception_handlers=handlers,
         lifespan=lifespan,
     )
     # innermost: the entitlement-check fast lane runs after authentication
@@ -151,3 +154,16 @@ async def _jobs_loop(ctx: AppContext) -> None:
         except Exception:
             log.exception("jobs pass failed")
         await asyncio.sleep(ctx.settings.jobs_interval_seconds)
+
+
+def worker_app() -> Starlette:
+    """App factory for `tanso-mcp serve --workers N`: each worker process builds its own
+    context from the settings (TANSO_* environment and the config file)."""
+    from ..bootstrap import build_context
+    from ..settings import load_settings
+    from .hotpath import tune_gc
+
+    settings = load_settings()
+    app = create_app(build_context(settings), run_jobs=settings.jobs_enabled)
+    tune_gc()
+    return app

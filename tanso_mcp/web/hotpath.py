@@ -26,7 +26,7 @@ from .jsonio import MAX_DEPTH, dumps, loads, too_deep
 from .routing import envelope_error
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 CHECK_PREFIX = "/api/v1/client/entitlements/"
 EVENTS_PATH = "/api/v1/client/events"

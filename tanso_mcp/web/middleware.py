@@ -10,7 +10,7 @@ from ..principal import current_principal
 from .jsonio import dumps
 
 if TYPE_CHECKING:
-    from ..services.auth import KeyResolver
+    from ..context import Keys
 
 PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", "/mcp")
 
@@ -70,7 +70,7 @@ def extract_key(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class AuthMiddleware:
-    def __init__(self, app, keys: KeyResolver):
+    def __init__(self, app, keys: Keys):
         self.app = app
         self.keys = keys
 

@@ -96,7 +96,10 @@ def build_openapi(api: Api, extra_paths: dict[str, Any] | None = None) -> dict[s
             }
         data_schema = _schema_for(r.response, "serialization", defs)
         ok: dict[str, Any] = {"success": {"const": True}}
-        if r.paginated:
+        if r.paginated == "object":  # one object (rows and totals) paged by its rows
+            ok["data"] = data_schema
+            ok["pagination"] = {"$ref": REF.format(model="Pagination")}
+        elif r.paginated:
             ok["data"] = {"type": "array", "items": data_schema}
             ok["pagination"] = {"$ref": REF.format(model="Pagination")}
         elif data_schema:

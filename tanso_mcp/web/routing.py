@@ -20,7 +20,7 @@ from ..principal import Principal, Role, current_principal
 from .jsonio import dumps, loads, strip_nones
 
 if TYPE_CHECKING:
-    from ..bootstrap import AppContext
+    from ..context import AppContext
 
 log = logging.getLogger("tanso_mcp.web")
 
@@ -123,7 +123,8 @@ class ApiRoute:
     query: type[BaseModel] | None = None
     response: Any = None
     status: int = 200
-    paginated: bool = False
+    # True: data is a list; "object": data is one object whose rows are paged
+    paginated: bool | str = False
     tags: list[str] = field(default_factory=list)
     errors: tuple[int, ...] = ()
     # documents the request body in /openapi.json when the handler reads and validates
@@ -147,7 +148,7 @@ class Api:
         query: type[BaseModel] | None = None,
         response: Any = None,
         status: int = 200,
-        paginated: bool = False,
+        paginated: bool | str = False,
         tags: list[str] | None = None,
         errors: tuple[int, ...] = (),
         body_doc: Any = None,

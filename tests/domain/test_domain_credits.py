@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from tanso_mcp.domain.credits import (
     CreditAllocation,
-    PoolSlot,
     RolloverPolicy,
+    available_credits,
     covered_units,
     credit_coverage,
     credit_delta,
@@ -23,14 +23,15 @@ from tanso_mcp.domain.credits import (
 from tanso_mcp.errors import InvalidRequest
 
 PROPS = settings(database=None, deadline=None, max_examples=400)
+NOW = datetime(2026, 1, 15, tzinfo=UTC)
 
 
 def test_appendix_b_credits_before_overage():
     needed, deducted, covered, overage = credit_coverage(130, 1, 100)
     assert (needed, deducted, covered, overage) == (130, 100, 100, 30)
     assert credits_for_units(130, 1) == 130
-    plan = plan_draw([PoolSlot("pool", 0, D(100))], needed)
-    assert plan == [("pool", D(100))]
+    plan = plan_draw([("grant", 100, None)], int(needed), NOW)
+    assert plan == [("grant", 100)]
     assert covered_units(sum(t for _, t in plan), 1) == 100
 
 
@@ -67,18 +68,26 @@ def test_credit_coverage_fractional_and_weighted():
     assert cov.credits_deducted == 0
 
 
-def test_plan_draw_priorities_limits_and_skips():
-    pools = [
-        ("b", 1, D(50), None),
-        ("a", 0, D(30), D(10)),  # limited to 10 this period
-        ("empty", 0, D(0), None),
-        ("c", 1, D(100), None),
+def test_plan_draw_fifo_skips_expired_and_empty():
+    later = datetime(2026, 2, 1, tzinfo=UTC)
+    grants = [
+        ("old", 30, NOW),  # expired at NOW
+        ("empty", 0, None),
+        ("a", 10, later),
+        ("b", 50, None),
     ]
-    assert plan_draw(pools, 45) == [("a", D(10)), ("b", D(35))]
-    assert plan_draw(pools, 500) == [("a", D(10)), ("b", D(50)), ("c", D(100))]
-    assert plan_draw(pools, 0) == []
-    assert plan_draw([], 10) == []
-    assert plan_draw([("x", 0, D(5), D(0))], 3) == []
+    assert plan_draw(grants, 45, NOW) == [("a", 10), ("b", 35)]
+    assert plan_draw(grants, 500, NOW) == [("a", 10), ("b", 50)]
+    assert plan_draw(grants, 0, NOW) == []
+    assert plan_draw([], 10, NOW) == []
+
+
+def test_available_credits():
+    assert available_credits(100, "ACTIVE") == 100
+    assert available_credits(100, "FROZEN") == 0
+    assert available_credits(100, "ACTIVE", draw_limit_q=30, drawn_q=10) == 20
+    assert available_credits(100, "ACTIVE", draw_limit_q=30, drawn_q=40) == 0
+    assert available_credits(100, "ACTIVE", live_grants_q=60) == 60
 
 
 def test_fifo_allocation_oldest_first():
@@ -191,23 +200,27 @@ def test_invalid_allocations_name_the_field(raw, field):
 # --- properties --------------------------------------------------------------
 
 amounts = st.decimals(min_value=0, max_value=10**6, places=4, allow_nan=False, allow_infinity=False)
-pool_st = st.tuples(
-    st.integers(0, 10**6), st.integers(-3, 3), amounts, st.one_of(st.none(), amounts)
+grant_st = st.tuples(
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+    st.one_of(st.none(), st.sampled_from([NOW, datetime(2027, 1, 1, tzinfo=UTC)])),
 )
 
 
 @PROPS
-@given(st.lists(pool_st, max_size=8, unique_by=lambda p: p[0]), amounts)
-def test_plan_draw_properties(pools, amount):
-    plan = plan_draw(pools, amount)
-    room = {p[0]: p[2] if p[3] is None else min(p[2], p[3]) for p in pools}
-    available = sum(room.values(), D(0))
-    assert sum((t for _, t in plan), D(0)) == min(amount, available)
-    priorities = {p[0]: p[1] for p in pools}
-    assert [priorities[i] for i, _ in plan] == sorted(priorities[i] for i, _ in plan)
-    for pool_id, take in plan:
-        assert 0 < take <= room[pool_id]
-    assert len({i for i, _ in plan}) == len(plan)
+@given(st.lists(grant_st, max_size=8, unique_by=lambda g: g[0]), st.integers(0, 10**7))
+def test_plan_draw_properties(grants, amount):
+    plan = plan_draw(grants, amount, NOW)
+    valid = {g[0]: g[1] for g in grants if g[2] is None or g[2] > NOW}
+    assert sum(t for _, t in plan) == min(amount, sum(valid.values()))
+    for grant_id, take in plan:
+        assert 0 < take <= valid[grant_id]
+    order = [g[0] for g in grants]
+    assert [order.index(i) for i, _ in plan] == sorted(order.index(i) for i, _ in plan)
+    # every grant before the last one drawn is emptied (oldest first)
+    if plan:
+        last = order.index(plan[-1][0])
+        assert all(valid.get(g, 0) == dict(plan).get(g, 0) for g in order[:last])
 
 
 @PROPS

@@ -101,8 +101,8 @@ const summary = {};
     priceAmount: "99.00",
   });
   const planId = steps.createPlan.structuredContent?.plan?.id;
-  const featureId = steps.createFeature.structuredContent?.id;
-  const gateId = steps.createGate.structuredContent?.id;
+  const featureId = steps.createFeature.structuredContent?.feature?.id;
+  const gateId = steps.createGate.structuredContent?.feature?.id;
   steps.activateTooEarly = await call(client, "adminUpdatePlan", { planId, status: "ACTIVE" });
   steps.link = await call(client, "adminLinkFeatureToPlan", {
     planId,

@@ -301,6 +301,11 @@ STRIPE_TOOLS = frozenset(
         "importStripeData",
     }
 )
+OVERWRITING_UPDATES = frozenset(
+    {"updateCustomer", "adminUpdateFeature", "adminUpdatePlan", "adminUpdateFeatureRule"}
+)
+"""Updates that replace stored field values: destructive, though not confirm-guarded."""
+
 IDEMPOTENT_WRITES = frozenset(
     {
         "updateCustomer",

@@ -65,3 +65,63 @@ async def test_server_lists_and_calls_only_enabled_groups() -> None:
     async with connect(handlers, role="read", tool_groups=("testing",)) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert "getTestClock" in names and "advanceTestClock" not in names
+
+
+def _type_arrays(schema, path="$"):
+    if isinstance(schema, dict):
+        if isinstance(schema.get("type"), list):
+            yield path
+        for key, value in schema.items():
+            yield from _type_arrays(value, f"{path}.{key}")
+    elif isinstance(schema, list):
+        for i, value in enumerate(schema):
+            yield from _type_arrays(value, f"{path}[{i}]")
+
+
+def test_schemas_use_single_type_branches() -> None:
+    """A ``type`` array is legal JSON Schema, but clients that map tool schemas onto a
+    one-type dialect reject or weaken it (the MCP Inspector's --strict warning)."""
+    from tanso_mcp.tools.specs import input_schema, output_schema
+
+    found = [
+        (spec.name, where)
+        for spec in all_specs()
+        for schema in (input_schema(spec), output_schema(spec))
+        for where in _type_arrays(schema)
+    ]
+    assert found == []
+
+
+def test_declared_output_schemas_also_admit_error_answers() -> None:
+    """Clients such as the TypeScript SDK validate the structured content of an error
+    answer against the tool's outputSchema too: the declared schema must admit it."""
+    from jsonschema import Draft202012Validator
+
+    from tanso_mcp.tools.specs import output_schema
+
+    error = {"error": "not_found", "message": "no such plan", "field": "planId"}
+    preview = {"error": "confirmation_required", "message": "confirm", "preview": {"a": 1}}
+    for spec in all_specs():
+        validator = Draft202012Validator(output_schema(spec))
+        assert validator.is_valid(error) and validator.is_valid(preview), spec.name
+
+
+def test_answer_schemas_come_from_the_answer_models() -> None:
+    """Every tool implemented in this build declares a schema generated from its answer
+    model (services.outputs); only the Stripe tools, implemented elsewhere, may not."""
+    from tanso_mcp.tools.specs import strict_output_schema
+
+    stripe = {
+        "getStripeIntegrationStatus",
+        "discoverStripeData",
+        "getStripeImportStatus",
+        "registerStripeApiKey",
+        "setupStripeIntegration",
+        "importStripeData",
+    }
+    for spec in all_specs():
+        if spec.name in stripe or spec.group not in ("core", "testing"):
+            continue
+        strict = strict_output_schema(spec)
+        assert strict["additionalProperties"] is False, spec.name
+        assert strict.get("required"), spec.name

@@ -10,6 +10,7 @@ fallback channel.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -182,6 +183,34 @@ async def test_raw_http_edges(served: Served) -> None:
         ).status_code == 421
         # the rest of the host app is untouched by the MCP mount
         assert (await http.get(f"{served.base}/healthz")).json() == {"ok": True}
+
+
+async def test_protocol_edges(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    headers = {**_HEADERS, "X-API-Key": "sk_test_read", "MCP-Protocol-Version": "2025-11-25"}
+    async with httpx.AsyncClient(timeout=5) as http:
+        # no server-initiated stream: GET answers 405 at once instead of an idle stream
+        for method in ("GET", "HEAD"):
+            r = await http.request(method, served.url, headers=headers)
+            assert r.status_code == 405 and r.headers["allow"] == "POST"
+        caplog.clear()
+        # an unknown prompt or resource is invalid params (-32602), not a server error
+        for n, (method, params) in enumerate(
+            [("prompts/get", {"name": "nope"}), ("resources/read", {"uri": "tanso://nope"})]
+        ):
+            body = {"jsonrpc": "2.0", "id": n, "method": method, "params": params}
+            r = await http.post(served.url, json=body, headers=headers)
+            assert r.status_code == 200 and r.json()["error"]["code"] == -32602, r.text
+        for n in range(3):
+            body = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/list"}
+            assert (await http.post(served.url, json=body, headers=headers)).status_code == 200
+    noisy = [
+        (r.levelname, r.name, r.getMessage())
+        for r in caplog.records
+        if r.name.startswith("mcp")
+        and (r.levelno >= logging.ERROR or r.exc_info or r.getMessage().startswith("Terminat"))
+    ]
+    assert noisy == []
 
 
 def test_allowed_hosts_must_not_be_empty() -> None:

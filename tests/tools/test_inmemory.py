@@ -28,6 +28,7 @@ from .contract import (
     ADMIN_READS,
     CONFIRM_TOOLS,
     EXTRA_PARAMS,
+    OVERWRITING_UPDATES,
     SEED_TOOLS,
     TOOLS_BY_ROLE,
     minimal_arguments,
@@ -56,7 +57,9 @@ async def test_tools_list_per_role(role: str, mode: str) -> None:
         assert tool.title and tool.description
         assert tool.annotations is not None
         assert tool.annotations.read_only_hint is (tool.name in reads)
-        assert tool.annotations.destructive_hint is (tool.name in CONFIRM_TOOLS)
+        assert tool.annotations.destructive_hint is (
+            tool.name in CONFIRM_TOOLS or tool.name in OVERWRITING_UPDATES
+        )
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
         schema = tool.input_schema
         assert set(schema.get("required", [])) == {p for p, _, req in seed_params if req}
@@ -135,16 +138,26 @@ async def test_handler_receives_app_principal_and_typed_params(mode: str) -> Non
 
 async def test_list_results_are_wrapped_and_values_made_json() -> None:
     when = datetime(2026, 3, 16, 10, 30, tzinfo=UTC)
-    recorder = Recorder(
-        [{"id": "p1", "priceAmount": Decimal("99.00"), "rate": Decimal("0.10"), "at": when}]
-    )
-    async with connect({"listPlans": recorder}, role="read") as client:
-        # The SDK client validates structuredContent against the declared outputSchema.
-        is_error, body = await call(client, "listPlans", {})
-    assert not is_error
-    assert body == {
-        "items": [{"id": "p1", "priceAmount": 99, "rate": 0.1, "at": "2026-03-16T10:30:00Z"}]
+    plan = {
+        "id": "p1",
+        "key": "pro",
+        "name": "Pro",
+        "priceAmount": Decimal("99.00"),
+        "currency": "USD",
+        "intervalMonths": 1,
+        "billingTiming": "IN_ADVANCE",
+        "status": "ACTIVE",
+        "createdAt": when,
+        "modifiedAt": when,
     }
+    recorder = Recorder([plan, {**plan, "id": "p2", "priceAmount": Decimal("0.10")}])
+    async with connect({"adminListPlans": recorder}, role="admin") as client:
+        # The SDK client validates structuredContent against the declared outputSchema.
+        is_error, body = await call(client, "adminListPlans", {})
+    assert not is_error
+    wire = {**plan, "priceAmount": 99, "createdAt": "2026-03-16T10:30:00Z"}
+    wire["modifiedAt"] = wire["createdAt"]
+    assert body == {"items": [wire, {**wire, "id": "p2", "priceAmount": 0.1}]}
 
 
 async def test_decimal_that_a_float_cannot_hold_stays_exact() -> None:

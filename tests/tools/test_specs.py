@@ -18,6 +18,7 @@ from tanso_mcp.tools.specs import (
     UpdatePlanParams,
     input_schema,
     specs_for_role,
+    strict_output_schema,
 )
 
 from .contract import (
@@ -26,6 +27,7 @@ from .contract import (
     EXTRA_PARAMS,
     IDEMPOTENT_WRITES,
     NUMERIC_PARAMS,
+    OVERWRITING_UPDATES,
     SEED_TOOLS,
     STRIPE_TOOLS,
     TOOLS_BY_ROLE,
@@ -88,10 +90,10 @@ def test_metadata_and_annotations(spec) -> None:
     reads = {n for n, (section, _) in SEED_TOOLS.items() if section == "read"} | ADMIN_READS
     ann = spec.annotations
     assert ann.read_only_hint is (spec.name in reads)
-    assert ann.destructive_hint is spec.confirm
+    assert ann.destructive_hint is (spec.confirm or spec.name in OVERWRITING_UPDATES)
     assert ann.idempotent_hint is (spec.name in reads or spec.name in IDEMPOTENT_WRITES)
     assert ann.open_world_hint is (spec.name in STRIPE_TOOLS)
-    out = spec.output_schema
+    out = strict_output_schema(spec)
     assert out["type"] == "object"
     if spec.name in LIST_TOOLS:
         assert out["required"] == ["items"]

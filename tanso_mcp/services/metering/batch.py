@@ -10,16 +10,18 @@ Per batch, whatever its size, a fixed number of bulk statements:
    the final INSERT fail; the writer then retries the batch, which now sees it);
 2. customers and features, looked up in bulk; unknown ones auto-created
    (``EVENT_AUTO_CREATED``) only for events that will be stored;
-3. attribution: the customer's active subscriptions, their non-revoked entitlements,
-   the plan rules (any active subscription granting the feature — the one named by
-   ``subscriptionId`` first, else the oldest; past-due subscriptions grant nothing);
-4. locked state: usage counters, then credit pools, their subscription links and
-   grants — each phase in a fixed (sorted) order, ``FOR UPDATE`` on PostgreSQL, so two
-   processes' batches never deadlock; SQLite holds the database write lock
-   (``BEGIN IMMEDIATE``) for the whole batch;
-5. the decisions, event by event in input order, in memory: limit (an event whose
-   window already reached ``max_usage`` is stored with zero billable usage), credits
-   before overage (FIFO over grants, pools by draw priority within draw limits; a
+3. eligibility: the customers' subscriptions granting the events' features, loaded by
+   :func:`.grants.load_granting` (the loader the entitlement cache uses too);
+4. locked state: usage counters (of every subscription an event could count on), then
+   credit pools, their subscription links and grants — each phase in a fixed (sorted)
+   order, ``FOR UPDATE`` on PostgreSQL, so two processes' batches never deadlock; SQLite
+   holds the database write lock (``BEGIN IMMEDIATE``) for the whole batch;
+5. the decisions, event by event in input order, in memory, every one taken by the
+   domain rules (:mod:`tanso_mcp.domain.entitlements`, :mod:`tanso_mcp.domain.credits`):
+   which subscription the event counts on (on the state as of that event, when several
+   grant the feature), limit (an event whose window already reached ``max_usage`` is
+   stored with zero billable usage), credits before overage (the customer's pool of the
+   rule's denomination, FIFO over its grants, within the subscription's draw limit; a
    hard-limited denomination that cannot cover the event rejects it — nothing stored),
    cost chain and revenue;
 6. bulk writes: events, counter increments, guarded pool/grant decrements (``… AND
@@ -37,7 +39,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -45,28 +47,28 @@ import orjson
 from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...db.types import _json_default, new_id
+from ...domain.analytics_costs import price_overrides
 from ...domain.cost import resolve_cost
-from ...domain.credits import covered_units, credits_for_units
+from ...domain.credits import available_credits, covered_units, credits_for_units, plan_draw
+from ...domain.entitlements import REASON_CREDITS, REASON_LIMIT, attribute, eligible_at, verdict
 from ...domain.money import minor_units, to_credit_units, to_micros
 from ...domain.pricing import event_revenue
 from ...domain.rules import (
     CostUnit,
     DefaultCostConfig,
     ResetMode,
-    RuleValue,
     UsagePricing,
-    parse_default_cost_config,
-    parse_rule_value,
 )
 from ...errors import InsufficientCredits, NotFound, TansoError
+from .grants import Grant, load_granting
 from .inputs import CLIENT_TRACKED, EventIn
+from .rulecache import default_cost
 from .sqlio import in_list
 from .windows import SubPeriod, window_start
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 ERROR = "error"
-DRAWABLE_POOL_STATUSES = ("ACTIVE",)  # as services.credits.deduct
 
 
 class GuardFailed(RuntimeError):
@@ -79,8 +81,8 @@ class Outcome:
     status: str
     event_id: str | None = None
     limit_exceeded: bool = False
-    credits_deducted: Decimal = Decimal(0)
-    overage_units: Decimal = Decimal(0)
+    credits_deducted: Decimal | int = 0
+    overage_units: Decimal | int = 0
     customer_auto_created: bool = False
     customer_id: str | None = None
     subscription_id: str | None = None
@@ -103,22 +105,6 @@ class Effects:
 
 
 @dataclass(slots=True)
-class _Sub:
-    id: str
-    customer_id: str
-    plan_id: str
-    period: SubPeriod
-
-
-@dataclass(slots=True)
-class _Rule:
-    id: str
-    value: RuleValue | None
-    enabled: bool
-    currency: str
-
-
-@dataclass(slots=True)
 class _Pool:
     id: str
     customer_id: str
@@ -135,7 +121,7 @@ class _Pool:
 @dataclass(slots=True)
 class _Link:
     id: str
-    draw_priority: int
+    subscription_id: str
     draw_limit_q: int | None
     drawn_q: int
     taken_q: int = 0
@@ -151,53 +137,6 @@ class _Grant:
     subscription_id: str | None
     taken_q: int = 0
     expired_q: int = 0
-
-
-# parsed rule values by (rule id, raw JSON text): parsing is far dearer than the lookup
-_RULE_CACHE: dict[tuple[str, str], RuleValue | None] = {}
-_SETTINGS_CACHE: dict[str, tuple[DefaultCostConfig | None]] = {}
-
-
-def _rule_value(rule_id: str, raw: Any) -> RuleValue | None:
-    if raw is None:
-        return None
-    text = raw if isinstance(raw, str) else orjson.dumps(raw, default=_json_default).decode()
-    key = (rule_id, text)
-    hit = _RULE_CACHE.get(key, _RULE_CACHE)
-    if hit is not _RULE_CACHE:
-        return hit  # type: ignore[return-value]
-    import json
-
-    try:
-        value = parse_rule_value(json.loads(text, parse_float=Decimal))
-    except TansoError:
-        value = None
-    if len(_RULE_CACHE) > 50_000:
-        _RULE_CACHE.clear()
-    _RULE_CACHE[key] = value
-    return value
-
-
-def _default_cost(raw: Any) -> DefaultCostConfig | None:
-    if raw is None:
-        return None
-    text = raw if isinstance(raw, str) else orjson.dumps(raw, default=_json_default).decode()
-    hit = _SETTINGS_CACHE.get(text)
-    if hit is not None:
-        return hit[0]
-    import json
-
-    config = None
-    try:
-        settings = json.loads(text, parse_float=Decimal)
-        if isinstance(settings, dict) and settings.get("defaultCostConfig") is not None:
-            config = parse_default_cost_config(settings["defaultCostConfig"])
-    except (TansoError, ValueError):
-        config = None
-    if len(_SETTINGS_CACHE) > 10_000:
-        _SETTINGS_CACHE.clear()
-    _SETTINGS_CACHE[text] = (config,)
-    return config
 
 
 def _dumps(obj: Any) -> str | None:
@@ -238,6 +177,7 @@ class _Env:
         self.idxs = idxs
         self.out = out
         self.effects = effects
+        self.price_overrides: tuple = ()  # the environment's model prices (_settings)
 
     # ------------------------------------------------------------------ helpers
 
@@ -282,8 +222,8 @@ class _Env:
         self._create_missing(live, customers, features)
         live = self._live()
 
-        subs, grants_feature = self._attribution(live, customers, features)
-        plan = self._plan(live, customers, features, subs, grants_feature)
+        granting = self._attribution(live, customers, features)
+        plan = self._plan(live, customers, features, granting)
         self._apply(plan)
 
     # customers -----------------------------------------------------------------
@@ -291,9 +231,9 @@ class _Env:
     def _customers(self, live: list[int]) -> dict[str, dict[str, str]]:
         """Lookups by reference, id and Stripe id; unknown customerId -> item error."""
         tx, env, items = self.tx, self.env, self.items
-        refs = sorted({items[i].customer_ref for i in live if items[i].customer_ref})
-        ids = sorted({items[i].customer_id for i in live if items[i].customer_id})
-        stripe = sorted({items[i].stripe_customer_id for i in live if items[i].stripe_customer_id})
+        refs = sorted({v for i in live if (v := items[i].customer_ref)})
+        ids = sorted({v for i in live if (v := items[i].customer_id)})
+        stripe = sorted({v for i in live if (v := items[i].stripe_customer_id)})
         by_ref: dict[str, str] = {}
         by_id: dict[str, str] = {}
         by_stripe: dict[str, str] = {}
@@ -334,8 +274,8 @@ class _Env:
 
     def _features(self, live: list[int]) -> dict[str, dict[str, Any]]:
         tx, env, items = self.tx, self.env, self.items
-        keys = sorted({items[i].feature_key for i in live if items[i].feature_key})
-        ids = sorted({items[i].feature_id for i in live if items[i].feature_id})
+        keys = sorted({v for i in live if (v := items[i].feature_key)})
+        ids = sorted({v for i in live if (v := items[i].feature_id)})
         by_key: dict[str, tuple[str, bool]] = {}
         by_id: dict[str, tuple[str, bool]] = {}
         if keys or ids:
@@ -441,87 +381,25 @@ class _Env:
         return None
 
     def _attribution(self, live: list[int], customers: dict, features: dict):
-        tx, env = self.tx, self.env
         cust_ids = sorted({self._customer_of(i, customers) for i in live})
         feat_ids = sorted({f[0] for i in live if (f := self._feature_of(i, features)) is not None})
-        subs: dict[str, list[_Sub]] = defaultdict(list)
-        grants_feature: dict[tuple[str, str], _Rule] = {}
-        if not feat_ids:
-            return subs, grants_feature
-        p: dict[str, Any] = {"env": env, "t": tx.b(True)}
-        rows = tx.rows(
-            "SELECT id, customer_id, plan_id, started_at, current_period_start, "
-            "current_period_end, interval_months, billing_anchor_day FROM subscriptions "
-            f"WHERE environment_id = :env AND customer_id IN ({in_list('c', cust_ids, p)}) "
-            "AND is_active = :t AND ended_at IS NULL ORDER BY created_at, id",
-            p,
-        )
-        if not rows:
-            return subs, grants_feature
-        all_subs: dict[str, _Sub] = {}
-        for sid, cid, plan_id, started, ps, pe, interval, anchor in rows:
-            s = _Sub(
-                sid,
-                cid,
-                plan_id,
-                SubPeriod(
-                    tx.from_dt(started), tx.from_dt(ps), tx.from_dt(pe), int(interval), int(anchor)
-                ),
-            )
-            all_subs[sid] = s
-        sub_ids = sorted(all_subs)
-        p = {"env": env}
-        past_due = {
-            r[0]
-            for r in tx.rows(
-                "SELECT DISTINCT subscription_id FROM invoices WHERE environment_id = :env "
-                f"AND status = 'PAST_DUE' AND subscription_id IN ({in_list('s', sub_ids, p)})",
-                p,
-            )
-        }
-        p = {"env": env}
-        entitled = set(
-            tx.rows(
-                "SELECT subscription_id, feature_id FROM entitlements WHERE environment_id = :env "
-                f"AND subscription_id IN ({in_list('s', sub_ids, p)}) "
-                f"AND feature_id IN ({in_list('f', feat_ids, p)}) AND revoked_at IS NULL",
-                p,
-            )
-        )
-        plan_ids = sorted({s.plan_id for s in all_subs.values()})
-        p = {}
-        rules: dict[tuple[str, str], _Rule] = {}
-        for rid, plan_id, fid, value, enabled, currency in tx.rows(
-            "SELECT pf.id, pf.plan_id, pf.feature_id, pf.value, pf.is_enabled, p.currency "
-            "FROM plan_features pf JOIN plans p ON p.id = pf.plan_id "
-            f"WHERE pf.plan_id IN ({in_list('p', plan_ids, p)}) "
-            f"AND pf.feature_id IN ({in_list('f', feat_ids, p)})",
-            p,
-        ):
-            rules[(plan_id, fid)] = _Rule(rid, _rule_value(rid, value), bool(enabled), currency)
-        for s in all_subs.values():
-            if s.id in past_due:
-                continue
-            subs[s.customer_id].append(s)
-            for fid in feat_ids:
-                rule = rules.get((s.plan_id, fid))
-                if rule is not None and rule.enabled and (s.id, fid) in entitled:
-                    grants_feature[(s.id, fid)] = rule
-        return subs, grants_feature
+        return load_granting(self.tx, self.env, cust_ids, feat_ids)
 
     # decisions -----------------------------------------------------------------
 
-    def _plan(self, live, customers, features, subs, grants_feature) -> dict[str, Any]:
+    def _plan(self, live, customers, features, granting) -> dict[str, Any]:
         items = self.items
-        # per live item: (customer_id, feature_id, sub, rule plan, counter key)
+        # per live item: (customer_id, feature_id, sub, rule plan, counter key, choices);
+        # ``choices`` lists (sub, rule plan, counter key) when several subscriptions can
+        # take the event: the choice depends on the state when its turn comes (_apply)
         ctx: dict[int, tuple] = {}
         counter_keys: set[tuple[str, str, datetime]] = set()
         credit_needs: set[tuple[str, str]] = set()  # (customer_id, denomination)
         plans: dict[str, _RulePlan] = {}
-        # attribution depends only on (customer, feature, event type, named subscription):
-        # decided once per distinct tuple, not once per event
+        # the candidates depend only on (customer, feature): found once per distinct
+        # tuple, not once per event
         decided: dict[tuple, tuple] = {}
-        accumulate = ResetMode.ACCUMULATE
+        chosen: dict[tuple, tuple] = {}
         for i in live:
             item = items[i]
             dkey = (
@@ -530,32 +408,24 @@ class _Env:
                 item.stripe_customer_id,
                 item.feature_key,
                 item.feature_id,
-                item.event_type,
-                item.subscription_id,
             )
             hit = decided.get(dkey)
             if hit is None:
                 cid = self._customer_of(i, customers)
                 feat = self._feature_of(i, features)
-                chosen, plan = self._attribute(cid, feat, item, subs, grants_feature, plans)
-                hit = decided[dkey] = (cid, feat[0] if feat else None, chosen, plan)
-            cid, fid, chosen, plan = hit
-            key = None
-            if plan is not None:
-                if plan.pricing is not None:
-                    period = chosen.period
-                    at = item.occurred_at
-                    if plan.reset_mode is not accumulate and (
-                        period.period_start <= at < period.period_end
-                    ):
-                        ws = period.period_start
-                    else:
-                        ws = window_start(period, plan.reset_mode, at)
-                    key = (chosen.id, fid, ws)
-                    counter_keys.add(key)
-                if plan.credits is not None:
-                    credit_needs.add((cid, plan.credits.denomination))
-            ctx[i] = (cid, fid, chosen, plan, key)
+                fid = feat[0] if feat else None
+                cands = [s for s in granting.get(cid, ()) if fid in s.grants] if fid else []
+                hit = decided[dkey] = (cid, fid, cands)
+            cid, fid, cands = hit
+            # the choices depend on the event's time too (window, started subscriptions):
+            # events of one tuple sent without occurredAt share the batch's "now"
+            ckey = (dkey, item.occurred_at, item.event_type)
+            entry = chosen.get(ckey)
+            if entry is None:
+                entry = chosen[ckey] = self._choices(
+                    cid, fid, cands, item, plans, counter_keys, credit_needs
+                )
+            ctx[i] = entry
         counters = self._lock_counters(counter_keys)
         pools, links, grants, model_hard = self._lock_credits(credit_needs)
         return {
@@ -569,31 +439,32 @@ class _Env:
         }
 
     @staticmethod
-    def _attribute(cid, feat, item, subs, grants_feature, plans) -> tuple:
-        """(subscription, rule plan) an event of this customer and feature counts on."""
-        if feat is None:
-            return None, None
-        fid = feat[0]
+    def _choices(cid, fid, cands, item, plans, counter_keys, credit_needs) -> tuple:
+        """``(customer, feature, sub, rule plan, counter key, choices)`` for an event:
+        the subscription when only one can take it, else the choices to decide among
+        when its turn comes."""
+        cands = eligible_at(cands, item.occurred_at)
+        if not cands:
+            return (cid, fid, None, None, None, None)
         if item.event_type != CLIENT_TRACKED:
             # audit events are attributed (for reporting) but never counted
-            for s in subs.get(cid, ()):
-                if (s.id, fid) in grants_feature:
-                    return s, None
-            return None, None
-        if not feat[1]:
-            return None, None
-        candidates = subs.get(cid, ())
-        if item.subscription_id:
-            named = [s for s in candidates if s.id == item.subscription_id]
-            candidates = named + [s for s in candidates if s.id != item.subscription_id]
-        for s in candidates:
-            rule = grants_feature.get((s.id, fid))
-            if rule is not None:
-                plan = plans.get(rule.id)
-                if plan is None:
-                    plan = plans[rule.id] = _RulePlan(rule)
-                return s, plan
-        return None, None
+            return (cid, fid, cands[0], None, None, None)
+        choices = []
+        for sub in cands:
+            grant = sub.grants[fid]
+            plan = plans.get(grant.rule_id)
+            if plan is None:
+                plan = plans[grant.rule_id] = _RulePlan(grant)
+            key = None
+            if plan.pricing is not None:
+                key = (sub.id, fid, _window(sub.period, plan.reset_mode, item.occurred_at))
+                counter_keys.add(key)
+            if plan.credits is not None:
+                credit_needs.add((cid, plan.credits.denomination))
+            choices.append((sub, plan, key))
+        if len(choices) == 1:
+            return (cid, fid, *choices[0], None)
+        return (cid, fid, None, None, None, choices)
 
     def _settings(self, live, ctx) -> DefaultCostConfig | None:
         need = any(
@@ -602,7 +473,8 @@ class _Env:
         if not need:
             return None
         rows = self.tx.rows("SELECT settings FROM environments WHERE id = :env", {"env": self.env})
-        return _default_cost(rows[0][0]) if rows else None
+        self.price_overrides = price_overrides(rows[0][0]) if rows else ()
+        return default_cost(rows[0][0]) if rows else None
 
     def _lock_counters(self, keys: set[tuple[str, str, datetime]]) -> dict:
         tx, env = self.tx, self.env
@@ -677,14 +549,14 @@ class _Env:
         pool_ids = sorted(p.id for p in pools.values())
         if pool_ids:
             p = {}
-            for lid, pid, sid, prio, limit, drawn in tx.rows(
-                "SELECT id, pool_id, subscription_id, draw_priority, draw_limit_q, total_drawn_q "
+            for lid, pid, sid, limit, drawn in tx.rows(
+                "SELECT id, pool_id, subscription_id, draw_limit_q, total_drawn_q "
                 f"FROM credit_pool_subscriptions WHERE pool_id IN ({in_list('p', pool_ids, p)}) "
                 f"ORDER BY id{tx.lock}",
                 p,
             ):
                 links[(pid, sid)] = _Link(
-                    lid, int(prio), None if limit is None else int(limit), int(drawn)
+                    lid, sid, None if limit is None else int(limit), int(drawn)
                 )
             p = {}
             for gid, pid, remaining, expires, created, gtype, gsub in tx.rows(
@@ -775,6 +647,7 @@ class _Env:
                 "balance_q": pool.balance_q,
                 "total_consumed_q": pool.consumed_q,
                 "customer_id": pool.customer_id,
+                "grants": {r["grant"]: 0 for r in rows},  # expired
             }
             self.effects.pool_customers.add(pool.customer_id)
 
@@ -804,9 +677,14 @@ class _Env:
             if ckey is not None:
                 batch_use[ckey] += items[i].usage_q
                 limits[ckey] = ctx[i][3].limit_q
-        safe = {
-            k: limits[k] is None or counters[k][1] + use < limits[k] for k, use in batch_use.items()
-        }
+            elif ctx[i][5] is not None:
+                # may count on any of its choices: counted against each (conservative)
+                for _, rp, key in ctx[i][5]:
+                    if key is not None:
+                        batch_use[key] += items[i].usage_q
+                        limits[key] = rp.limit_q
+        # safe: even with all of the batch's usage on it, the limit is not reached
+        safe = {k: verdict(counters[k][1] + use, limits[k]) is None for k, use in batch_use.items()}
         no_default_cost = default_cost is None
         b_false = tx.b(False)
         out = self.out
@@ -814,13 +692,19 @@ class _Env:
         dt_memo = dt.memo
         revenue_memo: dict[tuple[int, int], int] = {}
         units_memo: dict[int, Decimal | int] = {}
+        model_hard = plan["model_hard"]
         for n, i in enumerate(live):
             item = items[i]
-            cid, fid, sub, rp, ckey = ctx[i]
+            cid, fid, sub, rp, ckey, choices = ctx[i]
             usage_q = item.usage_q
+            if choices is not None:
+                sub, rp, ckey = self._choose(
+                    cid, choices, item, counters, pools, links, grants, model_hard
+                )
             counter = counters[ckey] if ckey is not None else None
             if (
-                item.simple
+                choices is None
+                and item.simple
                 and no_default_cost
                 and item.event_type == CLIENT_TRACKED
                 and (rp is None or (rp.fast and (ckey is None or safe[ckey])))
@@ -876,46 +760,44 @@ class _Env:
                     rp.limit if rp is not None else None,
                 )
                 continue
-            exceeded = False
-            if counter is not None and rp.limit_q is not None:
-                exceeded = counter[1] + counter[3] >= rp.limit_q
+            used_q = counter[1] + counter[3] if counter is not None else 0
+            credits = rp.credits if rp is not None else None
+            needed_q = pool = link = None
+            hard = False
+            available_q = 0
+            if credits is not None and usage_q > 0:
+                needed_q, pool, link, hard, available_q = self._credit_state(
+                    cid, sub, credits, item, pools, links, grants, model_hard
+                )
+            reason = verdict(
+                used_q, rp.limit_q if rp is not None else None, hard, available_q, needed_q
+            )
+            if reason == REASON_CREDITS:
+                assert credits is not None and needed_q is not None
+                self.out[i] = Outcome(
+                    ERROR,
+                    error=InsufficientCredits(
+                        "Credit pool depleted - hard limit active for denomination "
+                        f"{credits.denomination}: the event needs "
+                        f"{Decimal(needed_q) / QTY_SCALE} credits, "
+                        f"{Decimal(available_q) / QTY_SCALE} available",
+                        field="usageUnits",
+                    ),
+                )
+                continue
+            exceeded = reason == REASON_LIMIT
             billable_q = 0 if exceeded else usage_q
             deducted_q = 0
             covered_q = 0
             draws: list[tuple[_Pool, int, str | None]] = []
-            credits = rp.credits if rp is not None else None
-            if credits is not None and not exceeded and usage_q > 0:
-                units = item.units
-                needed_q = to_credit_units(credits_for_units(units, credits.weight))
-                pool = pools.get((cid, credits.denomination))
-                hard = (
-                    pool.hard_limit
-                    if pool is not None
-                    else plan["model_hard"].get(credits.denomination, False)
-                )
-                available_q = 0
-                link = None
-                if pool is not None and pool.status in DRAWABLE_POOL_STATUSES:
-                    link = links.get((pool.id, sub.id))
-                    available_q = self._available(pool, link, grants, item)
-                if hard and available_q < needed_q:
-                    self.out[i] = Outcome(
-                        ERROR,
-                        error=InsufficientCredits(
-                            "Credit pool depleted - hard limit active for denomination "
-                            f"{credits.denomination}: the event needs "
-                            f"{Decimal(needed_q) / QTY_SCALE} credits, "
-                            f"{Decimal(available_q) / QTY_SCALE} available",
-                            field="usageUnits",
-                        ),
-                    )
-                    continue
+            if needed_q and not exceeded and pool is not None:
                 take_q = min(needed_q, available_q)
                 if take_q > 0:
                     first = self._draw(pool, link, grants, item, take_q)
                     draws.append((pool, take_q, first))
                     deducted_q = take_q
-                    covered = covered_units(Decimal(take_q) / QTY_SCALE, credits.weight, units)
+                    assert credits is not None
+                    covered = covered_units(Decimal(take_q) / QTY_SCALE, credits.weight, item.units)
                     covered_q = int(covered * QTY_SCALE)
             overage_q = 0 if exceeded else usage_q - covered_q
             # revenue: the client's figure, else the rule's price of the overage
@@ -948,6 +830,7 @@ class _Env:
                     cost_input=ci,
                     rule_cost_model=rp.cost if rp is not None else None,
                     default_config=default_cost,
+                    overrides=self.price_overrides,
                 )
                 cost_source = cost.source
                 provider = cost.provider
@@ -1083,43 +966,73 @@ class _Env:
         if ledger:
             self._write_credits(pools, links, grants, ledger, now)
 
+    def _credit_state(self, cid, sub, credits, item, pools, links, grants, model_hard):
+        """(credits needed, pool, link, hard limit, credits available) for the event on
+        ``sub``."""
+        needed_q = to_credit_units(credits_for_units(item.units, credits.weight))
+        pool = pools.get((cid, credits.denomination))
+        hard = pool.hard_limit if pool is not None else model_hard.get(credits.denomination, False)
+        available_q = 0
+        link = None
+        if pool is not None:
+            link = links.get((pool.id, sub.id))
+            available_q = self._available(pool, link, grants, item)
+        return needed_q, pool, link, hard, available_q
+
+    def _choose(self, cid, choices, item, counters, pools, links, grants, model_hard):
+        """The (sub, rule plan, counter key) of ``choices`` the event is attributed to,
+        by the entitlement attribution rule, on the state as of this event."""
+
+        def has_room(choice) -> bool:
+            sub, rp, ckey = choice
+            counter = counters[ckey] if ckey is not None else None
+            used_q = counter[1] + counter[3] if counter is not None else 0
+            needed_q = None
+            hard = False
+            available_q = 0
+            if rp.credits is not None and item.usage_q > 0:
+                needed_q, _, _, hard, available_q = self._credit_state(
+                    cid, sub, rp.credits, item, pools, links, grants, model_hard
+                )
+            return verdict(used_q, rp.limit_q, hard, available_q, needed_q) is None
+
+        return attribute(choices, item.subscription_id, has_room, _choice_id)
+
     def _available(self, pool: _Pool, link: _Link | None, grants, item: EventIn) -> int:
         drawable = sum(
             g.remaining_q - g.taken_q
             for g in grants.get(pool.id, ())
             if g.expires_at is None or g.expires_at > item.now
         )
-        room = min(pool.balance_q - pool.taken_q, drawable)
-        if link is not None and link.draw_limit_q is not None:
-            room = min(room, link.draw_limit_q - link.drawn_q - link.taken_q)
-        return max(room, 0)
+        return available_credits(
+            pool.balance_q - pool.taken_q,
+            pool.status,
+            link.draw_limit_q if link is not None else None,
+            link.drawn_q + link.taken_q if link is not None else 0,
+            drawable,
+        )
 
     def _draw(
         self, pool: _Pool, link: _Link | None, grants, item: EventIn, take_q: int
     ) -> str | None:
-        """Take ``take_q`` from the pool, FIFO over its live grants; returns the grant
-        drawn when a single one covered it (recorded on the ledger row, as
-        ``credits.deduct`` does), else None."""
+        """Take ``take_q`` from the pool by the domain draw (FIFO over its live grants);
+        returns the grant drawn when a single one covered it (recorded on the ledger
+        row), else None."""
         pool.taken_q += take_q
         if link is not None:
             link.taken_q += take_q
-        left = take_q
-        first = None
-        for g in grants.get(pool.id, ()):
-            if left <= 0:
-                break
-            if g.expires_at is not None and g.expires_at <= item.now:
-                continue
-            room = g.remaining_q - g.taken_q
-            if room <= 0:
-                continue
-            t = min(room, left)
+        plan = plan_draw(
+            [(g, g.remaining_q - g.taken_q, g.expires_at) for g in grants.get(pool.id, ())],
+            take_q,
+            item.now,
+        )
+        drawn = 0
+        for g, t in plan:
             g.taken_q += t
-            left -= t
-            first = g.id if first is None else ""
-        if left:
+            drawn += t
+        if drawn != take_q:
             raise GuardFailed(f"credit grants of pool {pool.id} cannot cover a computed draw")
-        return first or None
+        return plan[0][0].id if len(plan) == 1 else None
 
     def _write_credits(self, pools, links, grants, ledger, now) -> None:
         tx = self.tx
@@ -1161,6 +1074,21 @@ class _Env:
                 "balance_q": expect[0],
                 "total_consumed_q": expect[1],
                 "customer_id": pool.customer_id,
+                # what each subscription has drawn (its draw limit is counted on it)
+                "drawn": {
+                    lk.subscription_id: lk.drawn_q + lk.taken_q
+                    for (pid, _), lk in links.items()
+                    if pid == pool.id and lk.taken_q
+                },
+                # what each drawn grant has left (and the grants expired by this batch)
+                "grants": {
+                    **self.effects.pools.get(self.env, {}).get(pool.id, {}).get("grants", {}),
+                    **{
+                        g.id: g.remaining_q - g.taken_q
+                        for g in grants.get(pool.id, ())
+                        if g.taken_q
+                    },
+                },
             }
             self.effects.pool_customers.add(pool.customer_id)
         if touched_grants:
@@ -1237,15 +1165,15 @@ class _RulePlan:
         "fast",
     )
 
-    def __init__(self, rule: _Rule):
-        value = rule.value
+    def __init__(self, rule: Grant):
+        value = rule.rule
         self.pricing = value.pricing if value is not None else None
         self.cost = value.cost if value is not None else None
         self.credits = value.credits if value is not None else None
         self.currency = rule.currency
         self.reset_mode = value.reset_mode if value is not None else ResetMode.RESET
         self.limit = self.pricing.max_usage if self.pricing is not None else None
-        self.limit_q = _limit_q(self.limit) if self.limit is not None else None
+        self.limit_q = rule.limit_q
         self.price_int = self.price_exp = None
         self.minor = minor_units(rule.currency)
         self._memo: dict[tuple[int, int], int] = {}
@@ -1257,7 +1185,7 @@ class _RulePlan:
                 self._k = exp - 4 + self.minor
                 self._div = 10**-self._k if self._k < 0 else 1
                 self._to_micros = 10 ** (6 - self.minor)
-        self.context = {"sys_applied_rule_id": rule.id}
+        self.context = {"sys_applied_rule_id": rule.rule_id}
         # events on this rule can take the writer's fast path (see _apply)
         self.fast = (
             self.credits is None
@@ -1284,6 +1212,7 @@ class _RulePlan:
             return hit
         if len(self._memo) > 4096:
             self._memo.clear()
+        assert self.pricing is not None
         hit = self._memo[key] = to_micros(
             event_revenue(
                 self.pricing,
@@ -1336,9 +1265,16 @@ def _q(value: int) -> Decimal | int:
     return whole if rest == 0 else Decimal(value) / QTY_SCALE
 
 
-def _limit_q(limit: Decimal) -> int:
-    """``used_q >= _limit_q(limit)`` exactly when ``used >= limit``."""
-    return int((limit * QTY_SCALE).to_integral_value(rounding=ROUND_CEILING))
+def _window(period: SubPeriod, reset_mode: ResetMode, at: datetime) -> datetime:
+    """The counter window an event at ``at`` counts in (the current period without
+    calendar arithmetic in the common case)."""
+    if reset_mode is not ResetMode.ACCUMULATE and period.period_start <= at < period.period_end:
+        return period.period_start
+    return window_start(period, reset_mode, at)
+
+
+def _choice_id(choice: tuple) -> str:
+    return choice[0].id
 
 
 def _ref_of(item: EventIn) -> str | None:

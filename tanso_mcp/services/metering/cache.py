@@ -2,17 +2,18 @@
 
 What is cached, per environment:
 
-- customers by reference: the customer's active subscriptions (period, plan) with the
-  features each one currently grants (non-revoked entitlement, enabled rule, enabled
-  feature, not past due) and their parsed rules, and the customer's credit pools (with
-  their subscription links) — or "no such customer";
+- customers by reference: the customer's subscriptions that grant features, with the
+  features each one grants and their parsed rules (loaded by
+  :func:`.grants.load_granting`, decided by :mod:`tanso_mcp.domain.entitlements`), and
+  the customer's credit pools (with their subscription links) — or "no such customer";
 - features by key (or "no such feature"), to tell "unknown feature" from "not granted";
 - usage counters by (subscription, feature, window start).
 
 Freshness rules — a check never serves a stale decision after a write in this process:
 
-1. **Other writes** (catalog, subscriptions, entitlements, credit grants…) bump the
-   environment's generation (``AppContext.invalidate``) after they commit; an
+1. **Other writes** (catalog, customers, subscriptions, entitlements, credit grants…)
+   record ``AppContext.changed`` on their unit of work, which bumps the environment's
+   generation after the commit; an
    environment whose generation moved is dropped whole. A loader remembers the
    generation it started under and stores nothing if it moved meanwhile.
 2. **Metering writes** go through the writer, which publishes the committed values it
@@ -36,61 +37,29 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from ...db.models import (
+    CreditGrant,
     CreditModel,
     CreditPool,
     CreditPoolSubscription,
     Customer,
-    Entitlement,
     Feature,
-    Invoice,
-    Plan,
-    PlanFeature,
-    Subscription,
     UsageCounter,
 )
-from ...domain.rules import RuleValue
-from .batch import Effects, _rule_value
-from .windows import SubPeriod
+from .batch import Effects
+from .grants import SubInfo, load_granting
+from .sqlio import AlchemyTx
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 log = logging.getLogger("tanso_mcp.metering")
 
 CounterKey = tuple[str, str, datetime]
-
-
-@dataclass(slots=True)
-class Grant:
-    """A feature granted through one subscription."""
-
-    feature_id: str
-    feature_key: str
-    rule_id: str
-    rule: RuleValue | None
-    # the rule's max_usage as a JSON-friendly number (int when whole); None = unlimited
-    limit: Decimal | int | None = None
-
-    def __post_init__(self) -> None:
-        if self.rule is not None and self.rule.pricing is not None:
-            m = self.rule.pricing.max_usage
-            if m is not None:
-                self.limit = int(m) if m == m.to_integral_value() else m
-
-
-@dataclass(slots=True)
-class SubInfo:
-    id: str
-    plan_id: str
-    plan_key: str
-    period: SubPeriod
-    grants: dict[str, Grant]  # by feature key
 
 
 @dataclass(slots=True)
@@ -102,7 +71,13 @@ class PoolInfo:
     total_consumed_q: int
     hard_limit: bool
     status: str
-    links: dict[str, tuple[int, int | None, int]]  # sub id -> (priority, limit_q, drawn_q)
+    links: dict[str, tuple[int | None, int]]  # sub id -> (draw limit_q, drawn_q)
+    # live grants: id -> (remaining_q, expires_at); a grant past its expiry no longer
+    # counts even before the expiry job runs (ingest expires it before drawing)
+    grants: dict[str, tuple[int, datetime | None]] = field(default_factory=dict)
+
+    def live_q(self, now: datetime) -> int:
+        return sum(r for r, exp in self.grants.values() if exp is None or exp > now)
 
 
 @dataclass(slots=True)
@@ -356,6 +331,35 @@ class MeteringCache:
                 if pool is not None:
                     pool.balance_q = values["balance_q"]
                     pool.total_consumed_q = values["total_consumed_q"]
+                    for sub_id, drawn in values.get("drawn", {}).items():
+                        link = pool.links.get(sub_id)
+                        if link is not None:
+                            pool.links[sub_id] = (link[0], drawn)
+                    for gid, remaining in values.get("grants", {}).items():
+                        grant = pool.grants.get(gid)
+                        if grant is None:
+                            continue
+                        if remaining > 0:
+                            pool.grants[gid] = (remaining, grant[1])
+                        else:
+                            del pool.grants[gid]
+
+    def forget(self, env_id: str, ids) -> None:
+        """Another process committed usage for these customers / subscriptions: drop
+        their cached entries and counters (epochs bumped so an in-flight load of the old
+        values is not stored)."""
+        cache = self.envs.get(env_id)
+        if cache is None:
+            return
+        ids = set(ids)
+        for cid in ids:
+            self.customer_epoch[cid] = self.customer_epoch.get(cid, 0) + 1
+            ref = cache.refs_by_customer.get(cid)
+            if ref is not None:
+                cache.customers.pop(ref, None)
+        for key in [k for k in cache.counters if k[0] in ids]:
+            cache.counters.pop(key, None)
+            self.counter_epoch[key] = self.counter_epoch.get(key, 0) + 1
 
     # ------------------------------------------------------------------ loading
 
@@ -370,90 +374,10 @@ class MeteringCache:
             if cid is None:
                 return None, 0
             epoch = self.customer_epoch.get(cid, 0)
-            rows = (
-                await s.execute(
-                    select(
-                        Subscription.id,
-                        Subscription.plan_id,
-                        Plan.key,
-                        Subscription.started_at,
-                        Subscription.current_period_start,
-                        Subscription.current_period_end,
-                        Subscription.interval_months,
-                        Subscription.billing_anchor_day,
-                    )
-                    .join(Plan, Plan.id == Subscription.plan_id)
-                    .where(
-                        Subscription.environment_id == env_id,
-                        Subscription.customer_id == cid,
-                        Subscription.is_active.is_(True),
-                        Subscription.ended_at.is_(None),
-                    )
-                    .order_by(Subscription.created_at, Subscription.id)
-                )
-            ).all()
-            subs: list[SubInfo] = []
-            if rows:
-                sub_ids = [r[0] for r in rows]
-                past_due = set(
-                    (
-                        await s.execute(
-                            select(Invoice.subscription_id).where(
-                                Invoice.environment_id == env_id,
-                                Invoice.status == "PAST_DUE",
-                                Invoice.subscription_id.in_(sub_ids),
-                            )
-                        )
-                    ).scalars()
-                )
-                entitled = set(
-                    (
-                        await s.execute(
-                            select(Entitlement.subscription_id, Entitlement.feature_id).where(
-                                Entitlement.environment_id == env_id,
-                                Entitlement.subscription_id.in_(sub_ids),
-                                Entitlement.revoked_at.is_(None),
-                            )
-                        )
-                    ).all()
-                )
-                plan_ids = sorted({r[1] for r in rows})
-                rules: dict[str, list[tuple[str, str, str, Any]]] = {}
-                for pid, fid, fkey, rid, value in (
-                    await s.execute(
-                        select(
-                            PlanFeature.plan_id,
-                            Feature.id,
-                            Feature.key,
-                            PlanFeature.id,
-                            PlanFeature.value,
-                        )
-                        .join(Feature, Feature.id == PlanFeature.feature_id)
-                        .where(
-                            PlanFeature.plan_id.in_(plan_ids),
-                            PlanFeature.is_enabled.is_(True),
-                            Feature.is_enabled.is_(True),
-                        )
-                    )
-                ).all():
-                    rules.setdefault(pid, []).append((fid, fkey, rid, value))
-                for sid, pid, pkey, started, ps, pe, interval, anchor in rows:
-                    if sid in past_due:
-                        continue
-                    grants = {
-                        fkey: Grant(fid, fkey, rid, _rule_value(rid, value))
-                        for fid, fkey, rid, value in rules.get(pid, [])
-                        if (sid, fid) in entitled
-                    }
-                    subs.append(
-                        SubInfo(
-                            sid,
-                            pid,
-                            pkey,
-                            SubPeriod(started, ps, pe, int(interval), int(anchor)),
-                            grants,
-                        )
-                    )
+            granting = await s.run_sync(
+                lambda sync: load_granting(AlchemyTx(sync.connection()), env_id, [cid])
+            )
+            subs = granting.get(cid, [])
             pools: dict[str, PoolInfo] = {}
             for p in (
                 await s.execute(select(CreditPool).where(CreditPool.customer_id == cid))
@@ -478,10 +402,24 @@ class MeteringCache:
                     )
                 ).scalars():
                     by_id[link.pool_id].links[link.subscription_id] = (
-                        link.draw_priority,
                         link.draw_limit_q,
                         link.total_drawn_q,
                     )
+                for gid, pid, remaining, expires in (
+                    await s.execute(
+                        select(
+                            CreditGrant.id,
+                            CreditGrant.pool_id,
+                            CreditGrant.remaining_q,
+                            CreditGrant.expires_at,
+                        ).where(
+                            CreditGrant.pool_id.in_(list(by_id)),
+                            CreditGrant.remaining_q > 0,
+                            CreditGrant.voided_at.is_(None),
+                        )
+                    )
+                ).all():
+                    by_id[pid].grants[gid] = (int(remaining), expires)
             denoms = {
                 g.rule.credits.denomination
                 for sub in subs

@@ -19,7 +19,8 @@ Accepted fields (reference §2.8; camelCase as the API writes them):
 - ``subscriptionId`` (ties the usage to that subscription when it is active and the
   customer's), ``entitlementId``, ``invoiceId`` (recorded, not interpreted),
 - ``occurredAt`` (ISO-8601 with a timezone; default: now on the environment's clock;
-  at most ``event_future_skew_seconds`` in the future),
+  at most ``event_future_skew_seconds`` in the future and ``event_max_age_days`` in the
+  past of that clock),
 - ``usageUnits`` (a number ≥ 0 with at most 4 decimals; default 1),
 - ``costAmount``, ``revenueAmount`` (numbers ≥ 0, currency units),
 - ``costInput`` (``{model, modelProvider, inputTokens, outputTokens, costUnits}``),
@@ -39,9 +40,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ...clock import iso
 from ...db.scale import QTY_SCALE
 from ...domain.cost import CostInput, parse_cost_input
+from ...domain.entitlements import event_time_problem
 from ...domain.money import NumberError, coerce_decimal, to_micros
 from ...domain.periods import parse_datetime
 from ...errors import InvalidRequest
@@ -191,6 +192,8 @@ def parse_event(
     environment_id: str,
     now: datetime,
     future_skew_seconds: int,
+    max_age_days: int = 35,
+    clock: str = "the environment's clock",
     header_key: str | None = None,
 ) -> EventIn:
     """Validate one event object; raises ``InvalidRequest`` naming the field."""
@@ -201,6 +204,7 @@ def parse_event(
         raise InvalidRequest(f"{name} is not a recognised event field", field=name)
     get = raw.get
 
+    key: str | None
     if header_key is not None:
         if not header_key.strip() or len(header_key) > MAX_TEXT:
             raise InvalidRequest(
@@ -258,12 +262,15 @@ def parse_event(
                 "occurredAt must be an ISO-8601 timestamp with a timezone", field="occurredAt"
             )
         occurred_at = parse_datetime(occurred_raw, "occurredAt")
-        if occurred_at - now > timedelta(seconds=future_skew_seconds):
-            raise InvalidRequest(
-                f"occurredAt is more than {future_skew_seconds} seconds in the future: "
-                f"this environment's clock reads {iso(now)}",
-                field="occurredAt",
-            )
+        problem = event_time_problem(
+            occurred_at,
+            now,
+            timedelta(seconds=future_skew_seconds),
+            timedelta(days=max_age_days),
+            clock,
+        )
+        if problem is not None:
+            raise InvalidRequest(problem, field="occurredAt")
 
     units_raw = get("usageUnits")
     if units_raw is None:

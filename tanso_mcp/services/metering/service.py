@@ -7,19 +7,30 @@ first use and closed with the application context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ...db.scale import QTY_SCALE
-from ...domain.credits import credits_for_units
-from ...domain.limits import remaining_usage, would_exceed
+from ...domain.credits import available_credits, credits_for_units
+from ...domain.entitlements import (
+    NO_CUSTOMER,
+    NO_SUBSCRIPTION,
+    REASON_PROPOSED,
+    attribute,
+    eligible_at,
+    simulate,
+    verdict,
+)
+from ...domain.limits import remaining_usage
 from ...domain.money import to_credit_units
 from ...errors import DuplicateEvent, InvalidRequest, NotFound, TansoError
 from ...principal import Principal
 from .batch import ACCEPTED, DUPLICATE, Outcome
-from .cache import CustomerInfo, Grant, MeteringCache, SubInfo
+from .cache import CustomerInfo, MeteringCache, PoolInfo
+from .grants import Grant, SubInfo
 from .inputs import (
     ENTITLEMENT_CHECKED,
     MAX_TEXT,
@@ -33,10 +44,9 @@ from .windows import window_start
 from .writer import MeteringWriter
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 MAX_BATCH = 1000
-EXTRA_KEY = "metering"
 
 
 class Metering:
@@ -51,10 +61,10 @@ class Metering:
 
 
 def metering(ctx: AppContext) -> Metering:
-    m = ctx.extras.get(EXTRA_KEY)
-    if m is None:
+    m = ctx.metering
+    if type(m) is not Metering:
         m = Metering(ctx)
-        ctx.extras[EXTRA_KEY] = m
+        ctx.metering = m
         ctx.on_close(m.close)
     return m
 
@@ -106,6 +116,8 @@ async def ingest_event(
         environment_id=principal.environment_id,
         now=now,
         future_skew_seconds=ctx.settings.event_future_skew_seconds,
+        max_age_days=ctx.settings.event_max_age_days,
+        clock=_clock_name(principal),
         header_key=header_key,
     )
     (o,) = await metering(ctx).writer.submit([item])
@@ -117,6 +129,10 @@ async def ingest_event(
     return outcome_data(o), 200 if o.limit_exceeded else 201
 
 
+def _clock_name(principal: Principal) -> str:
+    return f"the {principal.mode} environment's clock"
+
+
 async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> dict[str, Any]:
     """Up to 1000 events in one transaction; per-item results in input order."""
     if not isinstance(events, list):
@@ -125,6 +141,8 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
         raise InvalidRequest(f"events must hold 1 to {MAX_BATCH} events", field="events")
     now = await ctx.now(principal)
     skew = ctx.settings.event_future_skew_seconds
+    max_age = ctx.settings.event_max_age_days
+    clock = _clock_name(principal)
     results: list[dict[str, Any] | None] = [None] * len(events)
     items: list[EventIn] = []
     positions: list[int] = []
@@ -136,6 +154,8 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
                     environment_id=principal.environment_id,
                     now=now,
                     future_skew_seconds=skew,
+                    max_age_days=max_age,
+                    clock=clock,
                 )
             )
             positions.append(index)
@@ -197,64 +217,97 @@ class Decision:
     simulation: dict[str, Any] | None = None
 
 
-async def _decide_grant(
+@dataclass(slots=True)
+class Standing:
+    """One subscription's state for a feature at ``now``, as the decision needs it."""
+
+    sub: SubInfo
+    grant: Grant
+    used_q: int
+    pool: PoolInfo | None
+    hard: bool
+    available_q: int
+
+
+async def _standing(
     cache: MeteringCache,
     env: str,
     customer: CustomerInfo,
     sub: SubInfo,
     grant: Grant,
     now: datetime,
-    requested: Decimal | None,
-) -> Decision:
+) -> Standing:
     rule = grant.rule
-    d = Decision(True, sub=sub, grant=grant)
-    used: Decimal | int = 0
-    limit = None
+    used_q = 0
     if rule is not None and rule.pricing is not None:
         ws = window_start(sub.period, rule.pricing.reset_mode, now)
         used_q, _ = await cache.counter(env, (sub.id, grant.feature_id, ws))
-        used = _q(used_q)
-        limit = grant.limit
-        if limit is None:
-            d.usage = {"used": used}
-        else:
-            d.usage = {"used": used, "limit": limit, "remaining": max(limit - used, 0)}
-            if used >= limit:
-                d.allowed, d.reason = False, "Usage limit exceeded"
+    pool = None
+    hard = False
+    available_q = 0
     if rule is not None and rule.credits is not None:
         denom = rule.credits.denomination
         pool = customer.pools.get(denom)
         hard = pool.hard_limit if pool is not None else customer.model_hard.get(denom, False)
-        available_q = 0
         if pool is not None:
-            available_q = pool.balance_q if pool.status == "ACTIVE" else 0
             link = pool.links.get(sub.id)
-            if link is not None and link[1] is not None:
-                available_q = min(available_q, link[1] - link[2])
+            available_q = available_credits(
+                pool.balance_q,
+                pool.status,
+                link[0] if link is not None else None,
+                link[1] if link is not None else 0,
+                pool.live_q(now),
+            )
+    return Standing(sub, grant, used_q, pool, hard, available_q)
+
+
+def _judge(st: Standing, requested: Decimal | None) -> Decision:
+    """The decision for one subscription, from the domain rule (probe usage: the
+    requested usage, else one unit)."""
+    rule = st.grant.rule
+    grant = st.grant
+    d = Decision(True, sub=st.sub, grant=grant)
+    used = _q(st.used_q)
+    needed_q = None
+    if rule is not None and rule.pricing is not None:
+        if grant.limit is None:
+            d.usage = {"used": used}
+        else:
+            d.usage = {"used": used, "limit": grant.limit, "remaining": max(grant.limit - used, 0)}
+    if rule is not None and rule.credits is not None:
+        pool = st.pool
         d.credit = {
-            "denomination": denom,
+            "denomination": rule.credits.denomination,
             "balance": _q(pool.balance_q) if pool is not None else 0,
             "totalGranted": _q(pool.total_granted_q) if pool is not None else 0,
             "totalConsumed": _q(pool.total_consumed_q) if pool is not None else 0,
-            "hardLimit": hard,
+            "hardLimit": st.hard,
             "weight": _num(rule.credits.weight),
         }
         probe = requested if requested is not None else Decimal(1)
         needed_q = to_credit_units(credits_for_units(probe, rule.credits.weight))
-        if d.allowed and hard and available_q < needed_q:
-            d.allowed, d.reason = False, "Credit limit reached"
+    reason = verdict(st.used_q, grant.limit_q, st.hard, st.available_q, needed_q)
+    if reason is not None:
+        d.allowed, d.reason = False, reason
     if requested is not None:
+        requested_q = units_to_q(requested)
+        sim = simulate(st.used_q, requested_q, grant.limit_q, st.hard, st.available_q, needed_q)
         projected = used + requested
-        exceed = would_exceed(used, requested, limit)
         d.simulation = {
             "requestedUsage": _num(requested),
             "projectedUsage": _num(Decimal(projected)),
-            "wouldExceedLimit": exceed,
+            "wouldExceedLimit": sim.would_exceed_limit,
         }
-        if limit is not None:
-            d.simulation["projectedRemaining"] = _num(remaining_usage(projected, limit))
-        if d.allowed and exceed:
-            d.allowed, d.reason = False, "Proposed usage would exceed limit"
+        if grant.limit is not None:
+            left = remaining_usage(projected, grant.limit)
+            assert left is not None
+            d.simulation["projectedRemaining"] = _num(left)
+        if needed_q is not None:
+            d.simulation["creditsRequired"] = _q(needed_q)
+            d.simulation["creditsAvailable"] = _q(st.available_q)
+            d.simulation["wouldExceedCredits"] = sim.would_exceed_credits
+        if d.allowed and sim.would_exceed_usage:
+            d.allowed, d.reason = False, REASON_PROPOSED
     return d
 
 
@@ -266,25 +319,39 @@ async def decide(
     now: datetime,
     requested: Decimal | None = None,
 ) -> tuple[Decision, CustomerInfo | None]:
+    """The decision on the subscription a usage of ``requested`` (else one unit) at
+    ``now`` would be attributed to — the same rule ingest applies."""
     cache = metering(ctx).cache
     customer = await cache.customer(env, ref)
     if customer is None:
-        return Decision(False, "Customer not found"), None
-    first: Decision | None = None
-    for sub in customer.subs:
-        grant = sub.grants.get(feature_key)
-        if grant is None:
-            continue
-        d = await _decide_grant(cache, env, customer, sub, grant, now, requested)
-        if d.allowed:
-            return d, customer
-        first = first or d
-    if first is not None:
-        return first, customer
+        return Decision(False, NO_CUSTOMER), None
+    subs = eligible_at([sub for sub in customer.subs if feature_key in sub.by_key], now)
+    if subs:
+        standings = []
+        for sub in subs:
+            standings.append(
+                await _standing(cache, env, customer, sub, sub.by_key[feature_key], now)
+            )
+        has_room = _room_for_one if requested is None else _room_for(requested)
+        chosen = attribute(standings, None, has_room, _standing_id)
+        assert chosen is not None
+        return _judge(chosen, requested), customer
     feature = await cache.feature(env, feature_key)
     if feature is None:
         return Decision(False, f"Feature {feature_key!r} not found"), customer
-    return Decision(False, "No active subscription found for this feature"), customer
+    return Decision(False, NO_SUBSCRIPTION), customer
+
+
+def _standing_id(st: Standing) -> str:
+    return st.sub.id
+
+
+def _room_for_one(st: Standing) -> bool:
+    return _judge(st, None).allowed
+
+
+def _room_for(requested: Decimal) -> Callable[[Standing], bool]:
+    return lambda st: _judge(st, requested).allowed
 
 
 def decision_view(ref: str, feature_key: str, d: Decision) -> dict[str, Any]:
@@ -332,8 +399,8 @@ async def check_entitlement(
 async def evaluate_entitlement(
     ctx: AppContext,
     principal: Principal,
-    ref: str,
-    feature_key: str,
+    ref: Any,
+    feature_key: Any,
     *,
     requested: Any = None,
     event_name: str | None = None,
@@ -417,9 +484,9 @@ async def list_entitlements(
     out = []
     for sub in customer.subs:
         items = []
-        for key in sorted(sub.grants):
-            grant = sub.grants[key]
-            d = await _decide_grant(cache, env, customer, sub, grant, now, None)
+        for key in sorted(sub.by_key):
+            grant = sub.by_key[key]
+            d = _judge(await _standing(cache, env, customer, sub, grant, now), None)
             entry: dict[str, Any] = {
                 "featureKey": key,
                 "featureId": grant.feature_id,

@@ -53,7 +53,7 @@ from .inputs import EventIn
 from .sqlio import AlchemyTx, SqliteTx
 
 if TYPE_CHECKING:
-    from ...bootstrap import AppContext
+    from ...context import AppContext
 
 log = logging.getLogger("tanso_mcp.metering")
 
@@ -227,6 +227,12 @@ class MeteringWriter:
                 log.exception("cache update after a metering commit failed")
         for env in effects.catalog_changed:
             self.ctx.invalidate(env)
+        feed = self.ctx.feed
+        if feed is not None:
+            for env in effects.counters.keys() | effects.pools.keys():
+                ids = {key[0] for key in effects.counters.get(env, {})}
+                ids.update(v["customer_id"] for v in effects.pools.get(env, {}).values())
+                feed.publish("usage", env, ids)
 
     async def _execute(self, items: list[EventIn]) -> tuple[list[Outcome], Effects]:
         if self.is_sqlite:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...bootstrap import AppContext
+from ...context import AppContext
 from ...principal import Principal
 from ...services import billing_ops as ops
 

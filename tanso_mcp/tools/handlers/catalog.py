@@ -1,18 +1,13 @@
-"""Catalog and customer tools. Each handler opens one unit of work and calls the same
-service functions as the REST API."""
+"""Catalog and customer tools: each write calls the one use case (services/customers.py,
+services/catalog_ops.py) the REST API calls too; reads call the same service functions."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...bootstrap import AppContext
+from ...context import AppContext
 from ...principal import Principal
-from ...services import catalog, customers, stripe_sync, views
-
-
-async def _now(app: AppContext, p: Principal):
-    return await app.now(p)
-
+from ...services import catalog, catalog_ops, customers, views
 
 # --------------------------------------------------------------------------- read
 
@@ -39,49 +34,36 @@ async def get_feature(app: AppContext, p: Principal, params: Any):
 async def get_customer(app: AppContext, p: Principal, params: Any):
     async with app.db.reader() as s:
         c = await customers.by_reference(s, p.environment_id, params.customerReferenceId)
-        return await views.customer_view(s, c)
+        return await customers.customer_view(s, c)
 
 
 # --------------------------------------------------------------------------- customers
 
 
 async def create_customer(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        c = await customers.create_customer(
-            s,
-            p.environment_id,
-            now,
-            reference_id=params.customerReferenceId,
-            email=params.email,
-            first_name=params.firstName,
-            last_name=params.lastName,
-        )
-        view = await views.customer_view(s, c)
-    if ext := await stripe_sync.after_customer_write(app, p.environment_id, c.id):
-        view["stripeCustomerId"] = ext
-    await app.emit("customer.created", p, {"customer": view})
-    return view
+    view = await customers.create(
+        app,
+        p,
+        reference_id=params.customerReferenceId,
+        email=params.email,
+        first_name=params.firstName,
+        last_name=params.lastName,
+        phone_number=getattr(params, "phoneNumber", None),
+    )
+    return {"success": True, "message": "Customer created.", "customer": view}
 
 
 async def update_customer(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        c = await customers.update_customer(
-            s,
-            p.environment_id,
-            now,
-            params.customerReferenceId,
-            firstName=params.firstName,
-            lastName=params.lastName,
-            email=params.email,
-            phoneNumber=params.phoneNumber,
-        )
-        view = await views.customer_view(s, c)
-    app.invalidate(p.environment_id)
-    await stripe_sync.after_customer_write(app, p.environment_id, c.id)
-    await app.emit("customer.updated", p, {"customer": view})
-    return view
+    view = await customers.update(
+        app,
+        p,
+        params.customerReferenceId,
+        firstName=params.firstName,
+        lastName=params.lastName,
+        email=params.email,
+        phoneNumber=params.phoneNumber,
+    )
+    return {"success": True, "message": "Customer updated.", "customer": view}
 
 
 # --------------------------------------------------------------------------- admin catalog
@@ -98,77 +80,55 @@ async def admin_list_plans(app: AppContext, p: Principal, params: Any):
 
 
 async def admin_create_feature(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        f = await catalog.create_feature(
-            s,
-            p.environment_id,
-            now,
-            key=params.key,
-            name=params.name,
-            description=params.description,
-        )
-    app.invalidate(p.environment_id)
-    return views.feature_view(f)
+    f = await catalog_ops.create_feature(
+        app, p, key=params.key, name=params.name, description=params.description
+    )
+    return {"success": True, "message": "Feature created.", "feature": f}
 
 
 async def admin_update_feature(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        f = await catalog.update_feature(
-            s,
-            p.environment_id,
-            now,
-            params.featureId,
-            key=params.key,
-            name=params.name,
-            description=params.description,
-            isEnabled=params.isEnabled,
-        )
-    app.invalidate(p.environment_id)
-    return views.feature_view(f)
+    f = await catalog_ops.update_feature(
+        app,
+        p,
+        params.featureId,
+        key=params.key,
+        name=params.name,
+        description=params.description,
+        isEnabled=params.isEnabled,
+    )
+    return {"success": True, "message": "Feature updated.", "feature": f}
 
 
 async def admin_create_plan(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        plan = await catalog.create_plan(
-            s,
-            p.environment_id,
-            now,
-            key=params.key,
-            name=params.name,
-            price_amount=params.priceAmount,
-            description=params.description,
-            interval_months=params.intervalMonths,
-            billing_timing=params.billingTiming,
-            credit_allocations=params.creditAllocations,
-        )
-        (out,) = await views.plans_with_features(s, [plan], admin=True)
-    app.invalidate(p.environment_id)
-    return out
+    out = await catalog_ops.create_plan(
+        app,
+        p,
+        key=params.key,
+        name=params.name,
+        price_amount=params.priceAmount,
+        description=params.description,
+        interval_months=params.intervalMonths,
+        billing_timing=params.billingTiming,
+        credit_allocations=params.creditAllocations,
+    )
+    return {"success": True, "message": "Plan created (status DRAFT).", **out}
 
 
 async def admin_update_plan(app: AppContext, p: Principal, params: Any):
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        plan = await catalog.update_plan(
-            s,
-            p.environment_id,
-            now,
-            params.planId,
-            key=params.key,
-            name=params.name,
-            priceAmount=params.priceAmount,
-            description=params.description,
-            intervalMonths=params.intervalMonths,
-            billingTiming=params.billingTiming,
-            status=params.status,
-            creditAllocations=params.creditAllocations,
-        )
-        (out,) = await views.plans_with_features(s, [plan], admin=True)
-    app.invalidate(p.environment_id)
-    return out
+    out = await catalog_ops.update_plan(
+        app,
+        p,
+        params.planId,
+        key=params.key,
+        name=params.name,
+        priceAmount=params.priceAmount,
+        description=params.description,
+        intervalMonths=params.intervalMonths,
+        billingTiming=params.billingTiming,
+        status=params.status,
+        creditAllocations=params.creditAllocations,
+    )
+    return {"success": True, "message": "Plan updated.", **out}
 
 
 async def admin_get_plan_with_features(app: AppContext, p: Principal, params: Any):
@@ -185,38 +145,29 @@ async def admin_get_feature_rule(app: AppContext, p: Principal, params: Any):
     return views.rule_view(pf, f)
 
 
-async def _write_rule(service, app: AppContext, p: Principal, params: Any):
-    """Link or update a plan-feature rule (the two tools take the same arguments)."""
-    now = await _now(app, p)
-    async with app.db.unit_of_work() as s:
-        pf = await service(
-            s,
-            p.environment_id,
-            now,
-            plan_id=params.planId,
-            feature_id=params.featureId,
-            rule_type=params.type,
-            value_json=params.valueJson,
-            is_enabled=params.isEnabled,
-        )
-        f = await catalog.feature_by_id(s, p.environment_id, params.featureId)
-    app.invalidate(p.environment_id)
-    return views.rule_view(pf, f)
+def _rule(params: Any) -> dict[str, Any]:
+    """Link and update take the same arguments."""
+    return {
+        "plan_id": params.planId,
+        "feature_id": params.featureId,
+        "rule_type": params.type,
+        "value_json": params.valueJson,
+        "is_enabled": params.isEnabled,
+    }
 
 
 async def admin_link_feature_to_plan(app: AppContext, p: Principal, params: Any):
-    return await _write_rule(catalog.link_feature, app, p, params)
+    rule = await catalog_ops.link_feature(app, p, **_rule(params))
+    return {"success": True, "message": "Feature linked to plan.", "rule": rule}
 
 
 async def admin_update_feature_rule(app: AppContext, p: Principal, params: Any):
-    return await _write_rule(catalog.update_rule, app, p, params)
+    rule = await catalog_ops.update_rule(app, p, **_rule(params))
+    return {"success": True, "message": "Rule updated.", "rule": rule}
 
 
 async def admin_unlink_feature_from_plan(app: AppContext, p: Principal, params: Any):
-    async with app.db.unit_of_work() as s:
-        pf = await catalog.unlink_feature(s, p.environment_id, params.planId, params.featureId)
-    app.invalidate(p.environment_id)
-    return {"success": True, "message": "feature unlinked from plan", "ruleId": pf.id}
+    return await catalog_ops.unlink_feature(app, p, params.planId, params.featureId)
 
 
 async def admin_unlink_feature_from_plan_preview(app: AppContext, p: Principal, params: Any):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...bootstrap import AppContext
+from ...context import AppContext
 from ...principal import Principal
 from ...services import metering as svc
 

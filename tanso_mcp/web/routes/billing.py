@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +10,17 @@ from pydantic import Field, field_validator
 
 from ...errors import InvalidRequest
 from ...services import billing_ops as ops
+from ...services.outputs import (
+    CreditPoolDetailOut,
+    EffectsOut,
+    GrantOut,
+    InvoiceOut,
+    SubscribedOut,
+    SubscriptionOut,
+    TopUpOut,
+    TransactionOut,
+)
 from ..routing import Api, ApiModel, Call, Page, Pagination, QueryModel, Result
-from .schemas import CreditPoolOut, Out, PlanOut, SubscriptionOut
 
 api = Api("/api/v1/client")
 
@@ -70,91 +78,8 @@ class TopUp(ApiModel):
 # --------------------------------------------------------------------------- responses
 
 
-class InvoiceItemOut(Out):
-    id: str
-    description: str
-    chargeAmount: Decimal
-    kind: str | None = None
-    quantity: Decimal | None = None
-
-
-class InvoiceOut(Out):
-    id: str
-    type: str
-    status: str
-    amount: Decimal
-    currency: str
-    dueDate: datetime | None = None
-    periodStart: datetime | None = None
-    periodEnd: datetime | None = None
-    subscriptionId: str | None = None
-    items: list[InvoiceItemOut] | None = None
-
-
-class SubscribedOut(Out):
-    # with Stripe collecting payments, a paid in-advance plan answers a checkout page
-    # instead: the subscription exists once Stripe confirms the payment
-    subscription: SubscriptionOut | None = None
-    invoice: InvoiceOut | None = None
-    checkoutUrl: str | None = None
-    checkoutSessionId: str | None = None
-
-
-class EffectsOut(Out):
-    success: bool = True
-    message: str | None = None
-    action: str
-    subscriptionId: str | None = None
-    statusBefore: str | None = None
-    statusAfter: str | None = None
-    effectiveAt: datetime | None = None
-    planBefore: PlanOut | dict[str, Any] | None = None
-    planAfter: PlanOut | dict[str, Any] | None = None
-    subscription: SubscriptionOut | None = None
-    invoice: InvoiceOut | None = None
-    invoicesCreated: list[InvoiceOut] = []
-    invoicesVoided: list[InvoiceOut] = []
-    invoicesPaid: list[InvoiceOut] = []
-    amountToPay: Decimal
-    amountCredited: Decimal
-    entitlementsGranted: list[str] = []
-    entitlementsRevoked: list[str] = []
-    creditsGranted: dict[str, Decimal] = {}
-    creditsClawedBack: dict[str, Decimal] = {}
-    creditsExpired: dict[str, Decimal] = {}
-    scheduledChange: dict[str, Any] | None = None
-    notes: list[str] = []
-
-
-class PoolOut(CreditPoolOut):
-    name: str
-    totalReversed: Decimal
-    currency: str
-
-
-class TransactionOut(Out):
-    id: str
-    type: str
-    amount: Decimal
-    balanceBefore: Decimal
-    balanceAfter: Decimal
-    createdAt: datetime
-
-
-class GrantOut(Out):
-    id: str
-    grantType: str
-    amount: Decimal
-    remaining: Decimal
-    status: str
-    expiresAt: datetime | None = None
-    idempotencyKey: str
-    createdAt: datetime
-
-
-class TopUpOut(Out):
-    grant: GrantOut
-    pool: PoolOut
+# answer models: services.outputs (shared with the MCP tools' output schemas)
+PoolOut = CreditPoolDetailOut
 
 
 def _drop_success(out: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from ...errors import InvalidRequest
-from ...services import catalog, customers, stripe_sync, views
+from ...services import catalog, customers, views
 from ..routing import Api, ApiModel, Call, Page, Pagination, Result
 from .schemas import CatalogPlanOut, CustomerOut, FeatureOut
 
@@ -54,23 +54,15 @@ class UpdateCustomer(ApiModel):
 )
 async def create_customer(call: Call):
     b: CreateCustomer = call.body
-    env = call.principal.environment_id
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.unit_of_work() as s:
-        c = await customers.create_customer(
-            s,
-            env,
-            now,
-            reference_id=b.customerReferenceId,
-            email=b.email,
-            first_name=b.firstName,
-            last_name=b.lastName,
-            phone_number=b.phoneNumber,
-        )
-        view = await views.customer_view(s, c)
-    if ext := await stripe_sync.after_customer_write(call.ctx, env, c.id):
-        view["stripeCustomerId"] = ext
-    await call.ctx.emit("customer.created", call.principal, {"customer": view})
+    view = await customers.create(
+        call.ctx,
+        call.principal,
+        reference_id=b.customerReferenceId,
+        email=b.email,
+        first_name=b.firstName,
+        last_name=b.lastName,
+        phone_number=b.phoneNumber,
+    )
     return Result(view, 201)
 
 
@@ -86,7 +78,7 @@ async def create_customer(call: Call):
 async def get_customer(call: Call):
     async with call.ctx.db.reader() as s:
         c = await customers.by_reference(s, call.principal.environment_id, call.path["ref"])
-        return await views.customer_view(s, c)
+        return await customers.customer_view(s, c)
 
 
 @api.route(
@@ -100,16 +92,9 @@ async def get_customer(call: Call):
     errors=(404,),
 )
 async def update_customer(call: Call):
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.unit_of_work() as s:
-        c = await customers.update_customer(
-            s, call.principal.environment_id, now, call.path["ref"], **call.body.model_dump()
-        )
-        view = await views.customer_view(s, c)
-    call.ctx.invalidate(call.principal.environment_id)
-    await stripe_sync.after_customer_write(call.ctx, call.principal.environment_id, c.id)
-    await call.ctx.emit("customer.updated", call.principal, {"customer": view})
-    return view
+    return await customers.update(
+        call.ctx, call.principal, call.path["ref"], **call.body.model_dump()
+    )
 
 
 @api.route(

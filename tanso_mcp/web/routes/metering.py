@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...errors import InvalidRequest
 from ...services import metering as svc
 from ...services.metering.service import MAX_BATCH
+from ...services.outputs import BatchOut, CheckOut, EventOut, SubscriptionEntitlementsOut
 from ..hotpath import batch_events, loads_exact
 from ..jsonio import loads
 from ..routing import Api, Call, Page, Pagination, Result
@@ -66,62 +67,8 @@ class EventBatch(BaseModel):
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class EventOut(BaseModel):
-    eventId: str
-    usageLimitExceeded: bool
-    creditsDeducted: Decimal
-    overageUnits: Decimal
-    customerAutoCreated: bool
-    message: str | None = None
-
-
-class BatchItemOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    index: int
-    status: str
-    eventId: str | None = None
-    error: dict[str, Any] | None = None
-
-
-class BatchOut(BaseModel):
-    results: list[BatchItemOut]
-    accepted: int
-    duplicates: int
-    errors: int
-
-
-class UsageOut(BaseModel):
-    used: Decimal
-    limit: Decimal | None = None
-    remaining: Decimal | None = None
-
-
-class SimulationOut(BaseModel):
-    requestedUsage: Decimal
-    projectedUsage: Decimal
-    projectedRemaining: Decimal | None = None
-    wouldExceedLimit: bool
-
-
-class EntitlementOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    customerReferenceId: str
-    featureKey: str
-    allowed: bool
-    isAllowed: bool
-    usage: UsageOut | None = None
-    credit: dict[str, Any] | None = None
-    simulation: SimulationOut | None = None
-    reason: str | None = None
-    flowId: str | None = None
-
-
-class SubscriptionEntitlementsOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    subscriptionId: str
-    planId: str
-    planKey: str
-    entitlements: list[dict[str, Any]]
+# answer models: services.outputs (shared with the MCP tools' output schemas)
+EntitlementOut = CheckOut
 
 
 class TrackUsage(BaseModel):
@@ -129,6 +76,7 @@ class TrackUsage(BaseModel):
     eventName: str | None = Field(default=None, max_length=128)
     usageUnits: Decimal | None = Field(default=None, gt=0)
     meta: dict[str, Any] | None = None
+    model: str | None = Field(default=None, description="AI model name, for cost attribution")
 
 
 class EvaluationContext(BaseModel):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
-
 from pydantic import AwareDatetime, Field, StrictBool, model_validator
 
 from ...errors import InvalidRequest
 from ...services import test_clock
+from ...services.outputs import ClockOut
 from ..routing import Api, ApiModel, Call
 
 api = Api("/api/v1/client")
@@ -29,15 +27,6 @@ class AdvanceClock(ApiModel):
 
 class FreezeClock(ApiModel):
     frozen: StrictBool
-
-
-class ClockOut(ApiModel):
-    now: datetime
-    frozen: bool
-    offsetSeconds: Decimal = Field(
-        description="how far the clock is ahead of real time (negative: behind)"
-    )
-    jobsRun: int | None = None
 
 
 @api.route(

@@ -2,7 +2,7 @@
 record per Stripe customer / product / meter
 
 Revision ID: 0003_stripe_usage
-Revises: 0003_stripe_core, 0003_clock_protocol
+Revises: 0003_stripe_core, 0003_analytics
 Create Date: 2026-11-30
 """
 
@@ -15,8 +15,8 @@ ID = lambda: sa.String(length=36)  # noqa: E731
 
 
 revision = '0003_stripe_usage'
-# joins the two branches that start at 0002 (test clocks, Stripe core) into one head
-down_revision = ('0003_stripe_core', '0003_clock_protocol')
+# joins the two branches that start at 0002 (test clocks + analytics, Stripe core) into one head
+down_revision = ('0003_stripe_core', '0003_analytics')
 branch_labels = None
 depends_on = None
 
