@@ -252,6 +252,9 @@ class CustomerOut(Out):
     source: str
     createdAt: datetime
     modifiedAt: datetime
+    stripeCustomerId: str | None = Field(
+        default=None, description="the customer in Stripe (Stripe Integration mode)"
+    )
     subscriptions: list[SubscriptionOut]
     creditPools: list[CreditPoolOut] | None = Field(
         default=None, description="present when the customer has credit pools"
@@ -290,6 +293,7 @@ class InvoiceOut(Out):
 class SubscribedOut(Out):
     # with Stripe collecting payments, a paid in-advance plan answers a checkout page
     # instead: the subscription exists once Stripe confirms the payment
+    message: str | None = None
     subscription: SubscriptionOut | None = None
     invoice: InvoiceOut | None = None
     checkoutUrl: str | None = None

@@ -21,6 +21,7 @@ class Connect(ApiModel):
 
 class ConnectOut(Out):
     success: bool
+    message: str | None = None
     maskedApiKey: str
     replaced: bool
 
@@ -38,6 +39,8 @@ class StatusOut(Out):
 
 class SetupOut(Out):
     success: bool
+    message: str | None = None
+    webhookUrl: str | None = None
     webhookCreated: bool
     modeChanged: bool
     stripeMode: str

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 from pydantic import BaseModel, Field
 
 from ...services import stripe_usage_view as svc
+from ...services.outputs import Amount
 from ..routing import Api, Call, QueryModel
 
 api = Api("/api/v1/client")
@@ -31,18 +31,18 @@ class ReconciliationItem(BaseModel):
     periodStart: datetime | None = Field(default=None, description="null: a lifetime counter")
     window: str = Field(description="`period`, or `lifetime` for accumulate-mode features")
     forwarded: bool = Field(description="whether this usage is forwarded to a Stripe meter")
-    unitsAccepted: Decimal
-    unitsCoveredByCredits: Decimal
-    unitsBillable: Decimal = Field(description="overage: accepted units not covered by credits")
-    unitsReported: Decimal = Field(description="units the Stripe meter has acknowledged")
-    unitsPending: Decimal = Field(description="billable units not acknowledged yet")
+    unitsAccepted: Amount
+    unitsCoveredByCredits: Amount
+    unitsBillable: Amount = Field(description="overage: accepted units not covered by credits")
+    unitsReported: Amount = Field(description="units the Stripe meter has acknowledged")
+    unitsPending: Amount = Field(description="billable units not acknowledged yet")
 
 
 class ReconciliationOut(BaseModel):
     period: str | datetime
     forwarding: bool = Field(description="whether the environment forwards usage to Stripe")
     items: list[ReconciliationItem]
-    totals: dict[str, Decimal]
+    totals: dict[str, Amount]
 
 
 @api.route(
