@@ -8,7 +8,7 @@ never stops the others; importing again (also two imports at once) never duplica
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -229,7 +229,10 @@ async def test_discover_then_import_twice_without_duplicates(
         assert await counts(ctx) == first
 
         # usage of an imported customer reaches the account's own meter (its event name
-        # is the meter's, not one tanso-mcp would have chosen)
+        # is the meter's, not one tanso-mcp would have chosen); dated now, after the
+        # meter and the subscription were created on Stripe's clock
+        ctx.clocks.system.set(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
+        ctx.clocks.forget(tenant.env_ids["test"])
         r = await client.post(
             "/api/v1/client/events",
             json={

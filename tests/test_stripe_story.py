@@ -83,7 +83,7 @@ async def test_the_stripe_story(db_url, stripe_fake, stripe_client):
                     "lastName": "Smith",
                 },
             )
-        cus_id = cust["stripeCustomerId"]
+        cus_id = cust["customer"]["stripeCustomerId"]
         stripe_cus = await sc.v1.customers.retrieve_async(cus_id)
         assert stripe_cus.metadata["customerReferenceId"] == "user_456"
         assert stripe_cus.email == "jane@example.com" and stripe_cus.name == "Jane Smith"

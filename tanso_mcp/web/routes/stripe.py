@@ -35,6 +35,9 @@ class StatusOut(Out):
     stripeEnabled: bool
     currency: str | None = None
     setupComplete: bool
+    webhookUrl: str | None = None
+    checkoutSuccessUrl: str | None = None
+    checkoutCancelUrl: str | None = None
 
 
 class SetupOut(Out):
