@@ -51,6 +51,8 @@ class SetupOut(Out):
 
 class PaymentPageOut(Out):
     url: str | None = None
+    invoiceId: str | None = None
+    status: str | None = None
 
 
 @api.route(
