@@ -250,8 +250,8 @@ _IMPORT_JOB = _object(
     errorDetails={"type": "array", "items": _ANY},
     warnings=_WARNINGS,
     createdAt={"type": "string", "format": "date-time"},
-    startedAt={"type": ["string", "null"], "format": "date-time"},
-    finishedAt={"type": ["string", "null"], "format": "date-time"},
+    startedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+    finishedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
 )
 
 CancelMode = choice("END_OF_PERIOD", "IMMEDIATE", aliases={"IMMEDIATELY": "IMMEDIATE"})
