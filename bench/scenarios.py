@@ -494,4 +494,14 @@ SCENARIOS: list[Scenario] = [
     ),
 ]
 
+
+def _more_scenarios() -> None:
+    """Scenario groups kept in their own modules (imported last: they build on this one)."""
+    import scenarios_stripe
+
+    SCENARIOS.extend(scenarios_stripe.scenarios())
+
+
+_more_scenarios()
+
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -17,12 +17,21 @@ __all__ = ["AppContext", "build_context", "register_jobs"]
 
 def register_jobs(registry: JobRegistry) -> None:
     """Every job kind of the product registers here (billing, credits, …)."""
-    from .services import analytics_alerts, analytics_rollup, billing_jobs, stripe_jobs
+    from .services import (
+        analytics_alerts,
+        analytics_rollup,
+        billing_jobs,
+        stripe_import,
+        stripe_jobs,
+        stripe_usage,
+    )
 
     billing_jobs.register(registry)
     analytics_rollup.register(registry)
     analytics_alerts.register(registry)
     stripe_jobs.register(registry)
+    stripe_usage.register(registry)
+    stripe_import.register(registry)
 
 
 def build_context(

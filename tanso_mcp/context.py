@@ -61,6 +61,8 @@ class Keys(Protocol):
 class Jobs(Protocol):
     """The registry of job kinds (what runs when an environment's clock passes)."""
 
+    passes: dict[str, Any]
+
     def register(self, name: str, find_due: Any, run: Any) -> None: ...
     # passes: run after an environment's due items, outside any transaction
     passes: dict[str, Any]
@@ -93,8 +95,8 @@ class AppContext:
     # the process's metering engine (group-commit writer + entitlement cache), created
     # on first use by services.metering
     metering: Closeable | None = None
-    # payment providers built for (environment id, provider name)
-    providers: dict[tuple[str, str], PaymentProvider] = field(default_factory=dict)
+    # payment providers built for (environment id, provider name, credentials version)
+    providers: dict[tuple[str, ...], PaymentProvider] = field(default_factory=dict)
     # state owned by plugins (a plugin keeps its own singletons here, by its own name)
     extras: dict[str, Any] = field(default_factory=dict)
     # per-environment generation counters: bumped after any committed change to the

@@ -38,7 +38,9 @@ from tanso_mcp.plugin import (
     WebhookSignatureError,
 )
 
+from . import meters
 from . import normalise as norm
+from .meters import meter_event_name
 
 NAME = "stripe"
 CAPABILITIES = frozenset({PROVIDER_INVOICING, CHECKOUT, USAGE_REPORTING, WEBHOOKS})
@@ -55,11 +57,6 @@ WEBHOOK_EVENTS = {
 SIGNATURE_TOLERANCE_SECONDS = 300
 
 T = TypeVar("T")
-
-
-def meter_event_name(feature_key: str) -> str:
-    """The meter event name of a feature (what usage reports are sent under)."""
-    return f"tanso_{feature_key}"
 
 
 def _idem(key: str) -> dict[str, Any]:
@@ -575,21 +572,7 @@ class StripeProvider:
     async def report_usage(
         self, report: UsageReport, *, idempotency_key: str
     ) -> ExternalRef | None:
-        if not report.customer.external_id:
-            raise ProviderError("the customer is not synced to Stripe yet", code="no_customer")
-        payload = {
-            "stripe_customer_id": report.customer.external_id,
-            "value": format(report.quantity.normalize(), "f"),
-        }
-        obj = await self._call(
-            lambda: self.v1.billing.meter_events.create_async(
-                params={
-                    "event_name": meter_event_name(report.feature_key),
-                    "payload": payload,
-                    "identifier": idempotency_key,
-                    "timestamp": int(report.occurred_at.timestamp()),
-                },
-                options=_idem(idempotency_key),
-            )
+        # the core's key is the meter event's identifier too (see meters.py)
+        return await meters.send_meter_event(
+            self, report, identifier=idempotency_key, idempotency_key=idempotency_key
         )
-        return ExternalRef(external_id=norm.as_dict(obj).get("identifier") or idempotency_key)

@@ -734,3 +734,7 @@ class PendingSubscription(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+# Stripe usage reporting and import tables live in their own module (same metadata).
+from .stripe_usage_models import MeterReport, StripeImportJob  # noqa: E402, F401

@@ -3,6 +3,8 @@
 - :mod:`tanso_mcp.plugin.api` — ``hookimpl``, the ``PaymentProvider`` protocol,
   capabilities, data objects, ``DomainEvent``;
 - :mod:`tanso_mcp.plugin.hookspecs` — the hooks, each documented;
+- :mod:`tanso_mcp.plugin.testing` — the behavioural checks every payment provider must
+  pass (for a provider's own test suite);
 - :mod:`tanso_mcp.plugin.manager` — ``build_plugins()`` (built-ins in code, external
   plugins from the ``tanso_mcp`` entry-point group, ``check_pending()``).
 

@@ -193,11 +193,17 @@ class InvoiceData:
 
 @dataclass(frozen=True)
 class UsageReport:
+    """Overage of one customer and feature to add to the provider's usage meter.
+    ``external_meter_id`` is the feature's meter on the provider's side when known (set
+    by ``sync_plan``, or found by an import), else the provider derives it from
+    ``feature_key``."""
+
     customer: CustomerData
     feature_key: str
     quantity: Decimal
     period_start: datetime
     occurred_at: datetime
+    external_meter_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,22 @@ _READ = _ann(read_only=True, idempotent=True)
 _OVERWRITE = _ann(destructive=True, idempotent=True)
 _READ_STRIPE = _ann(read_only=True, idempotent=True, open_world=True)
 
+_WARNINGS = {"type": "array", "items": _STR}
+_IMPORT_JOB = _object(
+    "The import job.",
+    success=_BOOL,
+    jobId=_STR,
+    status=_STR,
+    totalItems={"type": "integer"},
+    processedItems={"type": "integer"},
+    failedItems={"type": "integer"},
+    errorDetails={"type": "array", "items": _ANY},
+    warnings=_WARNINGS,
+    createdAt={"type": "string", "format": "date-time"},
+    startedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+    finishedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+)
+
 CancelMode = choice("END_OF_PERIOD", "IMMEDIATE", aliases={"IMMEDIATELY": "IMMEDIATE"})
 ChangeType = choice("UPGRADE", "DOWNGRADE")
 BillingTiming = choice("IN_ADVANCE", "IN_ARREARS")
@@ -744,6 +760,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
             products={"type": "array", "items": _ANY},
             customers={"type": "array", "items": _ANY},
             subscriptions={"type": "array", "items": _ANY},
+            warnings=_WARNINGS,
         ),
     ),
     ToolSpec(
@@ -760,14 +777,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_stripe_import_status",
         capability=_STRIPE,
-        output_schema=_object(
-            "The import job.",
-            jobId=_STR,
-            status=_STR,
-            totalItems={"type": "integer"},
-            processedItems={"type": "integer"},
-            failedItems={"type": "integer"},
-        ),
+        output_schema=_IMPORT_JOB,
     ),
     # --- writes (role client) ----------------------------------------------------------
     ToolSpec(
@@ -968,14 +978,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="import_stripe_data",
         capability=_STRIPE,
-        output_schema=_object(
-            "The import job.",
-            jobId=_STR,
-            status=_STR,
-            totalItems={"type": "integer"},
-            processedItems={"type": "integer"},
-            failedItems={"type": "integer"},
-        ),
+        output_schema=_IMPORT_JOB,
         effect="Creates plans, features, customers and subscriptions from the Stripe account "
         "(items already linked are skipped).",
     ),

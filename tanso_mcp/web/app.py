@@ -36,10 +36,10 @@ log = logging.getLogger("tanso_mcp.web")
 
 def client_api() -> Api:
     """Every REST module contributes its routes here."""
-    from .routes import analytics, billing, catalog, metering, stripe, system
+    from .routes import analytics, billing, catalog, metering, stripe, stripe_usage, system
 
     api = Api("")
-    for module in (system, catalog, billing, metering, analytics, stripe):
+    for module in (system, catalog, billing, metering, analytics, stripe, stripe_usage):
         api.include(module.api)
     return api
 
