@@ -61,8 +61,6 @@ class Keys(Protocol):
 class Jobs(Protocol):
     """The registry of job kinds (what runs when an environment's clock passes)."""
 
-    passes: dict[str, Any]
-
     def register(self, name: str, find_due: Any, run: Any) -> None: ...
     # passes: run after an environment's due items, outside any transaction
     passes: dict[str, Any]

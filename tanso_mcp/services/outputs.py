@@ -255,9 +255,6 @@ class CustomerOut(Out):
     )
     createdAt: datetime
     modifiedAt: datetime
-    stripeCustomerId: str | None = Field(
-        default=None, description="the customer in Stripe (Stripe Integration mode)"
-    )
     subscriptions: list[SubscriptionOut]
     creditPools: list[CreditPoolOut] | None = Field(
         default=None, description="present when the customer has credit pools"
