@@ -126,7 +126,7 @@ async def test_deduct_insufficient_changes_nothing_unless_partial(ctx, tenant):
         async with ctx.db.unit_of_work() as s:
             await credits.deduct(s, env, pid, 130 * Q, START, allow_partial=False)
     assert (await _pool(ctx, env, pid)).balance_q == 100 * Q
-    # Appendix B "credits before overage": 130 wanted, 100 available -> 100 taken
+    # Worked example, credits before overage: 130 wanted, 100 available -> 100 taken
     async with ctx.db.unit_of_work() as s:
         assert await credits.deduct(s, env, pid, 130 * Q, START, allow_partial=True) == 100 * Q
         assert await credits.deduct(s, env, pid, 5 * Q, START, allow_partial=True) == 0

@@ -1,4 +1,4 @@
-"""Concurrency proof (issue 5): many concurrent events for one customer and feature with a
+"""Concurrency proof: many concurrent events for one customer and feature with a
 usage limit and hard-limited credits — as asyncio tasks through the HTTP API (one
 process, group commit), and as separate OS processes each with its own writer — lose or
 double-count no unit, accept no duplicate twice, never overdraw the pool, and keep the

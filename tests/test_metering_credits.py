@@ -76,7 +76,7 @@ async def count(ctx, model, *where):
 
 async def test_credits_before_overage_appendix_b(ctx, client, tenant):
     """Pool 100 credits, weight 1, event 130 units -> 100 deducted, 30 overage billed at
-    the rule price (Appendix B)."""
+    the rule price (worked example)."""
     env = tenant.env_ids["test"]
     s = await metered_setup(ctx, env, rule=rule())
     pool = await give_credits(

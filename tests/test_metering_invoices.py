@@ -115,7 +115,7 @@ async def test_graduated_on_the_period_total_and_late_events(ctx, client, tenant
 
 
 async def test_accumulate_bills_the_period_increment(ctx, client, tenant):
-    """Appendix B: lifetime usage 800 before the period, 400 in it -> cost(1200) -
+    """Worked example: lifetime usage 800 before the period, 400 in it -> cost(1200) -
     cost(800) = 36.00."""
     b = Billing(ctx, client, tenant)
     rule = {

@@ -1,5 +1,4 @@
-"""Cost of goods sold (COGS) per event and the built-in model price table (SPEC §7,
-reference §5.1).
+"""Cost of goods sold (COGS) per event and the built-in model price table.
 
 Resolution chain of :func:`resolve_cost` (first match wins):
 
@@ -16,8 +15,8 @@ Resolution chain of :func:`resolve_cost` (first match wins):
    ``cost_units`` (else ``usage_units``) count as input tokens;
 5. nothing: amount ``None``, source ``None``.
 
-Amounts are rounded to 6 dp once, at the end (the reference's 4 dp for cost-model
-maths is not reproduced: it turns per-token rates such as 0.00003 into 0).
+Amounts are rounded to 6 dp once, at the end (not to 4 dp for cost-model maths,
+which would turn per-token rates such as 0.00003 into 0).
 
 Model names (in the table and in ``model_costs`` maps) are matched by
 :func:`match_model_name`: exact (case-insensitive) first,

@@ -1,10 +1,10 @@
-"""Credit maths (reference §2.9, §4.8, Appendix B "Credits before overage").
+"""Credit maths: credits an event burns, credits before overage, grants.
 
 * ``credits_for_units``: credits an event burns, ``units × weight`` rounded to 4 dp.
 * ``covered_units``: how many of an event's units the deducted credits paid for. The
-  reference floors ``deducted / weight`` to whole units. Usage may be fractional here,
-  so the floor is taken at the precision of the event's own units (whole units for a
-  whole-unit event, exactly the reference; 2 decimals for ``2.50`` units), and when the
+  covered count is ``deducted / weight`` floored. Usage may be fractional, so the
+  floor is taken at the precision of the event's own units (whole units for a
+  whole-unit event; 2 decimals for ``2.50`` units), and when the
   deduction covered the event's full credit cost every unit is covered (no overage from
   4-dp rounding). Without ``units`` the floor is to whole units. The remainder is
   *overage*, which is what gets billed (``credit_coverage`` does both).
@@ -152,7 +152,7 @@ def credit_coverage(
     units: Decimal | int, weight: Decimal | int, available: Decimal | int
 ) -> Coverage:
     """Deduct-before-overage for one event: ``available`` is what the pools can give
-    (sum of their draw limits). Appendix B: 130 units, weight 1, 100 available ->
+    (sum of their draw limits). Worked example: 130 units, weight 1, 100 available ->
     ``(130, 100, 100, 30)``. With a hard limit the caller rejects the event instead when
     ``credits_deducted < credits_needed``."""
     units = _amount(units, "units")
@@ -234,7 +234,7 @@ def credit_delta(
     old: Mapping[str, Decimal | int], new: Mapping[str, Decimal | int]
 ) -> dict[str, Decimal]:
     """Per denomination, what an upgrade grants now: ``new − old`` when positive
-    (reference §4.5 "credit delta rule"); denominations that do not grow are omitted."""
+    (the credit delta rule); denominations that do not grow are omitted."""
     out: dict[str, Decimal] = {}
     with decimal_context():
         for denomination, amount in new.items():
@@ -245,7 +245,7 @@ def credit_delta(
 
 
 def plan_grant_key(subscription_id: Any, denomination: str, period_start: datetime) -> str:
-    """Idempotency key of a period's plan grant (reference §4.8):
+    """Idempotency key of a period's plan grant:
     ``plan_grant_<subscriptionId>_<DENOMINATION>_<periodStartEpochMillis>``."""
     start = ensure_utc(period_start, "periodStart")
     millis = (start - _EPOCH) // timedelta(milliseconds=1)

@@ -1,13 +1,13 @@
-"""Gross margin maths (SPEC §7, reference §5.3).
+"""Gross margin maths.
 
-* ``gross_margin = (revenue − cost) / revenue``, 4 dp half-up. With zero revenue the
-  reference's convention holds: ``−1`` when there is a cost, ``0`` when there is none.
+* ``gross_margin = (revenue − cost) / revenue``, 4 dp half-up. With zero revenue:
+  ``−1`` when there is a cost, ``0`` when there is none.
 * status: ``healthy`` when margin >= 0.70, ``at_risk`` when >= 0.40, else
   ``underwater``.
 * MRR of a plan: ``price / interval_months``, rounded to the currency's minor unit.
 
-Only ``CURRENCY`` costs belong in these sums (``TOKENS``/``CREDITS`` costs are not money;
-reference §7 item 32) — the caller filters.
+Only ``CURRENCY`` costs belong in these sums (``TOKENS``/``CREDITS`` costs are not money)
+— the caller filters.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Exact arithmetic for money, event costs and credit quantities.
 
-Rules (SPEC §3 "Money", ARCHITECTURE "Money, time…"):
+Rules:
 
 * Every amount is a :class:`~decimal.Decimal`; binary floats never enter a calculation.
   A float that already came out of a JSON/pydantic parser is converted through its
@@ -22,7 +22,7 @@ Input limits (anything outside is an ``InvalidRequest`` naming the field): finit
 numbers only, ``|x| < 10**18``, at most 40 significant digits, non-zero values not
 smaller than ``1e-30``. Negative zero is normalised to zero.
 
-Decisions where the references are silent:
+Further decisions:
 
 * ``to_minor`` rounds (half-up) rather than rejecting extra decimals; use
   :func:`parse_money_amount` at input boundaries where extra decimals must be refused

@@ -9,11 +9,11 @@
   keeps later periods on that day when the month allows it: with anchor 31 the period
   after Feb 28 ends on Mar 31, not Mar 28. Period ``k`` is computed from the original
   start (``nth_period``) so clamping never drifts.
-* ``remaining_ratio`` works at millisecond precision, as the reference does.
+* ``remaining_ratio`` works at millisecond precision.
 
-Additions to the brief: :func:`parse_datetime`, :func:`nth_period`,
+Also: :func:`parse_datetime`, :func:`nth_period`,
 :func:`period_containing`, :func:`remaining_fraction` (exact ratio for proration),
-:func:`is_past_grace` (Appendix B grace example).
+:func:`is_past_grace` (grace period check).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def add_days(dt: datetime, days: int) -> datetime:
 
 def is_past_grace(due_at: datetime | date, grace_days: int, now: datetime) -> bool:
     """Whether a ``DUE`` invoice has become ``PAST_DUE``: the UTC date of ``now`` is
-    after ``due date + grace_days`` (Appendix B: due Mar 1, grace 3 -> past due from
+    after ``due date + grace_days`` (e.g. due Mar 1, grace 3 -> past due from
     Mar 5 on). Day granularity, so the time of day of ``now`` does not matter."""
     if isinstance(grace_days, bool) or not isinstance(grace_days, int) or grace_days < 0:
         raise InvalidRequest("gracePeriod must be a whole number of days >= 0", field="gracePeriod")

@@ -1,5 +1,4 @@
-"""Proration of plan prices for upgrades and immediate cancellations (reference §4.5,
-§4.7, Appendix B).
+"""Proration of plan prices for upgrades and immediate cancellations.
 
 ``ratio`` is the unused share of the current period in ``[0, 1]``: pass
 :func:`tanso_mcp.domain.periods.remaining_fraction` (an exact ``Fraction``, so a
@@ -9,8 +8,8 @@ rounded half-up to the currency's minor unit on its own; totals are sums of line
 
 * upgrade (IN_ADVANCE -> IN_ADVANCE): lines ``−round(r × old)`` ("credit for the old
   plan") and ``+round(r × new)``, total = their sum. The total is negative when the
-  "upgrade" goes to a cheaper plan; callers decide what to do with that (the reference
-  lets it become a credit).
+  "upgrade" goes to a cheaper plan; callers decide what to do with that (it may
+  become a credit).
 * immediate cancellation (IN_ADVANCE): ``−round(r × price)``.
 
 Negative zero is never returned.
@@ -73,7 +72,7 @@ def upgrade_adjustment(
     ratio: Ratio, old_price: Decimal | int, new_price: Decimal | int, currency: str
 ) -> Adjustment:
     """Prorated ``ADJUSTMENT`` lines for a mid-period IN_ADVANCE plan change.
-    Appendix B: ratio 1/3, $49 -> $99 gives ``(-16.33, 33.00, 16.67)``."""
+    Worked example: ratio 1/3, $49 -> $99 gives ``(-16.33, 33.00, 16.67)``."""
     old_line = _neg(prorate(ratio, _check_price(old_price, "old_price"), currency))
     new_line = prorate(ratio, _check_price(new_price, "new_price"), currency)
     with decimal_context():
@@ -83,5 +82,5 @@ def upgrade_adjustment(
 
 def cancellation_refund(ratio: Ratio, price: Decimal | int, currency: str) -> Decimal:
     """Amount of the ``CREDIT`` invoice for an immediate cancellation: ``−round(r × price)``
-    (zero when nothing is left). Appendix B: $49, 20/30 unused -> ``-32.67``."""
+    (zero when nothing is left). Worked example: $49, 20/30 unused -> ``-32.67``."""
     return _neg(prorate(ratio, price, currency))

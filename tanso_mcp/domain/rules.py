@@ -27,7 +27,7 @@ Every validation failure is an ``InvalidRequest`` whose ``field`` is the exact p
 the offending value *as the caller wrote it*, e.g. ``valueJson.pricing.tiers[1].up_to``
 (or ``valueJson.price_per_unit`` in the legacy flat form).
 
-Decisions where the references are silent (all documented here):
+Further decisions (all documented here):
 
 * Tiers: ``up_to`` is a number > 0 or ``"inf"`` (case-insensitive); bounds strictly
   increase; ``"inf"`` only on the last tier; **the last tier must be ``"inf"``** (a
@@ -47,7 +47,7 @@ Decisions where the references are silent (all documented here):
   top level or inside ``pricing``): the pricing model is inferred when absent
   (``tiers`` -> ``graduated``, else ``usage``) and ``usage_unit_type`` defaults to
   ``"units"``; a usage price falls back ``price_per_unit`` -> ``cost_rate`` ->
-  ``cost_per_unit`` (the reference's order) when no ``cost_model`` is given; the
+  ``cost_per_unit`` (in that order) when no ``cost_model`` is given; the
   remaining legacy cost keys form the cost model: ``cost_model`` (a model name, or a
   whole cost object), else ``model_aware`` when ``model_costs``/``default_*`` keys are
   present, else ``simple`` (``cost_rate`` is read as ``cost_per_unit``). Legacy cost keys
@@ -337,7 +337,7 @@ CostModel = SimpleCost | ModelAwareCost
 
 
 class DefaultCostConfig(BaseModel):
-    """An environment's default cost configuration (reference §2.11 / §5.1 step 3):
+    """An environment's default cost configuration (step 3 of the cost chain):
     like ``model_aware`` but every rate is optional, so a config holding only
     ``model_costs`` falls through to the built-in model table for other models."""
 

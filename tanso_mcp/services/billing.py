@@ -12,7 +12,7 @@ UPDATE that re-states the state it starts from (``WHERE current_period_start = :
 ``WHERE status IN (…)``); invoices and credit grants are additionally backed by unique
 indexes. A second runner finds nothing to do.
 
-Decisions where the references leave room (documented in README "Billing rules"):
+Billing decisions (documented in README "Billing rules"):
 
 * a subscription starts at 00:00 UTC of the day it is created; its anchor day is that
   day of the month; periods end on the anchor day clamped to the month's length

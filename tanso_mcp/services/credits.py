@@ -1,4 +1,4 @@
-"""Credit pools, grants and the append-only ledger (SPEC §3 "Credits", reference §2.9, §4.8).
+"""Credit pools, grants and the append-only ledger.
 
 Every function works inside the caller's transaction and never commits.
 

@@ -16,7 +16,7 @@ from tanso_mcp.domain.rules import GraduatedPricing, Tier, UsagePricing, parse_r
 
 PROPS = settings(database=None, deadline=None, max_examples=300)
 
-# Appendix B tiers: <=1000 @0.10, <=5000 @0.08, inf @0.05
+# Worked example tiers: <=1000 @0.10, <=5000 @0.08, inf @0.05
 DOC_TIERS = (
     Tier(up_to=D(1000), price_per_unit=D("0.10")),
     Tier(up_to=D(5000), price_per_unit=D("0.08")),

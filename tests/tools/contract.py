@@ -281,7 +281,7 @@ TOOLS_BY_ROLE = {"read": READ_TOOLS, "client": CLIENT_TOOLS, "admin": ADMIN_TOOL
 # Seed "string" parameters that carry numbers: they also accept JSON numbers.
 NUMERIC_PARAMS = frozenset({"priceAmount", "intervalMonths", "usageUnits", "requestedUsage"})
 
-# Parameters the product spec (§3) adds on top of the seed; optional, never required.
+# Parameters added on top of the seed; optional, never required.
 EXTRA_PARAMS = {
     "adminCreatePlan": {"creditAllocations"},
     "adminUpdatePlan": {"creditAllocations"},

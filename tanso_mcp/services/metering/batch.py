@@ -813,7 +813,7 @@ class _Env:
             if counter is not None:
                 counter[3] += billable_q
                 counter[4] += overage_q
-            # cost chain (reference §5.1)
+            # cost chain (first match wins)
             cost_micros = cost_source = provider = None
             extra: dict[str, Any] | None = None
             ci = item.cost_input

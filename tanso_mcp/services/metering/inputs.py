@@ -6,7 +6,7 @@ rejected with a 400 naming the field and nothing is stored. A hand-written valid
 rather than a pydantic model per item: a 1000-event batch validates in about a
 millisecond, and one bad item becomes that item's error instead of failing the batch.
 
-Accepted fields (reference §2.8; camelCase as the API writes them):
+Accepted fields (camelCase as the API writes them):
 
 - ``eventIdempotencyKey`` (≤128; generated, time-ordered, when absent; the
   ``X-Idempotency-Key`` header wins over it for a single event),
@@ -84,8 +84,8 @@ FIELDS = frozenset(
 
 def time_ordered_key() -> str:
     """A UUIDv7: generated idempotency keys are time-ordered so the unique index on
-    (environment_id, idempotency_key) grows at its right edge (see ARCHITECTURE.md's
-    idempotency-index pitfall; random keys cost a random index page per insert)."""
+    (environment_id, idempotency_key) grows at its right edge (random keys
+    cost a random index page per insert)."""
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80

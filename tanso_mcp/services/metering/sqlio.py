@@ -1,7 +1,7 @@
 """The narrow SQL interface the batch processor runs on, with two implementations:
 
 - :class:`SqliteTx` — a plain ``sqlite3`` connection owned by the writer thread (no
-  SQLAlchemy, no aiosqlite thread hops: ARCHITECTURE.md "Performance shape");
+  SQLAlchemy, no aiosqlite thread hops, for speed);
 - :class:`AlchemyTx` — a synchronous SQLAlchemy ``Connection`` (on PostgreSQL, the
   ``run_sync`` facade over asyncpg), so the same statements run in both places.
 

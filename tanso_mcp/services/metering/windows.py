@@ -1,4 +1,4 @@
-"""Usage-counter windows (reference §4.9, §7 item 26: the rule's ``reset_mode`` window is
+"""Usage-counter windows (the rule's ``reset_mode`` window is
 used everywhere — ingest enforcement, checks and evaluation alike).
 
 - ``reset``: the billing period containing the event (normally the subscription's

@@ -1,4 +1,4 @@
-"""Subscriptions, invoices and credits (SPEC §4). Thin: parse, then one billing_ops call
+"""Subscriptions, invoices and credits. Thin: parse, then one billing_ops call
 (the same functions the MCP tools call)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Usage events and entitlement checks (SPEC §4): the application's per-request
+"""Usage events and entitlement checks: the application's per-request
 check → work → track calls. The handlers read their bodies themselves (the event
 validator names the offending field and, in a batch, fails only that item); the pydantic
 models below document the bodies in /openapi.json."""
