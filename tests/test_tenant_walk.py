@@ -133,6 +133,7 @@ def rest_calls(v: Victim) -> list[tuple[str, str, Any]]:
     path_ids = {
         "ref": v.ref,
         "id": v.subscription_id,
+        "subscriptionId": v.subscription_id,
         "invoiceId": v.invoice_id,
         "poolId": v.pool_id,
         "key": v.feature_key,
@@ -148,6 +149,8 @@ def rest_calls(v: Victim) -> list[tuple[str, str, Any]]:
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/test-clock/advance"): {"days": 1},
         ("POST", "/test-clock"): {"frozen": True},
+        # a live key on a test environment: refused, nothing stored
+        ("POST", "/api/v1/tanso/stripe/connect"): {"stripeSecretKey": "sk_live_walk1234"},
         ("PUT", "/settings/costs"): {},
         ("PUT", "/analytics/alerts/settings"): {"customers": [v.ref]},
         ("POST", "/customers"): {"customerReferenceId": v.ref, "email": "intruder@example.com"},

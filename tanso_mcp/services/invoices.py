@@ -267,6 +267,35 @@ def _rows(invoice_id: str, currency: str, lines: list[Line], *, start: int) -> l
     return out
 
 
+async def write_lines(
+    s: AsyncSession,
+    env: str,
+    invoice_id: str,
+    lines: list[Line],
+    minors: list[int],
+    now: datetime,
+) -> None:
+    """Store lines whose minor-unit amounts are already known (an invoice a payment
+    provider issued); zero usage lines are not kept, as for the core's own invoices."""
+    rows: list[ItemRow] = []
+    for line, minor in zip(lines, minors, strict=True):
+        if minor == 0 and line.kind == "usage":
+            continue
+        qty = qty_to_int(line.quantity) if line.quantity is not None else None
+        content = (line.kind, line.description, minor, qty, line.feature_id)
+        rows.append(
+            ItemRow(
+                line_id(invoice_id, len(rows), content),
+                line.kind,
+                line.description,
+                minor,
+                qty,
+                line.feature_id,
+            )
+        )
+    await _insert_rows(s, env, invoice_id, rows, now)
+
+
 async def _insert_rows(
     s: AsyncSession, env: str, invoice_id: str, rows: list[ItemRow], now: datetime
 ) -> None:

@@ -315,7 +315,7 @@ async def _replace_lines(
     lines = _lines(ext)
     await s.execute(delete(InvoiceItem).where(InvoiceItem.invoice_id == inv.id))
     minors = [inv_svc.to_minor(x.amount, ext.currency) for x in lines]
-    await inv_svc._write_lines(s, inv.environment_id, inv.id, lines, minors, now)
+    await inv_svc.write_lines(s, inv.environment_id, inv.id, lines, minors, now)
     await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id, Invoice.status.in_(inv_svc.UNPAID))
@@ -457,7 +457,7 @@ async def mirror_invoice(
                         modified_at=now,
                     )
                 )
-                await inv_svc._write_lines(s, env, inv_id, lines, minors, now)
+                await inv_svc.write_lines(s, env, inv_id, lines, minors, now)
         except IntegrityError:  # mirrored concurrently, or the type's period is taken
             pass
         inv = await s.scalar(
