@@ -1118,6 +1118,21 @@ async def _final_usage_invoice(
     start, end = period
     pricing = await _period_pricing(s, sub.id, start, plan)
     windows = [*carried, inv_svc.window(plan, start, now, pricing)]
+    await _bill_final_usage(s, env, sub, plan, windows, end, now, fx)
+
+
+async def _bill_final_usage(
+    s: AsyncSession,
+    env: str,
+    sub: Subscription,
+    plan: Plan,
+    windows: list[dict[str, Any]],
+    key_at: datetime,
+    now: datetime,
+    fx: Effects,
+) -> None:
+    """The usage of ``windows`` on a final REGULAR invoice, DUE now, keyed on ``key_at``
+    (the start of the period that will never begin); nothing when there is no usage."""
     lines = await inv_svc.compute_usage_lines(s, sub, windows)
     if not lines:
         return
@@ -1131,8 +1146,8 @@ async def _final_usage_invoice(
         status="DUE",
         currency=plan.currency,
         due_date=start_of_day(now),
-        period_start=end,
-        period_end=end,
+        period_start=key_at,
+        period_end=key_at,
         lines=lines,
         metadata={"usageWindows": windows, "final": True},
     )
@@ -1467,26 +1482,7 @@ async def end_at_period_end(
         # start of the period that will never begin
         pricing = await _period_pricing(s, sub.id, sub.current_period_start, plan)
         windows = [inv_svc.window(plan, sub.current_period_start, sub.current_period_end, pricing)]
-        lines = await inv_svc.compute_usage_lines(s, sub, windows)
-        if lines:
-            inv = await inv_svc.create_invoice(
-                s,
-                env,
-                now,
-                customer_id=sub.customer_id,
-                subscription_id=sub.id,
-                type="REGULAR",
-                status="DUE",
-                currency=plan.currency,
-                due_date=start_of_day(now),
-                period_start=sub.current_period_end,
-                period_end=sub.current_period_end,
-                lines=lines,
-                metadata={"usageWindows": windows, "final": True},
-            )
-            if inv is not None:
-                await _record_invoice(s, fx, inv, "invoices_created")
-                fx.event("invoice.created", invoiceId=inv.id, type="REGULAR", status="DUE")
+        await _bill_final_usage(s, env, sub, plan, windows, sub.current_period_end, now, fx)
     await revoke_entitlements(s, sub, now, fx)
     fx.add_credits(
         fx.credits_clawed_back, await credits.claw_back_subscription(s, env, sub.id, now)
