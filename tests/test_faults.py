@@ -35,10 +35,13 @@ API = "/api/v1/client"
 
 
 def unavailable(r: httpx.Response) -> bool:
+    body = r.json()
+    # on the MCP endpoint: a JSON-RPC error holding the REST error object
+    err = body["error"]["data"] if "jsonrpc" in body else body["error"]
     return (
         r.status_code == 503
         and r.headers.get("retry-after") == "1"
-        and r.json()["error"]["code"] == "unavailable"
+        and err["code"] == "unavailable"
         and r.headers.get("connection", "").lower() != "close"
     )
 

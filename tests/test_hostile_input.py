@@ -286,7 +286,13 @@ async def test_mcp_refuses_a_non_json_body(client, tenant):
         content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
         headers={**tenant.headers(), "content-type": "text/plain"},
     )
-    refused(r, 415, "Content-Type", "unsupported_media_type")
+    # on the MCP endpoint the refusal is a JSON-RPC error holding the REST error object
+    assert r.status_code == 415, r.text
+    body = r.json()
+    assert (body["jsonrpc"], body["id"], body["error"]["code"]) == ("2.0", None, -32600)
+    assert body["error"]["message"] == body["error"]["data"]["message"]
+    assert body["error"]["data"]["field"] == "Content-Type"
+    assert body["error"]["data"]["code"] == "unsupported_media_type"
 
 
 # ---------------------------------------------------------------------- headers
@@ -426,3 +432,34 @@ async def test_mcp_request_with_a_lone_surrogate_is_a_parse_error_not_a_500(ctx,
         )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == -32700  # JSON-RPC parse error
+
+
+async def test_mcp_chunked_bodies_are_bounded_without_a_500(ctx, tenant):
+    """A body of unknown length on the MCP endpoint: beyond the limit a 413 JSON-RPC error
+    naming the body (the SDK's app would answer an exception raised while it reads with a
+    bare 500), within it the ordinary answer."""
+
+    async def chunks(body: bytes):
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
+
+    def request(pad: int) -> bytes:
+        msg = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {}}}
+        msg["params"]["_meta"]["pad"] = "x" * pad
+        return json.dumps(msg).encode()
+
+    headers = {
+        **tenant.headers(),
+        **JSON,
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2025-11-25",
+    }
+    limit = ctx.settings.max_body_bytes
+    async with live_server(ctx) as base, httpx.AsyncClient(base_url=base) as http:
+        r = await http.post("/mcp", content=chunks(request(limit)), headers=headers)
+        assert r.status_code == 413, r.text
+        error = r.json()["error"]
+        assert (error["data"]["code"], error["data"]["field"]) == ("payload_too_large", "body")
+        r = await http.post("/mcp", content=chunks(request(limit // 2)), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["tools"]

@@ -275,19 +275,66 @@ async def test_real_http_both_protocol_eras(ctx, tenant, mode):
             assert err["error"] == "not_found"
 
 
-async def test_http_without_a_key_is_401(ctx, tenant):
-    import httpx
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
+
+async def test_http_without_a_key_is_401(ctx, tenant):
+    """A missing or unknown key: HTTP 401 with a Bearer challenge (``invalid_token`` only
+    when a key was sent) and a JSON-RPC error carrying our message, which the Python SDK
+    client raises as an ``MCPError`` (a REST-shaped body would reach it only as "Server
+    returned an error response")."""
+    import httpx
+    from mcp import MCPError
+
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    cases = (
+        (None, "missing API key: send X-API-Key or Authorization: Bearer", ""),
+        ("sk_test_bad", "invalid or revoked API key", ', error="invalid_token"'),
+    )
     async with live_server(ctx) as base:
         async with httpx.AsyncClient() as http:
-            r = await http.post(
-                f"{base}/mcp",
-                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                headers={"Accept": "application/json, text/event-stream"},
-            )
+            for key, message, challenge in cases:
+                headers = {**accept, **({"X-API-Key": key} if key else {})}
+                r = await http.post(f"{base}/mcp", json=init, headers=headers)
+                assert r.status_code == 401
+                assert r.headers["www-authenticate"] == 'Bearer realm="tanso-mcp"' + challenge
+                assert r.json() == {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {
+                        "code": -32600,
+                        "message": message,
+                        "data": {"code": "unauthorized", "message": message, "field": "X-API-Key"},
+                    },
+                }
+            # the REST API keeps its own envelope
+            r = await http.get(f"{base}/api/v1/client/plans", headers={"X-API-Key": "sk_test_bad"})
             assert r.status_code == 401
-            r = await http.post(f"{base}/mcp", json={}, headers={"X-API-Key": "sk_test_bad"})
-            assert r.status_code == 401
+            assert r.json()["error"] == {
+                "code": "unauthorized",
+                "message": "invalid or revoked API key",
+                "field": "X-API-Key",
+            }
+        for key, message, _ in cases:
+            with pytest.raises(BaseException) as raised:
+                async with http_client(base, key) as mcp:
+                    await mcp.list_tools()
+            errors = [e for e in _leaves(raised.value) if isinstance(e, MCPError)]
+            assert [e.error.message for e in errors] == [message], raised.value
+            assert errors[0].error.data["code"] == "unauthorized"
 
 
 async def test_stdio_server_process(ctx, tenant, settings):

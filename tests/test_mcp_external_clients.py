@@ -192,19 +192,28 @@ async def test_inspector_cli(ctx, tenant, tmp_path):
         assert result["isError"] is False
         assert result["structuredContent"]["feature"]["key"] == "sso"
         assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
-        code, out, err = await _inspector(
-            base, "sk_test_not-a-real-key", "--method", "tools/list", home=tmp_path
-        )
-        assert code != 0 and "result" not in out, (code, out, err)
-        # The Inspector treats every HTTP 401 as an OAuth challenge, whatever the server's
-        # headers say; --stored-auth-only makes it report the server's own message.
-        code, out, err = await _inspector(
-            base,
-            "sk_test_not-a-real-key",
-            "--method",
-            "tools/list",
-            "--stored-auth-only",
-            home=tmp_path,
-        )
-        assert code != 0 and "invalid or revoked API key" in err, (code, out, err)
     assert await _count(ctx, Feature) == 1
+
+
+async def test_inspector_cli_refused_key(ctx, tenant, tmp_path):
+    """No key or a wrong key: the server answers 401 with its message as a JSON-RPC error.
+    The Inspector CLI takes any HTTP 401 on a Streamable HTTP server as an OAuth challenge
+    (it looks at the status alone, before any header or discovery), so without a terminal
+    it reports "Interactive OAuth requires a TTY"; with --stored-auth-only it reports the
+    server's message and exits with its auth_required code."""
+    require_node_tools(NODE22, INSPECTOR)
+    cases = ((None, "missing API key"), ("sk_test_not-a-real-key", "invalid or revoked API key"))
+    async with live_server(ctx) as base:
+        for key, message in cases:
+            code, out, err = await _inspector(
+                base, key, "--method", "tools/list", "--stored-auth-only", home=tmp_path
+            )
+            assert code == 3 and "result" not in out, (code, out, err)
+            refusal = json.loads(err.strip().splitlines()[-1])["error"]
+            assert refusal["code"] == "auth_required", refusal
+            assert message in refusal["message"], refusal
+            assert "OAuth" not in refusal["message"] and "TTY" not in refusal["message"]
+            # the Inspector's own limit, whatever the server answers (README says so)
+            code, out, err = await _inspector(base, key, "--method", "tools/list", home=tmp_path)
+            assert code == 3 and "result" not in out, (code, out, err)
+            assert "Interactive OAuth requires a TTY" in err, err

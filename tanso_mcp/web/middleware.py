@@ -18,12 +18,13 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..principal import current_principal
+from ..tools.http import MCP_PATH
 from .jsonio import dumps
 
 if TYPE_CHECKING:
     from ..context import Keys
 
-PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", "/mcp")
+PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", MCP_PATH)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -37,8 +38,32 @@ def error_headers(exc: TansoError) -> list[tuple[bytes, bytes]]:
     return [(b"retry-after", str(retry).encode())] if retry is not None else []
 
 
-async def _send_error(send, exc: TansoError, extra_headers: list | None = None) -> None:
-    body = dumps({"success": False, "error": exc.to_dict()})
+def _is_mcp(path: str) -> bool:
+    return path == MCP_PATH or path.startswith(MCP_PATH + "/")
+
+
+def error_body(exc: TansoError, path: str) -> bytes:
+    """The error envelope: the REST one, or on the MCP endpoint a JSON-RPC error whose
+    ``message`` is ours and whose ``data`` is the REST error object. MCP clients read
+    a JSON-RPC error out of a non-2xx answer and show its message (the Python SDK shows
+    nothing else), while the HTTP status stays the authoritative signal."""
+    if _is_mcp(path):
+        # -32600: the request was refused before reaching MCP; -32603: server fault
+        code = -32603 if exc.status >= 500 else -32600
+        return dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": code, "message": exc.message, "data": exc.to_dict()},
+            }
+        )
+    return dumps({"success": False, "error": exc.to_dict()})
+
+
+async def _send_error(
+    send, exc: TansoError, extra_headers: list | None = None, *, path: str = ""
+) -> None:
+    body = error_body(exc, path)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers.extend(error_headers(exc))
     if extra_headers:
@@ -73,7 +98,8 @@ class FaultMiddleware:
         except Exception as exc:
             if started:
                 raise
-            await _send_error(send, as_error(exc, scope.get("path", "")))
+            path = scope.get("path", "")
+            await _send_error(send, as_error(exc, path), path=path)
 
 
 def as_error(exc: BaseException, where: str) -> TansoError:
@@ -124,7 +150,7 @@ class RequestRulesMiddleware:
             return await self.app(scope, receive, send)
         headers = scope["headers"]
         if len(headers) > MAX_HEADERS:
-            return await _send_error(send, headers_too_large())
+            return await _send_error(send, headers_too_large(), path=scope["path"])
         size = 0
         length = content_type = None
         chunked = False
@@ -137,14 +163,14 @@ class RequestRulesMiddleware:
             elif name == b"transfer-encoding":
                 chunked = True
         if size > MAX_HEADER_BYTES:
-            return await _send_error(send, headers_too_large())
+            return await _send_error(send, headers_too_large(), path=scope["path"])
         if length is not None:
             try:
                 too_big = int(length) > self.max_bytes
             except ValueError:
                 too_big = False
             if too_big:
-                return await _send_error(send, self._error())
+                return await _send_error(send, self._error(), path=scope["path"])
         if (
             scope["method"] in _BODY_METHODS
             and (chunked or (length is not None and length != b"0"))
@@ -152,9 +178,11 @@ class RequestRulesMiddleware:
         ):
             refused = _media_type_error(content_type)
             if refused is not None:
-                return await _send_error(send, refused)
+                return await _send_error(send, refused, path=scope["path"])
         if length is None and not chunked:  # no body: nothing to count
             return await self.app(scope, receive, send)
+        if chunked and _is_mcp(scope["path"]):
+            return await self._read_then_call(scope, receive, send)
         seen = 0
 
         async def limited_receive():
@@ -167,6 +195,31 @@ class RequestRulesMiddleware:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+    async def _read_then_call(self, scope, receive, send):
+        """A body of unknown length on the MCP endpoint is read, within the limit, before
+        the SDK's app starts: that app answers an exception raised while it reads with a
+        bare 500 of its own."""
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await _send_error(send, self._error(), path=scope["path"])
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(
@@ -194,7 +247,16 @@ def extract_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     return bearer
 
 
+_CHALLENGE = b'Bearer realm="tanso-mcp"'
+
+
 class AuthMiddleware:
+    """API keys (``X-API-Key`` or ``Authorization: Bearer``) on the client API and the MCP
+    endpoint; a missing or unknown key is a 401 with a ``Bearer`` challenge (RFC 6750:
+    ``error="invalid_token"`` only when a key was sent). This server offers no OAuth, so
+    the challenge names no ``resource_metadata``: clients that treat every 401 as the
+    start of an OAuth flow anyway find no metadata to discover."""
+
     def __init__(self, app, keys: Keys):
         self.app = app
         self.keys = keys
@@ -209,14 +271,16 @@ class AuthMiddleware:
                 Unauthorized(
                     "missing API key: send X-API-Key or Authorization: Bearer", field="X-API-Key"
                 ),
-                [(b"www-authenticate", b'Bearer realm="tanso-mcp"')],
+                [(b"www-authenticate", _CHALLENGE)],
+                path=scope["path"],
             )
         principal = await self.keys.resolve(key)
         if principal is None:
             return await _send_error(
                 send,
                 Unauthorized("invalid or revoked API key", field="X-API-Key"),
-                [(b"www-authenticate", b'Bearer realm="tanso-mcp"')],
+                [(b"www-authenticate", _CHALLENGE + b', error="invalid_token"')],
+                path=scope["path"],
             )
         scope.setdefault("state", {})["principal"] = principal
         token = current_principal.set(principal)
