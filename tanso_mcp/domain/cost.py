@@ -545,16 +545,16 @@ def resolve_cost(
         amount = rule_cost(rule_cost_model, units, cost_input)
         return ResolvedCost(round_cost(amount), "rule", rule_cost_model.cost_unit, provider)
     if default_config is not None:
-        amount = _rate_cost(
+        rated = _rate_cost(
             default_config.model_costs,
             default_config.default_cost_per_unit,
             default_config.default_output_cost_per_unit,
             units,
             cost_input,
         )
-        if amount is not None:
+        if rated is not None:
             return ResolvedCost(
-                round_cost(amount), "account_default", default_config.cost_unit, provider
+                round_cost(rated), "account_default", default_config.cost_unit, provider
             )
     if cost_input is not None and cost_input.model:
         match = lookup_model_price(cost_input.model, at, overrides)

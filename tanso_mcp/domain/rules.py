@@ -579,8 +579,12 @@ def _legacy_cost(
 ) -> tuple[dict[str, Any] | None, str]:
     """Turn legacy cost keys found at ``path`` into a cost object (and maybe a price)."""
     legacy = dict(legacy)
-    is_usage = pricing is not None and _lower(pricing.get("model")) == "usage"
-    if is_usage and "price_per_unit" not in pricing and "cost_model" not in legacy:
+    if (
+        pricing is not None
+        and _lower(pricing.get("model")) == "usage"
+        and "price_per_unit" not in pricing
+        and "cost_model" not in legacy
+    ):
         for key in ("cost_rate", "cost_per_unit"):
             if key in legacy:
                 value = legacy.pop(key)

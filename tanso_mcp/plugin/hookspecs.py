@@ -25,6 +25,7 @@ def tanso_payment_providers() -> list[ProviderInfo]:
     capabilities, optional settings model). Called once when the plugin manager is
     built and by ``tanso-mcp plugins``. Names must be unique across plugins.
     """
+    return []  # pluggy calls the plugins' implementations, never a specification
 
 
 @hookspec(firstresult=True)

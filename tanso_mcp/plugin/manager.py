@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -46,7 +46,9 @@ class Plugins:
     def providers(self) -> dict[str, ProviderEntry]:
         out: dict[str, ProviderEntry] = {}
         for impl in self.pm.hook.tanso_payment_providers.get_hookimpls():
-            for info in impl.function() or []:
+            # pluggy types an implementation's answer as object; the spec says a list
+            infos = cast("list[ProviderInfo] | None", impl.function())
+            for info in infos or []:
                 # later-registered (external) plugins are called first: first one wins
                 out.setdefault(info.name, ProviderEntry(info, impl.plugin_name))
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +44,16 @@ def check_key(value: Any, field: str = "key") -> str:
             field=field,
         )
     return value
+
+
+@overload
+def check_text(
+    value: Any, field: str, *, max_len: int = 200, required: Literal[True] = True
+) -> str: ...
+
+
+@overload
+def check_text(value: Any, field: str, *, max_len: int = 200, required: bool) -> str | None: ...
 
 
 def check_text(value: Any, field: str, *, max_len: int = 200, required: bool = True) -> str | None:

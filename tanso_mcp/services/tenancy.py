@@ -6,13 +6,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Account, ApiKey, Environment
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..principal import Principal
+from ..principal import Mode, Principal, Role
 
 ROLES = ("admin", "client", "read")
 MODES = ("test", "live")
@@ -149,8 +150,13 @@ async def principal_for_key(session: AsyncSession, key: str) -> Principal | None
     if row is None or row[2] is not None:
         return None
     key_id, role, _revoked, env_id, mode, account_id = row
+    # the columns hold only the words create_account and create_api_key validated
     return Principal(
-        account_id=account_id, environment_id=env_id, mode=mode, role=role, key_id=key_id
+        account_id=account_id,
+        environment_id=env_id,
+        mode=cast(Mode, mode),
+        role=cast(Role, role),
+        key_id=key_id,
     )
 
 

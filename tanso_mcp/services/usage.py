@@ -169,7 +169,8 @@ async def _with_overage(
     )
     if first is not None:
         q = q.where(Event.occurred_at >= first)
-    return set((await s.scalars(q.distinct())).all())
+    # never None: the statement keeps only the given subscriptions
+    return {sid for sid in (await s.scalars(q.distinct())).all() if sid is not None}
 
 
 async def _metered_rules(
@@ -204,7 +205,7 @@ async def usage_lines_for(s: AsyncSession, requests: list[UsageRequest]) -> list
     if not live:
         return out
     period = await _overage_sums(s, [(i, r.sub, r.start, r.end) for i, r in live])
-    need_prior = [
+    need_prior: list[tuple[int, Subscription, datetime | None, datetime]] = [
         (i, r.sub, None, r.start)
         for i, r in live
         if any(

@@ -12,8 +12,8 @@ deliberately strict about *meaning* and lenient about *spelling*:
 - ``UnitsText``: ``NumberText`` without the trimming (usage quantities: the same rule as
   the REST API).
 - ``Flag``: JSON ``true``/``false``; the strings ``"true"``/``"false"`` are accepted too.
-- ``choice(...)``: a closed set of upper-case words, matched case-insensitively, with
-  optional legacy aliases normalised to the canonical spelling.
+- ``Annotated[Literal[...], Choice()]``: a closed set of upper-case words, matched
+  case-insensitively, with optional legacy aliases normalised to the canonical spelling.
 - ``JsonText``: a JSON document passed as a string (``valueJson``). The string must
   parse; an object/array sent directly is accepted and re-encoded compactly.
 
@@ -27,9 +27,18 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, get_args
 
-from pydantic import BeforeValidator, Field, StrictStr, WithJsonSchema
+from pydantic import (
+    BeforeValidator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictStr,
+    WithJsonSchema,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 __all__ = [
     "Flag",
@@ -38,7 +47,7 @@ __all__ = [
     "RequiredText",
     "Text",
     "UnitsText",
-    "choice",
+    "Choice",
     "number_text",
 ]
 
@@ -118,26 +127,36 @@ def _json_text(value: Any) -> str:
 JsonText = Annotated[str, BeforeValidator(_json_text), WithJsonSchema({"type": "string"})]
 
 
-def choice(*allowed: str, aliases: Mapping[str, str] | None = None) -> Any:
-    """A string restricted to ``allowed`` (case-insensitive; ``aliases`` map to a canonical word).
+class Choice:
+    """Metadata for ``Annotated[Literal["A", "B"], Choice()]``: the literal's words,
+    matched case-insensitively (``aliases`` map legacy words to a canonical one). The
+    words are stated once, in the ``Literal``, so the checker and pydantic see the same
+    closed set; the JSON schema advertises only the canonical words."""
 
-    The JSON schema advertises only the canonical words.
-    """
-    canonical = tuple(allowed)
-    alias_map = {k.upper(): v for k, v in (aliases or {}).items()}
-    listing = ", ".join(canonical)
+    def __init__(self, aliases: Mapping[str, str] | None = None) -> None:
+        self.aliases = {k.upper(): v for k, v in (aliases or {}).items()}
 
-    def normalise(value: Any) -> Any:
-        if not isinstance(value, str):
-            raise ValueError(f"must be one of {listing}")
-        word = value.strip().upper()
-        word = alias_map.get(word, word)
-        if word not in canonical:
-            raise ValueError(f"must be one of {listing}")
-        return word
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        canonical = get_args(source)
+        listing = ", ".join(canonical)
 
-    return Annotated[
-        Literal[canonical],  # type: ignore[valid-type]
-        BeforeValidator(normalise),
-        WithJsonSchema({"type": "string", "enum": list(canonical)}),
-    ]
+        def normalise(value: Any) -> Any:
+            if not isinstance(value, str):
+                raise ValueError(f"must be one of {listing}")
+            word = value.strip().upper()
+            word = self.aliases.get(word, word)
+            if word not in canonical:
+                raise ValueError(f"must be one of {listing}")
+            return word
+
+        return core_schema.no_info_before_validator_function(normalise, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = handler(schema)
+        if "const" in out:  # a single word: an enum like the others
+            return {"type": "string", "enum": [out["const"]]}
+        return out

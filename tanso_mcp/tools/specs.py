@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -55,13 +55,13 @@ from tanso_mcp.services.outputs import (
     UnlinkOut,
 )
 from tanso_mcp.tools.fields import (
+    Choice,
     Flag,
     JsonText,
     NumberText,
     RequiredText,
     Text,
     UnitsText,
-    choice,
 )
 
 __all__ = [
@@ -262,11 +262,13 @@ _IMPORT_JOB = _object(
     finishedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
 )
 
-CancelMode = choice("END_OF_PERIOD", "IMMEDIATE", aliases={"IMMEDIATELY": "IMMEDIATE"})
-ChangeType = choice("UPGRADE", "DOWNGRADE")
-BillingTiming = choice("IN_ADVANCE", "IN_ARREARS")
-PlanStatus = choice("DRAFT", "ACTIVE", "ARCHIVED")
-RuleType = choice("BASE")
+CancelMode = Annotated[
+    Literal["END_OF_PERIOD", "IMMEDIATE"], Choice(aliases={"IMMEDIATELY": "IMMEDIATE"})
+]
+ChangeType = Annotated[Literal["UPGRADE", "DOWNGRADE"], Choice()]
+BillingTiming = Annotated[Literal["IN_ADVANCE", "IN_ARREARS"], Choice()]
+PlanStatus = Annotated[Literal["DRAFT", "ACTIVE", "ARCHIVED"], Choice()]
+RuleType = Annotated[Literal["BASE"], Choice()]
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 
 from .. import __version__
 from .routing import Api
@@ -73,7 +73,7 @@ class _ExactNumbers(GenerateJsonSchema):
         return {"anyOf": [{"type": "number"}, {"type": "string"}]}
 
 
-def _schema_for(obj: Any, mode: str, defs: dict[str, Any]) -> dict[str, Any]:
+def _schema_for(obj: Any, mode: JsonSchemaMode, defs: dict[str, Any]) -> dict[str, Any]:
     if obj is None:
         return {}
     if isinstance(obj, dict):

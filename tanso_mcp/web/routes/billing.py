@@ -107,12 +107,13 @@ async def create_subscription(call: Call):
         raise InvalidRequest(
             "customerReferenceId and externalClientCustomerId differ", field="customerReferenceId"
         )
-    if not (a or c):
+    ref = a or c
+    if not ref:
         raise InvalidRequest("customerReferenceId is required", field="customerReferenceId")
     out = await ops.create_subscription(
         call.ctx,
         call.principal,
-        customer_ref=a or c,
+        customer_ref=ref,
         plan_id=b.planId,
         plan_key=b.planKey,
         grace_period=b.gracePeriod,
