@@ -1,9 +1,10 @@
 """Every answer checked against what it declares, in every test that produces one.
 
-An autouse fixture wraps the two places where answers leave the application: the MCP
+An autouse fixture wraps the three places where answers leave the application: the MCP
 tool runner (each successful ``structuredContent``, whatever the transport: in-memory,
-Streamable HTTP, in-process stdio) and the REST endpoint wrapper (each 2xx body). Each
-answer is validated against the schema generated from its answer model (the tool's
+Streamable HTTP, in-process stdio), the REST endpoint wrapper and the fast lane of the
+per-request calls (``web/hotpath.py``: entitlement check, single and batch ingest), each
+2xx body for the last two. Each answer is validated against the schema generated from its answer model (the tool's
 strict output schema, the endpoint's /openapi.json response). The models in
 ``services.outputs`` forbid undeclared fields, so for them an extra field fails as surely
 as a missing or mistyped one; ``tests/test_answer_schemas.py`` additionally closes every
@@ -85,7 +86,8 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
     from tanso_mcp.bootstrap import AppContext
     from tanso_mcp.tools import server as tool_server
     from tanso_mcp.tools.specs import strict_output_schema
-    from tanso_mcp.web import routing
+    from tanso_mcp.web import hotpath, routing
+    from tanso_mcp.web.app import client_api
 
     problems: list[str] = []
     original_call = tool_server._Runner.call
@@ -124,6 +126,47 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
         return endpoint
 
     monkeypatch.setattr(routing, "_endpoint", checked_endpoint)
+
+    # the fast lane answers for the routes declared in routes/metering.py
+    declared = {(r.method, r.path): r for r in client_api().routes}
+    original_lane = hotpath.HotPaths.__call__
+
+    def lane_route(scope: Any) -> Any:
+        method, path = scope.get("method"), scope.get("path", "")
+        if scope["type"] != "http":
+            return None
+        if method == "POST" and path in (hotpath.EVENTS_PATH, hotpath.BATCH_PATH):
+            return declared[(method, path)]
+        if method == "GET" and path.startswith(hotpath.CHECK_PREFIX):
+            if path[len(hotpath.CHECK_PREFIX) :].count("/") == 1:
+                return declared[(method, hotpath.CHECK_PREFIX + "{ref}/{featureKey}")]
+        return None
+
+    async def checked_lane(self, scope, receive, send):
+        route = lane_route(scope)
+        if route is None:
+            return await original_lane(self, scope, receive, send)
+        sent: dict[str, Any] = {"body": b""}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["body"] += message.get("body", b"")
+            await send(message)
+
+        await original_lane(self, scope, receive, capture)
+        if 200 <= sent.get("status", 0) < 300 and sent["body"]:
+            body = json.loads(sent["body"])
+            name = f"{route.method} {route.path}"
+            if RECORD:
+                _record("rest", name, body)
+            schema = _rest_schema(route)
+            if schema is not None:
+                for problem in _violations(schema, body):
+                    problems.append(f"{name}: {problem}")
+
+    monkeypatch.setattr(hotpath.HotPaths, "__call__", checked_lane)
     yield
     if problems:
         unique = list(dict.fromkeys(problems))

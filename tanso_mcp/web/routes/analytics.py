@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ...domain.periods import parse_datetime
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
-from ...services.outputs import Amount
+from ...services.outputs_analytics import (
+    AlertOut,
+    AlertSettingsOut,
+    CostsOut,
+    CustomerMarginOut,
+    MarginsOut,
+    ModelPriceOut,
+    TimeseriesOut,
+)
 from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, Pagination, QueryModel, envelope_ok
-from .schemas import Out
 
 api = Api("/api/v1/client")
 TAGS = ["analytics"]
@@ -26,11 +31,6 @@ TAGS = ["analytics"]
 class WindowQuery(QueryModel):
     from_: str | None = Field(default=None, alias="from")
     to: str | None = None
-
-    def bounds(self) -> tuple[datetime | None, datetime | None]:
-        start = parse_datetime(self.from_, "from") if self.from_ is not None else None
-        end = parse_datetime(self.to, "to") if self.to is not None else None
-        return start, end
 
 
 class _Paged(WindowQuery):
@@ -70,81 +70,6 @@ class TimeseriesQuery(_Paged):
     order: Literal["asc", "desc"] = "desc"
 
 
-class MarginRowOut(Out):
-    key: str
-    events: int
-    usageUnits: Amount
-    revenue: Amount
-    cost: Amount
-    grossMargin: Amount | None = None
-    status: Literal["healthy", "at_risk", "underwater"] | None = None
-    revenueMicros: int
-    costMicros: int
-    eventsWithoutCost: int
-    unknownModelEvents: int
-
-
-class TotalsOut(Out):
-    events: int
-    usageUnits: Amount
-    revenue: Amount
-    cost: Amount
-    grossMargin: Amount | None = None
-    status: str | None = None
-    revenueMicros: int
-    costMicros: int
-    eventsWithoutCost: int
-    unknownModelEvents: int
-
-
-class MarginsOut(Out):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    groupBy: str
-    currency: str
-    rows: list[MarginRowOut]
-    totals: TotalsOut
-
-
-class SubscriptionMarginOut(Out):
-    subscriptionId: str
-    planKey: str
-    mrr: Amount
-    currentPeriodStart: datetime
-    currentPeriodEnd: datetime
-    periodUsageRevenue: Amount
-    periodCost: Amount
-
-
-class CustomerMarginOut(TotalsOut):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    customerReferenceId: str
-    currency: str
-    byFeature: list[MarginRowOut]
-    byModel: list[MarginRowOut]
-    mrr: Amount
-    effectiveMrr: Amount
-    subscriptions: list[SubscriptionMarginOut]
-
-
-class PointOut(TotalsOut):
-    start: datetime
-    end: datetime
-    groups: list[MarginRowOut] | None = None
-
-
-class TimeseriesOut(Out):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    interval: str
-    groupBy: str | None = None
-    currency: str
-    keys: list[str] | None = None
-    buckets: list[PointOut]
-    totals: TotalsOut
-
-
 # --------------------------------------------------------------------------- views
 
 
@@ -160,28 +85,20 @@ class TimeseriesOut(Out):
 )
 async def get_margins(call: Call):
     q: MarginsQuery = call.query
-    start, end = q.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        data, total = await svc.margins(
-            s,
-            call.principal.environment_id,
-            now,
-            group_by=q.groupBy,
-            start=start,
-            end=end,
-            sort=q.sort,
-            order=q.order,
-            limit=q.limit,
-            offset=q.offset,
-        )
-    pagination = {
-        "limit": q.limit,
-        "offset": q.offset,
-        "total": total,
-        "hasMore": q.offset + len(data["rows"]) < total,
-    }
-    return envelope_ok(data, 200, pagination)
+    page = await svc.margin_summary(
+        call.ctx,
+        call.principal,
+        from_=q.from_,
+        to=q.to,
+        group_by=q.groupBy,
+        sort=q.sort,
+        order=q.order,
+        limit=q.limit,
+        offset=q.offset,
+    )
+    # REST carries the page in the envelope
+    data = page.model_dump(by_alias=True, exclude={"pagination"})
+    return envelope_ok(data, 200, page.pagination.model_dump())
 
 
 @api.route(
@@ -195,12 +112,10 @@ async def get_margins(call: Call):
     errors=(404,),
 )
 async def get_customer_margin(call: Call):
-    start, end = call.query.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        return await svc.customer_margin(
-            s, call.principal.environment_id, now, call.path["ref"], start=start, end=end
-        )
+    q: CustomerQuery = call.query
+    return await svc.customer_summary(
+        call.ctx, call.principal, call.path["ref"], from_=q.from_, to=q.to
+    )
 
 
 @api.route(
@@ -214,22 +129,18 @@ async def get_customer_margin(call: Call):
 )
 async def get_timeseries(call: Call):
     q: TimeseriesQuery = call.query
-    start, end = q.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        return await svc.timeseries(
-            s,
-            call.principal.environment_id,
-            now,
-            interval=q.interval,
-            group_by=q.groupBy,
-            start=start,
-            end=end,
-            sort=q.sort,
-            order=q.order,
-            limit=q.limit,
-            offset=q.offset,
-        )
+    return await svc.timeseries_summary(
+        call.ctx,
+        call.principal,
+        from_=q.from_,
+        to=q.to,
+        interval=q.interval,
+        group_by=q.groupBy,
+        sort=q.sort,
+        order=q.order,
+        limit=q.limit,
+        offset=q.offset,
+    )
 
 
 # --------------------------------------------------------------------------- cost configuration
@@ -249,20 +160,6 @@ class CostsBody(ApiModel):
     )
 
 
-class CostsOut(Out):
-    defaultCostConfig: dict[str, Any] | None = None
-    modelPriceOverrides: list[dict[str, Any]]
-
-
-class ModelPriceOut(Out):
-    model: str
-    provider: str
-    inputPricePerMillion: Amount
-    outputPricePerMillion: Amount
-    effectiveFrom: str
-    source: Literal["builtin", "override"]
-
-
 @api.route(
     "GET",
     "/settings/costs",
@@ -272,8 +169,7 @@ class ModelPriceOut(Out):
     tags=TAGS,
 )
 async def get_costs(call: Call):
-    async with call.ctx.db.reader() as s:
-        return await costs.get_costs(s, call.principal.environment_id)
+    return await costs.get_costs(call.ctx, call.principal)
 
 
 @api.route(
@@ -306,9 +202,7 @@ async def put_costs(call: Call):
     tags=TAGS,
 )
 async def get_model_prices(call: Call):
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        rows = await costs.model_prices(s, call.principal.environment_id, now)
+    rows = await costs.model_prices(call.ctx, call.principal)
     return Page(rows, len(rows), len(rows), 0)
 
 
@@ -326,26 +220,6 @@ class AlertSettingsBody(ApiModel):
     enabled: bool | None = None
 
 
-class AlertSettingsOut(Out):
-    enabled: bool
-    threshold: Amount
-    windowDays: int
-    customers: dict[str, Amount]
-
-
-class AlertOut(Out):
-    id: str
-    type: Literal["margin.alert", "margin.recovered"]
-    customerReferenceId: str
-    threshold: Amount
-    grossMargin: Amount | None = None
-    revenue: Amount
-    cost: Amount
-    windowStart: datetime
-    windowEnd: datetime
-    createdAt: datetime
-
-
 @api.route(
     "GET",
     "/analytics/alerts/settings",
@@ -355,8 +229,7 @@ class AlertOut(Out):
     tags=TAGS,
 )
 async def get_alert_settings(call: Call):
-    async with call.ctx.db.reader() as s:
-        return await alerts.get_settings(s, call.principal.environment_id)
+    return await alerts.get_settings(call.ctx, call.principal)
 
 
 @api.route(
@@ -370,8 +243,7 @@ async def get_alert_settings(call: Call):
 )
 async def put_alert_settings(call: Call):
     raw = call.body.model_dump(exclude_unset=True)
-    async with call.ctx.db.unit_of_work() as s:
-        return await alerts.put_settings(s, call.principal.environment_id, raw)
+    return await alerts.put_settings(call.ctx, call.principal, raw)
 
 
 @api.route(
@@ -386,6 +258,5 @@ async def put_alert_settings(call: Call):
 )
 async def get_alerts(call: Call):
     q: Pagination = call.query
-    async with call.ctx.db.reader() as s:
-        items, total = await alerts.list_alerts(s, call.principal.environment_id, q.limit, q.offset)
+    items, total = await alerts.list_alerts(call.ctx, call.principal, q.limit, q.offset)
     return Page(items, total, q.limit, q.offset)
