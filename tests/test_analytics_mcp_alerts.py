@@ -84,6 +84,21 @@ async def test_tools_off_by_default_and_same_figures_as_rest(ctx, client, tenant
         assert costs["defaultCostConfig"]["model_costs"]["my-model"]
         is_error, data = await call(mcp, "updateCostSettings", {"defaultCostConfigJson": "[1]"})
         assert is_error and data["error"] == "invalid_request"
+        # an event tracked over MCP reports its cost source like the REST answer
+        for ref, source in (("C", "rule"), ("B", "none")):
+            event = await ok(
+                mcp,
+                "ingestEvent",
+                {
+                    "eventIdempotencyKey": f"mcp-{ref}",
+                    "eventName": "call",
+                    "customerReferenceId": ref,
+                    "featureKey": "chat",
+                    "usageUnits": 1,
+                    "occurredAt": "2026-01-15T09:45:00Z",
+                },
+            )
+            assert event["costSource"] == source, event
 
 
 # --------------------------------------------------------------------------- alerts

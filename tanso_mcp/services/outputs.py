@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -27,6 +27,7 @@ __all__ = [
     "CatalogPlanOut",
     "CheckOut",
     "ClockOut",
+    "CostSource",
     "CreditAllocationOut",
     "CreditPoolDetailOut",
     "CreditPoolOut",
@@ -334,6 +335,17 @@ class EffectsOut(Out):
 
 # --------------------------------------------------------------------------- metering
 
+CostSource = Annotated[
+    Literal["explicit", "rule", "account_default", "global_model_pricing", "none"],
+    Field(
+        description="the step of the cost chain that priced the event: explicit (its "
+        "costAmount), rule (the plan rule's cost model), account_default (the environment's "
+        "default cost configuration), global_model_pricing (the model price table, with the "
+        "environment's overrides) or none (no cost given, or a model no price is known for: "
+        "never priced at zero silently)"
+    ),
+]
+
 
 class EventOut(Out):
     success: bool | None = None
@@ -342,6 +354,7 @@ class EventOut(Out):
     creditsDeducted: Amount
     overageUnits: Amount
     customerAutoCreated: bool
+    costSource: CostSource
     message: str | None = None
 
 
@@ -512,6 +525,7 @@ class BatchItemOut(Out):
     index: int
     status: str = Field(description="accepted, duplicate or error")
     eventId: str | None = None
+    costSource: CostSource | None = Field(default=None, description="accepted events")
     usageLimitExceeded: bool | None = None
     creditsDeducted: Amount | None = None
     overageUnits: Amount | None = None
