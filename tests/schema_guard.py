@@ -104,6 +104,18 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(tool_server._Runner, "call", checked_call)
 
+    def check_rest(route: Any, status: int, raw: bytes) -> None:
+        if not (200 <= status < 300 and raw):
+            return
+        body = json.loads(raw)
+        name = f"{route.method} {route.path}"
+        if RECORD:
+            _record("rest", name, body)
+        schema = _rest_schema(route)
+        if schema is not None:
+            for problem in _violations(schema, body):
+                problems.append(f"{name}: {problem}")
+
     original_endpoint = routing._endpoint
 
     def checked_endpoint(ctx, methods):
@@ -111,16 +123,7 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
 
         async def endpoint(request):
             response = await inner(request)
-            route = methods[request.method]
-            if 200 <= response.status_code < 300 and response.body:
-                body = json.loads(response.body)
-                name = f"{route.method} {route.path}"
-                if RECORD:
-                    _record("rest", name, body)
-                schema = _rest_schema(route)
-                if schema is not None:
-                    for problem in _violations(schema, body):
-                        problems.append(f"{name}: {problem}")
+            check_rest(methods[request.method], response.status_code, response.body)
             return response
 
         return endpoint
@@ -156,15 +159,7 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
             await send(message)
 
         await original_lane(self, scope, receive, capture)
-        if 200 <= sent.get("status", 0) < 300 and sent["body"]:
-            body = json.loads(sent["body"])
-            name = f"{route.method} {route.path}"
-            if RECORD:
-                _record("rest", name, body)
-            schema = _rest_schema(route)
-            if schema is not None:
-                for problem in _violations(schema, body):
-                    problems.append(f"{name}: {problem}")
+        check_rest(route, sent.get("status", 0), sent["body"])
 
     monkeypatch.setattr(hotpath.HotPaths, "__call__", checked_lane)
     yield

@@ -347,10 +347,14 @@ async def timeseries(
 # current month), the environment's clock, one read-only session.
 
 
-def _bounds(from_: str | None, to: str | None) -> tuple[datetime | None, datetime | None]:
+async def _in_window(
+    ctx: AppContext, p: Principal, view: Any, from_: str | None, to: str | None, **options: Any
+) -> Any:
     start = parse_datetime(from_, "from") if from_ is not None else None
     end = parse_datetime(to, "to") if to is not None else None
-    return start, end
+    now = await ctx.now(p)
+    async with ctx.db.reader() as s:
+        return await view(s, p.environment_id, now, start=start, end=end, **options)
 
 
 async def margin_summary(
@@ -359,27 +363,11 @@ async def margin_summary(
     *,
     from_: str | None = None,
     to: str | None = None,
-    group_by: str = "customer",
-    sort: str = "grossMargin",
-    order: str = "asc",
-    limit: int = 50,
-    offset: int = 0,
+    **options: Any,
 ) -> MarginsPageOut:
-    start, end = _bounds(from_, to)
-    now = await ctx.now(p)
-    async with ctx.db.reader() as s:
-        data, total = await margins(
-            s,
-            p.environment_id,
-            now,
-            group_by=group_by,
-            start=start,
-            end=end,
-            sort=sort,
-            order=order,
-            limit=limit,
-            offset=offset,
-        )
+    """:func:`margins` (``options``: its keyword arguments) with the page in the answer."""
+    data, total = await _in_window(ctx, p, margins, from_, to, **options)
+    limit, offset = options.get("limit", 50), options.get("offset", 0)
     fields = dict(data)
     fields["from"] = fields.pop("from_")
     fields["pagination"] = {
@@ -394,10 +382,15 @@ async def margin_summary(
 async def customer_summary(
     ctx: AppContext, p: Principal, ref: str, *, from_: str | None = None, to: str | None = None
 ) -> CustomerMarginOut:
-    start, end = _bounds(from_, to)
-    now = await ctx.now(p)
-    async with ctx.db.reader() as s:
-        return await customer_margin(s, p.environment_id, now, ref, start=start, end=end)
+    """:func:`customer_margin`."""
+    return await _in_window(ctx, p, _of_customer(ref), from_, to)
+
+
+def _of_customer(ref: str) -> Any:
+    async def view(s: AsyncSession, env: str, now: datetime, **window: Any) -> CustomerMarginOut:
+        return await customer_margin(s, env, now, ref, **window)
+
+    return view
 
 
 async def timeseries_summary(
@@ -406,26 +399,7 @@ async def timeseries_summary(
     *,
     from_: str | None = None,
     to: str | None = None,
-    interval: str = "day",
-    group_by: str | None = None,
-    sort: str = "cost",
-    order: str = "desc",
-    limit: int = 10,
-    offset: int = 0,
+    **options: Any,
 ) -> TimeseriesOut:
-    start, end = _bounds(from_, to)
-    now = await ctx.now(p)
-    async with ctx.db.reader() as s:
-        return await timeseries(
-            s,
-            p.environment_id,
-            now,
-            interval=interval,
-            group_by=group_by,
-            start=start,
-            end=end,
-            sort=sort,
-            order=order,
-            limit=limit,
-            offset=offset,
-        )
+    """:func:`timeseries` (``options``: its keyword arguments)."""
+    return await _in_window(ctx, p, timeseries, from_, to, **options)

@@ -127,7 +127,7 @@ async def _store_settings(s: AsyncSession, env: str, parsed: dict[str, Any]) -> 
 def alert_view(a: MarginAlert, ref: str) -> AlertOut:
     return AlertOut(
         id=a.id,
-        type=a.kind,  # type: ignore[arg-type]  # one of the two kinds, checked here
+        type=a.kind,  # one of the two kinds, checked by the model
         customerReferenceId=ref,
         threshold=Decimal(a.threshold),
         grossMargin=Decimal(a.gross_margin) if a.gross_margin is not None else None,

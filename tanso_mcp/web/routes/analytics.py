@@ -34,10 +34,23 @@ class WindowQuery(QueryModel):
 
 
 class _Paged(WindowQuery):
+    groupBy: str | None = None
     limit: int = 50
     offset: int = 0
     sort: Literal["grossMargin", "revenue", "cost"] = "grossMargin"
     order: Literal["asc", "desc"] = "asc"
+
+    def view_args(self) -> dict[str, Any]:
+        """The query as the view's keyword arguments."""
+        return {
+            "from_": self.from_,
+            "to": self.to,
+            "group_by": self.groupBy,
+            "sort": self.sort,
+            "order": self.order,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
 
     @field_validator("limit")
     @classmethod
@@ -85,17 +98,7 @@ class TimeseriesQuery(_Paged):
 )
 async def get_margins(call: Call):
     q: MarginsQuery = call.query
-    page = await svc.margin_summary(
-        call.ctx,
-        call.principal,
-        from_=q.from_,
-        to=q.to,
-        group_by=q.groupBy,
-        sort=q.sort,
-        order=q.order,
-        limit=q.limit,
-        offset=q.offset,
-    )
+    page = await svc.margin_summary(call.ctx, call.principal, **q.view_args())
     # REST carries the page in the envelope
     data = page.model_dump(by_alias=True, exclude={"pagination"})
     return envelope_ok(data, 200, page.pagination.model_dump())
@@ -130,16 +133,7 @@ async def get_customer_margin(call: Call):
 async def get_timeseries(call: Call):
     q: TimeseriesQuery = call.query
     return await svc.timeseries_summary(
-        call.ctx,
-        call.principal,
-        from_=q.from_,
-        to=q.to,
-        interval=q.interval,
-        group_by=q.groupBy,
-        sort=q.sort,
-        order=q.order,
-        limit=q.limit,
-        offset=q.offset,
+        call.ctx, call.principal, interval=q.interval, **q.view_args()
     )
 
 
