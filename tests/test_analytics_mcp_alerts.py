@@ -223,6 +223,10 @@ async def test_alert_fires_once_signed_then_recovers(settings, clock):
                 listed = r.json()["data"]
                 assert [a["type"] for a in listed][:1] == ["margin.recovered"]
                 assert len(listed) == 4
+                # the same list over MCP
+                async with inmemory(ctx, tenant.key("read"), ("analytics",)) as mcp:
+                    page = await ok(mcp, "listMarginAlerts", {"limit": 10})
+                assert page["items"] == listed
                 # a second process evaluating the same instant adds nothing (unique key)
                 from tanso_mcp.services.analytics_alerts import evaluate
 

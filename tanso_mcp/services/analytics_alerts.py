@@ -143,26 +143,21 @@ async def list_alerts(
     ctx: AppContext, p: Principal, limit: int, offset: int
 ) -> tuple[list[AlertOut], int]:
     """Alerts and recoveries, newest first: one page and the total."""
+    env = p.environment_id
     async with ctx.db.reader() as s:
-        return await _alerts_page(s, p.environment_id, limit, offset)
-
-
-async def _alerts_page(
-    s: AsyncSession, env: str, limit: int, offset: int
-) -> tuple[list[AlertOut], int]:
-    total = await s.scalar(
-        select(func.count()).select_from(MarginAlert).where(MarginAlert.environment_id == env)
-    )
-    rows = (
-        await s.execute(
-            select(MarginAlert, Customer.reference_id)
-            .join(Customer, Customer.id == MarginAlert.customer_id)
-            .where(MarginAlert.environment_id == env)
-            .order_by(MarginAlert.created_at.desc(), MarginAlert.seq.desc())
-            .limit(limit)
-            .offset(offset)
+        total = await s.scalar(
+            select(func.count()).select_from(MarginAlert).where(MarginAlert.environment_id == env)
         )
-    ).all()
+        rows = (
+            await s.execute(
+                select(MarginAlert, Customer.reference_id)
+                .join(Customer, Customer.id == MarginAlert.customer_id)
+                .where(MarginAlert.environment_id == env)
+                .order_by(MarginAlert.created_at.desc(), MarginAlert.seq.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
     return [alert_view(a, ref) for a, ref in rows], int(total or 0)
 
 

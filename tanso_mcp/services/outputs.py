@@ -521,6 +521,12 @@ class TopUpOut(Out):
     pool: CreditPoolDetailOut
 
 
+class ItemErrorOut(Out):
+    code: str = Field(description="duplicate_event, invalid_request, insufficient_credits, …")
+    message: str
+    field: str | None = Field(default=None, description="e.g. events[3].usageUnits")
+
+
 class BatchItemOut(Out):
     index: int
     status: str = Field(description="accepted, duplicate or error")
@@ -530,7 +536,7 @@ class BatchItemOut(Out):
     creditsDeducted: Amount | None = None
     overageUnits: Amount | None = None
     customerAutoCreated: bool | None = None
-    error: JsonObject | None = None
+    error: ItemErrorOut | None = None
 
 
 class BatchOut(Out):
