@@ -4,6 +4,7 @@ here; events already stored keep their cost."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -90,6 +91,20 @@ async def model_prices(ctx: AppContext, p: Principal) -> list[ModelPriceOut]:
         settings = dict((await _env(s, p.environment_id)).settings or {})
     _, overrides = stored_config(settings)
     return [ModelPriceOut.model_validate(row) for row in prices_in_force(overrides, now)]
+
+
+async def put_settings(ctx: AppContext, p: Principal, given: Mapping[str, Any]) -> CostsOut:
+    """:func:`update_costs` from the fields given (``defaultCostConfig``,
+    ``modelPriceOverrides``): an omitted one stays as it is."""
+    parts = {
+        part: given[name]
+        for name, part in (
+            ("defaultCostConfig", "default_cost_config"),
+            ("modelPriceOverrides", "model_price_overrides"),
+        )
+        if name in given
+    }
+    return await update_costs(ctx, p, **parts)
 
 
 async def update_costs(ctx: AppContext, p: Principal, **parts: Any) -> CostsOut:

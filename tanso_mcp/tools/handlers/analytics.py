@@ -55,12 +55,15 @@ def _json(text: str) -> Any:
 
 
 async def update_cost_settings(app: AppContext, p: Principal, params: Any):
-    kwargs: dict[str, Any] = {}
-    if params.defaultCostConfigJson is not None:
-        kwargs["default_cost_config"] = _json(params.defaultCostConfigJson)
-    if params.modelPriceOverridesJson is not None:
-        kwargs["model_price_overrides"] = _json(params.modelPriceOverridesJson)
-    return await costs.update_costs(app, p, **kwargs)
+    given = {
+        name: _json(text)
+        for name, text in (
+            ("defaultCostConfig", params.defaultCostConfigJson),
+            ("modelPriceOverrides", params.modelPriceOverridesJson),
+        )
+        if text is not None
+    }
+    return await costs.put_settings(app, p, given)
 
 
 async def list_model_prices(app: AppContext, p: Principal, params: Any):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from ...principal import Role
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
+from ...services.outputs import Out
 from ...services.outputs_analytics import (
     AlertOut,
     AlertSettingsOut,
@@ -154,36 +157,47 @@ class CostsBody(ApiModel):
     )
 
 
-@api.route(
-    "GET",
-    "/settings/costs",
-    role="admin",
-    response=CostsOut,
-    summary="The environment's default cost configuration and model price overrides",
-    tags=TAGS,
-)
-async def get_costs(call: Call):
-    return await costs.get_costs(call.ctx, call.principal)
+def _setting(
+    path: str,
+    name: str,
+    *,
+    read_role: Role,
+    body: type[ApiModel],
+    response: type[Out],
+    summaries: tuple[str, str],
+    get: Callable[[Any, Any], Awaitable[Out]],
+    put: Callable[[Any, Any, dict[str, Any]], Awaitable[Out]],
+) -> None:
+    """``GET`` (``read_role`` and up) and admin ``PUT`` of one environment setting over its
+    two use cases; ``PUT`` hands over the fields the body gave."""
+
+    async def read(call: Call):
+        return await get(call.ctx, call.principal)
+
+    async def write(call: Call):
+        return await put(call.ctx, call.principal, call.body.model_dump(exclude_unset=True))
+
+    # operationIds in /openapi.json
+    read.__name__, write.__name__ = f"get_{name}", f"put_{name}"
+    api.route("GET", path, role=read_role, response=response, summary=summaries[0], tags=TAGS)(read)
+    api.route(
+        "PUT", path, role="admin", body=body, response=response, summary=summaries[1], tags=TAGS
+    )(write)
 
 
-@api.route(
-    "PUT",
+_setting(
     "/settings/costs",
-    role="admin",
+    "costs",
+    read_role="admin",
     body=CostsBody,
     response=CostsOut,
-    summary="Set the default cost configuration and/or the model price overrides",
-    tags=TAGS,
+    summaries=(
+        "The environment's default cost configuration and model price overrides",
+        "Set the default cost configuration and/or the model price overrides",
+    ),
+    get=costs.get_costs,
+    put=costs.put_settings,
 )
-async def put_costs(call: Call):
-    b: CostsBody = call.body
-    given = b.model_fields_set
-    kwargs: dict[str, Any] = {}
-    if "defaultCostConfig" in given:
-        kwargs["default_cost_config"] = b.defaultCostConfig
-    if "modelPriceOverrides" in given:
-        kwargs["model_price_overrides"] = b.modelPriceOverrides
-    return await costs.update_costs(call.ctx, call.principal, **kwargs)
 
 
 @api.route(
@@ -214,30 +228,19 @@ class AlertSettingsBody(ApiModel):
     enabled: bool | None = None
 
 
-@api.route(
-    "GET",
+_setting(
     "/analytics/alerts/settings",
-    role="read",
-    response=AlertSettingsOut,
-    summary="Margin alert threshold, rolling window and per-customer thresholds",
-    tags=TAGS,
-)
-async def get_alert_settings(call: Call):
-    return await alerts.get_settings(call.ctx, call.principal)
-
-
-@api.route(
-    "PUT",
-    "/analytics/alerts/settings",
-    role="admin",
+    "alert_settings",
+    read_role="read",
     body=AlertSettingsBody,
     response=AlertSettingsOut,
-    summary="Set the margin alert threshold, window and per-customer thresholds",
-    tags=TAGS,
+    summaries=(
+        "Margin alert threshold, rolling window and per-customer thresholds",
+        "Set the margin alert threshold, window and per-customer thresholds",
+    ),
+    get=alerts.get_settings,
+    put=alerts.put_settings,
 )
-async def put_alert_settings(call: Call):
-    raw = call.body.model_dump(exclude_unset=True)
-    return await alerts.put_settings(call.ctx, call.principal, raw)
 
 
 @api.route(
