@@ -5,6 +5,8 @@ The REST response models (and so /openapi.json) and every MCP tool's ``outputSch
 generated from these classes; the presenters (``views.py`` and the services' ``*_view``
 functions) produce exactly these shapes, and the test suite checks every real answer of
 every workflow test against the generated schemas with undeclared fields forbidden.
+The answers of margin analytics and of the Stripe integration live beside this module
+(``outputs_analytics``, ``outputs_stripe``), under the same conventions.
 
 Conventions:
 - ``extra="forbid"``: a field is either declared here or not sent.
