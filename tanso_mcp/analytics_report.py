@@ -81,13 +81,13 @@ async def gather(
         "generatedAt": now,
         "from": start,
         "to": end,
-        "currency": customers["currency"],
-        "totals": customers["totals"],
-        "customers": customers["rows"],
+        "currency": customers.currency,
+        "totals": customers.totals.model_dump(),
+        "customers": [r.model_dump() for r in customers.rows],
         "customerCount": total,
-        "models": models["rows"],
-        "features": features["rows"],
-        "series": series,
+        "models": [r.model_dump() for r in models.rows],
+        "features": [r.model_dump() for r in features.rows],
+        "series": series.model_dump(by_alias=True),
     }
 
 

@@ -19,6 +19,9 @@ config prices ``my-model`` at 0.000001 in / 0.000002 out per token; an override 
 | e7 | B        | chat    | nothing: no cost, no revenue; 2 units             | —         | —         |
 | e8 | B        | chat    | explicit costAmount 0.25                          | 0.250000  | —         |
 | e9 | C (pro)  | chat    | rule: 100 x 0.02                                  | 2.000000  | 10.000000 |
+
+Each event's answer reports the cost chain's step that priced it (``COST_SOURCES``): the
+unknown model (e6) and the event without any cost (e7) report ``none``.
 """
 
 from __future__ import annotations
@@ -92,6 +95,19 @@ EVENTS = [
     ("e9", "C", "chat", "2026-01-12T14:00:00Z", {"usageUnits": 100}),
 ]
 
+# the costSource each event's answer reports
+COST_SOURCES = {
+    "e1": "explicit",
+    "e2": "rule",
+    "e3": "account_default",
+    "e4": "global_model_pricing",
+    "e5": "global_model_pricing",  # the environment's override of the model table
+    "e6": "none",  # unknown model: reported, never priced at zero silently
+    "e7": "none",
+    "e8": "explicit",
+    "e9": "rule",
+}
+
 # key -> (events, usage units, revenue micros, cost micros, grossMargin, status)
 BY_CUSTOMER = {
     "A": (5, 21, 1_800_000, 3_102_000, Decimal("-0.7233"), "underwater"),
@@ -157,20 +173,42 @@ async def set_up(ctx, client, tenant) -> None:
     assert r.status_code == 200, r.text
 
 
+def _body(key: str, ref: str, feature: str, at: str, extra: dict) -> dict:
+    return {
+        "eventIdempotencyKey": key,
+        "eventName": "call",
+        "customerReferenceId": ref,
+        "featureKey": feature,
+        "occurredAt": at,
+        **extra,
+    }
+
+
 async def send(client, tenant, names: set[str] | None = None) -> None:
-    for key, ref, feature, at, extra in EVENTS:
+    """The events one request each; each answer reports the event's cost source."""
+    for key, *event in EVENTS:
         if names is not None and key not in names:
             continue
-        body = {
-            "eventIdempotencyKey": key,
-            "eventName": "call",
-            "customerReferenceId": ref,
-            "featureKey": feature,
-            "occurredAt": at,
-            **extra,
-        }
-        r = await client.post(f"{API}/events", json=body, headers=tenant.headers("client"))
+        r = await client.post(
+            f"{API}/events", json=_body(key, *event), headers=tenant.headers("client")
+        )
         assert r.status_code == 201, r.text
+        assert r.json()["data"]["costSource"] == COST_SOURCES[key], (key, r.json())
+
+
+async def send_batch(client, tenant) -> None:
+    """The events in one batch; each item's result reports the event's cost source."""
+    r = await client.post(
+        f"{API}/events/batch",
+        json={"events": [_body(*event) for event in EVENTS]},
+        headers=tenant.headers("client"),
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["data"]["results"]
+    assert [i["status"] for i in results] == ["accepted"] * len(EVENTS), results
+    assert {key: i["costSource"] for (key, *_), i in zip(EVENTS, results, strict=True)} == (
+        COST_SOURCES
+    )
 
 
 def check_rows(rows: list[dict], expected: dict) -> None:

@@ -1,9 +1,10 @@
 """Every answer checked against what it declares, in every test that produces one.
 
-An autouse fixture wraps the two places where answers leave the application: the MCP
+An autouse fixture wraps the three places where answers leave the application: the MCP
 tool runner (each successful ``structuredContent``, whatever the transport: in-memory,
-Streamable HTTP, in-process stdio) and the REST endpoint wrapper (each 2xx body). Each
-answer is validated against the schema generated from its answer model (the tool's
+Streamable HTTP, in-process stdio), the REST endpoint wrapper and the fast lane of the
+per-request calls (``web/hotpath.py``: entitlement check, single and batch ingest), each
+2xx body for the last two. Each answer is validated against the schema generated from its answer model (the tool's
 strict output schema, the endpoint's /openapi.json response). The models in
 ``services.outputs`` forbid undeclared fields, so for them an extra field fails as surely
 as a missing or mistyped one; ``tests/test_answer_schemas.py`` additionally closes every
@@ -85,7 +86,8 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
     from tanso_mcp.bootstrap import AppContext
     from tanso_mcp.tools import server as tool_server
     from tanso_mcp.tools.specs import strict_output_schema
-    from tanso_mcp.web import routing
+    from tanso_mcp.web import hotpath, routing
+    from tanso_mcp.web.app import client_api
 
     problems: list[str] = []
     original_call = tool_server._Runner.call
@@ -102,6 +104,18 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(tool_server._Runner, "call", checked_call)
 
+    def check_rest(route: Any, status: int, raw: bytes) -> None:
+        if not (200 <= status < 300 and raw):
+            return
+        body = json.loads(raw)
+        name = f"{route.method} {route.path}"
+        if RECORD:
+            _record("rest", name, body)
+        schema = _rest_schema(route)
+        if schema is not None:
+            for problem in _violations(schema, body):
+                problems.append(f"{name}: {problem}")
+
     original_endpoint = routing._endpoint
 
     def checked_endpoint(ctx, methods):
@@ -109,21 +123,45 @@ def schema_guard(monkeypatch: pytest.MonkeyPatch):
 
         async def endpoint(request):
             response = await inner(request)
-            route = methods[request.method]
-            if 200 <= response.status_code < 300 and response.body:
-                body = json.loads(response.body)
-                name = f"{route.method} {route.path}"
-                if RECORD:
-                    _record("rest", name, body)
-                schema = _rest_schema(route)
-                if schema is not None:
-                    for problem in _violations(schema, body):
-                        problems.append(f"{name}: {problem}")
+            check_rest(methods[request.method], response.status_code, response.body)
             return response
 
         return endpoint
 
     monkeypatch.setattr(routing, "_endpoint", checked_endpoint)
+
+    # the fast lane answers for the routes declared in routes/metering.py
+    declared = {(r.method, r.path): r for r in client_api().routes}
+    original_lane = hotpath.HotPaths.__call__
+
+    def lane_route(scope: Any) -> Any:
+        method, path = scope.get("method"), scope.get("path", "")
+        if scope["type"] != "http":
+            return None
+        if method == "POST" and path in (hotpath.EVENTS_PATH, hotpath.BATCH_PATH):
+            return declared[(method, path)]
+        if method == "GET" and path.startswith(hotpath.CHECK_PREFIX):
+            if path[len(hotpath.CHECK_PREFIX) :].count("/") == 1:
+                return declared[(method, hotpath.CHECK_PREFIX + "{ref}/{featureKey}")]
+        return None
+
+    async def checked_lane(self, scope, receive, send):
+        route = lane_route(scope)
+        if route is None:
+            return await original_lane(self, scope, receive, send)
+        sent: dict[str, Any] = {"body": b""}
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["body"] += message.get("body", b"")
+            await send(message)
+
+        await original_lane(self, scope, receive, capture)
+        check_rest(route, sent.get("status", 0), sent["body"])
+
+    monkeypatch.setattr(hotpath.HotPaths, "__call__", checked_lane)
     yield
     if problems:
         unique = list(dict.fromkeys(problems))

@@ -84,6 +84,21 @@ async def test_tools_off_by_default_and_same_figures_as_rest(ctx, client, tenant
         assert costs["defaultCostConfig"]["model_costs"]["my-model"]
         is_error, data = await call(mcp, "updateCostSettings", {"defaultCostConfigJson": "[1]"})
         assert is_error and data["error"] == "invalid_request"
+        # an event tracked over MCP reports its cost source like the REST answer
+        for ref, source in (("C", "rule"), ("B", "none")):
+            event = await ok(
+                mcp,
+                "ingestEvent",
+                {
+                    "eventIdempotencyKey": f"mcp-{ref}",
+                    "eventName": "call",
+                    "customerReferenceId": ref,
+                    "featureKey": "chat",
+                    "usageUnits": 1,
+                    "occurredAt": "2026-01-15T09:45:00Z",
+                },
+            )
+            assert event["costSource"] == source, event
 
 
 # --------------------------------------------------------------------------- alerts
@@ -208,6 +223,10 @@ async def test_alert_fires_once_signed_then_recovers(settings, clock):
                 listed = r.json()["data"]
                 assert [a["type"] for a in listed][:1] == ["margin.recovered"]
                 assert len(listed) == 4
+                # the same list over MCP
+                async with inmemory(ctx, tenant.key("read"), ("analytics",)) as mcp:
+                    page = await ok(mcp, "listMarginAlerts", {"limit": 10})
+                assert page["items"] == listed
                 # a second process evaluating the same instant adds nothing (unique key)
                 from tanso_mcp.services.analytics_alerts import evaluate
 

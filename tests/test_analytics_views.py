@@ -21,6 +21,7 @@ from tests.analytics_scenario import (
     check_rows,
     check_totals,
     send,
+    send_batch,
     set_up,
 )
 
@@ -73,6 +74,14 @@ async def test_scenario_matches_hand_computed_figures_before_and_after_rollup(ct
         )
     await _check_all(client, tenant)  # everything in the rollup
     await roll_up(ctx)  # nothing new: nothing added twice
+    await _check_all(client, tenant)
+
+
+async def test_batch_ingest_reports_the_same_cost_sources_and_figures(ctx, client, tenant):
+    await set_up(ctx, client, tenant)
+    await send_batch(client, tenant)
+    await _check_all(client, tenant)
+    await roll_up(ctx)
     await _check_all(client, tenant)
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from tanso_mcp.tools.groups import enabled_specs
+from tanso_mcp.tools.groups import OPTIONAL_GROUPS, all_specs_by_name, enabled_specs
 from tanso_mcp.tools.registry import all_handlers
-from tanso_mcp.tools.specs import SPECS_BY_NAME, output_schema, strict_output_schema
+from tanso_mcp.tools.specs import output_schema, strict_output_schema
 from tanso_mcp.web.app import client_api
 from tests.mcp_helpers import http_client, live_server
 from tests.schema_guard import closed
@@ -35,14 +35,18 @@ USAGE = json.dumps(
     {"pricing": {"model": "usage", "usage_unit_type": "calls", "price_per_unit": 0.01}}
 )
 # the Stripe tools that call Stripe need a (fake) Stripe account: tests/test_stripe_*.py
-# call them over MCP, and the schema guard checks each of their answers there; the status
-# and key registration answer without Stripe and are called here
+# call them over MCP, and the schema guard checks each of their answers there; the status,
+# the key registration and the usage reconciliation answer without Stripe and are called here
 STRIPE_TOOLS = {
-    spec.name for spec in enabled_specs() if spec.capability == "the Stripe integration"
-} - {"getStripeIntegrationStatus", "registerStripeApiKey"}
+    spec.name
+    for spec in enabled_specs(OPTIONAL_GROUPS)
+    if spec.capability == "the Stripe integration"
+} - {"getStripeIntegrationStatus", "registerStripeApiKey", "getStripeUsageReconciliation"}
+# every tool group is enabled: the optional tools answer typed models too
 IMPLEMENTED = (
-    {spec.name for spec in enabled_specs(["testing"])} & set(all_handlers())
+    {spec.name for spec in enabled_specs(OPTIONAL_GROUPS)} & set(all_handlers())
 ) - STRIPE_TOOLS
+GROUPS_JSON = json.dumps(list(OPTIONAL_GROUPS))
 
 Call = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -139,6 +143,38 @@ async def mcp_workflow(call: Call, ref: str) -> None:
     await call(
         "registerStripeApiKey", {"stripeApiKey": "sk_test_answer_1234", "confirmAction": True}
     )
+    await call("getStripeUsageReconciliation", {"period": "previous"})
+
+    # the analytics group
+    await call("getMarginSummary", {"groupBy": "feature", "limit": 5})
+    await call("getCustomerMargin", {"customerReferenceId": customer})
+    await call("getMarginTimeseries", {"interval": "day", "groupBy": "customer"})
+    await call(
+        "updateCostSettings",
+        {
+            "defaultCostConfigJson": json.dumps(
+                {"default_cost_per_unit": 0.000002, "model_costs": {"m-1": {"input": 1e-6}}}
+            ),
+            "modelPriceOverridesJson": json.dumps(
+                [
+                    {
+                        "provider": "acme",
+                        "model": "acme-1",
+                        "inputPricePerMillion": 1,
+                        "outputPricePerMillion": 2,
+                    }
+                ]
+            ),
+        },
+    )
+    await call("getCostSettings", {})
+    await call("listModelPrices", {})
+    await call(
+        "updateMarginAlertSettings",
+        {"settingsJson": json.dumps({"threshold": 0.5, "customers": {customer: 0.6}})},
+    )
+    await call("getMarginAlertSettings", {})
+    await call("listMarginAlerts", {})
 
 
 def _mcp_caller(client, listed: dict[str, Any], seen: set[str]) -> Call:
@@ -147,9 +183,7 @@ def _mcp_caller(client, listed: dict[str, Any], seen: set[str]) -> Call:
         data = result.structured_content
         assert not result.is_error, (name, data)
         assert json.loads(result.content[0].text) == data
-        spec = SPECS_BY_NAME.get(name) or next(
-            s for s in enabled_specs(["testing"]) if s.name == name
-        )
+        spec = all_specs_by_name()[name]
         # what the server declares is what the answer model generates…
         assert listed[name] == output_schema(spec), name
         # …and the answer matches it exactly
@@ -161,7 +195,7 @@ def _mcp_caller(client, listed: dict[str, Any], seen: set[str]) -> Call:
 
 
 async def test_every_tool_over_streamable_http(ctx, tenant, monkeypatch):
-    monkeypatch.setattr(ctx.settings, "mcp_tool_groups", ["testing"])
+    monkeypatch.setattr(ctx.settings, "mcp_tool_groups", list(OPTIONAL_GROUPS))
     seen: set[str] = set()
     async with live_server(ctx) as base, http_client(base, tenant.key("admin")) as client:
         listed = {t.name: t.output_schema for t in (await client.list_tools()).tools}
@@ -177,7 +211,7 @@ async def test_every_tool_over_stdio(ctx, tenant, settings):
     env.update(
         TANSO_DATABASE_URL=settings.database_url,
         TANSO_API_KEY=tenant.key("admin"),
-        TANSO_MCP_TOOL_GROUPS='["testing"]',
+        TANSO_MCP_TOOL_GROUPS=GROUPS_JSON,
     )
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "tanso_mcp.cli", "stdio"], env=env

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tanso_mcp.db.models import Feature, Plan, PlanFeature
+from tanso_mcp.tools.groups import OPTIONAL_GROUPS, all_specs
 from tanso_mcp.tools.specs import TOOL_SPECS
 from tests.mcp_helpers import live_server
 from tests.node_tools import NODE22, NODE_DIR, machine_node, require_node_tools, run_node
@@ -159,6 +160,18 @@ async def _inspector(base: str, key: str | None, *args: str, home) -> tuple[int,
     except json.JSONDecodeError:
         payload = {"unparsed": run.stdout}
     return run.returncode, payload, run.stderr
+
+
+async def test_inspector_strict_with_every_tool_group(ctx, tenant, tmp_path, monkeypatch):
+    require_node_tools(NODE22, INSPECTOR)
+    monkeypatch.setattr(ctx.settings, "mcp_tool_groups", list(OPTIONAL_GROUPS))
+    async with live_server(ctx) as base:
+        code, out, err = await _inspector(
+            base, tenant.key("admin"), "--method", "tools/list", "--strict", home=tmp_path
+        )
+    assert code == 0, (out, err)
+    assert "Warning" not in err, err
+    assert {t["name"] for t in out["result"]["tools"]} == {s.name for s in all_specs()}
 
 
 async def test_inspector_cli(ctx, tenant, tmp_path):

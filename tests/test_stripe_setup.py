@@ -46,7 +46,9 @@ async def test_status_register_setup_over_mcp(db_url, stripe_fake, stripe_client
             "registerStripeApiKey",
             {"stripeApiKey": stripe_fake.api_key, "confirmAction": True},
         )
-        assert "sk_test_…" + stripe_fake.api_key[-4:] in done["message"]
+        # the same answer as POST /api/v1/tanso/stripe/connect: the key shown masked
+        assert done["maskedApiKey"] == "sk_test_…" + stripe_fake.api_key[-4:]
+        assert done["replaced"] is False and done["success"] is True
         assert stripe_fake.api_key not in str(done)
         # stored encrypted: the ciphertext does not contain the key
         async with app.ctx.db.reader() as s:

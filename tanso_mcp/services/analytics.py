@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,9 +31,15 @@ from ..domain.analytics import (
 )
 from ..domain.margins import monthly_recurring_revenue
 from ..domain.money import from_minor
+from ..domain.periods import parse_datetime
 from ..errors import InvalidRequest
+from ..principal import Principal
 from . import customers
 from .analytics_rollup import read_sums
+from .outputs_analytics import CustomerMarginOut, MarginsOut, MarginsPageOut, TimeseriesOut
+
+if TYPE_CHECKING:
+    from ..context import AppContext
 
 NONE_KEY = "(none)"
 GROUPS = ("customer", "feature", "model", "plan")
@@ -157,21 +163,23 @@ async def margins(
     order: str = "asc",
     limit: int = 50,
     offset: int = 0,
-) -> tuple[dict[str, Any], int]:
+) -> tuple[MarginsOut, int]:
     """Margin rows of one page plus totals over all rows; returns ``(data, total rows)``.
     Default order: the worst margin first."""
     _check_sort(sort, order)
     start, end = window(now, start, end)
     groups = await _grouped(s, env, start, end, group_by)
     rows = sort_rows([margin_row(k, v) for k, v in groups.items()], sort, order)
-    data = {
-        "from": start,
-        "to": end,
-        "groupBy": group_by,
-        "currency": await _currency(s, env),
-        "rows": rows[offset : offset + limit],
-        "totals": _totals(groups),
-    }
+    data = MarginsOut.model_validate(
+        {
+            "from": start,
+            "to": end,
+            "groupBy": group_by,
+            "currency": await _currency(s, env),
+            "rows": rows[offset : offset + limit],
+            "totals": _totals(groups),
+        }
+    )
     return data, len(rows)
 
 
@@ -183,7 +191,7 @@ async def customer_margin(
     *,
     start: datetime | None = None,
     end: datetime | None = None,
-) -> dict[str, Any]:
+) -> CustomerMarginOut:
     """One customer's margin over the window, by feature and by model, with MRR (list
     price per month of its active subscriptions) and effective MRR (MRR plus the usage
     revenue of each active subscription's current period)."""
@@ -227,18 +235,22 @@ async def customer_margin(
             }
         )
     totals = _totals(by_feature)
-    return {
-        "customerReferenceId": c.reference_id,
-        "from": start,
-        "to": end,
-        "currency": currency,
-        **totals,
-        "byFeature": sort_rows([margin_row(k, v) for k, v in by_feature.items()], "cost", "desc"),
-        "byModel": sort_rows([margin_row(k, v) for k, v in by_model.items()], "cost", "desc"),
-        "mrr": mrr,
-        "effectiveMrr": mrr + Decimal(usage_micros) / 1_000_000,
-        "subscriptions": plans,
-    }
+    return CustomerMarginOut.model_validate(
+        {
+            "customerReferenceId": c.reference_id,
+            "from": start,
+            "to": end,
+            "currency": currency,
+            **totals,
+            "byFeature": sort_rows(
+                [margin_row(k, v) for k, v in by_feature.items()], "cost", "desc"
+            ),
+            "byModel": sort_rows([margin_row(k, v) for k, v in by_model.items()], "cost", "desc"),
+            "mrr": mrr,
+            "effectiveMrr": mrr + Decimal(usage_micros) / 1_000_000,
+            "subscriptions": plans,
+        }
+    )
 
 
 async def _period_sums(s: AsyncSession, env: str, customer_id: str, sub: Subscription) -> Sums:
@@ -272,7 +284,7 @@ async def timeseries(
     order: str = "desc",
     limit: int = 10,
     offset: int = 0,
-) -> dict[str, Any]:
+) -> TimeseriesOut:
     """Revenue, cost and margin per ``interval`` bucket (UTC; weeks start on Monday).
     With ``groupBy``, each bucket also splits by the keys of one page of the margins
     view (``sort``/``order``/``limit``/``offset``; default the 10 costliest)."""
@@ -316,13 +328,78 @@ async def timeseries(
         if dim:
             point["groups"] = [margin_row(k, groups.get(k, Sums())) for k in keys]
         series.append(point)
-    return {
-        "from": start,
-        "to": end,
-        "interval": interval,
-        "groupBy": group_by,
-        "currency": await _currency(s, env),
-        "keys": keys if dim else None,
-        "buckets": series,
-        "totals": _totals({"": overall.get("", Sums())}),
+    return TimeseriesOut.model_validate(
+        {
+            "from": start,
+            "to": end,
+            "interval": interval,
+            "groupBy": group_by,
+            "currency": await _currency(s, env),
+            "keys": keys if dim else None,
+            "buckets": series,
+            "totals": _totals({"": overall.get("", Sums())}),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- use cases
+# What both transports call: the window's bounds as sent (ISO 8601 text, default the
+# current month), the environment's clock, one read-only session.
+
+
+async def _in_window(
+    ctx: AppContext, p: Principal, view: Any, from_: str | None, to: str | None, **options: Any
+) -> Any:
+    start = parse_datetime(from_, "from") if from_ is not None else None
+    end = parse_datetime(to, "to") if to is not None else None
+    now = await ctx.now(p)
+    async with ctx.db.reader() as s:
+        return await view(s, p.environment_id, now, start=start, end=end, **options)
+
+
+async def margin_summary(
+    ctx: AppContext,
+    p: Principal,
+    *,
+    from_: str | None = None,
+    to: str | None = None,
+    **options: Any,
+) -> MarginsPageOut:
+    """:func:`margins` (``options``: its keyword arguments) with the page in the answer."""
+    data, total = await _in_window(ctx, p, margins, from_, to, **options)
+    limit, offset = options.get("limit", 50), options.get("offset", 0)
+    fields = dict(data)
+    fields["from"] = fields.pop("from_")
+    fields["pagination"] = {
+        "limit": limit,
+        "offset": offset,
+        "total": total,
+        "hasMore": offset + len(data.rows) < total,
     }
+    return MarginsPageOut.model_validate(fields)
+
+
+async def customer_summary(
+    ctx: AppContext, p: Principal, ref: str, *, from_: str | None = None, to: str | None = None
+) -> CustomerMarginOut:
+    """:func:`customer_margin`."""
+    return await _in_window(ctx, p, _of_customer(ref), from_, to)
+
+
+def _of_customer(ref: str) -> Any:
+    async def view(s: AsyncSession, env: str, now: datetime, **window: Any) -> CustomerMarginOut:
+        return await customer_margin(s, env, now, ref, **window)
+
+    return view
+
+
+async def timeseries_summary(
+    ctx: AppContext,
+    p: Principal,
+    *,
+    from_: str | None = None,
+    to: str | None = None,
+    **options: Any,
+) -> TimeseriesOut:
+    """:func:`timeseries` (``options``: its keyword arguments)."""
+    return await _in_window(ctx, p, timeseries, from_, to, **options)

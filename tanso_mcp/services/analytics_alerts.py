@@ -25,8 +25,10 @@ from ..db.types import new_id
 from ..domain.analytics import Sums, decompose, margin_of
 from ..domain.money import to_decimal
 from ..errors import InvalidRequest, NotFound
+from ..principal import Principal
 from .analytics_rollup import read_sums
 from .jobs import JobRegistry
+from .outputs_analytics import AlertOut, AlertSettingsOut
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -90,12 +92,22 @@ async def _settings_of(s: AsyncSession, env: str) -> dict[str, Any] | None:
     return parse_settings(stored) if stored else None
 
 
-async def get_settings(s: AsyncSession, env: str) -> dict[str, Any]:
-    return await _settings_of(s, env) or {**DEFAULTS, "enabled": False}
+async def get_settings(ctx: AppContext, p: Principal) -> AlertSettingsOut:
+    async with ctx.db.reader() as s:
+        found = await _settings_of(s, p.environment_id)
+    return AlertSettingsOut.model_validate(found or {**DEFAULTS, "enabled": False})
 
 
-async def put_settings(s: AsyncSession, env: str, raw: Any) -> dict[str, Any]:
+async def put_settings(ctx: AppContext, p: Principal, raw: Any) -> AlertSettingsOut:
+    """Replace the settings (omitted keys take their defaults); evaluated at the next
+    job run."""
     parsed = parse_settings(raw, "body")
+    async with ctx.db.unit_of_work() as s:
+        await _store_settings(s, p.environment_id, parsed)
+    return AlertSettingsOut.model_validate(parsed)
+
+
+async def _store_settings(s: AsyncSession, env: str, parsed: dict[str, Any]) -> None:
     row = await s.scalar(select(Environment).where(Environment.id == env))
     if row is None:
         raise NotFound("no such environment")
@@ -110,40 +122,42 @@ async def put_settings(s: AsyncSession, env: str, raw: Any) -> dict[str, Any]:
     # evaluate at the next job run
     await s.execute(text("DELETE FROM analytics_state WHERE name = :n"), {"n": f"alerts:{env}"})
     await s.flush()
-    return parsed
 
 
-def alert_view(a: MarginAlert, ref: str) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "type": a.kind,
-        "customerReferenceId": ref,
-        "threshold": Decimal(a.threshold),
-        "grossMargin": Decimal(a.gross_margin) if a.gross_margin is not None else None,
-        "revenue": Decimal(a.revenue_micros).scaleb(-6),
-        "cost": Decimal(a.cost_micros).scaleb(-6),
-        "windowStart": a.window_start,
-        "windowEnd": a.window_end,
-        "createdAt": a.created_at,
-    }
+def alert_view(a: MarginAlert, ref: str) -> AlertOut:
+    return AlertOut(
+        id=a.id,
+        type=a.kind,  # one of the two kinds, checked by the model
+        customerReferenceId=ref,
+        threshold=Decimal(a.threshold),
+        grossMargin=Decimal(a.gross_margin) if a.gross_margin is not None else None,
+        revenue=Decimal(a.revenue_micros).scaleb(-6),
+        cost=Decimal(a.cost_micros).scaleb(-6),
+        windowStart=a.window_start,
+        windowEnd=a.window_end,
+        createdAt=a.created_at,
+    )
 
 
 async def list_alerts(
-    s: AsyncSession, env: str, limit: int, offset: int
-) -> tuple[list[dict[str, Any]], int]:
-    total = await s.scalar(
-        select(func.count()).select_from(MarginAlert).where(MarginAlert.environment_id == env)
-    )
-    rows = (
-        await s.execute(
-            select(MarginAlert, Customer.reference_id)
-            .join(Customer, Customer.id == MarginAlert.customer_id)
-            .where(MarginAlert.environment_id == env)
-            .order_by(MarginAlert.created_at.desc(), MarginAlert.seq.desc())
-            .limit(limit)
-            .offset(offset)
+    ctx: AppContext, p: Principal, limit: int, offset: int
+) -> tuple[list[AlertOut], int]:
+    """Alerts and recoveries, newest first: one page and the total."""
+    env = p.environment_id
+    async with ctx.db.reader() as s:
+        total = await s.scalar(
+            select(func.count()).select_from(MarginAlert).where(MarginAlert.environment_id == env)
         )
-    ).all()
+        rows = (
+            await s.execute(
+                select(MarginAlert, Customer.reference_id)
+                .join(Customer, Customer.id == MarginAlert.customer_id)
+                .where(MarginAlert.environment_id == env)
+                .order_by(MarginAlert.created_at.desc(), MarginAlert.seq.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
     return [alert_view(a, ref) for a, ref in rows], int(total or 0)
 
 

@@ -4,6 +4,7 @@ here; events already stored keep their cost."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..domain.analytics_costs import (
 from ..domain.rules import parse_default_cost_config
 from ..errors import InvalidRequest, NotFound
 from ..principal import Principal
+from .outputs_analytics import CostsOut, ModelPriceOut
 
 _UNSET = object()
 
@@ -35,16 +37,19 @@ async def _env(s: AsyncSession, env: str, lock: bool = False) -> Environment:
     return row
 
 
-def _view(settings: dict[str, Any]) -> dict[str, Any]:
+def _view(settings: dict[str, Any]) -> CostsOut:
     config, overrides = stored_config(settings)
-    return {
-        "defaultCostConfig": config.to_json() if config is not None else None,
-        "modelPriceOverrides": overrides_to_json(overrides),
-    }
+    return CostsOut.model_validate(
+        {
+            "defaultCostConfig": config.to_json() if config is not None else None,
+            "modelPriceOverrides": overrides_to_json(overrides),
+        }
+    )
 
 
-async def get_costs(s: AsyncSession, env: str) -> dict[str, Any]:
-    return _view(dict((await _env(s, env)).settings or {}))
+async def get_costs(ctx: AppContext, p: Principal) -> CostsOut:
+    async with ctx.db.reader() as s:
+        return _view(dict((await _env(s, p.environment_id)).settings or {}))
 
 
 async def put_costs(
@@ -54,7 +59,7 @@ async def put_costs(
     *,
     default_cost_config: Any = _UNSET,
     model_price_overrides: Any = _UNSET,
-) -> dict[str, Any]:
+) -> CostsOut:
     """Replace the given parts (an omitted part stays; ``null`` clears it)."""
     if default_cost_config is _UNSET and model_price_overrides is _UNSET:
         raise InvalidRequest(
@@ -79,12 +84,30 @@ async def put_costs(
     return _view(settings)
 
 
-async def model_prices(s: AsyncSession, env: str, now: datetime) -> list[dict[str, Any]]:
-    _, overrides = stored_config(dict((await _env(s, env)).settings or {}))
-    return prices_in_force(overrides, now)
+async def model_prices(ctx: AppContext, p: Principal) -> list[ModelPriceOut]:
+    """Every model's price in force now on the environment's clock."""
+    now = await ctx.now(p)
+    async with ctx.db.reader() as s:
+        settings = dict((await _env(s, p.environment_id)).settings or {})
+    _, overrides = stored_config(settings)
+    return [ModelPriceOut.model_validate(row) for row in prices_in_force(overrides, now)]
 
 
-async def update_costs(ctx: AppContext, p: Principal, **parts: Any) -> dict[str, Any]:
+async def put_settings(ctx: AppContext, p: Principal, given: Mapping[str, Any]) -> CostsOut:
+    """:func:`update_costs` from the fields given (``defaultCostConfig``,
+    ``modelPriceOverrides``): an omitted one stays as it is."""
+    parts = {
+        part: given[name]
+        for name, part in (
+            ("defaultCostConfig", "default_cost_config"),
+            ("modelPriceOverrides", "model_price_overrides"),
+        )
+        if name in given
+    }
+    return await update_costs(ctx, p, **parts)
+
+
+async def update_costs(ctx: AppContext, p: Principal, **parts: Any) -> CostsOut:
     """The use case both transports call: one unit of work; the environment's caches
     (which price events with these settings) are invalidated after its commit."""
     now = await ctx.now(p)

@@ -5,6 +5,8 @@ The REST response models (and so /openapi.json) and every MCP tool's ``outputSch
 generated from these classes; the presenters (``views.py`` and the services' ``*_view``
 functions) produce exactly these shapes, and the test suite checks every real answer of
 every workflow test against the generated schemas with undeclared fields forbidden.
+The answers of margin analytics and of the Stripe integration live beside this module
+(``outputs_analytics``, ``outputs_stripe``), under the same conventions.
 
 Conventions:
 - ``extra="forbid"``: a field is either declared here or not sent.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -27,6 +29,7 @@ __all__ = [
     "CatalogPlanOut",
     "CheckOut",
     "ClockOut",
+    "CostSource",
     "CreditAllocationOut",
     "CreditPoolDetailOut",
     "CreditPoolOut",
@@ -334,6 +337,17 @@ class EffectsOut(Out):
 
 # --------------------------------------------------------------------------- metering
 
+CostSource = Annotated[
+    Literal["explicit", "rule", "account_default", "global_model_pricing", "none"],
+    Field(
+        description="the step of the cost chain that priced the event: explicit (its "
+        "costAmount), rule (the plan rule's cost model), account_default (the environment's "
+        "default cost configuration), global_model_pricing (the model price table, with the "
+        "environment's overrides) or none (no cost given, or a model no price is known for: "
+        "never priced at zero silently)"
+    ),
+]
+
 
 class EventOut(Out):
     success: bool | None = None
@@ -342,6 +356,7 @@ class EventOut(Out):
     creditsDeducted: Amount
     overageUnits: Amount
     customerAutoCreated: bool
+    costSource: CostSource
     message: str | None = None
 
 
@@ -508,15 +523,22 @@ class TopUpOut(Out):
     pool: CreditPoolDetailOut
 
 
+class ItemErrorOut(Out):
+    code: str = Field(description="duplicate_event, invalid_request, insufficient_credits, …")
+    message: str
+    field: str | None = Field(default=None, description="e.g. events[3].usageUnits")
+
+
 class BatchItemOut(Out):
     index: int
     status: str = Field(description="accepted, duplicate or error")
     eventId: str | None = None
+    costSource: CostSource | None = Field(default=None, description="accepted events")
     usageLimitExceeded: bool | None = None
     creditsDeducted: Amount | None = None
     overageUnits: Amount | None = None
     customerAutoCreated: bool | None = None
-    error: JsonObject | None = None
+    error: ItemErrorOut | None = None
 
 
 class BatchOut(Out):

@@ -42,6 +42,7 @@ from ..plugin.api import (
 from ..principal import Principal
 from . import billing, customers
 from . import invoices as inv_svc
+from .outputs_stripe import PaymentPageOut
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
 from .stripe_setup import checkout_urls, stripe_error
 from .stripe_sync import customer_data, plan_data, provider_invoicing, sync_customer, sync_plan
@@ -113,7 +114,8 @@ async def create_subscription(
         success_url, cancel_url = checkout_urls(ctx, environment)
         checkout = plan.billing_timing == "IN_ADVANCE" and plan.price_minor > 0
         reuse = await s.scalar(
-            select(PendingSubscription).where(
+            select(PendingSubscription)
+            .where(
                 PendingSubscription.customer_id == customer.id,
                 PendingSubscription.plan_id == plan.id,
                 PendingSubscription.kind == "CHECKOUT",
@@ -543,7 +545,7 @@ async def invoice_payment_page(
     *,
     invoice_id: str | None = None,
     subscription_id: str | None = None,
-) -> dict[str, Any]:
+) -> PaymentPageOut:
     env = p.environment_id
     async with ctx.db.reader() as s:
         provider = await provider_invoicing(ctx, s, env)
@@ -572,7 +574,7 @@ async def invoice_payment_page(
                     f"subscription {sub.id} has no open Stripe invoice", field="subscriptionId"
                 )
         if inv.status == "PAID":
-            return {"url": "", "invoiceId": inv.id, "status": inv.status}
+            return PaymentPageOut(url="", invoiceId=inv.id, status=inv.status)
         if not inv.provider_invoice_id:
             raise InvalidRequest("this invoice is not a Stripe invoice", field="invoiceId")
         data = await _invoice_data(s, inv)
@@ -580,4 +582,4 @@ async def invoice_payment_page(
         ref = await provider.invoice_payment_url(data)
     except ProviderError as exc:
         raise stripe_error(exc) from None
-    return {"url": (ref.url if ref else None) or "", "invoiceId": inv.id, "status": inv.status}
+    return PaymentPageOut(url=(ref.url if ref else None) or "", invoiceId=inv.id, status=inv.status)

@@ -41,6 +41,7 @@ from ..plugin import (
 )
 from ..principal import Principal
 from . import billing, catalog, customers, payments, stripe_mirror, stripe_secrets
+from .outputs_stripe import ImportJobOut, StripeDiscoveryOut
 from .stripe_setup import stripe_error
 
 if TYPE_CHECKING:
@@ -143,11 +144,11 @@ def _price_out(p: ExternalPrice) -> dict[str, Any]:
     }
 
 
-async def discover(ctx: AppContext, p: Principal) -> dict[str, Any]:
+async def discover(ctx: AppContext, p: Principal) -> StripeDiscoveryOut:
     env = p.environment_id
     products, custs, subs = await _read_account(await _provider(ctx, env))
     mapped = await _mapped(ctx, env)
-    return {
+    found = {
         "products": [
             {
                 "id": x.external_id,
@@ -182,6 +183,7 @@ async def discover(ctx: AppContext, p: Principal) -> dict[str, Any]:
         ],
         "warnings": mode_warnings(await _stripe_mode(ctx, env)),
     }
+    return StripeDiscoveryOut.model_validate(found)
 
 
 # --------------------------------------------------------------------------- items
@@ -418,19 +420,22 @@ async def _system_principal(s, env: str) -> Principal:
 # --------------------------------------------------------------------------- the job
 
 
-def job_out(job: StripeImportJob) -> dict[str, Any]:
-    return {
-        "jobId": job.id,
-        "status": job.status,
-        "totalItems": job.total_items,
-        "processedItems": job.processed_items,
-        "failedItems": job.failed_items,
-        "errorDetails": list(job.error_details or []),
-        "warnings": list(job.warnings or []),
-        "createdAt": job.created_at,
-        "startedAt": job.started_at,
-        "finishedAt": job.finished_at,
-    }
+def job_out(job: StripeImportJob, **extra: Any) -> ImportJobOut:
+    return ImportJobOut.model_validate(
+        {
+            "jobId": job.id,
+            "status": job.status,
+            "totalItems": job.total_items,
+            "processedItems": job.processed_items,
+            "failedItems": job.failed_items,
+            "errorDetails": list(job.error_details or []),
+            "warnings": list(job.warnings or []),
+            "createdAt": job.created_at,
+            "startedAt": job.started_at,
+            "finishedAt": job.finished_at,
+            **extra,
+        }
+    )
 
 
 async def _progress(ctx: AppContext, job_id: str, *, error: dict[str, Any] | None = None) -> None:
@@ -542,7 +547,7 @@ def _spawn(ctx: AppContext, env: str, job_id: str) -> None:
     task.add_done_callback(tasks.discard)
 
 
-async def start_import(ctx: AppContext, p: Principal) -> dict[str, Any]:
+async def start_import(ctx: AppContext, p: Principal) -> ImportJobOut:
     """Record the job and start it in the background; answers the job at once."""
     env = p.environment_id
     async with ctx.db.reader() as s:
@@ -563,9 +568,9 @@ async def start_import(ctx: AppContext, p: Principal) -> dict[str, Any]:
         )
         s.add(job)
         await s.flush()
-        out = job_out(job)
-    _spawn(ctx, env, out["jobId"])
-    return {"success": True, **out}
+        out = job_out(job, success=True)
+    _spawn(ctx, env, out.jobId)
+    return out
 
 
 async def import_preview(ctx: AppContext, p: Principal) -> dict[str, Any]:
@@ -584,7 +589,7 @@ async def import_preview(ctx: AppContext, p: Principal) -> dict[str, Any]:
     }
 
 
-async def import_status(ctx: AppContext, p: Principal, job_id: str) -> dict[str, Any]:
+async def import_status(ctx: AppContext, p: Principal, job_id: str) -> ImportJobOut:
     async with ctx.db.reader() as s:
         job = await s.scalar(
             select(StripeImportJob).where(

@@ -17,6 +17,7 @@ from ..errors import InvalidRequest, PreconditionFailed, StripeApiError
 from ..plugin.api import ProviderError
 from ..principal import Principal
 from . import payments, stripe_secrets
+from .outputs_stripe import StripeKeyOut, StripeSetupOut, StripeStatusOut
 from .stripe_secrets import API_KEY, WEBHOOK_SECRET
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ async def register_key(
     field: str = "stripeApiKey",
     success_url: Any = None,
     cancel_url: Any = None,
-) -> dict[str, Any]:
+) -> StripeKeyOut:
     key = check_key(p.mode, key, field)
     success_url = _check_url(success_url, "successUrl")
     cancel_url = _check_url(cancel_url, "cancelUrl")
@@ -116,16 +117,16 @@ async def register_key(
             env.settings = settings
         masked = row.masked
     payments.forget_provider(ctx, p.environment_id)
-    return {
-        "success": True,
-        "message": ("Stripe key replaced." if replaced else "Stripe key stored.")
+    return StripeKeyOut(
+        success=True,
+        message=("Stripe key replaced." if replaced else "Stripe key stored.")
         + " Next step: setupStripeIntegration.",
-        "maskedApiKey": masked,
-        "replaced": replaced,
-    }
+        maskedApiKey=masked,
+        replaced=replaced,
+    )
 
 
-async def status(ctx: AppContext, p: Principal) -> dict[str, Any]:
+async def status(ctx: AppContext, p: Principal) -> StripeStatusOut:
     async with ctx.db.reader() as s:
         env = await s.get(Environment, p.environment_id)
         found = await stripe_secrets.rows(s, p.environment_id)
@@ -133,20 +134,20 @@ async def status(ctx: AppContext, p: Principal) -> dict[str, Any]:
     hook = found.get(WEBHOOK_SECRET)
     enabled = env.payment_provider == PROVIDER
     success, cancel = checkout_urls(ctx, env)
-    return {
-        "hasApiKey": key is not None,
-        "maskedApiKey": key.masked if key else None,
-        "hasWebhook": hook is not None,
-        "maskedWebhookSecret": hook.masked if hook else None,
-        "webhookEndpointId": hook.external_id if hook else None,
-        "webhookUrl": webhook_url(ctx, p.environment_id),
-        "stripeMode": env.stripe_mode,
-        "stripeEnabled": enabled,
-        "currency": env.currency,
-        "setupComplete": key is not None and hook is not None and enabled,
-        "checkoutSuccessUrl": success,
-        "checkoutCancelUrl": cancel,
-    }
+    return StripeStatusOut(
+        hasApiKey=key is not None,
+        maskedApiKey=key.masked if key else None,
+        hasWebhook=hook is not None,
+        maskedWebhookSecret=hook.masked if hook else None,
+        webhookEndpointId=hook.external_id if hook else None,
+        webhookUrl=webhook_url(ctx, p.environment_id),
+        stripeMode=env.stripe_mode,
+        stripeEnabled=enabled,
+        currency=env.currency,
+        setupComplete=key is not None and hook is not None and enabled,
+        checkoutSuccessUrl=success,
+        checkoutCancelUrl=cancel,
+    )
 
 
 async def _active_native_subscriptions(s, env_id: str) -> int:
@@ -184,44 +185,57 @@ async def _preconditions(ctx: AppContext, s, p: Principal) -> tuple[Environment,
     return env, found
 
 
-async def setup(ctx: AppContext, p: Principal, *, dry_run: bool = False) -> dict[str, Any]:
-    env_id = p.environment_id
+async def _needs(ctx: AppContext, p: Principal, *, probe: bool) -> tuple[bool, bool, Any, Any]:
+    """``(webhook needed, mode change needed, provider, stored webhook)``; ``probe``:
+    ask Stripe whether the stored webhook endpoint is still there (and so prove the key
+    works)."""
     async with ctx.db.reader() as s:
         env, found = await _preconditions(ctx, s, p)
         need_webhook = WEBHOOK_SECRET not in found
         need_mode = env.payment_provider != PROVIDER or env.stripe_mode != STRIPE_DRIVEN
-        provider = await payments.provider_for(ctx, s, env_id, name=PROVIDER)
-    url = webhook_url(ctx, env_id)
+        provider = await payments.provider_for(ctx, s, p.environment_id, name=PROVIDER)
     hook = found.get(WEBHOOK_SECRET)
-    if hook is not None and hook.external_id and not dry_run:
-        # still there (the key may now be another account's, or it was deleted)? This
-        # call also proves the key works
+    if probe and hook is not None and hook.external_id:
+        # still there (the key may now be another account's, or it was deleted)?
         try:
             ref = await provider.retrieve("webhook_endpoint", hook.external_id)
+            url = webhook_url(ctx, p.environment_id)
             need_webhook = ref is None or getattr(ref, "url", url) != url
         except ProviderError as exc:
             if exc.status != 404:
                 raise stripe_error(exc) from None
             need_webhook = True
-    if dry_run:
-        return {
-            "dryRun": True,
-            "webhookUrl": url,
-            "wouldCreateWebhook": need_webhook,
-            "wouldChangeMode": need_mode,
-            "stripeModeAfter": STRIPE_DRIVEN,
-            "effects": [
-                *([f"create a Stripe webhook endpoint for {url}"] if need_webhook else []),
-                *(
-                    [
-                        "switch billing to STRIPE_DRIVEN: Stripe issues invoices and collects "
-                        "payments; new customers are created in Stripe too"
-                    ]
-                    if need_mode
-                    else []
-                ),
-            ],
-        }
+    return need_webhook, need_mode, provider, hook
+
+
+async def setup_preview(ctx: AppContext, p: Principal) -> dict[str, Any]:
+    """What confirming the setup would do (no call to Stripe)."""
+    need_webhook, need_mode, _, _ = await _needs(ctx, p, probe=False)
+    url = webhook_url(ctx, p.environment_id)
+    return {
+        "dryRun": True,
+        "webhookUrl": url,
+        "wouldCreateWebhook": need_webhook,
+        "wouldChangeMode": need_mode,
+        "stripeModeAfter": STRIPE_DRIVEN,
+        "effects": [
+            *([f"create a Stripe webhook endpoint for {url}"] if need_webhook else []),
+            *(
+                [
+                    "switch billing to STRIPE_DRIVEN: Stripe issues invoices and collects "
+                    "payments; new customers are created in Stripe too"
+                ]
+                if need_mode
+                else []
+            ),
+        ],
+    }
+
+
+async def setup(ctx: AppContext, p: Principal) -> StripeSetupOut:
+    env_id = p.environment_id
+    need_webhook, _, provider, hook = await _needs(ctx, p, probe=True)
+    url = webhook_url(ctx, env_id)
     secret = endpoint_id = None
     if need_webhook:
         try:
@@ -247,14 +261,14 @@ async def setup(ctx: AppContext, p: Principal, *, dry_run: bool = False) -> dict
         env.stripe_mode = STRIPE_DRIVEN
     payments.forget_provider(ctx, env_id)
     ctx.invalidate(env_id)
-    return {
-        "success": True,
-        "message": "Stripe integration is set up: Stripe now invoices and collects payments "
+    return StripeSetupOut(
+        success=True,
+        message="Stripe integration is set up: Stripe now invoices and collects payments "
         "for this environment."
         if (webhook_created or mode_changed)
         else "Stripe integration was already set up; nothing changed.",
-        "webhookCreated": webhook_created,
-        "modeChanged": mode_changed,
-        "stripeMode": STRIPE_DRIVEN,
-        "webhookUrl": url,
-    }
+        webhookCreated=webhook_created,
+        modeChanged=mode_changed,
+        stripeMode=STRIPE_DRIVEN,
+        webhookUrl=url,
+    )

@@ -22,6 +22,7 @@ from ..db.stripe_usage_models import MeterReport
 from ..errors import InvalidRequest
 from ..principal import Principal
 from .metering.windows import LIFETIME, SubPeriod, period_start_for
+from .outputs_stripe import ReconciliationOut, ReconciliationTotalsOut
 from .stripe_usage import is_forwarded_rule, reporting_provider
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def _window(sub: Any, period: str | datetime) -> datetime:
 
 async def usage_reconciliation(
     ctx: AppContext, p: Principal, period: str | None = None
-) -> dict[str, Any]:
+) -> ReconciliationOut:
     env = p.environment_id
     which = parse_period(period)
     async with ctx.db.reader() as s:
@@ -98,7 +99,9 @@ async def usage_reconciliation(
         windows = {sub.id: _window(sub, which) for sub in subs}
         by_sub = {sub.id: sub for sub in subs}
         if not subs:
-            return {"period": which, "forwarding": forwarding, "items": [], "totals": {}}
+            return ReconciliationOut(
+                period=which, forwarding=forwarding, items=[], totals=ReconciliationTotalsOut()
+            )
         counters = (
             await s.execute(
                 select(
@@ -213,9 +216,11 @@ async def usage_reconciliation(
             }
         )
     items.sort(key=lambda i: (i["customerReferenceId"] or "", i["featureKey"] or ""))
-    return {
-        "period": which,
-        "forwarding": forwarding,
-        "items": items,
-        "totals": {k: _units(v) for k, v in totals.items()},
-    }
+    return ReconciliationOut.model_validate(
+        {
+            "period": which,
+            "forwarding": forwarding,
+            "items": items,
+            "totals": {k: _units(v) for k, v in totals.items()},
+        }
+    )

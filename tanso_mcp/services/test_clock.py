@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidRequest
 from ..principal import Principal
 from .clocks import micros
 from .jobs import run_due
+from .outputs import ClockOut
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -32,16 +33,14 @@ def _require_test(principal: Principal) -> None:
         )
 
 
-def _view(now: datetime, frozen: bool, system_now: datetime) -> dict[str, Any]:
+def _view(now: datetime, frozen: bool, system_now: datetime) -> ClockOut:
     # offsetSeconds: how far the clock is ahead of real time at this moment
-    return {
-        "now": now,
-        "frozen": frozen,
-        "offsetSeconds": Decimal(micros(now - system_now)) / 1_000_000,
-    }
+    return ClockOut(
+        now=now, frozen=frozen, offsetSeconds=Decimal(micros(now - system_now)) / 1_000_000
+    )
 
 
-async def clock_state(ctx: AppContext, principal: Principal) -> dict[str, Any]:
+async def clock_state(ctx: AppContext, principal: Principal) -> ClockOut:
     _require_test(principal)
     state = await ctx.clocks.state(principal.environment_id, principal.mode)
     system_now = ctx.clocks.system_now()
@@ -55,7 +54,7 @@ async def advance(
     days: int | None = None,
     seconds: int | None = None,
     to: datetime | None = None,
-) -> dict[str, Any]:
+) -> ClockOut:
     """Move the clock forward and run every job that became due, in time order, each at
     its own due instant. The clock ends exactly ``delta`` further than before (a running
     clock keeps running, shifted by ``delta``; a frozen one stands at its new instant)."""
@@ -91,10 +90,10 @@ async def advance(
     async with ctx.db.unit_of_work() as session:
         await ctx.clocks.set_test_clock(session, env_id, end, frozen=state.frozen)
     ctx.clocks.remember(env_id, end, frozen=state.frozen)
-    return {**await clock_state(ctx, principal), "jobsRun": ran}
+    return (await clock_state(ctx, principal)).model_copy(update={"jobsRun": ran})
 
 
-async def set_frozen(ctx: AppContext, principal: Principal, frozen: bool) -> dict[str, Any]:
+async def set_frozen(ctx: AppContext, principal: Principal, frozen: bool) -> ClockOut:
     """Freeze the clock at its current instant, or let it run on from where it stands."""
     _require_test(principal)
     env_id = principal.environment_id

@@ -27,7 +27,7 @@ match exactly.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,13 @@ from tanso_mcp.services.outputs import (
     SubscribedWriteOut,
     SubscriptionEntitlementsOut,
     UnlinkOut,
+)
+from tanso_mcp.services.outputs_stripe import (
+    ImportJobOut,
+    StripeDiscoveryOut,
+    StripeKeyOut,
+    StripeSetupOut,
+    StripeStatusOut,
 )
 from tanso_mcp.tools.fields import (
     Choice,
@@ -126,17 +133,6 @@ _CREDIT_ALLOCATIONS = (
     '"hardLimit": true, "rolloverPolicy": "NONE|FULL|CAPPED", "rolloverCap": 50000}]'
 )
 
-_ANY = {"type": "object", "additionalProperties": True}
-
-
-def _object(description: str, **properties: Any) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": description,
-        "properties": properties,
-        "additionalProperties": True,
-    }
-
 
 def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
     """Resolve ``$ref``s into ``$defs`` (the models are not recursive) and drop pydantic's
@@ -203,27 +199,38 @@ def _items(model: type[BaseModel], description: str) -> _Declared:
     )
 
 
-def _list(description: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": description + ' Wrapped as {"items": [...]}.',
-        "properties": {"items": {"type": "array", "items": _ANY}},
-        "required": ["items"],
-        "additionalProperties": True,
-    }
+def group_tools(group: str, capability: str) -> Callable[..., ToolSpec]:
+    """The spec maker of an optional tool group: each tool states its name, title,
+    description, parameters, role, handler and answer model (``items``: the answer is a
+    list of that model, described so); the group and capability are the group's."""
 
+    def tool(
+        name: str,
+        title: str,
+        description: str,
+        params: type[ToolParams],
+        *,
+        role: Role,
+        handler: str,
+        answer: type[BaseModel],
+        items: str | None = None,
+        annotations: ToolAnnotations | None = None,
+    ) -> ToolSpec:
+        return ToolSpec(
+            name=name,
+            title=title,
+            description=description,
+            params=params,
+            role=role,
+            annotations=annotations or _ann(read_only=True, idempotent=True),
+            confirm=False,
+            handler=handler,
+            capability=capability,
+            output_schema=_items(answer, items) if items else _model(answer),
+            group=group,
+        )
 
-_STR = {"type": "string"}
-# single-type branches: a `type` array is legal JSON Schema but not portable to clients
-# that map tool schemas onto one-type dialects (the Inspector's --strict check)
-_OPT_STR = {"anyOf": [{"type": "string"}, {"type": "null"}]}
-_BOOL = {"type": "boolean"}
-_NUM = {"anyOf": [{"type": "number"}, {"type": "string"}]}  # exact decimals may be strings
-_WRITE = _object(
-    "Outcome of the change; services may add the affected resource.",
-    success=_BOOL,
-    message=_STR,
-)
+    return tool
 
 
 def _ann(
@@ -246,21 +253,6 @@ _READ = _ann(read_only=True, idempotent=True)
 _OVERWRITE = _ann(destructive=True, idempotent=True)
 _READ_STRIPE = _ann(read_only=True, idempotent=True, open_world=True)
 
-_WARNINGS = {"type": "array", "items": _STR}
-_IMPORT_JOB = _object(
-    "The import job.",
-    success=_BOOL,
-    jobId=_STR,
-    status=_STR,
-    totalItems={"type": "integer"},
-    processedItems={"type": "integer"},
-    failedItems={"type": "integer"},
-    errorDetails={"type": "array", "items": _ANY},
-    warnings=_WARNINGS,
-    createdAt={"type": "string", "format": "date-time"},
-    startedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
-    finishedAt={"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
-)
 
 CancelMode = Annotated[
     Literal["END_OF_PERIOD", "IMMEDIATE"], Choice(aliases={"IMMEDIATELY": "IMMEDIATE"})
@@ -730,17 +722,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_stripe_integration_status",
         capability=_STRIPE,
-        output_schema=_object(
-            "Connection state.",
-            hasApiKey=_BOOL,
-            maskedApiKey=_OPT_STR,
-            hasWebhook=_BOOL,
-            maskedWebhookSecret=_OPT_STR,
-            stripeMode=_OPT_STR,
-            stripeEnabled=_BOOL,
-            currency=_OPT_STR,
-            setupComplete=_BOOL,
-        ),
+        output_schema=_model(StripeStatusOut),
     ),
     ToolSpec(
         name="discoverStripeData",
@@ -757,13 +739,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="discover_stripe_data",
         capability=_STRIPE,
-        output_schema=_object(
-            "What the Stripe account holds.",
-            products={"type": "array", "items": _ANY},
-            customers={"type": "array", "items": _ANY},
-            subscriptions={"type": "array", "items": _ANY},
-            warnings=_WARNINGS,
-        ),
+        output_schema=_model(StripeDiscoveryOut),
     ),
     ToolSpec(
         name="getStripeImportStatus",
@@ -779,7 +755,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=False,
         handler="get_stripe_import_status",
         capability=_STRIPE,
-        output_schema=_IMPORT_JOB,
+        output_schema=_model(ImportJobOut),
     ),
     # --- writes (role client) ----------------------------------------------------------
     ToolSpec(
@@ -933,7 +909,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="register_stripe_api_key",
         capability=_STRIPE,
-        output_schema=_WRITE,
+        output_schema=_model(StripeKeyOut),
         effect="Stores the Stripe secret key for this environment, replacing any existing key.",
     ),
     ToolSpec(
@@ -953,13 +929,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="setup_stripe_integration",
         capability=_STRIPE,
-        output_schema=_object(
-            "What the setup did.",
-            success=_BOOL,
-            webhookCreated=_BOOL,
-            modeChanged=_BOOL,
-            stripeMode=_STR,
-        ),
+        output_schema=_model(StripeSetupOut),
         effect="Creates a webhook endpoint in Stripe and switches billing to STRIPE_DRIVEN "
         "mode: Stripe then issues invoices and collects payments.",
     ),
@@ -980,7 +950,7 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         confirm=True,
         handler="import_stripe_data",
         capability=_STRIPE,
-        output_schema=_IMPORT_JOB,
+        output_schema=_model(ImportJobOut),
         effect="Creates plans, features, customers and subscriptions from the Stripe account "
         "(items already linked are skipped).",
     ),

@@ -11,26 +11,25 @@ from typing import Annotated
 
 from pydantic import Field
 
+from tanso_mcp.services.outputs_analytics import (
+    AlertOut,
+    AlertSettingsOut,
+    CostsOut,
+    CustomerMarginOut,
+    MarginsPageOut,
+    ModelPriceOut,
+    TimeseriesOut,
+)
 from tanso_mcp.tools.fields import JsonText, RequiredText, Text
-from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, _object
+from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, group_tools
 
 __all__ = ["TOOL_SPECS"]
 
-_CAP = "margin analytics"
-_READ = _ann(read_only=True, idempotent=True)
 _WINDOW_FROM = (
     "Start of the window, ISO 8601 on a whole hour (UTC), e.g. `2026-01-01T00:00:00Z`; "
     "default: the start of the current month on the environment's clock"
 )
 _WINDOW_TO = "End of the window (exclusive), on a whole hour; default: the end of the month"
-_ROW = {
-    "type": "object",
-    "description": "key, events, usageUnits, revenue, cost, grossMargin, status "
-    "(healthy | at_risk | underwater; absent with neither revenue nor cost), revenueMicros, "
-    "costMicros, eventsWithoutCost, unknownModelEvents",
-    "additionalProperties": True,
-}
-_ROWS = {"type": "array", "items": _ROW}
 
 
 class WindowParams(ToolParams):
@@ -104,148 +103,87 @@ class ListAlertsParams(ToolParams):
     offset: Annotated[int, Field(ge=0, le=2**31 - 1, description="Alerts to skip")] = 0
 
 
-_SUMMARY = _object(
-    "Margin rows of one page (worst first by default) and totals over every row.",
-    rows=_ROWS,
-    totals=_ROW,
-    groupBy={"type": "string"},
-    currency={"type": "string"},
-    pagination={"type": "object", "additionalProperties": True},
-)
-_CUSTOMER = _object(
-    "One customer's totals, margin by feature and by model, MRR and effective MRR.",
-    customerReferenceId={"type": "string"},
-    byFeature=_ROWS,
-    byModel=_ROWS,
-    mrr={"type": "number"},
-    effectiveMrr={"type": "number"},
-)
-_SERIES = _object(
-    "Revenue, cost and margin per bucket, with totals.",
-    interval={"type": "string"},
-    buckets={"type": "array", "items": _ROW},
-    totals=_ROW,
-)
-_COSTS = _object(
-    "The environment's cost configuration.",
-    defaultCostConfig={"type": "object", "additionalProperties": True},
-    modelPriceOverrides={"type": "array", "items": {"type": "object"}},
-)
-_PRICES = {
-    "type": "object",
-    "description": 'Model prices in force now. Wrapped as {"items": [...]}.',
-    "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-    # nothing required at the top level: the same schema must admit the error answers
-    "additionalProperties": True,
-}
-_ALERT_SETTINGS = _object(
-    "Margin alert settings.",
-    threshold={"type": "number"},
-    windowDays={"type": "integer"},
-    customers={"type": "object", "additionalProperties": True},
-    enabled={"type": "boolean"},
-)
-_ALERTS = {
-    "type": "object",
-    "description": 'Margin alerts, newest first. Wrapped as {"items": [...]}.',
-    "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-    # nothing required at the top level: the same schema must admit the error answers
-    "additionalProperties": True,
-}
-
-
-def _spec(name, title, description, params, role, handler, schema, annotations=_READ):
-    return ToolSpec(
-        name=name,
-        title=title,
-        description=description,
-        params=params,
-        role=role,
-        annotations=annotations,
-        confirm=False,
-        handler=handler,
-        capability=_CAP,
-        output_schema=schema,
-        group="analytics",
-    )
-
+_tool = group_tools("analytics", "margin analytics")
+_WRITE = _ann(destructive=True, idempotent=True)
 
 TOOL_SPECS: tuple[ToolSpec, ...] = (
-    _spec(
+    _tool(
         "getMarginSummary",
         "Margins: summary by customer, feature, model or plan",
         "Revenue, cost and gross margin ((revenue - cost) / revenue) of the usage events in "
         "a window, grouped by customer, feature, model or plan, with status healthy (>= 0.70), "
         "at_risk (>= 0.40) or underwater. Sorted worst margin first by default, so 'the 20 "
-        "worst customers' is one call. Sums are exact (micro-units).",
+        "worst customers' is one call. Sums are exact (micro-units); unknownModelEvents "
+        "counts events whose model no price applied to.",
         MarginSummaryParams,
-        "read",
-        "get_margin_summary",
-        _SUMMARY,
+        role="read",
+        handler="get_margin_summary",
+        answer=MarginsPageOut,
     ),
-    _spec(
+    _tool(
         "getCustomerMargin",
         "Margins: one customer",
         "One customer's revenue, cost and margin in a window, by feature and by model, with "
         "its MRR (monthly list price of its active subscriptions) and effective MRR (MRR plus "
         "the usage revenue of the current periods).",
         CustomerMarginParams,
-        "read",
-        "get_customer_margin",
-        _CUSTOMER,
+        role="read",
+        handler="get_customer_margin",
+        answer=CustomerMarginOut,
     ),
-    _spec(
+    _tool(
         "getMarginTimeseries",
         "Margins: time series",
         "Revenue, cost and margin per hour, day, week or month (UTC) for charts, optionally "
         "split by the top customers, features, models or plans (by cost).",
         TimeseriesParams,
-        "read",
-        "get_margin_timeseries",
-        _SERIES,
+        role="read",
+        handler="get_margin_timeseries",
+        answer=TimeseriesOut,
     ),
-    _spec(
+    _tool(
         "getCostSettings",
         "Costs: get the cost configuration",
         "The environment's default cost configuration (used for events with no explicit "
         "cost and no cost model on their plan rule) and its model price overrides.",
         NoParams,
-        "admin",
-        "get_cost_settings",
-        _COSTS,
+        role="admin",
+        handler="get_cost_settings",
+        answer=CostsOut,
     ),
-    _spec(
+    _tool(
         "updateCostSettings",
         "Costs: set the cost configuration",
         "Replaces the default cost configuration and/or the list of model price overrides "
         "(per million input/output tokens, from an effective date). New events are costed "
         "with them; stored events keep their cost.",
         UpdateCostsParams,
-        "admin",
-        "update_cost_settings",
-        _COSTS,
-        _ann(destructive=True, idempotent=True),
+        role="admin",
+        handler="update_cost_settings",
+        answer=CostsOut,
+        annotations=_WRITE,
     ),
-    _spec(
+    _tool(
         "listModelPrices",
         "Costs: model prices in force",
         "Every model of the built-in price table and of the overrides with the price in "
         "force now and its source (builtin or override).",
         NoParams,
-        "read",
-        "list_model_prices",
-        _PRICES,
+        role="read",
+        handler="list_model_prices",
+        answer=ModelPriceOut,
+        items="Model prices in force now.",
     ),
-    _spec(
+    _tool(
         "getMarginAlertSettings",
         "Alerts: get margin alert settings",
         "The environment's margin alert threshold, rolling window and per-customer thresholds.",
         NoParams,
-        "read",
-        "get_margin_alert_settings",
-        _ALERT_SETTINGS,
+        role="read",
+        handler="get_margin_alert_settings",
+        answer=AlertSettingsOut,
     ),
-    _spec(
+    _tool(
         "updateMarginAlertSettings",
         "Alerts: set margin alert settings",
         "Sets the margin threshold, the rolling window in days and per-customer thresholds. "
@@ -253,18 +191,19 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         "falls below its threshold, one margin.recovered when it is back at or above it, "
         "delivered as signed webhooks by the tanso-webhooks plugin.",
         AlertSettingsParams,
-        "admin",
-        "update_margin_alert_settings",
-        _ALERT_SETTINGS,
-        _ann(destructive=True, idempotent=True),
+        role="admin",
+        handler="update_margin_alert_settings",
+        answer=AlertSettingsOut,
+        annotations=_WRITE,
     ),
-    _spec(
+    _tool(
         "listMarginAlerts",
         "Alerts: list margin alerts",
         "Margin alerts and recoveries that fired, newest first.",
         ListAlertsParams,
-        "read",
-        "list_margin_alerts",
-        _ALERTS,
+        role="read",
+        handler="list_margin_alerts",
+        answer=AlertOut,
+        items="Margin alerts, newest first.",
     ),
 )

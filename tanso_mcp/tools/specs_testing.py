@@ -12,12 +12,9 @@ from pydantic import AwareDatetime, Field
 
 from tanso_mcp.services.outputs import ClockOut
 from tanso_mcp.tools.fields import Flag
-from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, _model
+from tanso_mcp.tools.specs import ToolParams, ToolSpec, _ann, group_tools
 
 __all__ = ["TOOL_SPECS"]
-
-_CLOCK = "test clocks"
-_STATE = _model(ClockOut)
 
 
 class NoParams(ToolParams):
@@ -45,58 +42,44 @@ class FrozenParams(ToolParams):
     ]
 
 
+_tool = group_tools("testing", "test clocks")
+
 TOOL_SPECS: tuple[ToolSpec, ...] = (
-    ToolSpec(
-        name="getTestClock",
-        title="Get test clock",
-        description=(
-            "Shows the current time of this test environment's clock, whether it is frozen, "
-            "and how far it is ahead of real time. A test environment's clock runs with "
-            "real time, shifted by every advance. Test keys only."
-        ),
-        params=NoParams,
+    _tool(
+        "getTestClock",
+        "Get test clock",
+        "Shows the current time of this test environment's clock, whether it is frozen, "
+        "and how far it is ahead of real time. A test environment's clock runs with "
+        "real time, shifted by every advance. Test keys only.",
+        NoParams,
         role="read",
-        annotations=_ann(read_only=True, idempotent=True),
-        confirm=False,
         handler="get_test_clock",
-        capability=_CLOCK,
-        output_schema=_STATE,
-        group="testing",
+        answer=ClockOut,
     ),
-    ToolSpec(
-        name="advanceTestClock",
-        title="Advance test clock",
-        description=(
-            "Moves this test environment's clock forward by `days` or `seconds`, or to the "
-            "instant `to` (give exactly one), and runs every job that became due on the way "
-            "(renewals, invoice due dates, grace periods, credit expiry) in time order "
-            "before answering. The clock never moves back. Test keys only."
-        ),
-        params=AdvanceParams,
+    _tool(
+        "advanceTestClock",
+        "Advance test clock",
+        "Moves this test environment's clock forward by `days` or `seconds`, or to the "
+        "instant `to` (give exactly one), and runs every job that became due on the way "
+        "(renewals, invoice due dates, grace periods, credit expiry) in time order "
+        "before answering. The clock never moves back. Test keys only.",
+        AdvanceParams,
         role="admin",
-        annotations=_ann(),
-        confirm=False,
         handler="advance_test_clock",
-        capability=_CLOCK,
-        output_schema=_STATE,
-        group="testing",
+        answer=ClockOut,
+        annotations=_ann(),
     ),
-    ToolSpec(
-        name="setTestClockFrozen",
-        title="Freeze or unfreeze test clock",
-        description=(
-            "frozen: true stops this test environment's clock at its current instant, for "
-            "scripted tests that need exact times (only advances move it then); "
-            "frozen: false lets it run with real time again from where it stands. "
-            "Test keys only."
-        ),
-        params=FrozenParams,
+    _tool(
+        "setTestClockFrozen",
+        "Freeze or unfreeze test clock",
+        "frozen: true stops this test environment's clock at its current instant, for "
+        "scripted tests that need exact times (only advances move it then); "
+        "frozen: false lets it run with real time again from where it stands. "
+        "Test keys only.",
+        FrozenParams,
         role="admin",
-        annotations=_ann(idempotent=True),
-        confirm=False,
         handler="set_test_clock_frozen",
-        capability=_CLOCK,
-        output_schema=_STATE,
-        group="testing",
+        answer=ClockOut,
+        annotations=_ann(idempotent=True),
     ),
 )

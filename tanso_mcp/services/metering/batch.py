@@ -88,6 +88,9 @@ class Outcome:
     subscription_id: str | None = None
     error: TansoError | None = None
     limit: Decimal | None = None
+    # the cost chain's step that priced the event (domain.cost.resolve_cost); None: no
+    # step applied (no cost given, or a model no price is known for)
+    cost_source: str | None = None
 
 
 @dataclass
@@ -933,6 +936,7 @@ class _Env:
                 customer_id=cid,
                 subscription_id=sub.id if sub is not None else None,
                 limit=rp.limit if rp is not None else None,
+                cost_source=cost_source,
             )
         if not short_rows and not full_rows:
             return

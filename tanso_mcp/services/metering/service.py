@@ -83,6 +83,7 @@ def _num(value: Decimal) -> Decimal | int:
 # --------------------------------------------------------------------------- ingest
 
 
+NO_COST = "none"  # the reported cost source of an event no cost chain step priced
 DUPLICATE_MESSAGE = (
     "Duplicate event. An event with this idempotency key has already been processed."
 )
@@ -95,6 +96,7 @@ def outcome_data(o: Outcome) -> dict[str, Any]:
         "creditsDeducted": o.credits_deducted,
         "overageUnits": o.overage_units,
         "customerAutoCreated": o.customer_auto_created,
+        "costSource": o.cost_source or NO_COST,
     }
     if o.limit_exceeded:
         data["message"] = (
@@ -169,7 +171,12 @@ async def ingest_batch(ctx: AppContext, principal: Principal, events: Any) -> di
             # lean per-item answer (a batch answers 1000 of them): the defaults
             # (usageLimitExceeded false, no credits, overage = the units sent, customer
             # known) are left out
-            item = {"index": index, "status": "accepted", "eventId": o.event_id}
+            item = {
+                "index": index,
+                "status": "accepted",
+                "eventId": o.event_id,
+                "costSource": o.cost_source or NO_COST,
+            }
             if o.limit_exceeded:
                 item["usageLimitExceeded"] = True
             if o.credits_deducted:

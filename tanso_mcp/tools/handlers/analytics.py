@@ -7,107 +7,77 @@ from decimal import Decimal
 from typing import Any
 
 from ...bootstrap import AppContext
-from ...domain.periods import parse_datetime
 from ...principal import Principal
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
 
 
-def _window(params: Any) -> tuple[Any, Any]:
-    start = parse_datetime(params.from_, "from") if params.from_ else None
-    end = parse_datetime(params.to, "to") if params.to else None
-    return start, end
-
-
 async def get_margin_summary(app: AppContext, p: Principal, params: Any):
-    start, end = _window(params)
-    now = await app.now(p)
-    async with app.db.reader() as s:
-        data, total = await svc.margins(
-            s,
-            p.environment_id,
-            now,
-            group_by=params.groupBy or "customer",
-            start=start,
-            end=end,
-            sort=params.sort or "grossMargin",
-            order=params.order or "asc",
-            limit=params.limit,
-            offset=params.offset,
-        )
-    data["pagination"] = {
-        "limit": params.limit,
-        "offset": params.offset,
-        "total": total,
-        "hasMore": params.offset + len(data["rows"]) < total,
-    }
-    return data
+    return await svc.margin_summary(
+        app,
+        p,
+        from_=params.from_,
+        to=params.to,
+        group_by=params.groupBy or "customer",
+        sort=params.sort or "grossMargin",
+        order=params.order or "asc",
+        limit=params.limit,
+        offset=params.offset,
+    )
 
 
 async def get_customer_margin(app: AppContext, p: Principal, params: Any):
-    start, end = _window(params)
-    now = await app.now(p)
-    async with app.db.reader() as s:
-        return await svc.customer_margin(
-            s, p.environment_id, now, params.customerReferenceId, start=start, end=end
-        )
+    return await svc.customer_summary(
+        app, p, params.customerReferenceId, from_=params.from_, to=params.to
+    )
 
 
 async def get_margin_timeseries(app: AppContext, p: Principal, params: Any):
-    start, end = _window(params)
-    now = await app.now(p)
-    async with app.db.reader() as s:
-        return await svc.timeseries(
-            s,
-            p.environment_id,
-            now,
-            interval=params.interval or "day",
-            group_by=params.groupBy,
-            start=start,
-            end=end,
-            limit=params.limit,
-        )
+    return await svc.timeseries_summary(
+        app,
+        p,
+        from_=params.from_,
+        to=params.to,
+        interval=params.interval or "day",
+        group_by=params.groupBy,
+        limit=params.limit,
+    )
 
 
 async def get_cost_settings(app: AppContext, p: Principal, params: Any):
-    async with app.db.reader() as s:
-        return await costs.get_costs(s, p.environment_id)
+    return await costs.get_costs(app, p)
 
 
-def _json(text: str, field: str) -> Any:
+def _json(text: str) -> Any:
+    # the parameters are JsonText: already checked to be JSON
     return json.loads(text, parse_float=Decimal)
 
 
 async def update_cost_settings(app: AppContext, p: Principal, params: Any):
-    kwargs: dict[str, Any] = {}
-    if params.defaultCostConfigJson is not None:
-        kwargs["default_cost_config"] = _json(params.defaultCostConfigJson, "defaultCostConfigJson")
-    if params.modelPriceOverridesJson is not None:
-        kwargs["model_price_overrides"] = _json(
-            params.modelPriceOverridesJson, "modelPriceOverridesJson"
+    given = {
+        name: _json(text)
+        for name, text in (
+            ("defaultCostConfig", params.defaultCostConfigJson),
+            ("modelPriceOverrides", params.modelPriceOverridesJson),
         )
-    return await costs.update_costs(app, p, **kwargs)
+        if text is not None
+    }
+    return await costs.put_settings(app, p, given)
 
 
 async def list_model_prices(app: AppContext, p: Principal, params: Any):
-    now = await app.now(p)
-    async with app.db.reader() as s:
-        return await costs.model_prices(s, p.environment_id, now)
+    return await costs.model_prices(app, p)
 
 
 async def get_margin_alert_settings(app: AppContext, p: Principal, params: Any):
-    async with app.db.reader() as s:
-        return await alerts.get_settings(s, p.environment_id)
+    return await alerts.get_settings(app, p)
 
 
 async def update_margin_alert_settings(app: AppContext, p: Principal, params: Any):
-    raw = _json(params.settingsJson, "settingsJson")
-    async with app.db.unit_of_work() as s:
-        return await alerts.put_settings(s, p.environment_id, raw)
+    return await alerts.put_settings(app, p, _json(params.settingsJson))
 
 
 async def list_margin_alerts(app: AppContext, p: Principal, params: Any):
-    async with app.db.reader() as s:
-        items, _total = await alerts.list_alerts(s, p.environment_id, params.limit, params.offset)
+    items, _total = await alerts.list_alerts(app, p, params.limit, params.offset)
     return items

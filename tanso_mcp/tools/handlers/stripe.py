@@ -14,27 +14,12 @@ def _secret(value: Any) -> Any:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
-STATUS_FIELDS = (
-    "hasApiKey",
-    "maskedApiKey",
-    "hasWebhook",
-    "maskedWebhookSecret",
-    "stripeMode",
-    "stripeEnabled",
-    "currency",
-    "setupComplete",
-)
-
-
 async def get_stripe_integration_status(app: AppContext, p: Principal, params: Any):
-    out = await stripe_setup.status(app, p)
-    return {k: out[k] for k in STATUS_FIELDS if out.get(k) is not None}
+    return await stripe_setup.status(app, p)
 
 
 async def register_stripe_api_key(app: AppContext, p: Principal, params: Any):
-    out = await stripe_setup.register_key(app, p, _secret(params.stripeApiKey))
-    # the tool's declared answer is {success, message}: the masked key goes in the message
-    return {"success": True, "message": f"{out['message']} Key: {out['maskedApiKey']}."}
+    return await stripe_setup.register_key(app, p, _secret(params.stripeApiKey))
 
 
 async def register_stripe_api_key_preview(app: AppContext, p: Principal, params: Any):
@@ -43,7 +28,7 @@ async def register_stripe_api_key_preview(app: AppContext, p: Principal, params:
     return {
         "dryRun": True,
         "maskedApiKey": stripe_setup.stripe_secrets.mask(key),
-        "replaces": current["maskedApiKey"],
+        "replaces": current.maskedApiKey,
         "effects": ["store the key encrypted for this environment"],
     }
 
@@ -53,4 +38,4 @@ async def setup_stripe_integration(app: AppContext, p: Principal, params: Any):
 
 
 async def setup_stripe_integration_preview(app: AppContext, p: Principal, params: Any):
-    return await stripe_setup.setup(app, p, dry_run=True)
+    return await stripe_setup.setup_preview(app, p)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ...domain.periods import parse_datetime
+from ...principal import Role
 from ...services import analytics as svc
 from ...services import analytics_alerts as alerts
 from ...services import analytics_costs as costs
-from ...services.outputs import Amount
+from ...services.outputs import Out
+from ...services.outputs_analytics import (
+    AlertOut,
+    AlertSettingsOut,
+    CostsOut,
+    CustomerMarginOut,
+    MarginsOut,
+    ModelPriceOut,
+    TimeseriesOut,
+)
 from ..routing import MAX_OFFSET, Api, ApiModel, Call, Page, Pagination, QueryModel, envelope_ok
-from .schemas import Out
 
 api = Api("/api/v1/client")
 TAGS = ["analytics"]
@@ -27,17 +35,25 @@ class WindowQuery(QueryModel):
     from_: str | None = Field(default=None, alias="from")
     to: str | None = None
 
-    def bounds(self) -> tuple[datetime | None, datetime | None]:
-        start = parse_datetime(self.from_, "from") if self.from_ is not None else None
-        end = parse_datetime(self.to, "to") if self.to is not None else None
-        return start, end
-
 
 class _Paged(WindowQuery):
+    groupBy: str | None = None
     limit: int = 50
     offset: int = 0
     sort: Literal["grossMargin", "revenue", "cost"] = "grossMargin"
     order: Literal["asc", "desc"] = "asc"
+
+    def view_args(self) -> dict[str, Any]:
+        """The query as the view's keyword arguments."""
+        return {
+            "from_": self.from_,
+            "to": self.to,
+            "group_by": self.groupBy,
+            "sort": self.sort,
+            "order": self.order,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
 
     @field_validator("limit")
     @classmethod
@@ -70,81 +86,6 @@ class TimeseriesQuery(_Paged):
     order: Literal["asc", "desc"] = "desc"
 
 
-class MarginRowOut(Out):
-    key: str
-    events: int
-    usageUnits: Amount
-    revenue: Amount
-    cost: Amount
-    grossMargin: Amount | None = None
-    status: Literal["healthy", "at_risk", "underwater"] | None = None
-    revenueMicros: int
-    costMicros: int
-    eventsWithoutCost: int
-    unknownModelEvents: int
-
-
-class TotalsOut(Out):
-    events: int
-    usageUnits: Amount
-    revenue: Amount
-    cost: Amount
-    grossMargin: Amount | None = None
-    status: str | None = None
-    revenueMicros: int
-    costMicros: int
-    eventsWithoutCost: int
-    unknownModelEvents: int
-
-
-class MarginsOut(Out):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    groupBy: str
-    currency: str
-    rows: list[MarginRowOut]
-    totals: TotalsOut
-
-
-class SubscriptionMarginOut(Out):
-    subscriptionId: str
-    planKey: str
-    mrr: Amount
-    currentPeriodStart: datetime
-    currentPeriodEnd: datetime
-    periodUsageRevenue: Amount
-    periodCost: Amount
-
-
-class CustomerMarginOut(TotalsOut):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    customerReferenceId: str
-    currency: str
-    byFeature: list[MarginRowOut]
-    byModel: list[MarginRowOut]
-    mrr: Amount
-    effectiveMrr: Amount
-    subscriptions: list[SubscriptionMarginOut]
-
-
-class PointOut(TotalsOut):
-    start: datetime
-    end: datetime
-    groups: list[MarginRowOut] | None = None
-
-
-class TimeseriesOut(Out):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    interval: str
-    groupBy: str | None = None
-    currency: str
-    keys: list[str] | None = None
-    buckets: list[PointOut]
-    totals: TotalsOut
-
-
 # --------------------------------------------------------------------------- views
 
 
@@ -160,28 +101,10 @@ class TimeseriesOut(Out):
 )
 async def get_margins(call: Call):
     q: MarginsQuery = call.query
-    start, end = q.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        data, total = await svc.margins(
-            s,
-            call.principal.environment_id,
-            now,
-            group_by=q.groupBy,
-            start=start,
-            end=end,
-            sort=q.sort,
-            order=q.order,
-            limit=q.limit,
-            offset=q.offset,
-        )
-    pagination = {
-        "limit": q.limit,
-        "offset": q.offset,
-        "total": total,
-        "hasMore": q.offset + len(data["rows"]) < total,
-    }
-    return envelope_ok(data, 200, pagination)
+    page = await svc.margin_summary(call.ctx, call.principal, **q.view_args())
+    # REST carries the page in the envelope
+    data = page.model_dump(by_alias=True, exclude={"pagination"})
+    return envelope_ok(data, 200, page.pagination.model_dump())
 
 
 @api.route(
@@ -195,12 +118,10 @@ async def get_margins(call: Call):
     errors=(404,),
 )
 async def get_customer_margin(call: Call):
-    start, end = call.query.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        return await svc.customer_margin(
-            s, call.principal.environment_id, now, call.path["ref"], start=start, end=end
-        )
+    q: CustomerQuery = call.query
+    return await svc.customer_summary(
+        call.ctx, call.principal, call.path["ref"], from_=q.from_, to=q.to
+    )
 
 
 @api.route(
@@ -214,22 +135,9 @@ async def get_customer_margin(call: Call):
 )
 async def get_timeseries(call: Call):
     q: TimeseriesQuery = call.query
-    start, end = q.bounds()
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        return await svc.timeseries(
-            s,
-            call.principal.environment_id,
-            now,
-            interval=q.interval,
-            group_by=q.groupBy,
-            start=start,
-            end=end,
-            sort=q.sort,
-            order=q.order,
-            limit=q.limit,
-            offset=q.offset,
-        )
+    return await svc.timeseries_summary(
+        call.ctx, call.principal, interval=q.interval, **q.view_args()
+    )
 
 
 # --------------------------------------------------------------------------- cost configuration
@@ -249,51 +157,47 @@ class CostsBody(ApiModel):
     )
 
 
-class CostsOut(Out):
-    defaultCostConfig: dict[str, Any] | None = None
-    modelPriceOverrides: list[dict[str, Any]]
+def _setting(
+    path: str,
+    name: str,
+    *,
+    read_role: Role,
+    body: type[ApiModel],
+    response: type[Out],
+    summaries: tuple[str, str],
+    get: Callable[[Any, Any], Awaitable[Out]],
+    put: Callable[[Any, Any, dict[str, Any]], Awaitable[Out]],
+) -> None:
+    """``GET`` (``read_role`` and up) and admin ``PUT`` of one environment setting over its
+    two use cases; ``PUT`` hands over the fields the body gave."""
+
+    async def read(call: Call):
+        return await get(call.ctx, call.principal)
+
+    async def write(call: Call):
+        return await put(call.ctx, call.principal, call.body.model_dump(exclude_unset=True))
+
+    # operationIds in /openapi.json
+    read.__name__, write.__name__ = f"get_{name}", f"put_{name}"
+    api.route("GET", path, role=read_role, response=response, summary=summaries[0], tags=TAGS)(read)
+    api.route(
+        "PUT", path, role="admin", body=body, response=response, summary=summaries[1], tags=TAGS
+    )(write)
 
 
-class ModelPriceOut(Out):
-    model: str
-    provider: str
-    inputPricePerMillion: Amount
-    outputPricePerMillion: Amount
-    effectiveFrom: str
-    source: Literal["builtin", "override"]
-
-
-@api.route(
-    "GET",
+_setting(
     "/settings/costs",
-    role="admin",
-    response=CostsOut,
-    summary="The environment's default cost configuration and model price overrides",
-    tags=TAGS,
-)
-async def get_costs(call: Call):
-    async with call.ctx.db.reader() as s:
-        return await costs.get_costs(s, call.principal.environment_id)
-
-
-@api.route(
-    "PUT",
-    "/settings/costs",
-    role="admin",
+    "costs",
+    read_role="admin",
     body=CostsBody,
     response=CostsOut,
-    summary="Set the default cost configuration and/or the model price overrides",
-    tags=TAGS,
+    summaries=(
+        "The environment's default cost configuration and model price overrides",
+        "Set the default cost configuration and/or the model price overrides",
+    ),
+    get=costs.get_costs,
+    put=costs.put_settings,
 )
-async def put_costs(call: Call):
-    b: CostsBody = call.body
-    given = b.model_fields_set
-    kwargs: dict[str, Any] = {}
-    if "defaultCostConfig" in given:
-        kwargs["default_cost_config"] = b.defaultCostConfig
-    if "modelPriceOverrides" in given:
-        kwargs["model_price_overrides"] = b.modelPriceOverrides
-    return await costs.update_costs(call.ctx, call.principal, **kwargs)
 
 
 @api.route(
@@ -306,9 +210,7 @@ async def put_costs(call: Call):
     tags=TAGS,
 )
 async def get_model_prices(call: Call):
-    now = await call.ctx.now(call.principal)
-    async with call.ctx.db.reader() as s:
-        rows = await costs.model_prices(s, call.principal.environment_id, now)
+    rows = await costs.model_prices(call.ctx, call.principal)
     return Page(rows, len(rows), len(rows), 0)
 
 
@@ -326,52 +228,19 @@ class AlertSettingsBody(ApiModel):
     enabled: bool | None = None
 
 
-class AlertSettingsOut(Out):
-    enabled: bool
-    threshold: Amount
-    windowDays: int
-    customers: dict[str, Amount]
-
-
-class AlertOut(Out):
-    id: str
-    type: Literal["margin.alert", "margin.recovered"]
-    customerReferenceId: str
-    threshold: Amount
-    grossMargin: Amount | None = None
-    revenue: Amount
-    cost: Amount
-    windowStart: datetime
-    windowEnd: datetime
-    createdAt: datetime
-
-
-@api.route(
-    "GET",
+_setting(
     "/analytics/alerts/settings",
-    role="read",
-    response=AlertSettingsOut,
-    summary="Margin alert threshold, rolling window and per-customer thresholds",
-    tags=TAGS,
-)
-async def get_alert_settings(call: Call):
-    async with call.ctx.db.reader() as s:
-        return await alerts.get_settings(s, call.principal.environment_id)
-
-
-@api.route(
-    "PUT",
-    "/analytics/alerts/settings",
-    role="admin",
+    "alert_settings",
+    read_role="read",
     body=AlertSettingsBody,
     response=AlertSettingsOut,
-    summary="Set the margin alert threshold, window and per-customer thresholds",
-    tags=TAGS,
+    summaries=(
+        "Margin alert threshold, rolling window and per-customer thresholds",
+        "Set the margin alert threshold, window and per-customer thresholds",
+    ),
+    get=alerts.get_settings,
+    put=alerts.put_settings,
 )
-async def put_alert_settings(call: Call):
-    raw = call.body.model_dump(exclude_unset=True)
-    async with call.ctx.db.unit_of_work() as s:
-        return await alerts.put_settings(s, call.principal.environment_id, raw)
 
 
 @api.route(
@@ -386,6 +255,5 @@ async def put_alert_settings(call: Call):
 )
 async def get_alerts(call: Call):
     q: Pagination = call.query
-    async with call.ctx.db.reader() as s:
-        items, total = await alerts.list_alerts(s, call.principal.environment_id, q.limit, q.offset)
+    items, total = await alerts.list_alerts(call.ctx, call.principal, q.limit, q.offset)
     return Page(items, total, q.limit, q.offset)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 
 from ...services import stripe_billing, stripe_setup
+from ...services.outputs_stripe import PaymentPageOut, StripeKeyOut, StripeSetupOut, StripeStatusOut
 from ..routing import Api, ApiModel, Call
-from .schemas import Out
 
 api = Api("")
 
@@ -19,49 +19,12 @@ class Connect(ApiModel):
     cancelUrl: str | None = Field(default=None, max_length=2000)
 
 
-class ConnectOut(Out):
-    success: bool
-    message: str | None = None
-    maskedApiKey: str
-    replaced: bool
-
-
-class StatusOut(Out):
-    hasApiKey: bool
-    maskedApiKey: str | None = None
-    hasWebhook: bool
-    maskedWebhookSecret: str | None = None
-    stripeMode: str | None = None
-    stripeEnabled: bool
-    currency: str | None = None
-    setupComplete: bool
-    webhookEndpointId: str | None = None
-    webhookUrl: str | None = None
-    checkoutSuccessUrl: str | None = None
-    checkoutCancelUrl: str | None = None
-
-
-class SetupOut(Out):
-    success: bool
-    message: str | None = None
-    webhookCreated: bool
-    modeChanged: bool
-    stripeMode: str
-    webhookUrl: str | None = None
-
-
-class PaymentPageOut(Out):
-    url: str | None = None
-    invoiceId: str | None = None
-    status: str | None = None
-
-
 @api.route(
     "POST",
     "/api/v1/tanso/stripe/connect",
     role="admin",
     body=Connect,
-    response=ConnectOut,
+    response=StripeKeyOut,
     summary="Register (or replace) the environment's Stripe secret key, stored encrypted",
     tags=["stripe"],
 )
@@ -81,7 +44,7 @@ async def connect(call: Call):
     "GET",
     "/api/v1/tanso/stripe/status",
     role="read",
-    response=StatusOut,
+    response=StripeStatusOut,
     summary="How far Stripe is connected (secrets shown masked)",
     tags=["stripe"],
 )
@@ -93,7 +56,7 @@ async def status(call: Call):
     "POST",
     "/api/v1/tanso/stripe/setup",
     role="admin",
-    response=SetupOut,
+    response=StripeSetupOut,
     summary="Create the Stripe webhook endpoint and switch to STRIPE_DRIVEN (idempotent)",
     tags=["stripe"],
     errors=(502,),
