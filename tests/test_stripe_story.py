@@ -144,9 +144,10 @@ class Mcp(Transport):
     async def connect(self, key: str) -> str:
         """The answer's text showing the key (masked)."""
         args = {"stripeApiKey": key}
+        before = await t_status(self)
         refused = await fails(self.mcp, "registerStripeApiKey", args)  # guarded: a preview
         assert refused["error"] == "confirmation_required", refused
-        assert (await t_status(self)).get("hasApiKey") is False  # the preview stored nothing
+        assert await t_status(self) == before  # the preview stored nothing
         return (await ok(self.mcp, "registerStripeApiKey", args | {"confirmAction": True}))[
             "message"
         ]
@@ -624,6 +625,16 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         await stripe_fake.release_webhooks([e["id"] for e in reversed(held)])
         await stripe_fake.deliver_webhooks_now()
         await app.settle()
+        arrived = [
+            r.event_type
+            for r in await rows(
+                app,
+                WebhookInbox,
+                WebhookInbox.event_id.in_([e["id"] for e in held]),
+                order=WebhookInbox.received_at,
+            )
+        ]
+        assert arrived.index("invoice.paid") < arrived.index("invoice.payment_failed"), arrived
         renewed = await subscription(app, sub_id)
         assert renewed.is_active and renewed.current_period_start > period_before
         assert await allowed(app, "user_456", "sso") and await allowed(app, "user_456", "export")
@@ -666,7 +677,9 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
 
                 async def all_failed_once() -> bool:
                     waiting = await rows(app, WebhookInbox, WebhookInbox.processed_at.is_(None))
-                    return len(waiting) == len(signed) and all(r.attempts >= 1 for r in waiting)
+                    return len(waiting) == len(signed) and all(
+                        r.attempts >= 1 and "reached" in r.last_error for r in waiting
+                    )
 
                 await eventually(all_failed_once, "renewal events attempted while Stripe is down")
                 # usage keeps flowing: 500 credits, then 20 units of overage for the meter
@@ -699,6 +712,19 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
             with contextlib.suppress(asyncio.CancelledError):
                 await jobs
         assert await meter_summary(sc, meter, cus_id) == 75
+        retried = await rows(
+            app,
+            WebhookInbox,
+            WebhookInbox.event_id.in_([json.loads(x["payload"])["id"] for x in signed]),
+        )
+        assert len(retried) == len(signed) and all(
+            r.attempts >= 2 and r.last_error is None for r in retried
+        )
+        last = (await rows(app, MeterReport, order=MeterReport.created_at))[-1]
+        assert (last.status, last.to_q - last.from_q) == ("sent", 20 * QTY_SCALE)
+        assert last.attempts >= 2
+        # nothing of the refused cancellation reached Stripe
+        assert not (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
         after = await subscription(app, sub_id)
         assert after.is_active and after.current_period_start > period_before
         assert await balance(app, "user_456") == 300  # nothing to roll over, 300 new
@@ -717,6 +743,13 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         assert not (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
         restored = await subscription(app, sub_id)
         assert restored.cancel_mode is None and restored.is_active
+        # and once more: a new request each time, not a replay of the first ones
+        await t.cancel(sub_id, "END_OF_PERIOD")
+        assert (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
+        await app.data("DELETE", f"/subscriptions/cancellation/{sub_id}/scheduled")
+        assert not (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).cancel_at_period_end
+        await app.settle()
+        assert (await subscription(app, sub_id)).cancel_mode is None
         gone = await t.cancel(sub_id, "IMMEDIATE")
         assert gone["subscription"]["status"] == "cancelled", gone
         assert (await sc.v1.subscriptions.retrieve_async(stripe_sub_id)).status == "canceled"
@@ -756,7 +789,9 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         assert await count(app, WebhookInbox) == inbox_before
         assert await count(app, WebhookInbox, WebhookInbox.event_id == "evt_forged") == 0
 
-        # ---- the Stripe tools still answer the state the story left
+        # ---- the Stripe tools still answer the state the story left; the key can be
+        # replaced (here with itself) through the other transport
+        assert masked in await other.connect(stripe_fake.api_key)
         status = await ok(mcp, "getStripeIntegrationStatus")
         assert status["setupComplete"] and status["maskedApiKey"] == masked
         found = await ok(mcp, "discoverStripeData")
