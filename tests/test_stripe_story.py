@@ -486,6 +486,11 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         session = await sc.v1.checkout.sessions.retrieve_async(out["checkoutSessionId"])
         assert out["checkoutUrl"] == session.url and session.status == "open"
         assert (session.mode, session.customer) == ("subscription", cus_id)
+        # the customer comes back to pages that exist (the defaults: no URLs were set)
+        for back, title in ((session.success_url, "received"), (session.cancel_url, "cancelled")):
+            assert back.startswith(app.url + "/checkout/"), back
+            page = await app.http.get(back.replace("{CHECKOUT_SESSION_ID}", session.id))
+            assert page.status_code == 200 and f"Payment {title}" in page.text
         assert await count(app, Subscription, Subscription.customer_id == jane.id) == 0
         assert await count(app, Invoice, Invoice.customer_id == jane.id) == 0
         assert (await sc.v1.subscriptions.list_async(params={"customer": cus_id})).data == []
