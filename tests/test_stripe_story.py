@@ -583,6 +583,8 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
             "pending",
         ]
         await run_due(app.ctx, env)  # within the claim's lease: left to its claimer
+        assert (await rows(app, MeterReport, order=MeterReport.from_q))[-1].status == "pending"
+        assert await meter_summary(sc, meter, cus_id) == 55
         clock.advance(61)  # the dead claimer's lease runs out
         await run_due(app.ctx, env)
         reports = await rows(app, MeterReport, order=MeterReport.from_q)
