@@ -177,8 +177,10 @@ class Mcp(Transport):
 
     async def upgrade(self, sub_id: str, plan_id: str) -> dict:
         args = {"subscriptionId": sub_id, "newPlanId": plan_id, "changeType": "UPGRADE"}
+        events = len(await self.app.fake.events())
         preview = await fails(self.mcp, "changeSubscriptionPlan", args)
         assert preview["error"] == "confirmation_required", preview
+        assert len(await self.app.fake.events()) == events  # a preview calls nothing in Stripe
         return await ok(self.mcp, "changeSubscriptionPlan", args | {"confirmAction": True})
 
     async def cancel(self, sub_id: str, mode: str) -> dict:
@@ -705,6 +707,10 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
                 unchanged = await subscription(app, sub_id)
                 assert unchanged.cancel_mode is None and unchanged.is_active
                 assert unchanged.current_period_start == period_before
+                # a new customer is recorded here; Stripe gets it before its first
+                # subscription
+                late = await t.create_customer(customerReferenceId="user_789", email="l@x.io")
+                assert late.get("stripeCustomerId") is None, late
                 clock.advance(10)  # the outage lasts a while; back-offs run out meanwhile
             await stripe_fake.deliver_webhooks_now()
 
@@ -738,6 +744,13 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         regular = [i for i in await invoices(app, sub_id) if i.type == "REGULAR"]
         assert [(i.provider_invoice_id, i.status) for i in regular][-1] == (second["id"], "PAID")
         assert len(regular) == 2
+        page = await t.subscribe("user_789", pro["plan_id"])
+        [late] = await rows(app, Customer, Customer.reference_id == "user_789")
+        assert late.provider_customer_id, "synced before its first subscription"
+        stripe_late = await sc.v1.customers.retrieve_async(late.provider_customer_id)
+        assert stripe_late.metadata["customerReferenceId"] == "user_789"
+        late_session = await sc.v1.checkout.sessions.retrieve_async(page["checkoutSessionId"])
+        assert late_session.customer == late.provider_customer_id
 
         # ---- 14. cancel at the end of the period, undo, cancel now
         c = await t.cancel(sub_id, "END_OF_PERIOD")
@@ -814,7 +827,12 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         status = await ok(mcp, "getStripeIntegrationStatus")
         assert status["setupComplete"] and status["maskedApiKey"] == masked
         found = await ok(mcp, "discoverStripeData")
-        assert {c["id"] for c in found["customers"]} == {seeded["alice"], seeded["bob"], cus_id}
+        assert {c["id"] for c in found["customers"]} == {
+            seeded["alice"],
+            seeded["bob"],
+            cus_id,
+            late.provider_customer_id,
+        }
         assert all(c["alreadyMapped"] for c in found["customers"])
         again = await call(mcp, "getStripeImportStatus", {"jobId": started["jobId"]})
         assert again[1]["status"] == "COMPLETED"
