@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import uvicorn
 from mcp.client import Client
 
 from tanso_mcp.bootstrap import AppContext, build_context
-from tanso_mcp.clock import SystemClock
+from tanso_mcp.clock import Clock, SystemClock, utcnow
 from tanso_mcp.services import stripe_webhooks
 from tanso_mcp.settings import Settings
 from tanso_mcp.web.app import create_app
@@ -23,6 +24,21 @@ from tests.conftest import Tenant, make_tenant
 from tests.mcp_helpers import free_port, http_client
 
 API = "/api/v1/client"
+
+
+class ShiftedClock:
+    """Real time (Stripe's clock) moved ahead by what the test lets pass: a lease or a
+    retry back-off runs out without the test sleeping. Keep the shift within Stripe's
+    five minutes of tolerance for meter-event timestamps."""
+
+    def __init__(self) -> None:
+        self.shift = timedelta(0)
+
+    def now(self) -> datetime:
+        return utcnow() + self.shift
+
+    def advance(self, seconds: float) -> None:
+        self.shift += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -70,7 +86,9 @@ class StripeApp:
 
 
 @asynccontextmanager
-async def stripe_app(db_url: str, fake: Any, **settings: Any) -> AsyncIterator[StripeApp]:
+async def stripe_app(
+    db_url: str, fake: Any, *, clock: Clock | None = None, **settings: Any
+) -> AsyncIterator[StripeApp]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ctx = build_context(
@@ -83,7 +101,7 @@ async def stripe_app(db_url: str, fake: Any, **settings: Any) -> AsyncIterator[S
             stripe_max_network_retries=0,
             **settings,
         ),
-        clock=SystemClock(),
+        clock=clock or SystemClock(),
     )
     server = uvicorn.Server(
         uvicorn.Config(

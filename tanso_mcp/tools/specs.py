@@ -879,7 +879,8 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
         description=(
             "Records that an invoice was paid outside the system (manual reconciliation): the "
             "invoice becomes PAID, and a subscription waiting for it is activated or restored "
-            "from past due. Refused when Stripe collects payments. Requires confirmAction: "
+            "from past due. When Stripe collects payments, Stripe records the invoice paid "
+            "out of band and its paid invoice is mirrored here. Requires confirmAction: "
             "true; without it nothing changes and the answer previews the consequences. Get "
             "the invoiceId from listCustomerInvoices."
         ),

@@ -80,6 +80,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False, own_context: bool = F
     from ..tools.http import mcp_http_app
     from ..tools.registry import all_handlers
     from ..tools.server import build_mcp_server
+    from .routes.checkout_pages import checkout_routes
     from .routes.stripe_webhooks import webhook_routes
 
     server = build_mcp_server(ctx, all_handlers(), tool_groups=ctx.settings.mcp_tool_groups)
@@ -90,6 +91,7 @@ def create_app(ctx: AppContext, *, run_jobs: bool = False, own_context: bool = F
         Route("/openapi.json", openapi, methods=["GET"]),
         *api.starlette_routes(ctx),
         *webhook_routes(ctx),
+        *checkout_routes(),
         # the SDK's app routes on the unchanged path /mcp; a plain Route (not a Mount)
         # keeps every other unknown path answering with our JSON 404
         Route("/mcp", endpoint=mcp.app),
