@@ -25,9 +25,7 @@ from tanso_mcp.plugin import (
     PriceTier,
 )
 
-ZERO_DECIMAL = frozenset(
-    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -169,8 +167,7 @@ def price(p: dict[str, Any]) -> ExternalPrice:
         PriceTier(
             up_to=None if t.get("up_to") in (None, "inf") else Decimal(str(t["up_to"])),
             unit_price=(
-                _decimal(t.get("unit_amount_decimal"))
-                or Decimal(int(t.get("unit_amount") or 0))
+                _decimal(t.get("unit_amount_decimal")) or Decimal(int(t.get("unit_amount") or 0))
             )
             / factor,
             flat_fee=(

@@ -35,12 +35,12 @@ from ..errors import InvalidRequest, NotFound, StripeApiError
 from ..plugin.api import (
     ExternalSubscription,
     InvoiceData,
-    PaymentProvider,
+    InvoicingProvider,
     ProviderError,
     SubscriptionData,
 )
 from ..principal import Principal
-from . import billing, customers
+from . import billing, customers, stripe_items
 from . import invoices as inv_svc
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
 from .stripe_setup import checkout_urls, stripe_error
@@ -78,7 +78,7 @@ async def _live_subscription(s, customer: Customer) -> Subscription | None:
 async def create_subscription(
     ctx: AppContext,
     p: Principal,
-    provider: PaymentProvider,
+    provider: InvoicingProvider,
     *,
     customer_ref: str,
     plan_id: str | None,
@@ -113,7 +113,8 @@ async def create_subscription(
         success_url, cancel_url = checkout_urls(ctx, environment)
         checkout = plan.billing_timing == "IN_ADVANCE" and plan.price_minor > 0
         reuse = await s.scalar(
-            select(PendingSubscription).where(
+            select(PendingSubscription)
+            .where(
                 PendingSubscription.customer_id == customer.id,
                 PendingSubscription.plan_id == plan.id,
                 PendingSubscription.kind == "CHECKOUT",
@@ -316,7 +317,7 @@ async def _validate_in_rolled_back(ctx: AppContext, fn) -> billing.Effects:
 async def change_plan(
     ctx: AppContext,
     p: Principal,
-    provider: PaymentProvider,
+    provider: InvoicingProvider,
     sub_id: str,
     to_plan_id: str,
     change_type: str,
@@ -326,7 +327,9 @@ async def change_plan(
     """UPGRADE (same billing timing and interval): Stripe swaps the price now and
     prorates (its adjustment invoice is mirrored from the webhooks); the engine swaps
     the plan, entitlements and credit delta at once. Anything else is scheduled for
-    the period end here and applied to Stripe at the boundary (``apply_due_changes``)."""
+    the period end: Stripe's base price is swapped now without proration, so its
+    renewal bills the next plan (``stripe_items``), while the engine keeps the current
+    plan until the boundary, where the metered prices follow (``stripe_jobs``)."""
     env = p.environment_id
     now = await ctx.now(p)
     dry = await _validate_in_rolled_back(
@@ -352,6 +355,8 @@ async def change_plan(
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
+    else:
+        doc = await _scheduled_items(ctx, provider, env, sub_id, to_plan_id)
     async with ctx.db.unit_of_work() as s:
         if immediate:
             # Stripe prorates and invoices the difference (mirrored from its webhooks);
@@ -377,17 +382,63 @@ async def change_plan(
             fx.notes.append("Stripe prorates the change and invoices the difference")
             sub = await billing.load_subscription(s, env, sub_id)
             fx.status_after = await billing.status_of(s, sub)
+            await stripe_items.record(
+                s, sub.id, stripe_items.full(sdata_target, sub.current_period_start), bump=False
+            )
         else:
             fx = await billing.change_plan(
                 s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
             )
+            if doc is not None:
+                await stripe_items.record(s, sub_id, doc, bump=True)
+                fx.notes.append(
+                    "Stripe bills the new plan's base price from its next renewal; the "
+                    "current plan applies until the period ends"
+                )
+        out = await _answer(s, env, sub_id, fx)
+    await announce(ctx, p, fx)
+    return out
+
+
+async def _scheduled_items(
+    ctx: AppContext,
+    provider: InvoicingProvider,
+    env: str,
+    sub_id: str,
+    to_plan_id: str | None,
+) -> dict[str, Any] | None:
+    """Stripe's items for the subscription once a change to ``to_plan_id`` is scheduled
+    (None: the scheduled change is withdrawn), set in Stripe before the engine records
+    the change; a Stripe error answers ``stripe_api_error`` and nothing is applied."""
+    async with ctx.db.reader() as s:
+        sub = await billing.load_subscription(s, env, sub_id)
+    try:
+        current = await sync_plan(ctx, provider, env, sub.plan_id)
+        target = await sync_plan(ctx, provider, env, to_plan_id) if to_plan_id else None
+        return await stripe_items.align(ctx, provider, env, sub, current, target)
+    except ProviderError as exc:
+        raise stripe_error(exc) from None
+
+
+async def undo_plan_change(
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str
+) -> dict[str, Any]:
+    """A scheduled change withdrawn: Stripe's items go back to the current plan's (no
+    proration), then the engine drops the change."""
+    env = p.environment_id
+    now = await ctx.now(p)
+    doc = await _scheduled_items(ctx, provider, env, sub_id, None)
+    async with ctx.db.unit_of_work() as s:
+        fx = await billing.undo_scheduled_change(s, env, sub_id, now)
+        if doc is not None:
+            await stripe_items.record(s, sub_id, doc, bump=True)
         out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
 
 async def cancel(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, sub_id: str, mode: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str, mode: str
 ) -> dict[str, Any]:
     """END_OF_PERIOD: Stripe's ``cancel_at_period_end``; Stripe ends it and the
     ``customer.subscription.deleted`` webhook revokes access. IMMEDIATE: Stripe cancels
@@ -450,7 +501,7 @@ async def cancel(
 
 
 async def undo_cancel(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, sub_id: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str
 ) -> dict[str, Any]:
     env = p.environment_id
     now = await ctx.now(p)
@@ -499,7 +550,7 @@ async def _invoice_data(s, inv: Invoice) -> InvoiceData:
 
 
 async def mark_paid(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, invoice_id: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, invoice_id: str
 ) -> dict[str, Any]:
     """Paid outside Stripe (bank transfer…): Stripe records it ``paid_out_of_band`` and
     the engine mirrors Stripe's paid invoice."""

@@ -42,6 +42,7 @@ from ..plugin import (
 from ..principal import Principal
 from . import billing, catalog, customers, payments, stripe_mirror, stripe_secrets
 from .stripe_setup import stripe_error
+from .stripe_sync import base_price_version, metered_price_version
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -277,6 +278,8 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
             .values(
                 provider_product_id=product.external_id,
                 provider_price_id=base.external_id if base is not None else None,
+                # the plan was made from this price: its terms are the price's
+                provider_price_version=base_price_version(plan) if base is not None else None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -305,10 +308,16 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
                 feature_id=feature.id,
                 value_json=_usage_rule(price, "units"),
             )
+            rv = catalog.rule_value(rule)
             await s.execute(
                 update(PlanFeature)
                 .where(PlanFeature.id == rule.id)
-                .values(provider_price_id=price.external_id)
+                .values(
+                    provider_price_id=price.external_id,
+                    provider_price_version=metered_price_version(plan, rv.pricing)
+                    if rv is not None and rv.pricing is not None
+                    else None,
+                )
                 .execution_options(synchronize_session=False)
             )
         if not metered:

@@ -34,10 +34,10 @@ from ..db.types import new_id
 from ..domain.money import from_minor
 from ..domain.periods import add_months, start_of_day
 from ..plugin.api import ExternalInvoice, ExternalSubscription
-from . import billing, credits
+from . import billing, credits, stripe_items
 from . import invoices as inv_svc
 from .credits import insert_ignore
-from .stripe_sync import plan_for_price
+from .stripe_sync import plan_data, plan_for_price
 
 PAID_STATES = ("active", "trialing")
 ENDED_STATES = ("canceled", "incomplete_expired")
@@ -82,7 +82,7 @@ async def _resolve_owner(
                 Customer.provider_customer_id == ext.customer_external_id,
             )
         )
-    plan = await plan_for_price(s, env, ext.price_ids[0] if ext.price_ids else None)
+    plan = await plan_for_price(s, env, ext.price_ids)
     if plan is None and ext.metadata.get("tansoPlanId"):
         plan = await s.get(Plan, ext.metadata["tansoPlanId"])
     if c is None or c.environment_id != env or plan is None or plan.environment_id != env:
@@ -143,6 +143,10 @@ async def materialise(
     fx.subscription_id = sub.id
     fx.status_after = "active"
     fx.plan_after = billing._plan_brief(plan)
+    # the prices Stripe bills it (those of the plan when it was subscribed)
+    await stripe_items.record(
+        s, sub.id, stripe_items.full(await plan_data(s, plan), start), bump=False
+    )
     await billing.reconcile_entitlements(s, env, sub, plan, now, fx)
     await billing.provision_period_credits(s, env, sub, plan, start, now, fx)
     if pending is not None:
@@ -225,10 +229,31 @@ async def converge_subscription(
             .values(**values, modified_at=now)
             .execution_options(synchronize_session=False)
         )
-    # a plan changed on Stripe's side (or a change of ours, confirmed) is followed here
-    plan = await plan_for_price(s, env, ext.price_ids[0] if ext.price_ids else None)
+    # a plan changed on Stripe's side (or a change of ours, confirmed) is followed here;
+    # not the next period's plan of a scheduled change, which Stripe already bills
+    # from its renewal while the engine keeps the current plan until the period ends
+    if sub.plan_id in await _plans_billed(s, env, ext):
+        return
+    plan = await plan_for_price(s, env, ext.price_ids)
+    pending = await billing.pending_change(s, sub.id)
+    if pending is not None and plan is not None and pending.to_plan_id == plan.id:
+        return
     if plan is not None and plan.id != sub.plan_id:
         await switch_plan(s, env, sub, plan, now, fx)
+
+
+async def _plans_billed(s: AsyncSession, env: str, ext: ExternalSubscription) -> set[str]:
+    if not ext.price_ids:
+        return set()
+    return set(
+        (
+            await s.scalars(
+                select(Plan.id).where(
+                    Plan.environment_id == env, Plan.provider_price_id.in_(ext.price_ids)
+                )
+            )
+        ).all()
+    )
 
 
 async def switch_plan(
