@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 
@@ -40,6 +40,9 @@ from tanso_mcp.plugin import (
 )
 
 from . import meters
+
+if TYPE_CHECKING:
+    from stripe._base_address import BaseAddresses  # the SDK's TypedDict, not exported
 from . import normalise as norm
 from .meters import meter_event_name
 
@@ -110,7 +113,7 @@ class StripeProvider:
         if self._client is None:
             if not self._api_key:
                 raise ProviderError("no Stripe secret key is registered", code="no_key")
-            base = {"api": self._api_base} if self._api_base else None
+            base: BaseAddresses | None = {"api": self._api_base} if self._api_base else None
             self._http = stripe.HTTPXClient()
             self._client = stripe.StripeClient(
                 self._api_key,
@@ -222,15 +225,18 @@ class StripeProvider:
             )
         for old in plan.retired_price_ids:
             # archived prices keep billing the subscriptions still on them
-            await self._call(
-                lambda old=old: self.v1.prices.update_async(
-                    old, params={"active": False}, options=_idem(f"archive:{old}")
-                )
-            )
+            await self._archive_price(old)
         data: dict[str, Any] = {"price_id": price_id, "metered": metered}
         if base_meter_id:
             data["base_meter_id"] = base_meter_id
         return ExternalRef(external_id=product_id, data=data)
+
+    async def _archive_price(self, price_id: str) -> None:
+        await self._call(
+            lambda: self.v1.prices.update_async(
+                price_id, params={"active": False}, options=_idem(f"archive:{price_id}")
+            )
+        )
 
     async def _base_fee_meter(self) -> str:
         meter = await self._call(
@@ -617,12 +623,14 @@ class StripeProvider:
             out.extend(norm.as_dict(x) for x in page.data)
             if not getattr(page, "has_more", False) or not page.data:
                 return out
-            last = page.data[-1].id
-            page = await self._call(
-                lambda last=last: service.list_async(
-                    params={"limit": 100, "starting_after": last, **(params or {})}
-                )
+            page = await self._page(service, page.data[-1].id, params)
+
+    async def _page(self, service: Any, after: str, params: dict[str, Any] | None) -> Any:
+        return await self._call(
+            lambda: service.list_async(
+                params={"limit": 100, "starting_after": after, **(params or {})}
             )
+        )
 
     async def list_products(self) -> list[ExternalProduct]:
         prices: dict[str, list] = {}

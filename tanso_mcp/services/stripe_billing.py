@@ -33,6 +33,7 @@ from ..db.types import new_id
 from ..domain.money import from_minor
 from ..errors import InvalidRequest, NotFound, StripeApiError
 from ..plugin.api import (
+    ExternalRef,
     ExternalSubscription,
     InvoiceData,
     InvoicingProvider,
@@ -43,7 +44,7 @@ from ..principal import Principal
 from . import billing, customers, stripe_items
 from . import invoices as inv_svc
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
-from .stripe_setup import checkout_urls, stripe_error
+from .stripe_setup import checkout_urls, required, stripe_error
 from .stripe_sync import customer_data, plan_data, provider_invoicing, sync_customer, sync_plan
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ async def create_subscription(
                 field="customerReferenceId",
                 detail={"subscriptionId": live.id},
             )
-        environment = await s.get(Environment, env)
+        environment = await required(s, Environment, env)
         success_url, cancel_url = checkout_urls(ctx, environment)
         checkout = plan.billing_timing == "IN_ADVANCE" and plan.price_minor > 0
         reuse = await s.scalar(
@@ -169,7 +170,7 @@ async def create_subscription(
             )
             ext = None
         else:
-            ref = await provider.upsert_subscription(
+            created = await provider.upsert_subscription(
                 SubscriptionData(
                     subscription_id=pending_id,
                     customer=cdata,
@@ -181,7 +182,10 @@ async def create_subscription(
                 ),
                 idempotency_key=f"subscription:{pending_id}",
             )
-            ext = _ext(ref)
+            ext = _ext(created)
+            ref = created if isinstance(created, ExternalRef) or created is None else None
+            if ext is not None:
+                ref = ExternalRef(external_id=ext.external_id)
     except ProviderError as exc:
         await _fail_pending(ctx, pending_id, exc.message, now)
         raise stripe_error(exc) from None
@@ -342,7 +346,7 @@ async def change_plan(
     if immediate:
         async with ctx.db.reader() as s:
             sub = await billing.load_subscription(s, env, sub_id)
-            target = await s.get(Plan, to_plan_id)
+            target = await required(s, Plan, to_plan_id)
         sdata_target = await sync_plan(ctx, provider, env, target.id)
         async with ctx.db.reader() as s:
             sdata = await _subscription_data(s, env, sub)
@@ -371,7 +375,7 @@ async def change_plan(
                 plan_after=dry.plan_after,
             )
             await _bump_ops(s, sub.id)
-            target_plan = await s.get(Plan, to_plan_id)
+            target_plan = await required(s, Plan, to_plan_id)
             if sub.plan_id != target_plan.id:
                 await switch_plan(s, env, sub, target_plan, now, fx)
             if ext is not None:
@@ -474,7 +478,7 @@ async def cancel(
                 action=f"CANCEL_{mode}",
                 subscription_id=sub.id,
                 status_before=await billing.status_of(s, sub),
-                plan_before=billing._plan_brief(await s.get(Plan, sub.plan_id)),
+                plan_before=billing._plan_brief(await required(s, Plan, sub.plan_id)),
             )
         if immediate:
             from .stripe_mirror import end_subscription
@@ -607,6 +611,8 @@ async def invoice_payment_page(
         if invoice_id is not None:
             inv = await inv_svc.get_invoice(s, env, invoice_id)
         else:
+            if subscription_id is None:
+                raise InvalidRequest("invoiceId or subscriptionId is required", field="invoiceId")
             sub = await billing.load_subscription(s, env, subscription_id)
             inv = await s.scalar(
                 select(Invoice)

@@ -15,12 +15,13 @@ by the functions native billing uses.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.engine import rowcount
 from ..db.models import (
     Customer,
     Invoice,
@@ -37,6 +38,7 @@ from ..plugin.api import ExternalInvoice, ExternalSubscription
 from . import billing, credits, stripe_items
 from . import invoices as inv_svc
 from .credits import insert_ignore
+from .stripe_setup import required
 from .stripe_sync import plan_data, plan_for_price
 
 PAID_STATES = ("active", "trialing")
@@ -185,7 +187,7 @@ async def end_subscription(
         )
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return
     await s.refresh(sub)
     await billing.revoke_entitlements(s, sub, now, fx)
@@ -263,14 +265,14 @@ async def switch_plan(
     (conditional on the plan it had), with the billing service's plan-change rules —
     entitlements reconciled, the credit delta granted — and the change recorded as done
     (a scheduled change to this plan is completed, any other one cancelled)."""
-    current = await s.get(Plan, sub.plan_id)
+    current = await required(s, Plan, sub.plan_id)
     res = await s.execute(
         update(Subscription)
         .where(Subscription.id == sub.id, Subscription.plan_id == current.id)
         .values(plan_id=target.id, interval_months=target.interval_months, modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return
     await billing.grant_upgrade_credits(s, env, sub, current, target, now, fx)
     sub = await billing.load_subscription(s, env, sub.id)
@@ -363,7 +365,7 @@ async def _renew_to(
     rolling credits over by the billing service's rule."""
     if new_start <= sub.current_period_start:
         return sub
-    plan = await s.get(Plan, sub.plan_id)
+    plan = await required(s, Plan, sub.plan_id)
     end = (
         new_end
         if new_end and new_end > new_start
@@ -379,7 +381,7 @@ async def _renew_to(
         .values(current_period_start=new_start, current_period_end=end, modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return await billing.load_subscription(s, env, sub.id)
     sub = await billing.load_subscription(s, env, sub.id)
     await billing._rollover(s, env, sub, new_start, now, fx)
@@ -441,7 +443,7 @@ async def mirror_invoice(
         )
         if target == "PAID" and sub.ended_at is None:
             sub = await _renew_to(s, env, sub, start, end, now, fx)
-        period = (
+        period: tuple[datetime | None, datetime | None] = (
             start,
             end or sub.current_period_end if start == sub.current_period_start else end,
         )
@@ -464,7 +466,9 @@ async def mirror_invoice(
         try:
             async with s.begin_nested():
                 await s.execute(
-                    Invoice.__table__.insert().values(
+                    cast(Table, Invoice.__table__)
+                    .insert()
+                    .values(
                         id=inv_id,
                         environment_id=env,
                         customer_id=sub.customer_id,
@@ -513,7 +517,7 @@ async def mirror_invoice(
             sub = await billing.load_subscription(s, env, sub.id)
             if sub.is_active and sub.ended_at is None and not await billing.has_past_due(s, sub.id):
                 await billing.reconcile_entitlements(
-                    s, env, sub, await s.get(Plan, sub.plan_id), now, fx
+                    s, env, sub, await required(s, Plan, sub.plan_id), now, fx
                 )
     elif target == "DUE" and inv.status == "PENDING":
         if await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",)):

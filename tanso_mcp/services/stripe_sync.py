@@ -35,7 +35,7 @@ from ..plugin.api import (
     ProviderError,
 )
 from . import catalog, payments
-from .stripe_setup import stripe_error
+from .stripe_setup import required, stripe_error
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -167,7 +167,7 @@ async def sync_customer(
 ) -> CustomerData:
     """The customer as the provider knows it (created there first if needed)."""
     async with ctx.db.reader() as s:
-        c = await s.get(Customer, customer_id)
+        c = await required(s, Customer, customer_id)
     data = customer_data(c)
     if data.external_id:
         return data
@@ -184,8 +184,8 @@ async def sync_customer(
             .values(provider_customer_id=ref.external_id)
             .execution_options(synchronize_session=False)
         )
-        c = await s.get(Customer, c.id, populate_existing=True)
-        return customer_data(c)
+        s.expire_all()
+        return customer_data(await required(s, Customer, c.id))
 
 
 async def push_customer(ctx: AppContext, env: str, customer_id: str) -> str | None:
@@ -212,9 +212,7 @@ async def sync_plan(ctx: AppContext, provider: PaymentProvider, env: str, plan_i
     """The plan with every provider id it needs (product, base price, meters and
     metered prices), creating what is missing."""
     async with ctx.db.reader() as s:
-        plan = await s.get(Plan, plan_id)
-        if plan is None:
-            raise StripeApiError(f"plan {plan_id} not found")
+        plan = await required(s, Plan, plan_id)
         pd = await plan_data(s, plan)
         cached: dict[str, str | None] = {
             fid: pid
@@ -283,8 +281,7 @@ async def sync_plan(ctx: AppContext, provider: PaymentProvider, env: str, plan_i
                     .execution_options(synchronize_session=False)
                 )
     async with ctx.db.reader() as s:
-        plan = await s.get(Plan, plan_id)
-        return await plan_data(s, plan)
+        return await plan_data(s, await required(s, Plan, plan_id))
 
 
 def _same(column: Any, value: str | None) -> Any:
