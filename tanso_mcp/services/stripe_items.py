@@ -144,6 +144,10 @@ async def align(
     from .stripe_billing import _state_key, _subscription_data
 
     doc = wanted(current, target, sub.provider_items, sub.current_period_start)
+    if sub.provider_items is None and target is None:
+        # a subscription from before this record (or imported): its items are taken as
+        # they are, never rewritten on a guess (an imported one may bill other prices)
+        return doc
     if same_prices(sub.provider_items, doc):
         return None if (sub.provider_items or {}).get("period") == doc["period"] else doc
     if not sub.provider_subscription_id:
