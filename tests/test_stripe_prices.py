@@ -283,3 +283,39 @@ async def test_an_in_arrears_base_fee_is_billed_at_the_period_end(
         assert final["amount_paid"] == 1000
         await app.settle()
         assert (await app.data("GET", f"/subscriptions/{sub_id}"))["status"] == "cancelled"
+
+
+async def test_a_downgrade_to_an_in_arrears_plan_bills_nothing_in_advance(
+    db_url, stripe_fake, stripe_client
+):
+    async with stripe_app(db_url, stripe_fake) as app:
+        await app.connect()
+        big = await make_plan(app.ctx, app.env, key="big", price="50.00")
+        team = await make_plan(app.ctx, app.env, key="team", price="10.00", timing="IN_ARREARS")
+        sub_id, stripe_sub = await _checkout(app, "t1", big["plan_id"])
+        out = await app.data(
+            "POST",
+            f"/subscriptions/{sub_id}/plan-change",
+            json={"changeToPlanId": team["plan_id"], "changeType": "DOWNGRADE"},
+        )
+        assert out["scheduledChange"]["status"] == "PENDING"
+        await app.settle()
+        # the next period is billed in arrears: no licensed price left to bill in advance;
+        # the team plan's base-fee price is in place (nothing is reported to its meter
+        # before the team plan's first period)
+        items = await _items(stripe_client, stripe_sub)
+        assert items["licensed"] == []
+        assert [p.unit_amount for p in items["metered"]] == [1000]
+        assert (await app.data("GET", f"/subscriptions/{sub_id}"))["planId"] == big["plan_id"]
+        await run_due(app.ctx, app.env)
+        renewal = await stripe_fake.end_period(stripe_sub)
+        assert renewal["amount_due"] == 0
+        await app.settle()
+        await app.data("POST", "/test-clock/advance", json={"days": 32})
+        await app.settle()
+        await run_due(app.ctx, app.env)  # the plan changes; its first period's unit
+        assert (await app.data("GET", f"/subscriptions/{sub_id}"))["planId"] == team["plan_id"]
+        end = await stripe_fake.end_period(stripe_sub)
+        assert end["amount_paid"] == 1000  # the team plan's fee, at the end of its period
+        paid = [i.amount_paid for i in await _stripe_invoices(stripe_client, stripe_sub)]
+        assert paid == [5000, 0, 1000]
