@@ -148,6 +148,25 @@ async def test_an_edited_price_is_a_new_stripe_price_billed_from_the_next_period
         _, stripe_sub2 = await _checkout(app, "p2", pro["plan_id"])
         items = await _items(stripe_client, stripe_sub2)
         assert [p.id for p in items["licensed"] + items["metered"]] == [base1.id, usage1.id]
+
+        # edited back to the first terms within Stripe's idempotency window: a new
+        # active price again, never the archived first one
+        async with app.mcp() as mcp:
+            await ok(
+                mcp,
+                "adminUpdateFeatureRule",
+                {
+                    "planId": pro["plan_id"],
+                    "featureId": pro["feature_ids"]["calls"],
+                    "valueJson": usage_rule("0.02"),
+                },
+            )
+        await run_due(app.ctx, app.env)
+        async with app.ctx.db.reader() as s:
+            rule = await s.scalar(select(PlanFeature).where(PlanFeature.id == rule.id))
+        assert rule.provider_price_id not in (usage0.id, usage1.id)
+        usage2 = await stripe_client.v1.prices.retrieve_async(rule.provider_price_id)
+        assert (usage2.unit_amount_decimal, usage2.active) == (Decimal(2), True)
         assert sub_id
 
 

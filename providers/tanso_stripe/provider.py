@@ -7,6 +7,7 @@ already created instead of creating a second one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
@@ -71,6 +72,17 @@ def _amount_decimal(value: Decimal, currency: str) -> str:
     """Major units -> Stripe's minor-unit decimal string (``0.02`` USD -> ``"2"``)."""
     minor = (value * norm.minor_factor(currency)).normalize()
     return format(minor, "f")
+
+
+def _replacing(plan: PlanData) -> str:
+    """Part of a new price's idempotency key: the prices it replaces. Terms edited back
+    and forth within Stripe's 24 h key window would otherwise replay the first
+    (since archived) price; a retired price is never current again, so the key is new
+    for every change and the same for a retry of it."""
+    if not plan.retired_price_ids:
+        return ""
+    joined = ",".join(sorted(plan.retired_price_ids))
+    return ":" + hashlib.sha256(joined.encode()).hexdigest()[:12]
 
 
 def in_arrears_base(plan: PlanData) -> bool:
@@ -198,6 +210,7 @@ class StripeProvider:
         if not price_id:
             # prices are immutable: each version of the terms is a price of its own
             version = plan.price_version or str(price_minor)
+            version += _replacing(plan)
             params: dict[str, Any] = {
                 "product": product_id,
                 "currency": currency,
@@ -313,7 +326,9 @@ class StripeProvider:
             price = await self._call(
                 lambda: self.v1.prices.create_async(
                     params=params,
-                    options=_idem(f"{key}:metered:{m.feature_id}:{m.price_version or ''}"),
+                    options=_idem(
+                        f"{key}:metered:{m.feature_id}:{m.price_version or ''}{_replacing(plan)}"
+                    ),
                 )
             )
             price_id = price.id
