@@ -44,6 +44,19 @@ async def _subscribe(app: StripeApp, ref: str, plan_id: str) -> dict:
     return out["subscription"]
 
 
+async def _bill_period(app: StripeApp, stripe_sub_id: str, ref: str) -> tuple[str, str]:
+    """The reporter sends the period's base-fee unit, then Stripe ends the period: its
+    renewal invoice (left open: send_invoice) bills the base fee. Answers the engine's
+    and Stripe's ids of that invoice."""
+    await run_due(app.ctx, app.env)
+    stripe_inv = await app.fake.end_period(stripe_sub_id, pay=False)
+    await app.settle()
+    invoices = await app.data("GET", f"/billing/invoices/{ref}")
+    due = [i for i in invoices if i["status"] == "DUE"]
+    assert [Decimal(str(i["amount"])) for i in due] == [Decimal("10.00")], invoices
+    return due[0]["id"], stripe_inv["id"]
+
+
 async def _allowed(app: StripeApp, ref: str) -> bool:
     return (await app.data("GET", f"/entitlements/{ref}/seats"))["allowed"]
 
@@ -70,11 +83,12 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         ]
         stripe_subs = (await stripe_client.v1.subscriptions.list_async()).data
         assert len(stripe_subs) == 1 and stripe_subs[0].collection_method == "send_invoice"
+        # the base fee is billed in arrears: nothing at the start, the fee at the end
         invoices = await app.data("GET", "/billing/invoices/a1")
         assert [(i["status"], Decimal(str(i["amount"]))) for i in invoices] == [
-            ("DUE", Decimal("10.00"))
+            ("PAID", Decimal(0))
         ]
-        invoice_id = invoices[0]["id"]
+        invoice_id, stripe_inv = await _bill_period(app, stripe_subs[0].id, "a1")
         page = await app.data("POST", f"/billing/invoices/{invoice_id}/stripe/checkout")
         assert page["url"].startswith("https://")
         by_sub = await app.data("POST", f"/billing/subscriptions/{sub['id']}/stripe/checkout")
@@ -83,7 +97,6 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         # a payment fails, then the customer pays out of band; Stripe's events arrive
         # in the wrong order (the failure last): the paying customer keeps access
         await stripe_fake.hold_webhooks()
-        stripe_inv = stripe_subs[0].latest_invoice
         await stripe_fake.fail_payment(stripe_inv)
         async with app.mcp() as mcp:
             err, preview = await call(mcp, "markInvoicePaid", {"invoiceId": invoice_id})
@@ -113,13 +126,13 @@ async def test_direct_subscriptions_mark_paid_and_stale_failures(
         # a failure that is current makes the subscription past due (access revoked);
         # paying restores it
         sub2 = await _subscribe(app, "a2", plans["team"])
-        inv2 = (await app.data("GET", "/billing/invoices/a2"))[0]["id"]
         stripe_sub2 = next(
             s
             for s in (await stripe_client.v1.subscriptions.list_async()).data
             if s.id != stripe_subs[0].id
         )
-        await stripe_fake.fail_payment(stripe_sub2.latest_invoice)
+        inv2, stripe_inv2 = await _bill_period(app, stripe_sub2.id, "a2")
+        await stripe_fake.fail_payment(stripe_inv2)
         await app.settle()
         assert (await app.data("GET", f"/subscriptions/{sub2['id']}"))["status"] == "past_due"
         assert not await _allowed(app, "a2")
@@ -192,13 +205,14 @@ async def test_outages_lose_nothing(db_url, stripe_fake, stripe_client):
         assert (got.email, got.metadata["customerReferenceId"]) == ("new@x.io", "o2")
 
         # a webhook received while Stripe cannot be read back is kept and processed later
-        await stripe_fake.hold_webhooks()
         stripe_sub = next(
             x
             for x in (await stripe_client.v1.subscriptions.list_async()).data
             if x.metadata["customerReferenceId"] == "o1"
         )
-        await stripe_fake.fail_payment(stripe_sub.latest_invoice)
+        _, renewal = await _bill_period(app, stripe_sub.id, "o1")
+        await stripe_fake.hold_webhooks()
+        await stripe_fake.fail_payment(renewal)
         failure = next(
             e for e in await stripe_fake.held_events() if e["type"] == "invoice.payment_failed"
         )

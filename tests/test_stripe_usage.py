@@ -139,8 +139,17 @@ async def post(client, tenant, key, units, feature="api_calls"):
 
 
 async def reports(ctx):
+    """The overage reports (the plan's base fee, billed in arrears, has its own)."""
     async with ctx.db.reader() as s:
-        return list((await s.execute(select(MeterReport).order_by(MeterReport.from_q))).scalars())
+        return list(
+            (
+                await s.execute(
+                    select(MeterReport)
+                    .where(MeterReport.feature_id != stripe_usage.BASE_FEE_ID)
+                    .order_by(MeterReport.from_q)
+                )
+            ).scalars()
+        )
 
 
 async def reconciliation(client, tenant, feature="api_calls"):

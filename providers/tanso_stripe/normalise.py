@@ -25,9 +25,7 @@ from tanso_mcp.plugin import (
     PriceTier,
 )
 
-ZERO_DECIMAL = frozenset(
-    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -76,8 +74,8 @@ def subscription(sub: dict[str, Any]) -> ExternalSubscription:
     prices = [_item_price(i) for i in items]
     # the base (licensed) price first, metered ones after
     prices.sort(key=lambda p: (p.get("recurring") or {}).get("usage_type") == "metered")
-    starts = [ts(i.get("current_period_start")) for i in items if i.get("current_period_start")]
-    ends = [ts(i.get("current_period_end")) for i in items if i.get("current_period_end")]
+    starts = [t for i in items if (t := ts(i.get("current_period_start"))) is not None]
+    ends = [t for i in items if (t := ts(i.get("current_period_end"))) is not None]
     start = min(starts) if starts else ts(sub.get("current_period_start"))
     end = max(ends) if ends else ts(sub.get("current_period_end"))
     return ExternalSubscription(
@@ -100,7 +98,8 @@ def _line(line: dict[str, Any]) -> ExternalInvoiceLine:
     parent = line.get("parent") or {}
     details = parent.get("subscription_item_details") or parent.get("invoice_item_details") or {}
     proration = bool(details.get("proration", line.get("proration", False)))
-    price = line.get("price") if isinstance(line.get("price"), dict) else {}
+    raw_price = line.get("price")
+    price: dict[str, Any] = raw_price if isinstance(raw_price, dict) else {}
     metered = (price.get("recurring") or {}).get("usage_type") == "metered"
     return ExternalInvoiceLine(
         description=str(line.get("description") or ""),
@@ -169,8 +168,7 @@ def price(p: dict[str, Any]) -> ExternalPrice:
         PriceTier(
             up_to=None if t.get("up_to") in (None, "inf") else Decimal(str(t["up_to"])),
             unit_price=(
-                _decimal(t.get("unit_amount_decimal"))
-                or Decimal(int(t.get("unit_amount") or 0))
+                _decimal(t.get("unit_amount_decimal")) or Decimal(int(t.get("unit_amount") or 0))
             )
             / factor,
             flat_fee=(

@@ -7,14 +7,16 @@ already created instead of creating a second one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
 
 from tanso_mcp.plugin import (
+    BASE_FEE_KEY,
     CHECKOUT,
     PROVIDER_INVOICING,
     USAGE_REPORTING,
@@ -39,6 +41,9 @@ from tanso_mcp.plugin import (
 )
 
 from . import meters
+
+if TYPE_CHECKING:
+    from stripe._base_address import BaseAddresses  # the SDK's TypedDict, not exported
 from . import normalise as norm
 from .meters import meter_event_name
 
@@ -67,6 +72,22 @@ def _amount_decimal(value: Decimal, currency: str) -> str:
     """Major units -> Stripe's minor-unit decimal string (``0.02`` USD -> ``"2"``)."""
     minor = (value * norm.minor_factor(currency)).normalize()
     return format(minor, "f")
+
+
+def _replacing(plan: PlanData) -> str:
+    """Part of a new price's idempotency key: the prices it replaces. Terms edited back
+    and forth within Stripe's 24 h key window would otherwise replay the first
+    (since archived) price; a retired price is never current again, so the key is new
+    for every change and the same for a retry of it."""
+    if not plan.retired_price_ids:
+        return ""
+    joined = ",".join(sorted(plan.retired_price_ids))
+    return ":" + hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
+def in_arrears_base(plan: PlanData) -> bool:
+    """A base fee due at the end of each period (billed through the base-fee meter)."""
+    return plan.billing_timing == "IN_ARREARS" and bool(plan.price_minor or plan.price)
 
 
 def _up_to(value: Decimal | None) -> int | str:
@@ -104,7 +125,7 @@ class StripeProvider:
         if self._client is None:
             if not self._api_key:
                 raise ProviderError("no Stripe secret key is registered", code="no_key")
-            base = {"api": self._api_base} if self._api_base else None
+            base: BaseAddresses | None = {"api": self._api_base} if self._api_base else None
             self._http = stripe.HTTPXClient()
             self._client = stripe.StripeClient(
                 self._api_key,
@@ -171,7 +192,7 @@ class StripeProvider:
     async def sync_plan(self, plan: PlanData, *, idempotency_key: str) -> ExternalRef | None:
         meta = {"tansoPlanId": plan.plan_id, "tansoPlanKey": plan.key}
         currency = plan.currency.lower()
-        recurring = {"interval": "month", "interval_count": plan.interval_months}
+        recurring: dict[str, Any] = {"interval": "month", "interval_count": plan.interval_months}
         product_id = plan.external_product_id
         if not product_id:
             product = await self._call(
@@ -181,21 +202,32 @@ class StripeProvider:
                 )
             )
             product_id = product.id
+        price_minor = plan.price_minor
+        if price_minor is None:
+            price_minor = int(plan.price * norm.minor_factor(plan.currency))
+        base_meter_id = plan.external_base_meter_id
         price_id = plan.external_price_id
         if not price_id:
-            price_minor = plan.price_minor
-            if price_minor is None:
-                price_minor = int(plan.price * norm.minor_factor(plan.currency))
+            # prices are immutable: each version of the terms is a price of its own
+            version = plan.price_version or str(price_minor)
+            version += _replacing(plan)
+            params: dict[str, Any] = {
+                "product": product_id,
+                "currency": currency,
+                "unit_amount": price_minor,
+                "recurring": recurring,
+                "metadata": meta,
+            }
+            if in_arrears_base(plan):
+                # Stripe bills licensed prices at the start of a period; a base fee due
+                # at its end is one unit per period on the base-fee meter instead
+                if not base_meter_id:
+                    base_meter_id = await self._base_fee_meter()
+                params["recurring"] = {**recurring, "usage_type": "metered", "meter": base_meter_id}
+                params["nickname"] = f"{plan.name}: base fee (billed at period end)"
             price = await self._call(
                 lambda: self.v1.prices.create_async(
-                    params={
-                        "product": product_id,
-                        "currency": currency,
-                        "unit_amount": price_minor,
-                        "recurring": recurring,
-                        "metadata": meta,
-                    },
-                    options=_idem(f"{idempotency_key}:price:{price_minor}"),
+                    params=params, options=_idem(f"{idempotency_key}:price:{version}")
                 )
             )
             price_id = price.id
@@ -204,7 +236,38 @@ class StripeProvider:
             metered[m.feature_key] = await self._sync_metered(
                 plan, m, product_id, recurring, idempotency_key
             )
-        return ExternalRef(external_id=product_id, data={"price_id": price_id, "metered": metered})
+        for old in plan.retired_price_ids:
+            # archived prices keep billing the subscriptions still on them
+            await self._archive_price(old)
+        data: dict[str, Any] = {"price_id": price_id, "metered": metered}
+        if base_meter_id:
+            data["base_meter_id"] = base_meter_id
+        return ExternalRef(external_id=product_id, data=data)
+
+    async def _archive_price(self, price_id: str) -> None:
+        await self._call(
+            lambda: self.v1.prices.update_async(
+                price_id, params={"active": False}, options=_idem(f"archive:{price_id}")
+            )
+        )
+
+    async def _base_fee_meter(self) -> str:
+        meter = await self._call(
+            lambda: self.v1.billing.meters.create_async(
+                params={
+                    "display_name": "Plan base fees billed at period end",
+                    "event_name": meter_event_name(BASE_FEE_KEY),
+                    "default_aggregation": {"formula": "sum"},
+                    "customer_mapping": {
+                        "type": "by_id",
+                        "event_payload_key": "stripe_customer_id",
+                    },
+                    "value_settings": {"event_payload_key": "value"},
+                },
+                options=_idem(f"meter:{BASE_FEE_KEY}"),
+            )
+        )
+        return str(meter.id)
 
     async def _sync_metered(
         self,
@@ -262,7 +325,10 @@ class StripeProvider:
                 )
             price = await self._call(
                 lambda: self.v1.prices.create_async(
-                    params=params, options=_idem(f"{key}:metered:{m.feature_id}")
+                    params=params,
+                    options=_idem(
+                        f"{key}:metered:{m.feature_id}:{m.price_version or ''}{_replacing(plan)}"
+                    ),
                 )
             )
             price_id = price.id
@@ -274,7 +340,10 @@ class StripeProvider:
     def _line_items(plan: PlanData, *, checkout: bool) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         if plan.external_price_id:
-            items.append({"price": plan.external_price_id, "quantity": 1})
+            base: dict[str, Any] = {"price": plan.external_price_id}
+            if not in_arrears_base(plan):
+                base["quantity"] = 1
+            items.append(base)
         for m in plan.metered:
             if m.external_price_id:
                 items.append({"price": m.external_price_id})
@@ -349,20 +418,10 @@ class StripeProvider:
         current = norm.as_dict(
             await self._call(lambda: self.v1.subscriptions.retrieve_async(ext_id))
         )
-        items: list[dict[str, Any]] = []
-        base_done = False
-        for item in norm._items(current):
-            price = norm._item_price(item)
-            metered = (price.get("recurring") or {}).get("usage_type") == "metered"
-            if not metered and not base_done and plan.external_price_id:
-                items.append({"id": item["id"], "price": plan.external_price_id, "quantity": 1})
-                base_done = True
-            else:
-                items.append({"id": item["id"], "deleted": True})
-        if not base_done and plan.external_price_id:
-            items.append({"price": plan.external_price_id, "quantity": 1})
-        items += [{"price": m.external_price_id} for m in plan.metered if m.external_price_id]
+        items = self._item_changes(plan, norm._items(current))
         meta = {**current.get("metadata", {}), "tansoPlanId": plan.plan_id}
+        if not items and meta == current.get("metadata", {}):
+            return norm.subscription(current)
         obj = await self._call(
             lambda: self.v1.subscriptions.update_async(
                 ext_id,
@@ -375,6 +434,42 @@ class StripeProvider:
             )
         )
         return norm.subscription(norm.as_dict(obj))
+
+    @staticmethod
+    def _item_changes(plan: PlanData, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The item updates that make a subscription bill exactly ``plan``'s prices.
+        An item already on a wanted price is left alone (its usage and period stay);
+        an item on another price is moved in place to a wanted price of the same kind
+        (licensed, or metered on the same meter); the rest is deleted or added."""
+        wanted: dict[str, str | None] = {}  # price id -> its meter (None: licensed)
+        if plan.external_price_id:
+            wanted[plan.external_price_id] = (
+                plan.external_base_meter_id if in_arrears_base(plan) else None
+            )
+        for m in plan.metered:
+            if m.external_price_id:
+                wanted[m.external_price_id] = m.external_meter_id
+        remaining = dict(wanted)
+        leftovers = []
+        for item in current:
+            pid = norm._item_price(item).get("id")
+            if pid in remaining:
+                del remaining[pid]
+            else:
+                leftovers.append(item)
+        changes: list[dict[str, Any]] = []
+        for item in leftovers:
+            rec = norm._item_price(item).get("recurring") or {}
+            meter = rec.get("meter") if rec.get("usage_type") == "metered" else None
+            match = next((p for p, m in remaining.items() if m == meter), None)
+            if match is None:
+                changes.append({"id": item["id"], "deleted": True})
+                continue
+            del remaining[match]
+            changes.append({"id": item["id"], "price": match, **({} if meter else {"quantity": 1})})
+        for pid, meter in remaining.items():
+            changes.append({"price": pid, **({} if meter else {"quantity": 1})})
+        return changes
 
     async def cancel_subscription(
         self, subscription: SubscriptionData, *, immediate: bool, idempotency_key: str
@@ -543,12 +638,14 @@ class StripeProvider:
             out.extend(norm.as_dict(x) for x in page.data)
             if not getattr(page, "has_more", False) or not page.data:
                 return out
-            last = page.data[-1].id
-            page = await self._call(
-                lambda last=last: service.list_async(
-                    params={"limit": 100, "starting_after": last, **(params or {})}
-                )
+            page = await self._page(service, page.data[-1].id, params)
+
+    async def _page(self, service: Any, after: str, params: dict[str, Any] | None) -> Any:
+        return await self._call(
+            lambda: service.list_async(
+                params={"limit": 100, "starting_after": after, **(params or {})}
             )
+        )
 
     async def list_products(self) -> list[ExternalProduct]:
         prices: dict[str, list] = {}

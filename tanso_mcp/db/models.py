@@ -182,6 +182,9 @@ class Plan(Base):
     )
     provider_product_id: Mapped[str | None] = mapped_column(String(100))
     provider_price_id: Mapped[str | None] = mapped_column(String(100))
+    # the base price terms provider_price_id was created for (provider prices are
+    # immutable: other terms get a new price)
+    provider_price_version: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -204,8 +207,10 @@ class PlanFeature(Base):
     value: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     credit_denomination: Mapped[str | None] = mapped_column(String(64))
-    # the payment provider's metered price of this feature on this plan
+    # the payment provider's metered price of this feature on this plan, and the
+    # pricing it was created for (other pricing gets a new price)
     provider_price_id: Mapped[str | None] = mapped_column(String(100))
+    provider_price_version: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
@@ -283,6 +288,10 @@ class Subscription(Base):
     provider_ops: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default=text("0")
     )
+    # the provider prices its items carry as last set here: {"base": [price ids billed
+    # in advance], "metered": [price ids billed in arrears], "period": the period start
+    # the metered ones were aligned at}
+    provider_items: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONDoc, nullable=False, default=dict
     )

@@ -133,6 +133,14 @@ class MeteredPrice:
     tiers: tuple[PriceTier, ...] = ()
     external_meter_id: str | None = None
     external_price_id: str | None = None
+    price_version: str | None = None
+    """A fingerprint of this pricing: a provider whose prices are immutable creates a
+    new price for each version (put it in the idempotency key)."""
+
+
+BASE_FEE_KEY = "tanso.base_fee"
+"""``UsageReport.feature_key`` of a plan's base fee billed in arrears through a usage
+meter (one unit per subscription period, priced at the plan's price)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,14 @@ class PlanData:
     metered: tuple[MeteredPrice, ...] = ()
     price_minor: int | None = None
     """``price`` in minor units of ``currency`` (what payment APIs usually take)."""
+    price_version: str | None = None
+    """A fingerprint of the base price's terms (see :attr:`MeteredPrice.price_version`)."""
+    external_base_meter_id: str | None = None
+    """IN_ARREARS plans: the usage meter their base fee is reported to (one per
+    provider account; ``sync_plan`` returns it as ``base_meter_id`` when it created it)."""
+    retired_price_ids: tuple[str, ...] = ()
+    """Prices this plan no longer offers (replaced by a new version): a provider may
+    archive them; subscriptions still on them keep billing them until moved."""
 
 
 @dataclass(frozen=True)
@@ -434,8 +450,10 @@ class PaymentProvider(Protocol):
 
     async def sync_plan(self, plan: PlanData, *, idempotency_key: str) -> ExternalRef | None:
         """Create what is missing of the plan: ``external_id`` is the product; ``data``
-        holds ``price_id`` (the base price) and ``metered`` ``{feature_key: {"meter_id",
-        "price_id"}}``."""
+        holds ``price_id`` (the base price), ``metered`` ``{feature_key: {"meter_id",
+        "price_id"}}`` and, for an IN_ARREARS plan billed through a usage meter,
+        ``base_meter_id``. A missing ``external_price_id`` means "create the price of
+        this ``price_version``"; ``retired_price_ids`` may be archived."""
         ...
 
     async def create_checkout(
@@ -486,9 +504,10 @@ class InvoicingProvider(PaymentProvider, Protocol):
         prorate: bool,
         idempotency_key: str,
     ) -> ExternalSubscription | None:
-        """Move the subscription to ``plan`` now. ``prorate``: charge the difference for
-        the rest of the period at once (an adjustment invoice); otherwise the new price
-        applies from the next period."""
+        """Make the subscription bill ``plan``'s prices (its base price and every
+        ``metered`` price, no others) from now. ``prorate``: charge the difference for
+        the rest of the period at once (an adjustment invoice); otherwise the new prices
+        apply from the next invoice (a price billed in advance from the next period)."""
         ...
 
     async def resume_subscription(
@@ -535,6 +554,7 @@ def has_capability(provider: PaymentProvider, capability: str) -> bool:
 
 __all__ = [
     "ALL_CAPABILITIES",
+    "BASE_FEE_KEY",
     "CHECKOUT",
     "CheckoutRequest",
     "ExternalCheckout",

@@ -24,7 +24,7 @@ from ..db.scale import int_to_qty
 from ..domain.money import to_decimal
 from ..domain.periods import parse_datetime
 from ..errors import Conflict, InvalidRequest, NotFound, PreconditionFailed
-from ..plugin.api import CORE_INVOICING, MARK_PAID, PaymentProvider
+from ..plugin.api import CORE_INVOICING, MARK_PAID, InvoicingProvider
 from ..principal import Principal
 from . import billing, catalog, credits, customers, payments, stripe_billing, stripe_sync
 from . import invoices as inv_svc
@@ -91,7 +91,7 @@ def _message(fx: billing.Effects) -> str:
     return f"{msg}; status {fx.status_after}." if fx.status_after else f"{msg}."
 
 
-async def _provider_invoicing(ctx: AppContext, p: Principal) -> PaymentProvider | None:
+async def _provider_invoicing(ctx: AppContext, p: Principal) -> InvoicingProvider | None:
     """The environment's provider when it invoices itself (Stripe mode): then the
     lifecycle calls go to ``stripe_billing``, which applies the same rules after Stripe."""
     async with ctx.db.reader() as s:
@@ -227,6 +227,8 @@ async def change_plan(
 
 async def undo_plan_change(ctx: AppContext, p: Principal, sub_id: str) -> dict[str, Any]:
     env = p.environment_id
+    if (stripe := await _provider_invoicing(ctx, p)) is not None:
+        return await stripe_billing.undo_plan_change(ctx, p, stripe, sub_id)
     return await _write(
         ctx, p, lambda s, now: billing.undo_scheduled_change(s, env, sub_id, now), dry_run=False
     )

@@ -33,18 +33,19 @@ from ..db.types import new_id
 from ..domain.money import from_minor
 from ..errors import InvalidRequest, NotFound, StripeApiError
 from ..plugin.api import (
+    ExternalRef,
     ExternalSubscription,
     InvoiceData,
-    PaymentProvider,
+    InvoicingProvider,
     ProviderError,
     SubscriptionData,
 )
 from ..principal import Principal
-from . import billing, customers
+from . import billing, customers, stripe_items
 from . import invoices as inv_svc
 from .outputs_stripe import PaymentPageOut
 from .stripe_mirror import converge_subscription, materialise, mirror_invoice, switch_plan
-from .stripe_setup import checkout_urls, stripe_error
+from .stripe_setup import checkout_urls, required, stripe_error
 from .stripe_sync import customer_data, plan_data, provider_invoicing, sync_customer, sync_plan
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ async def _live_subscription(s, customer: Customer) -> Subscription | None:
 async def create_subscription(
     ctx: AppContext,
     p: Principal,
-    provider: PaymentProvider,
+    provider: InvoicingProvider,
     *,
     customer_ref: str,
     plan_id: str | None,
@@ -110,7 +111,7 @@ async def create_subscription(
                 field="customerReferenceId",
                 detail={"subscriptionId": live.id},
             )
-        environment = await s.get(Environment, env)
+        environment = await required(s, Environment, env)
         success_url, cancel_url = checkout_urls(ctx, environment)
         checkout = plan.billing_timing == "IN_ADVANCE" and plan.price_minor > 0
         reuse = await s.scalar(
@@ -170,7 +171,7 @@ async def create_subscription(
             )
             ext = None
         else:
-            ref = await provider.upsert_subscription(
+            created = await provider.upsert_subscription(
                 SubscriptionData(
                     subscription_id=pending_id,
                     customer=cdata,
@@ -182,7 +183,10 @@ async def create_subscription(
                 ),
                 idempotency_key=f"subscription:{pending_id}",
             )
-            ext = _ext(ref)
+            ext = _ext(created)
+            ref = created if isinstance(created, ExternalRef) or created is None else None
+            if ext is not None:
+                ref = ExternalRef(external_id=ext.external_id)
     except ProviderError as exc:
         await _fail_pending(ctx, pending_id, exc.message, now)
         raise stripe_error(exc) from None
@@ -318,7 +322,7 @@ async def _validate_in_rolled_back(ctx: AppContext, fn) -> billing.Effects:
 async def change_plan(
     ctx: AppContext,
     p: Principal,
-    provider: PaymentProvider,
+    provider: InvoicingProvider,
     sub_id: str,
     to_plan_id: str,
     change_type: str,
@@ -328,7 +332,9 @@ async def change_plan(
     """UPGRADE (same billing timing and interval): Stripe swaps the price now and
     prorates (its adjustment invoice is mirrored from the webhooks); the engine swaps
     the plan, entitlements and credit delta at once. Anything else is scheduled for
-    the period end here and applied to Stripe at the boundary (``apply_due_changes``)."""
+    the period end: Stripe's base price is swapped now without proration, so its
+    renewal bills the next plan (``stripe_items``), while the engine keeps the current
+    plan until the boundary, where the metered prices follow (``stripe_jobs``)."""
     env = p.environment_id
     now = await ctx.now(p)
     dry = await _validate_in_rolled_back(
@@ -341,7 +347,7 @@ async def change_plan(
     if immediate:
         async with ctx.db.reader() as s:
             sub = await billing.load_subscription(s, env, sub_id)
-            target = await s.get(Plan, to_plan_id)
+            target = await required(s, Plan, to_plan_id)
         sdata_target = await sync_plan(ctx, provider, env, target.id)
         async with ctx.db.reader() as s:
             sdata = await _subscription_data(s, env, sub)
@@ -354,6 +360,8 @@ async def change_plan(
             )
         except ProviderError as exc:
             raise stripe_error(exc) from None
+    else:
+        doc = await _scheduled_items(ctx, provider, env, sub_id, to_plan_id)
     async with ctx.db.unit_of_work() as s:
         if immediate:
             # Stripe prorates and invoices the difference (mirrored from its webhooks);
@@ -368,7 +376,7 @@ async def change_plan(
                 plan_after=dry.plan_after,
             )
             await _bump_ops(s, sub.id)
-            target_plan = await s.get(Plan, to_plan_id)
+            target_plan = await required(s, Plan, to_plan_id)
             if sub.plan_id != target_plan.id:
                 await switch_plan(s, env, sub, target_plan, now, fx)
             if ext is not None:
@@ -379,17 +387,63 @@ async def change_plan(
             fx.notes.append("Stripe prorates the change and invoices the difference")
             sub = await billing.load_subscription(s, env, sub_id)
             fx.status_after = await billing.status_of(s, sub)
+            await stripe_items.record(
+                s, sub.id, stripe_items.full(sdata_target, sub.current_period_start), bump=False
+            )
         else:
             fx = await billing.change_plan(
                 s, env, now, sub_id, to_plan_id, change_type, plan_field=plan_field
             )
+            if doc is not None:
+                await stripe_items.record(s, sub_id, doc, bump=True)
+                fx.notes.append(
+                    "Stripe bills the new plan's base price from its next renewal; the "
+                    "current plan applies until the period ends"
+                )
+        out = await _answer(s, env, sub_id, fx)
+    await announce(ctx, p, fx)
+    return out
+
+
+async def _scheduled_items(
+    ctx: AppContext,
+    provider: InvoicingProvider,
+    env: str,
+    sub_id: str,
+    to_plan_id: str | None,
+) -> dict[str, Any] | None:
+    """Stripe's items for the subscription once a change to ``to_plan_id`` is scheduled
+    (None: the scheduled change is withdrawn), set in Stripe before the engine records
+    the change; a Stripe error answers ``stripe_api_error`` and nothing is applied."""
+    async with ctx.db.reader() as s:
+        sub = await billing.load_subscription(s, env, sub_id)
+    try:
+        current = await sync_plan(ctx, provider, env, sub.plan_id)
+        target = await sync_plan(ctx, provider, env, to_plan_id) if to_plan_id else None
+        return await stripe_items.align(ctx, provider, env, sub, current, target)
+    except ProviderError as exc:
+        raise stripe_error(exc) from None
+
+
+async def undo_plan_change(
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str
+) -> dict[str, Any]:
+    """A scheduled change withdrawn: Stripe's items go back to the current plan's (no
+    proration), then the engine drops the change."""
+    env = p.environment_id
+    now = await ctx.now(p)
+    doc = await _scheduled_items(ctx, provider, env, sub_id, None)
+    async with ctx.db.unit_of_work() as s:
+        fx = await billing.undo_scheduled_change(s, env, sub_id, now)
+        if doc is not None:
+            await stripe_items.record(s, sub_id, doc, bump=True)
         out = await _answer(s, env, sub_id, fx)
     await announce(ctx, p, fx)
     return out
 
 
 async def cancel(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, sub_id: str, mode: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str, mode: str
 ) -> dict[str, Any]:
     """END_OF_PERIOD: Stripe's ``cancel_at_period_end``; Stripe ends it and the
     ``customer.subscription.deleted`` webhook revokes access. IMMEDIATE: Stripe cancels
@@ -425,7 +479,7 @@ async def cancel(
                 action=f"CANCEL_{mode}",
                 subscription_id=sub.id,
                 status_before=await billing.status_of(s, sub),
-                plan_before=billing._plan_brief(await s.get(Plan, sub.plan_id)),
+                plan_before=billing._plan_brief(await required(s, Plan, sub.plan_id)),
             )
         if immediate:
             from .stripe_mirror import end_subscription
@@ -452,7 +506,7 @@ async def cancel(
 
 
 async def undo_cancel(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, sub_id: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, sub_id: str
 ) -> dict[str, Any]:
     env = p.environment_id
     now = await ctx.now(p)
@@ -501,7 +555,7 @@ async def _invoice_data(s, inv: Invoice) -> InvoiceData:
 
 
 async def mark_paid(
-    ctx: AppContext, p: Principal, provider: PaymentProvider, invoice_id: str
+    ctx: AppContext, p: Principal, provider: InvoicingProvider, invoice_id: str
 ) -> dict[str, Any]:
     """Paid outside Stripe (bank transfer…): Stripe records it ``paid_out_of_band`` and
     the engine mirrors Stripe's paid invoice."""
@@ -558,6 +612,8 @@ async def invoice_payment_page(
         if invoice_id is not None:
             inv = await inv_svc.get_invoice(s, env, invoice_id)
         else:
+            if subscription_id is None:
+                raise InvalidRequest("invoiceId or subscriptionId is required", field="invoiceId")
             sub = await billing.load_subscription(s, env, subscription_id)
             inv = await s.scalar(
                 select(Invoice)

@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.engine import after_commit
+from ..db.engine import after_commit, rowcount
 from ..db.models import Customer, Environment, Feature, Plan, PlanFeature, Subscription
 from ..db.stripe_usage_models import StripeImportJob
+from ..db.types import new_id
 from ..domain.money import from_minor
 from ..errors import NotFound, PreconditionFailed, TansoError
 from ..plugin import (
@@ -36,13 +39,14 @@ from ..plugin import (
     ExternalPrice,
     ExternalProduct,
     ExternalSubscription,
-    PaymentProvider,
+    InvoicingProvider,
     ProviderError,
 )
 from ..principal import Principal
 from . import billing, catalog, customers, payments, stripe_mirror, stripe_secrets
 from .outputs_stripe import ImportJobOut, StripeDiscoveryOut
-from .stripe_setup import stripe_error
+from .stripe_setup import invoicing, stripe_error
+from .stripe_sync import base_price_version, metered_price_version
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -61,12 +65,12 @@ PASS = "stripe.import"
 # --------------------------------------------------------------------------- the account
 
 
-async def _provider(ctx: AppContext, env_id: str) -> PaymentProvider:
+async def _provider(ctx: AppContext, env_id: str) -> InvoicingProvider:
     async with ctx.db.reader() as s:
-        return await payments.provider_for(ctx, s, env_id, name=PROVIDER)
+        return invoicing(await payments.provider_for(ctx, s, env_id, name=PROVIDER))
 
 
-async def _stripe_mode(ctx: AppContext, env_id: str) -> str:
+async def _stripe_mode(ctx: AppContext, env_id: str) -> str | None:
     async with ctx.db.reader() as s:
         return await s.scalar(select(Environment.stripe_mode).where(Environment.id == env_id))
 
@@ -82,7 +86,7 @@ def mode_warnings(stripe_mode: str | None) -> list[str]:
 
 
 async def _read_account(
-    provider: PaymentProvider,
+    provider: InvoicingProvider,
 ) -> tuple[list[ExternalProduct], list[ExternalCustomer], list[ExternalSubscription]]:
     try:
         return (
@@ -123,7 +127,11 @@ async def _mapped(ctx: AppContext, env_id: str) -> dict[str, dict[str, str]]:
                 )
             )
         ).all()
-    return {"product": dict(plans), "customer": dict(custs), "subscription": dict(subs)}
+
+    def ids(rows: Any) -> dict[str, str]:
+        return {str(ext): str(own) for ext, own in rows}
+
+    return {"product": ids(plans), "customer": ids(custs), "subscription": ids(subs)}
 
 
 def _price_out(p: ExternalPrice) -> dict[str, Any]:
@@ -236,9 +244,9 @@ def _usage_rule(price: ExternalPrice, unit_label: str) -> dict[str, Any]:
     }
 
 
-async def _free_key(s, model, env: str, key: str, suffix: str) -> str:
+async def _free_key(s: AsyncSession, model: Any, env: str, key: str, suffix: str | None) -> str:
     taken = await s.scalar(select(model.id).where(model.environment_id == env, model.key == key))
-    return key if taken is None else f"{key[:100]}_{suffix[-8:]}"
+    return key if taken is None else f"{key[:100]}_{(suffix or new_id())[-8:]}"
 
 
 async def import_product(ctx: AppContext, env: str, product: ExternalProduct, now: datetime) -> str:
@@ -279,6 +287,8 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
             .values(
                 provider_product_id=product.external_id,
                 provider_price_id=base.external_id if base is not None else None,
+                # the plan was made from this price: its terms are the price's
+                provider_price_version=base_price_version(plan) if base is not None else None,
             )
             .execution_options(synchronize_session=False)
         )
@@ -307,10 +317,16 @@ async def import_product(ctx: AppContext, env: str, product: ExternalProduct, no
                 feature_id=feature.id,
                 value_json=_usage_rule(price, "units"),
             )
+            rv = catalog.rule_value(rule)
             await s.execute(
                 update(PlanFeature)
                 .where(PlanFeature.id == rule.id)
-                .values(provider_price_id=price.external_id)
+                .values(
+                    provider_price_id=price.external_id,
+                    provider_price_version=metered_price_version(plan, rv.pricing)
+                    if rv is not None and rv.pricing is not None
+                    else None,
+                )
                 .execution_options(synchronize_session=False)
             )
         if not metered:
@@ -484,7 +500,7 @@ async def run_job(ctx: AppContext, env: str, job_id: str) -> None:
             .where(StripeImportJob.id == job_id)
             .values(total_items=len(items), modified_at=ctx.clocks.system_now())
         )
-    steps = {
+    steps: dict[str, Callable[[AppContext, str, Any, datetime], Awaitable[str]]] = {
         "product": import_product,
         "customer": import_customer,
         "subscription": import_subscription,
@@ -628,7 +644,7 @@ def register(registry: JobRegistry) -> None:
                     )
                     .values(modified_at=wall)
                 )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 await run_job(ctx, env_id, job_id)
                 resumed += 1
         return resumed

@@ -15,12 +15,13 @@ by the functions native billing uses.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.engine import rowcount
 from ..db.models import (
     Customer,
     Invoice,
@@ -34,10 +35,11 @@ from ..db.types import new_id
 from ..domain.money import from_minor
 from ..domain.periods import add_months, start_of_day
 from ..plugin.api import ExternalInvoice, ExternalSubscription
-from . import billing, credits
+from . import billing, credits, stripe_items
 from . import invoices as inv_svc
 from .credits import insert_ignore
-from .stripe_sync import plan_for_price
+from .stripe_setup import required
+from .stripe_sync import plan_data, plan_for_price
 
 PAID_STATES = ("active", "trialing")
 ENDED_STATES = ("canceled", "incomplete_expired")
@@ -82,7 +84,7 @@ async def _resolve_owner(
                 Customer.provider_customer_id == ext.customer_external_id,
             )
         )
-    plan = await plan_for_price(s, env, ext.price_ids[0] if ext.price_ids else None)
+    plan = await plan_for_price(s, env, ext.price_ids)
     if plan is None and ext.metadata.get("tansoPlanId"):
         plan = await s.get(Plan, ext.metadata["tansoPlanId"])
     if c is None or c.environment_id != env or plan is None or plan.environment_id != env:
@@ -143,6 +145,10 @@ async def materialise(
     fx.subscription_id = sub.id
     fx.status_after = "active"
     fx.plan_after = billing._plan_brief(plan)
+    # the prices Stripe bills it (those of the plan when it was subscribed)
+    await stripe_items.record(
+        s, sub.id, stripe_items.full(await plan_data(s, plan), start), bump=False
+    )
     await billing.reconcile_entitlements(s, env, sub, plan, now, fx)
     await billing.provision_period_credits(s, env, sub, plan, start, now, fx)
     if pending is not None:
@@ -181,7 +187,7 @@ async def end_subscription(
         )
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return
     await s.refresh(sub)
     await billing.revoke_entitlements(s, sub, now, fx)
@@ -225,10 +231,31 @@ async def converge_subscription(
             .values(**values, modified_at=now)
             .execution_options(synchronize_session=False)
         )
-    # a plan changed on Stripe's side (or a change of ours, confirmed) is followed here
-    plan = await plan_for_price(s, env, ext.price_ids[0] if ext.price_ids else None)
+    # a plan changed on Stripe's side (or a change of ours, confirmed) is followed here;
+    # not the next period's plan of a scheduled change, which Stripe already bills
+    # from its renewal while the engine keeps the current plan until the period ends
+    if sub.plan_id in await _plans_billed(s, env, ext):
+        return
+    plan = await plan_for_price(s, env, ext.price_ids)
+    pending = await billing.pending_change(s, sub.id)
+    if pending is not None and plan is not None and pending.to_plan_id == plan.id:
+        return
     if plan is not None and plan.id != sub.plan_id:
         await switch_plan(s, env, sub, plan, now, fx)
+
+
+async def _plans_billed(s: AsyncSession, env: str, ext: ExternalSubscription) -> set[str]:
+    if not ext.price_ids:
+        return set()
+    return set(
+        (
+            await s.scalars(
+                select(Plan.id).where(
+                    Plan.environment_id == env, Plan.provider_price_id.in_(ext.price_ids)
+                )
+            )
+        ).all()
+    )
 
 
 async def switch_plan(
@@ -238,14 +265,14 @@ async def switch_plan(
     (conditional on the plan it had), with the billing service's plan-change rules —
     entitlements reconciled, the credit delta granted — and the change recorded as done
     (a scheduled change to this plan is completed, any other one cancelled)."""
-    current = await s.get(Plan, sub.plan_id)
+    current = await required(s, Plan, sub.plan_id)
     res = await s.execute(
         update(Subscription)
         .where(Subscription.id == sub.id, Subscription.plan_id == current.id)
         .values(plan_id=target.id, interval_months=target.interval_months, modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return
     await billing.grant_upgrade_credits(s, env, sub, current, target, now, fx)
     sub = await billing.load_subscription(s, env, sub.id)
@@ -338,7 +365,7 @@ async def _renew_to(
     rolling credits over by the billing service's rule."""
     if new_start <= sub.current_period_start:
         return sub
-    plan = await s.get(Plan, sub.plan_id)
+    plan = await required(s, Plan, sub.plan_id)
     end = (
         new_end
         if new_end and new_end > new_start
@@ -354,7 +381,7 @@ async def _renew_to(
         .values(current_period_start=new_start, current_period_end=end, modified_at=now)
         .execution_options(synchronize_session=False)
     )
-    if not res.rowcount:
+    if not rowcount(res):
         return await billing.load_subscription(s, env, sub.id)
     sub = await billing.load_subscription(s, env, sub.id)
     await billing._rollover(s, env, sub, new_start, now, fx)
@@ -416,7 +443,7 @@ async def mirror_invoice(
         )
         if target == "PAID" and sub.ended_at is None:
             sub = await _renew_to(s, env, sub, start, end, now, fx)
-        period = (
+        period: tuple[datetime | None, datetime | None] = (
             start,
             end or sub.current_period_end if start == sub.current_period_start else end,
         )
@@ -439,7 +466,9 @@ async def mirror_invoice(
         try:
             async with s.begin_nested():
                 await s.execute(
-                    Invoice.__table__.insert().values(
+                    cast(Table, Invoice.__table__)
+                    .insert()
+                    .values(
                         id=inv_id,
                         environment_id=env,
                         customer_id=sub.customer_id,
@@ -488,7 +517,7 @@ async def mirror_invoice(
             sub = await billing.load_subscription(s, env, sub.id)
             if sub.is_active and sub.ended_at is None and not await billing.has_past_due(s, sub.id):
                 await billing.reconcile_entitlements(
-                    s, env, sub, await s.get(Plan, sub.plan_id), now, fx
+                    s, env, sub, await required(s, Plan, sub.plan_id), now, fx
                 )
     elif target == "DUE" and inv.status == "PENDING":
         if await inv_svc.set_status(s, inv, "DUE", now, only_from=("PENDING",)):

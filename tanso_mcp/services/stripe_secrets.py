@@ -56,6 +56,8 @@ async def fernet(ctx: AppContext, s: AsyncSession) -> Fernet:
         key = await s.scalar(
             select(SystemSetting.value).where(SystemSetting.name == SECRET_KEY_SETTING)
         )
+    if key is None:
+        raise RuntimeError("the secret-encryption key could not be stored")
     f = Fernet(key.encode() if isinstance(key, str) else key)
     ctx.extras["fernet"] = f
     return f

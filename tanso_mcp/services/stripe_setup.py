@@ -8,13 +8,14 @@ call Stripe, then record the result in a second unit of work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Environment, Subscription
-from ..errors import InvalidRequest, PreconditionFailed, StripeApiError
-from ..plugin.api import ProviderError
+from ..errors import InvalidRequest, NotFound, PreconditionFailed, StripeApiError
+from ..plugin.api import InvoicingProvider, PaymentProvider, ProviderError
 from ..principal import Principal
 from . import payments, stripe_secrets
 from .outputs_stripe import StripeKeyOut, StripeSetupOut, StripeStatusOut
@@ -28,6 +29,26 @@ STRIPE_DRIVEN = "STRIPE_DRIVEN"
 KEY_PREFIXES = {"test": "sk_test_", "live": "sk_live_"}
 # restricted keys (rk_…) cannot create webhook endpoints; publishable ones (pk_…) are
 # not secret keys at all
+
+
+T = TypeVar("T")
+
+
+async def required(s: AsyncSession, model: type[T], ident: str | None) -> T:
+    """A row the caller's ids guarantee (foreign keys): NotFound if it vanished."""
+    row = await s.get(model, ident) if ident is not None else None
+    if row is None:
+        raise NotFound(f"{model.__name__} {ident} not found")
+    return row
+
+
+def invoicing(provider: PaymentProvider) -> InvoicingProvider:
+    """The provider as one that invoices itself (Stripe mode needs its methods)."""
+    if not isinstance(provider, InvoicingProvider):
+        raise PreconditionFailed(
+            f"payment provider {provider.name!r} does not issue invoices itself"
+        )
+    return provider
 
 
 def stripe_error(exc: ProviderError) -> StripeApiError:
@@ -106,7 +127,7 @@ async def register_key(
         replaced = API_KEY in await stripe_secrets.rows(s, p.environment_id)
         row = await stripe_secrets.put(ctx, s, p.environment_id, API_KEY, key, now)
         if success_url or cancel_url:
-            env = await s.get(Environment, p.environment_id)
+            env = await required(s, Environment, p.environment_id)
             settings = dict(env.settings or {})
             own = dict(settings.get("stripe") or {})
             if success_url:
@@ -128,7 +149,7 @@ async def register_key(
 
 async def status(ctx: AppContext, p: Principal) -> StripeStatusOut:
     async with ctx.db.reader() as s:
-        env = await s.get(Environment, p.environment_id)
+        env = await required(s, Environment, p.environment_id)
         found = await stripe_secrets.rows(s, p.environment_id)
     key = found.get(API_KEY)
     hook = found.get(WEBHOOK_SECRET)
@@ -165,8 +186,10 @@ async def _active_native_subscriptions(s, env_id: str) -> int:
     )
 
 
-async def _preconditions(ctx: AppContext, s, p: Principal) -> tuple[Environment, dict]:
-    env = await s.get(Environment, p.environment_id)
+async def _preconditions(
+    ctx: AppContext, s: AsyncSession, p: Principal
+) -> tuple[Environment, dict[str, Any]]:
+    env = await required(s, Environment, p.environment_id)
     found = await stripe_secrets.rows(s, p.environment_id)
     if API_KEY not in found:
         raise PreconditionFailed(
@@ -193,7 +216,9 @@ async def _needs(ctx: AppContext, p: Principal, *, probe: bool) -> tuple[bool, b
         env, found = await _preconditions(ctx, s, p)
         need_webhook = WEBHOOK_SECRET not in found
         need_mode = env.payment_provider != PROVIDER or env.stripe_mode != STRIPE_DRIVEN
-        provider = await payments.provider_for(ctx, s, p.environment_id, name=PROVIDER)
+        provider = invoicing(
+            await payments.provider_for(ctx, s, p.environment_id, name=PROVIDER)
+        )
     hook = found.get(WEBHOOK_SECRET)
     if probe and hook is not None and hook.external_id:
         # still there (the key may now be another account's, or it was deleted)?

@@ -11,13 +11,16 @@ created on first use and reused afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Customer, Feature, Plan, PlanFeature
+from ..db.models import Customer, Environment, Feature, Plan, PlanFeature
 from ..domain.money import from_minor
 from ..domain.rules import GraduatedPricing, ResetMode
 from ..errors import StripeApiError
@@ -32,7 +35,7 @@ from ..plugin.api import (
     ProviderError,
 )
 from . import catalog, payments
-from .stripe_setup import stripe_error
+from .stripe_setup import required, stripe_error
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -40,7 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tanso_mcp.stripe")
 
 
-async def provider_invoicing(ctx: AppContext, s: AsyncSession, env: str) -> PaymentProvider | None:
+async def provider_invoicing(
+    ctx: AppContext, s: AsyncSession, env: str
+) -> InvoicingProvider | None:
     """The environment's provider when it invoices itself (Stripe mode), else None
     (also for a provider claiming the capability without the methods it needs: the
     core then refuses what it cannot do, as for any capability it lacks)."""
@@ -61,10 +66,39 @@ def customer_data(c: Customer) -> CustomerData:
     )
 
 
+BASE_METER_SETTING = "stripeBaseFeeMeterId"
+
+
+def base_price_version(plan: Plan) -> str:
+    """The terms of a plan's base price; a provider price is reused only for the terms
+    it was created with (prices are immutable there)."""
+    return f"{plan.billing_timing}:{plan.interval_months}:{plan.currency}:{plan.price_minor}"
+
+
+def metered_price_version(plan: Plan, pricing: Any) -> str:
+    doc = {
+        "interval": plan.interval_months,
+        "currency": plan.currency,
+        "unit": str(getattr(pricing, "price_per_unit", None)),
+        "tiers": [
+            [str(t.up_to), str(t.price_per_unit), str(t.flat_fee)]
+            for t in getattr(pricing, "tiers", ())
+        ],
+    }
+    return "m:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _current(cached_id: str | None, cached_version: str | None, version: str) -> str | None:
+    return cached_id if cached_id and cached_version == version else None
+
+
 async def plan_data(s: AsyncSession, plan: Plan) -> PlanData:
     """The plan with its metered features (usage-priced, reset per period: features
-    that accumulate across periods are never reported to a meter, so get no price)."""
+    that accumulate across periods are never reported to a meter, so get no price).
+    A cached provider price made for other terms than the plan's current ones is left
+    out (``external_price_id`` None: a new price is due) and listed as retired."""
     metered = []
+    retired: list[str] = []
     for pf, f in (await catalog.plan_rules(s, [plan.id]))[plan.id]:
         rv = catalog.rule_value(pf)
         if rv is None or rv.pricing is None or not pf.is_enabled:
@@ -81,6 +115,10 @@ async def plan_data(s: AsyncSession, plan: Plan) -> PlanData:
             )
         else:
             unit = pricing.price_per_unit
+        version = metered_price_version(plan, pricing)
+        price_id = _current(pf.provider_price_id, pf.provider_price_version, version)
+        if pf.provider_price_id and price_id is None:
+            retired.append(pf.provider_price_id)
         metered.append(
             MeteredPrice(
                 feature_id=f.id,
@@ -89,9 +127,15 @@ async def plan_data(s: AsyncSession, plan: Plan) -> PlanData:
                 unit_price=unit,
                 tiers=tiers,
                 external_meter_id=f.provider_meter_id,
-                external_price_id=pf.provider_price_id,
+                external_price_id=price_id,
+                price_version=version,
             )
         )
+    version = base_price_version(plan)
+    price_id = _current(plan.provider_price_id, plan.provider_price_version, version)
+    if plan.provider_price_id and price_id is None:
+        retired.append(plan.provider_price_id)
+    env = await s.get(Environment, plan.environment_id)
     return PlanData(
         plan_id=plan.id,
         key=plan.key,
@@ -102,8 +146,11 @@ async def plan_data(s: AsyncSession, plan: Plan) -> PlanData:
         interval_months=plan.interval_months,
         billing_timing=plan.billing_timing,
         external_product_id=plan.provider_product_id,
-        external_price_id=plan.provider_price_id,
+        external_price_id=price_id,
         metered=tuple(metered),
+        price_version=version,
+        external_base_meter_id=(env.settings or {}).get(BASE_METER_SETTING) if env else None,
+        retired_price_ids=tuple(retired),
     )
 
 
@@ -120,7 +167,7 @@ async def sync_customer(
 ) -> CustomerData:
     """The customer as the provider knows it (created there first if needed)."""
     async with ctx.db.reader() as s:
-        c = await s.get(Customer, customer_id)
+        c = await required(s, Customer, customer_id)
     data = customer_data(c)
     if data.external_id:
         return data
@@ -137,8 +184,8 @@ async def sync_customer(
             .values(provider_customer_id=ref.external_id)
             .execution_options(synchronize_session=False)
         )
-        c = await s.get(Customer, c.id, populate_existing=True)
-        return customer_data(c)
+        s.expire_all()
+        return customer_data(await required(s, Customer, c.id))
 
 
 async def push_customer(ctx: AppContext, env: str, customer_id: str) -> str | None:
@@ -165,8 +212,18 @@ async def sync_plan(ctx: AppContext, provider: PaymentProvider, env: str, plan_i
     """The plan with every provider id it needs (product, base price, meters and
     metered prices), creating what is missing."""
     async with ctx.db.reader() as s:
-        plan = await s.get(Plan, plan_id)
+        plan = await required(s, Plan, plan_id)
         pd = await plan_data(s, plan)
+        cached: dict[str, str | None] = {
+            fid: pid
+            for fid, pid in (
+                await s.execute(
+                    select(PlanFeature.feature_id, PlanFeature.provider_price_id).where(
+                        PlanFeature.plan_id == plan.id
+                    )
+                )
+            ).all()
+        }
     if _complete(pd):
         return pd
     try:
@@ -183,12 +240,24 @@ async def sync_plan(ctx: AppContext, provider: PaymentProvider, env: str, plan_i
             .values(provider_product_id=ref.external_id)
             .execution_options(synchronize_session=False)
         )
-        await s.execute(
-            update(Plan)
-            .where(Plan.id == plan.id, Plan.provider_price_id.is_(None))
-            .values(provider_price_id=ref.data.get("price_id"))
-            .execution_options(synchronize_session=False)
-        )
+        if pd.external_price_id is None and ref.data.get("price_id"):
+            # conditional on the cached price this sync replaced: a concurrent sync of
+            # the same terms got the same price (same idempotency key) and wrote it once
+            await s.execute(
+                update(Plan)
+                .where(Plan.id == plan.id, _same(Plan.provider_price_id, plan.provider_price_id))
+                .values(
+                    provider_price_id=ref.data["price_id"], provider_price_version=pd.price_version
+                )
+                .execution_options(synchronize_session=False)
+            )
+        if ref.data.get("base_meter_id") and not pd.external_base_meter_id:
+            environment = await s.get(Environment, env, with_for_update=True)
+            if environment is not None and not (environment.settings or {}).get(BASE_METER_SETTING):
+                environment.settings = {
+                    **(environment.settings or {}),
+                    BASE_METER_SETTING: ref.data["base_meter_id"],
+                }
         for m in pd.metered:
             ids = metered.get(m.feature_key) or {}
             if ids.get("meter_id"):
@@ -198,27 +267,40 @@ async def sync_plan(ctx: AppContext, provider: PaymentProvider, env: str, plan_i
                     .values(provider_meter_id=ids["meter_id"])
                     .execution_options(synchronize_session=False)
                 )
-            if ids.get("price_id"):
+            if ids.get("price_id") and m.external_price_id is None:
                 await s.execute(
                     update(PlanFeature)
                     .where(
                         PlanFeature.plan_id == plan.id,
                         PlanFeature.feature_id == m.feature_id,
-                        PlanFeature.provider_price_id.is_(None),
+                        _same(PlanFeature.provider_price_id, cached.get(m.feature_id)),
                     )
-                    .values(provider_price_id=ids["price_id"])
+                    .values(
+                        provider_price_id=ids["price_id"], provider_price_version=m.price_version
+                    )
                     .execution_options(synchronize_session=False)
                 )
     async with ctx.db.reader() as s:
-        plan = await s.get(Plan, plan_id)
-        return await plan_data(s, plan)
+        return await plan_data(s, await required(s, Plan, plan_id))
 
 
-async def plan_for_price(s: AsyncSession, env: str, price_id: str | None) -> Plan | None:
-    if not price_id:
+def _same(column: Any, value: str | None) -> Any:
+    return column.is_(None) if value is None else column == value
+
+
+async def plan_for_price(
+    s: AsyncSession, env: str, price_ids: str | Sequence[str] | None
+) -> Plan | None:
+    """The plan whose current base price is among ``price_ids`` (a subscription's
+    prices: the base one may be licensed or, billed in arrears, metered)."""
+    ids = [price_ids] if isinstance(price_ids, str) else list(price_ids or ())
+    if not ids:
         return None
     return await s.scalar(
-        select(Plan).where(Plan.environment_id == env, Plan.provider_price_id == price_id)
+        select(Plan)
+        .where(Plan.environment_id == env, Plan.provider_price_id.in_(ids))
+        .order_by(Plan.id)
+        .limit(1)
     )
 
 

@@ -10,6 +10,13 @@ Only ``reset`` features priced on the subscription's plan are forwarded (their p
 is the provider's billing period); ``accumulate`` features are not. Meter values are
 whole units; a fraction waits until it adds up to one.
 
+The base fee of a plan billed in arrears goes the same way: Stripe bills licensed
+prices at the start of a period, so such a plan's base price is a metered price on the
+base-fee meter, and each period of a subscription on it reports one unit there, as
+soon as the period has begun (``feature_id`` :data:`BASE_FEE_ID`, one step ``0 → 1``:
+once per subscription and period; only with a provider that invoices itself). Stripe bills it with the period's usage when the
+period ends, at the price the subscription item carries then.
+
 Exactly once, per step of the chain ``0 → t1 → t2 …`` of reported totals:
 
 1. claim: insert a ``pending`` row ``(from_q, to_q, identifier)`` and commit — the
@@ -37,7 +44,15 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import Customer, Feature, PlanFeature, Subscription, UsageCounter
+from ..db.models import (
+    Customer,
+    Environment,
+    Feature,
+    Plan,
+    PlanFeature,
+    Subscription,
+    UsageCounter,
+)
 from ..db.scale import QTY_SCALE
 from ..db.stripe_usage_models import MeterReport
 from ..db.types import new_id
@@ -51,6 +66,8 @@ from ..domain.meter_reports import (
 from ..domain.rules import ResetMode, parse_rule_value
 from ..errors import TansoError
 from ..plugin import (
+    BASE_FEE_KEY,
+    PROVIDER_INVOICING,
     USAGE_REPORTING,
     CustomerData,
     PaymentProvider,
@@ -60,6 +77,7 @@ from ..plugin import (
 )
 from ..services.metering.windows import LIFETIME
 from . import payments
+from .stripe_sync import BASE_METER_SETTING
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -71,6 +89,7 @@ PASS = "usage.meter_reports"
 BATCH = 500  # reports claimed or retried per environment and pass
 CONCURRENCY = 8  # provider calls in flight per environment
 RECORD_EVERY = 64  # reports sent between two records (one unit of work each)
+BASE_FEE_ID = "base-fee"  # MeterReport.feature_id of a period's base fee (no feature)
 
 
 @dataclass(frozen=True)
@@ -176,12 +195,51 @@ async def _candidates(s: AsyncSession, env_id: str, limit: int) -> list[Any]:
     return list((await s.execute(q)).all())
 
 
+async def _base_fee_candidates(s: AsyncSession, env_id: str, limit: int) -> list[Any]:
+    """Live Stripe subscriptions on a plan with a base fee billed in arrears whose
+    current period has no base-fee report yet."""
+    if limit <= 0:
+        return []
+    reported = (
+        select(MeterReport.id)
+        .where(
+            MeterReport.subscription_id == Subscription.id,
+            MeterReport.feature_id == BASE_FEE_ID,
+            MeterReport.period_start == Subscription.current_period_start,
+        )
+        .exists()
+    )
+    q = (
+        select(Subscription.id, Subscription.customer_id, Subscription.current_period_start)
+        .join(Plan, Plan.id == Subscription.plan_id)
+        .where(
+            Subscription.environment_id == env_id,
+            Subscription.provider_subscription_id.is_not(None),
+            Subscription.ended_at.is_(None),
+            Plan.billing_timing == "IN_ARREARS",
+            Plan.price_minor > 0,
+            # the plan's base price in the provider is the base-fee meter's price
+            Plan.provider_price_id.is_not(None),
+            Plan.provider_price_version.like("IN_ARREARS:%"),
+            ~reported,
+        )
+        .limit(limit)
+    )
+    return list((await s.execute(q)).all())
+
+
 def _insert(dialect: str):
     return (postgresql if dialect == "postgresql" else sqlite).insert
 
 
 async def claim(
-    ctx: AppContext, env_id: str, env_now: datetime, wall: datetime, limit: int = BATCH
+    ctx: AppContext,
+    env_id: str,
+    env_now: datetime,
+    wall: datetime,
+    limit: int = BATCH,
+    *,
+    base_fees: bool = False,
 ) -> list[str]:
     """Step 1: pending rows for every (subscription, feature, period) with unreported
     overage; answers the ids this process claimed (a concurrent claimer gets none of
@@ -219,6 +277,27 @@ async def claim(
                     "created_at": wall,
                 }
             )
+        room = max(limit - len(rows), 0) if base_fees else 0
+        for sid, cid, period in await _base_fee_candidates(s, env_id, room):
+            rows.append(
+                {
+                    "id": new_id(),
+                    "environment_id": env_id,
+                    "subscription_id": sid,
+                    "customer_id": cid,
+                    "feature_id": BASE_FEE_ID,
+                    "period_start": period,
+                    "from_q": 0,
+                    "to_q": QTY_SCALE,
+                    "identifier": meter_identifier(env_id, sid, BASE_FEE_ID, period, 0, QTY_SCALE),
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": wall + CLAIM_LEASE,
+                    # Stripe's period is real time: the unit is dated now, inside it
+                    "event_timestamp": meter_timestamp(wall, wall),
+                    "created_at": wall,
+                }
+            )
     if not rows:
         return []
     insert = _insert(ctx.db.dialect)
@@ -232,15 +311,21 @@ async def _load(ctx: AppContext, where: Any, limit: int) -> list[_Work]:
         rows = (
             await s.execute(
                 select(MeterReport, Feature.key, Feature.provider_meter_id, Customer)
-                .join(Feature, Feature.id == MeterReport.feature_id)
+                .outerjoin(Feature, Feature.id == MeterReport.feature_id)
                 .join(Customer, Customer.id == MeterReport.customer_id)
                 .where(where)
                 .order_by(MeterReport.created_at)
                 .limit(limit)
             )
         ).all()
+        base_meter = None
+        if any(r[0].feature_id == BASE_FEE_ID for r in rows):
+            env = await s.get(Environment, rows[0][0].environment_id)
+            base_meter = (env.settings or {}).get(BASE_METER_SETTING) if env else None
     out = []
     for report, feature_key, meter_id, customer in rows:
+        if report.feature_id == BASE_FEE_ID:
+            feature_key, meter_id = BASE_FEE_KEY, base_meter
         name = " ".join(p for p in (customer.first_name, customer.last_name) if p) or None
         out.append(
             _Work(
@@ -348,7 +433,10 @@ async def report_overage(ctx: AppContext, env_id: str, now: datetime) -> ReportR
     if provider is None:
         return ReportRun()
     wall = ctx.clocks.system_now()
-    claimed = await claim(ctx, env_id, now, wall)
+    # base fees in arrears go through a meter only where the provider invoices
+    claimed = await claim(
+        ctx, env_id, now, wall, base_fees=PROVIDER_INVOICING in provider.capabilities
+    )
     work = await _load(ctx, MeterReport.id.in_(claimed), BATCH) if claimed else []
     work += await _load(
         ctx,

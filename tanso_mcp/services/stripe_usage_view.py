@@ -71,6 +71,8 @@ def _window(sub: Any, period: str | datetime) -> datetime:
         return sub.current_period_start
     if period == PREVIOUS:
         return period_start_for(sp, sub.current_period_start - timedelta(microseconds=1))
+    if isinstance(period, str):  # parse_period answers the two names above or a time
+        raise InvalidRequest(f"unknown period {period!r}", field="period")
     return period_start_for(sp, period)
 
 

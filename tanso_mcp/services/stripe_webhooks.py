@@ -48,6 +48,7 @@ from .stripe_mirror import (
     mirror_invoice,
     subscription_by_external,
 )
+from .stripe_setup import invoicing
 
 if TYPE_CHECKING:
     from ..bootstrap import AppContext
@@ -212,7 +213,7 @@ async def _apply(ctx: AppContext, env_id: str, inbox_id: str, payload: dict[str,
     kind = payload.get("kind")
     ids = payload.get("external_ids") or {}
     async with ctx.db.reader() as s:
-        provider = await payments.provider_for(ctx, s, env_id, name=PROVIDER)
+        provider = invoicing(await payments.provider_for(ctx, s, env_id, name=PROVIDER))
     ext_sub: ExternalSubscription | None = None
     invoices: list[tuple[ExternalInvoice, bool]] = []
     checkout_id = None

@@ -140,8 +140,14 @@ def export(sub: dict) -> dict:
     return out
 
 
-def _item(sub_id: str, spec: dict, i: int) -> dict:
+def _item(sub_id: str, spec: dict, i: int, current_price: str | None = None) -> dict:
     price = get("price", req(spec, "price", f"items[{i}][price]"), "price", f"items[{i}][price]")
+    if not price.get("active", True) and price["id"] != current_price:
+        # an archived price keeps billing the items already on it, but takes no new ones
+        raise bad(
+            f"items[{i}][price]",
+            "The price specified is inactive. This field only accepts active prices.",
+        )
     if price["type"] != "recurring":
         raise bad(f"items[{i}][price]", "The price must be recurring to be used in a subscription.")
     qty = as_int(spec.get("quantity"), f"items[{i}][quantity]")
@@ -316,7 +322,7 @@ def _plan_items(sub: dict, specs) -> tuple[list[tuple[str, dict | None, dict | N
                 qty = spec["quantity"]
             else:
                 qty = None if metered(price) else current["quantity"] or 1
-            new = _item(sub["id"], {"price": price_id, "quantity": qty}, i)
+            new = _item(sub["id"], {"price": price_id, "quantity": qty}, i, current["price"]["id"])
             new["metadata"] = merge_metadata(current["metadata"], spec.get("metadata"))
             plan.append(("change", current, new))
     if len({(a, c["id"] if c else n["id"]) for a, c, n in plan}) < len(plan):
