@@ -130,7 +130,7 @@ class AlchemyTx:
         when it cannot be used here (not asyncpg, or no transaction begun yet: SQLAlchemy's
         asyncpg adapter begins one lazily, with the first statement)."""
         adapted = self.conn.connection.dbapi_connection
-        driver = getattr(adapted, "driver_connection", None)
+        driver: Any = getattr(adapted, "driver_connection", None)
         if getattr(adapted, "_transaction", None) is None or not hasattr(
             driver, "copy_records_to_table"
         ):
