@@ -324,7 +324,7 @@ class MeteringWriter:
         for attempt in range(RETRIES):
             try:
                 async with self.ctx.db.engine.connect() as conn:
-                    raw = (await conn.get_raw_connection()).driver_connection
+                    raw: Any = (await conn.get_raw_connection()).driver_connection
                     if not hasattr(raw, "copy_records_to_table"):  # not asyncpg
                         async with conn.begin():
                             return await conn.run_sync(_run_sync, items, attempt > 0)
