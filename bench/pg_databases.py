@@ -1,6 +1,8 @@
 """Fresh PostgreSQL databases for `run.py --database postgresql+asyncpg://…`: one per
 scenario (created on the given server, dropped when the run ends), so every scenario
-starts from an empty database as it does on SQLite."""
+starts from an empty database as it does on SQLite. Each is named after the database
+in the URL plus a random suffix (`…/tanso_x` → `tanso_x_1a2b3c4d5e`), so a shared server
+only ever sees names derived from the one it was given."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def fresh(url: str) -> str:
     """Create an empty database on the server of `url`; its URL."""
     from sqlalchemy.engine import make_url
 
-    name = f"tanso_bench_{uuid.uuid4().hex[:10]}"
+    base = make_url(url).database or "tanso_bench"
+    name = f"{base[:40]}_{uuid.uuid4().hex[:10]}"
     asyncio.run(_execute(url, f'CREATE DATABASE "{name}"'))
     if not _created:
         atexit.register(_drop_all)

@@ -437,9 +437,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="`tanso-mcp serve --workers N` (PostgreSQL only; N > 1 turns CPU pinning off)",
+        default="1",
+        help="`tanso-mcp serve --workers N` (PostgreSQL only; N > 1 turns CPU pinning off); "
+        "a comma list (e.g. 1,2) runs the selection once per count, each beside its own "
+        "paired ceilings, and ends with the scaling between them",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -475,14 +476,22 @@ def main(argv: list[str] | None = None) -> int:
             vs = f" (vs {s.ceiling})" if s.ceiling else ""
             print(f"{s.name:20} {kind:10} {s.description}{vs}")
         return 0
+    try:
+        counts = [int(n) for n in str(args.workers).split(",") if n.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        print("--workers: a positive number or a comma list such as 1,2", file=sys.stderr)
+        return 2
     quick = args.quick
+    can_pin = not args.no_pin and (os.cpu_count() or 1) >= 2 and _has_taskset()
     cfg = RunConfig(
         duration_s=args.duration or (3.0 if quick else 6.0),
         warmup_s=args.warmup if args.warmup is not None else (1.0 if quick else 3.0),
         reps=args.reps or (1 if quick else 5),
         connections=args.connections or 64,
         threads=max(1, args.threads),
-        pin=not args.no_pin and args.workers <= 1 and (os.cpu_count() or 1) >= 2 and _has_taskset(),
+        pin=can_pin and max(counts) <= 1,
         quick=quick,
         renewals=args.renewals or (100 if quick else 500),
         verbose=args.verbose,
@@ -492,12 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             print("--database: a postgresql+asyncpg:// URL", file=sys.stderr)
             return 2
         os.environ["BENCH_DATABASE_URL"] = args.database
-    if args.workers > 1:
-        if not args.database:
-            print("--workers needs --database (SQLite is served by one process)", file=sys.stderr)
-            return 2
-        os.environ["BENCH_WORKERS"] = str(args.workers)
-    TANSO.name = tanso_name()
+    if max(counts) > 1 and not args.database:
+        print("--workers needs --database (SQLite is served by one process)", file=sys.stderr)
+        return 2
     chosen = select(args.scenarios)
     if args.self_check:
         args.tanso_cmd = f"{sys.executable} {BENCH_DIR / 'selfcheck_server.py'}"
@@ -509,29 +515,62 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cannot run the benchmark: {e}")
         return 2
     env = environment(cfg)
-    log(
-        f"bench: {len(chosen)} scenario(s); {cfg.duration_s:g}s x {cfg.reps} after "
-        f"{cfg.warmup_s:g}s warm-up; {cfg.connections} connections; {env['wrk']}; "
-        f"{env['cpus']} CPUs{' (server CPU 0, wrk CPU 1)' if cfg.pin else ''}"
-    )
-    results: list[Result] = []
-    for s in chosen:
-        log(f"[{s.name}] {s.description}")
-        paired = BY_NAME[s.ceiling] if (s.ceiling and not args.no_pair) else None
-        r = run_scenario(s, cfg, keep=args.keep, paired=paired)
-        if r.status != "ok":
-            log(f"  -> {r.status}: {r.reason}")
-        results.append(r)
-    fill_ratios(results)
-    if args.self_check:
-        for r in results:
-            if BY_NAME[r.name].product:
-                r.note = ("[self-check: in-memory stand-in, not the product] " + r.note).strip()
+    passes: list[dict] = []
+    for workers in counts:
+        os.environ["BENCH_WORKERS"] = str(workers)
+        cfg.pin = can_pin and workers <= 1
+        TANSO.name = tanso_name()
+        log(
+            f"bench: {TANSO.name}: {len(chosen)} scenario(s); {cfg.duration_s:g}s x "
+            f"{cfg.reps} after {cfg.warmup_s:g}s warm-up; {cfg.connections} connections; "
+            f"{env['wrk']}; {env['cpus']} CPUs"
+            f"{' (server CPU 0, wrk CPU 1)' if cfg.pin else ''}"
+        )
+        results: list[Result] = []
+        for s in chosen:
+            log(f"[{s.name}] {s.description}")
+            paired = BY_NAME[s.ceiling] if (s.ceiling and not args.no_pair) else None
+            r = run_scenario(s, cfg, keep=args.keep, paired=paired)
+            if r.status != "ok":
+                log(f"  -> {r.status}: {r.reason}")
+            results.append(r)
+        fill_ratios(results)
+        if args.self_check:
+            for r in results:
+                if BY_NAME[r.name].product:
+                    r.note = ("[self-check: in-memory stand-in, not the product] " + r.note).strip()
+        print_pass(args, cfg, env, results)
+        passes.append(
+            {
+                "workers": workers,
+                "server": TANSO.name,
+                "config": {k: v for k, v in vars(cfg).items() if k != "verbose"},
+                "results": results,
+            }
+        )
+    if len(passes) > 1:
+        print()
+        print(scaling_table(passes))
+    if args.json:
+        out = {
+            "environment": env,
+            "config": passes[0]["config"],
+            "results": [vars(r) for r in passes[0]["results"]],
+            "passes": [{**p, "results": [vars(r) for r in p["results"]]} for p in passes],
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+def print_pass(args: argparse.Namespace, cfg: RunConfig, env: dict, results: list[Result]) -> None:
     print()
     print(
         f"tanso-mcp bench — {env['time']} — commit {env['commit'] or '?'} — "
         f"{env['cpus']} CPUs {env['cpu_model']} — Python {env['python']} — {env['wrk']}"
     )
+    print(f"product: {TANSO.name}")
     print(
         f"{cfg.duration_s:g}s runs x {cfg.reps} (median) after {cfg.warmup_s:g}s warm-up, "
         f"{cfg.connections} connections unless noted, "
@@ -550,16 +589,38 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         print()
         print("\n".join(notes))
-    if args.json:
-        out = {
-            "environment": env,
-            "config": {k: v for k, v in vars(cfg).items() if k != "verbose"},
-            "results": [vars(r) for r in results],
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
-        log(f"wrote {args.json}")
-    return 0
+
+
+def scaling_table(passes: list[dict]) -> str:
+    """Each product row of every pass against the first pass (usually one worker): the
+    ratio of throughputs, and the ratio of the shares of their paired ceilings, which
+    holds still when the machine's speed drifts between the passes."""
+    base = {r.name: r for r in passes[0]["results"]}
+    w0 = passes[0]["workers"]
+    lines = [
+        f"Scaling against {w0} worker{'s' if w0 > 1 else ''}:",
+        "",
+        "| scenario | workers | throughput | x throughput | % of ceiling | x % of ceiling |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in passes:
+        for r in p["results"]:
+            b = base.get(r.name)
+            if not BY_NAME[r.name].product or r.status != "ok" or b is None or b.status != "ok":
+                continue
+            x_thr = r.throughput / b.throughput if r.throughput and b.throughput else None
+            x_pct = (
+                r.pct_of_ceiling / b.pct_of_ceiling
+                if r.pct_of_ceiling and b.pct_of_ceiling
+                else None
+            )
+            pct = f"{r.pct_of_ceiling:.0%}" if r.pct_of_ceiling is not None else "—"
+            lines.append(
+                f"| {r.name} | {p['workers']} | {fmt_num(r.throughput)} {r.unit} | "
+                f"{'—' if x_thr is None else f'{x_thr:.2f}'} | {pct} | "
+                f"{'—' if x_pct is None else f'{x_pct:.2f}'} |"
+            )
+    return "\n".join(lines)
 
 
 def _has_taskset() -> bool:

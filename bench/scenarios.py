@@ -465,7 +465,7 @@ SCENARIOS: list[Scenario] = [
         items_per_request=BATCH_SIZE,
         unit="events/s",
         connections=8,
-        target=Target(min_throughput=50_000),
+        target=Target(min_throughput=50_000, min_throughput_pg=100_000),
         product=True,
     ),
     Scenario(

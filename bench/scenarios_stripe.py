@@ -95,7 +95,7 @@ def _stripe_env(sctx: ServerContext) -> dict[str, str]:
 
 
 TANSO_STRIPE = Server(
-    name="tanso-mcp serve (SQLite, STRIPE_DRIVEN)",
+    name="tanso-mcp serve (STRIPE_DRIVEN)",  # on --database when given
     argv=base._tanso_argv,
     env=_stripe_env,
     ready_path="/readyz",
@@ -124,7 +124,7 @@ def _reporter_env(sctx: ServerContext) -> dict[str, str]:
 
 
 TANSO_STRIPE_NO_LOOP = Server(
-    name="tanso-mcp serve (SQLite, STRIPE_DRIVEN, no job loop)",
+    name="tanso-mcp serve (STRIPE_DRIVEN, no job loop)",
     argv=base._tanso_argv,
     env=_reporter_env,
     ready_path="/readyz",

@@ -194,3 +194,64 @@ async def test_concurrent_processes_share_nothing_but_the_database(ctx, tenant, 
     assert accepted_paid == CREDITS
     assert await pool_balance(ctx, pool) == 0
     assert await ledger_problems(ctx, env) == []
+
+
+async def test_counter_read_without_lock_is_checked_again_when_locked(ctx, tenant, monkeypatch):
+    """PostgreSQL: a batch whose events cannot reach the limit reads its counter without
+    a lock and locks it only before writing. When another writer commits usage in between
+    that brings the limit within reach, the batch is rolled back and decided again on the
+    locked counter: exactly the units left under the limit are billable."""
+    if ctx.db.dialect == "sqlite":
+        pytest.skip("SQLite writers hold the database's write lock for the whole batch")
+    from sqlalchemy import text
+    from sqlalchemy.util import await_
+
+    from tanso_mcp.services.metering import batch
+    from tanso_mcp.services.metering.inputs import parse_event
+    from tanso_mcp.services.metering.service import metering
+
+    env = tenant.env_ids["test"]
+    await setup(ctx, env)
+    writer = metering(ctx).writer
+    now = ctx.clocks.system_now()
+
+    def events(prefix: str, n: int):
+        return [
+            parse_event(
+                {
+                    "eventIdempotencyKey": f"{prefix}{i}",
+                    "eventName": "race",
+                    "customerReferenceId": "cus_1",
+                    "featureKey": "capped",
+                    "usageUnits": 1,
+                },
+                environment_id=env,
+                now=now,
+                future_skew_seconds=300,
+            )
+            for i in range(n)
+        ]
+
+    (first,) = await writer.submit(events("warm", 1))  # the counter row exists
+    assert first.status == "accepted" and not first.limit_exceeded
+    injected = []
+    original = batch._Env._late_lock
+
+    async def other_writer() -> None:  # another process commits 27 units meanwhile
+        async with ctx.db.engine.begin() as conn:
+            await conn.execute(text("UPDATE usage_counters SET used_q = used_q + 270000"))
+
+    def late_lock(self, touched, limits):
+        if not injected:
+            injected.append(True)
+            await_(other_writer())
+        return original(self, touched, limits)
+
+    monkeypatch.setattr(batch._Env, "_late_lock", late_lock)
+    outcomes = await writer.submit(events("late", 5))
+    assert injected  # the first attempt read the counter without a lock
+    # 1 + 27 units were used: 2 more fit under the limit of 30, the other 3 exceed it
+    assert [o.limit_exceeded for o in outcomes] == [False, False, True, True, True]
+    t = await totals(ctx, "capped")
+    assert t["events"] == 6 and t["billable_q"] == 3 * 10_000
+    assert t["counter_q"] == LIMIT * 10_000

@@ -181,6 +181,8 @@ class _Env:
         self.out = out
         self.effects = effects
         self.price_overrides: tuple = ()  # the environment's model prices (_settings)
+        # counters read without a lock; locked just before they are written (see _plan)
+        self.late_lock = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -226,7 +228,7 @@ class _Env:
         live = self._live()
 
         granting = self._attribution(live, customers, features)
-        plan = self._plan(live, customers, features, granting)
+        plan = self._plan(live, customers, features, granting, optimistic=not probe_keys)
         self._apply(plan)
 
     # customers -----------------------------------------------------------------
@@ -390,7 +392,17 @@ class _Env:
 
     # decisions -----------------------------------------------------------------
 
-    def _plan(self, live, customers, features, granting) -> dict[str, Any]:
+    def _plan(self, live, customers, features, granting, optimistic=False) -> dict[str, Any]:
+        """Per-event context, the locked state and the settings the decisions need.
+
+        ``optimistic`` (the first attempt, on a database with row locks): the usage
+        counters are first read without a lock. When every event of the batch then takes
+        the fast path — no limit can be reached even with the whole batch's usage, no
+        credits, no cost — no decision depends on their exact values, only on staying
+        below the limits, so they are locked just before they are written and that
+        condition is checked again on the locked rows (a failure rolls the batch back and
+        the retry locks them up front). Writers of several processes on a hot counter
+        then overlap everything but their last statements and commit."""
         items = self.items
         # per live item: (customer_id, feature_id, sub, rule plan, counter key, choices);
         # ``choices`` lists (sub, rule plan, counter key) when several subscriptions can
@@ -429,7 +441,13 @@ class _Env:
                     cid, fid, cands, item, plans, counter_keys, credit_needs
                 )
             ctx[i] = entry
-        counters = self._lock_counters(counter_keys)
+        settings = self._settings(live, ctx)
+        late = optimistic and bool(self.tx.lock) and bool(counter_keys)
+        counters = self._lock_counters(counter_keys, lock=not late)
+        if late and not self._all_fast(live, ctx, counters, settings):
+            late = False
+            counters = self._lock_counters(counter_keys)
+        self.late_lock = late
         pools, links, grants, model_hard = self._lock_credits(credit_needs)
         return {
             "ctx": ctx,
@@ -438,8 +456,23 @@ class _Env:
             "links": links,
             "grants": grants,
             "model_hard": model_hard,
-            "settings": self._settings(live, ctx),
+            "settings": settings,
         }
+
+    def _all_fast(self, live, ctx, counters, default_cost) -> bool:
+        """Whether every event takes _apply's fast path on these counter values."""
+        if default_cost is not None:
+            return False
+        use: dict[tuple, int] = defaultdict(int)
+        limits: dict[tuple, int | None] = {}
+        for i in live:
+            _, _, _, rp, ckey, choices = ctx[i]
+            if not _fast_event(self.items[i], choices, rp, True, True):
+                return False
+            if ckey is not None:
+                use[ckey] += self.items[i].usage_q
+                limits[ckey] = rp.limit_q
+        return all(verdict(counters[k][1] + u, limits[k]) is None for k, u in use.items())
 
     @staticmethod
     def _choices(cid, fid, cands, item, plans, counter_keys, credit_needs) -> tuple:
@@ -479,8 +512,9 @@ class _Env:
         self.price_overrides = price_overrides(rows[0][0]) if rows else ()
         return default_cost(rows[0][0]) if rows else None
 
-    def _lock_counters(self, keys: set[tuple[str, str, datetime]]) -> dict:
+    def _lock_counters(self, keys: set[tuple[str, str, datetime]], lock: bool = True) -> dict:
         tx, env = self.tx, self.env
+        lock_sql = tx.lock if lock else ""
         if not keys:
             return {}
         found: dict[tuple[str, str, datetime], list] = {}
@@ -494,7 +528,7 @@ class _Env:
                 "SELECT id, subscription_id, feature_id, window_start, used_q, overage_q "
                 f"FROM usage_counters WHERE subscription_id IN ({in_list('s', subs, p)}) "
                 f"AND feature_id IN ({in_list('f', feats, p)}) "
-                f"AND window_start IN ({in_list('w', starts, p)}) ORDER BY id{tx.lock}",
+                f"AND window_start IN ({in_list('w', starts, p)}) ORDER BY id{lock_sql}",
                 p,
             ):
                 key = (sid, fid, tx.from_dt(ws))
@@ -705,13 +739,7 @@ class _Env:
                     cid, choices, item, counters, pools, links, grants, model_hard
                 )
             counter = counters[ckey] if ckey is not None else None
-            if (
-                choices is None
-                and item.simple
-                and no_default_cost
-                and item.event_type == CLIENT_TRACKED
-                and (rp is None or (rp.fast and (ckey is None or safe[ckey])))
-            ):
+            if _fast_event(item, choices, rp, no_default_cost, ckey is None or safe[ckey]):
                 # fast path: no limit can be reached, no credits, no cost, no context
                 if counter is not None:
                     counter[3] += usage_q
@@ -944,6 +972,8 @@ class _Env:
         tx.insert_many("events", _EVENT_COLUMNS + _EVENT_EXTRA_COLUMNS, full_rows)
         now = dt(max(items[i].now for i in self.idxs))
         touched = {k: c for k, c in counters.items() if c[3] or c[4]}
+        if touched and self.late_lock:
+            self._late_lock(touched, limits)
         if touched:
             tx.many(
                 "UPDATE usage_counters SET used_q = used_q + :u, overage_q = overage_q + :o, "
@@ -965,10 +995,30 @@ class _Env:
                     raise GuardFailed(f"usage counter {c[0]} moved under the batch")
                 self.effects.counters.setdefault(self.env, {})[key] = expect
         for key, c in counters.items():
-            if key not in touched:
+            # (values read without a lock may be older than what the cache already has)
+            if key not in touched and not self.late_lock:
                 self.effects.counters.setdefault(self.env, {})[key] = (c[1], c[2])
         if ledger:
             self._write_credits(pools, links, grants, ledger, now)
+
+    def _late_lock(self, touched: dict, limits: dict) -> None:
+        """Lock the counters read without a lock (id order) and take their current values;
+        the batch stays valid only while its usage keeps each below its limit."""
+        p: dict[str, Any] = {}
+        now = {
+            r[0]: (int(r[1]), int(r[2]))
+            for r in self.tx.rows(
+                "SELECT id, used_q, overage_q FROM usage_counters WHERE id IN "
+                f"({in_list('c', sorted(c[0] for c in touched.values()), p)}) "
+                f"ORDER BY id{self.tx.lock}",
+                p,
+            )
+        }
+        for key, c in touched.items():
+            used, over = now[c[0]]
+            if verdict(used + c[3], limits.get(key)) is not None:
+                raise GuardFailed(f"usage counter {c[0]} neared its limit under the batch")
+            c[1], c[2] = used, over
 
     def _credit_state(self, cid, sub, credits, item, pools, links, grants, model_hard):
         """(credits needed, pool, link, hard limit, credits available) for the event on
@@ -1260,6 +1310,18 @@ def _ids(n: int) -> list[str]:
     high = 0x8000 | ((rnd >> 48) & 0x3FFF)  # variant 10 + 14 random bits
     prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{(rnd >> 64) & 0xFFF:03x}-{high:04x}-"
     return [f"{prefix}{x:012x}" for x in range(low, low + n)]
+
+
+def _fast_event(item: EventIn, choices, rp, no_default_cost: bool, safe: bool) -> bool:
+    """An event whose outcome needs no per-event decision: one subscription can take it,
+    no limit can be reached (``safe``), no credits, no cost, no context."""
+    return (
+        choices is None
+        and item.simple
+        and no_default_cost
+        and item.event_type == CLIENT_TRACKED
+        and (rp is None or (rp.fast and safe))
+    )
 
 
 def _q(value: int) -> Decimal | int:

@@ -3,7 +3,12 @@
 - :class:`SqliteTx` — a plain ``sqlite3`` connection owned by the writer thread (no
   SQLAlchemy, no aiosqlite thread hops, for speed);
 - :class:`AlchemyTx` — a synchronous SQLAlchemy ``Connection`` (on PostgreSQL, the
-  ``run_sync`` facade over asyncpg), so the same statements run in both places.
+  ``run_sync`` facade over asyncpg), so the same statements run in both places. On
+  PostgreSQL the events' rows go in with ``COPY`` on the same connection and transaction
+  (asyncpg's binary ``copy_records_to_table``): about 3 µs of client CPU per row against
+  15 µs for a prepared ``executemany``. COPY keeps exactly-once as the INSERT did: the
+  unique index refuses a key already stored (or being stored by another transaction),
+  the whole COPY fails as an ``IntegrityError`` and the writer retries the batch.
 
 Statements are plain SQL text with ``:name`` parameters, understood natively by
 ``sqlite3`` and by SQLAlchemy's ``text()``. Values cross the interface as Python values;
@@ -14,6 +19,7 @@ rows written through the ORM are indistinguishable.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -21,6 +27,8 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.util import await_
 
 
 def in_list(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
@@ -108,12 +116,35 @@ class AlchemyTx:
             self.conn.execute(text(sql), list(seq))
 
     def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
-        if rows:
-            names = [f"c{i}" for i in range(len(columns))]
-            self.conn.execute(
-                text(_insert_sql(table, columns, "named")),
-                [dict(zip(names, row, strict=True)) for row in rows],
-            )
+        if not rows:
+            return
+        if self.dialect == "postgresql" and self._copy(table, columns, rows):
+            return
+        names = [f"c{i}" for i in range(len(columns))]
+        self.conn.execute(
+            text(_insert_sql(table, columns, "named")),
+            [dict(zip(names, row, strict=True)) for row in rows],
+        )
+
+    def _copy(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> bool:
+        """``COPY table (columns) FROM STDIN`` (binary) inside the open transaction; False
+        when it cannot be used here (not asyncpg, or no transaction begun yet: SQLAlchemy's
+        asyncpg adapter begins one lazily, with the first statement)."""
+        adapted = self.conn.connection.dbapi_connection
+        driver: Any = getattr(adapted, "driver_connection", None)
+        if getattr(adapted, "_transaction", None) is None or not hasattr(
+            driver, "copy_records_to_table"
+        ):
+            return False
+        import asyncpg
+
+        try:
+            await_(driver.copy_records_to_table(table, records=rows, columns=columns))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(f"COPY {table}", None, exc) from exc
+        except asyncpg.PostgresError as exc:  # sqlstate kept: deadlocks are retried
+            raise DBAPIError(f"COPY {table}", None, exc) from exc
+        return True
 
     def dt(self, value: datetime | None) -> Any:
         if self.dialect == "sqlite":
@@ -126,3 +157,82 @@ class AlchemyTx:
 
     def b(self, value: bool) -> Any:
         return SqliteTx.b(value) if self.dialect == "sqlite" else bool(value)
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@lru_cache(maxsize=512)
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters -> asyncpg's ``$n`` (a name used twice keeps one number)."""
+    names: list[str] = []
+
+    def number(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
+class AsyncpgTx:
+    """The same interface straight on an asyncpg connection whose transaction the caller
+    opened (PostgreSQL's writer): no SQLAlchemy statement handling per call, which was
+    most of a small batch's cost. Run inside SQLAlchemy's greenlet bridge
+    (``greenlet_spawn``), so the synchronous batch code can wait on asyncpg. Database
+    errors are raised as SQLAlchemy's (``IntegrityError`` for a refused key, ``DBAPIError``
+    with the SQLSTATE otherwise), as they were through SQLAlchemy."""
+
+    dialect = "postgresql"
+    lock = " FOR UPDATE"
+
+    def __init__(self, conn: Any):  # asyncpg.Connection
+        self.conn = conn
+
+    def _call(self, sql: str, coro: Any) -> Any:
+        import asyncpg
+
+        try:
+            return await_(coro)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(sql, None, exc) from exc
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError(sql, None, exc) from exc
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        q, names = _positional(sql)
+        p = params or {}
+        return [tuple(r) for r in self._call(sql, self.conn.fetch(q, *[p[n] for n in names]))]
+
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        q, names = _positional(sql)
+        p = params or {}
+        status = self._call(sql, self.conn.execute(q, *[p[n] for n in names]))
+        tail = status.rsplit(" ", 1)[-1] if status else ""
+        return int(tail) if tail.isdigit() else 0
+
+    def many(self, sql: str, seq: Sequence[dict[str, Any]]) -> None:
+        if seq:
+            q, names = _positional(sql)
+            args = [tuple(p[n] for n in names) for p in seq]
+            self._call(sql, self.conn.executemany(q, args))
+
+    def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
+        if rows:
+            self._call(
+                f"COPY {table}",
+                self.conn.copy_records_to_table(table, records=rows, columns=columns),
+            )
+
+    @staticmethod
+    def dt(value: datetime | None) -> datetime | None:
+        return value
+
+    @staticmethod
+    def from_dt(value: Any) -> datetime | None:
+        return SqliteTx.from_dt(value)
+
+    @staticmethod
+    def b(value: bool) -> bool:
+        return bool(value)

@@ -21,11 +21,12 @@ Where the work runs:
   server), running them on the writer thread too was 10-20% slower: the two threads
   only take turns on the GIL, and every ``sqlite3`` call hands it over. A batch is
   capped at ``max_events`` so the loop is never held for long.
-- **PostgreSQL**: the same batch code through SQLAlchemy's sync facade over asyncpg
-  (``run_sync``) on a pooled connection; rows are locked in a fixed order, so several
-  processes' writers never deadlock; a lost race on an idempotency key (another process
-  committed the same key first) fails the INSERT, and the retry then sees the key and
-  answers ``duplicate``.
+- **PostgreSQL**: the same batch code straight on the asyncpg connection of a pooled
+  SQLAlchemy connection (:class:`.sqlio.AsyncpgTx`, bridged by SQLAlchemy's greenlet so
+  the synchronous code can wait on it), in a transaction opened here; rows are locked in
+  a fixed order, so several processes' writers never deadlock; a lost race on an
+  idempotency key (another process committed the same key first) fails the events'
+  ``COPY``, and the retry then sees the key and answers ``duplicate``.
 
 The first attempt at a batch skips the duplicate probe (``probe=False``): the events'
 unique index refuses a duplicate, the transaction rolls back, and the retry probes the
@@ -51,12 +52,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.util import greenlet_spawn
 
 from ...db.faults import is_transient
 from ...errors import IngestionFailed, Unavailable
 from .batch import ERROR, Effects, GuardFailed, Outcome, process_batch
 from .inputs import EventIn
-from .sqlio import AlchemyTx, SqliteTx
+from .sqlio import AlchemyTx, AsyncpgTx, SqliteTx
 
 if TYPE_CHECKING:
     from ...context import AppContext
@@ -322,8 +324,19 @@ class MeteringWriter:
         for attempt in range(RETRIES):
             try:
                 async with self.ctx.db.engine.connect() as conn:
-                    async with conn.begin():
-                        return await conn.run_sync(_run_sync, items, attempt > 0)
+                    raw: Any = (await conn.get_raw_connection()).driver_connection
+                    if not hasattr(raw, "copy_records_to_table"):  # not asyncpg
+                        async with conn.begin():
+                            return await conn.run_sync(_run_sync, items, attempt > 0)
+                    try:
+                        async with raw.transaction():
+                            return await greenlet_spawn(
+                                process_batch, AsyncpgTx(raw), items, probe=attempt > 0
+                            )
+                    except Exception as exc:
+                        if is_transient(exc):  # a lost connection goes back to no pool
+                            await conn.invalidate()
+                        raise
             except Exception as exc:
                 if not _retryable(exc):
                     raise
