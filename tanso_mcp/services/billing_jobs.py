@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import CreditGrant, Environment, Invoice, Subscription, UsageCounter
+from ..db.models import CreditGrant, CreditPool, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
-from . import billing
+from . import billing, billing_batch
 from .jobs import JobRegistry
 from .subscriptions import past_due_clause
 
@@ -50,16 +50,63 @@ async def system_principal(s: AsyncSession, env_id: str) -> Principal:
     )
 
 
-async def announce(s: AsyncSession, ctx: AppContext, env_id: str, fx: Any) -> None:
+async def announce(
+    s: AsyncSession, ctx: AppContext, env_id: str, fx: Any, principal: Principal | None = None
+) -> None:
     """Record on the job's unit of work: invalidate the environment's caches and emit
     its events after the commit."""
     if fx is None:
         return
-    principal = await system_principal(s, env_id)
+    if principal is None:
+        principal = await system_principal(s, env_id)
 
     ctx.changed(s, env_id)
     for name, payload in fx.events:
         ctx.announce(s, name, principal, payload)
+
+
+# -- claims: the rows a batch writes, taken without waiting (PostgreSQL SKIP LOCKED;
+# SQLite serialises writers and ignores FOR UPDATE) — a process skips what another one
+# is processing. Keys keep their (time) order.
+
+
+def _keep(keys: list[str], claimed: Any) -> list[str]:
+    got = set(claimed)
+    return [k for k in keys if k in got]
+
+
+async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    rows = await s.scalars(
+        select(Subscription.id)
+        .where(Subscription.environment_id == env, Subscription.id.in_(keys))
+        .order_by(Subscription.id)
+        .with_for_update(skip_locked=True)
+    )
+    return _keep(keys, rows.all())
+
+
+async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    """An invoice job writes its subscription first (the billing lock order)."""
+    rows = await s.scalars(
+        select(Invoice.id)
+        .join(Subscription, Subscription.id == Invoice.subscription_id)
+        .where(Invoice.environment_id == env, Invoice.id.in_(keys))
+        .order_by(Subscription.id)
+        .with_for_update(skip_locked=True, of=Subscription)
+    )
+    return _keep(keys, rows.all())
+
+
+async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    """An expiry writes the grant's pool (every pool writer locks pools first)."""
+    rows = await s.scalars(
+        select(CreditGrant.id)
+        .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
+        .where(CreditGrant.environment_id == env, CreditGrant.id.in_(keys))
+        .order_by(CreditPool.id)
+        .with_for_update(skip_locked=True, of=CreditPool)
+    )
+    return _keep(keys, rows.all())
 
 
 def register(registry: JobRegistry) -> None:
@@ -168,6 +215,16 @@ def register(registry: JobRegistry) -> None:
     async def renew_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.renew(s, env, key, now))
 
+    async def renew_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> list[str]:
+        done = await billing_batch.renew_many(s, env, keys, now)
+        if done:
+            principal = await system_principal(s, env)
+            for fx in done:
+                await announce(s, ctx, env, fx, principal)
+        return [fx.subscription_id for fx in done]
+
     # -- invoice.refresh ---------------------------------------------------------
     async def refresh_find(s: AsyncSession, env: str, until: datetime, limit: int):
         # every ingest that counts usage moves its counter's modified_at (the
@@ -193,9 +250,21 @@ def register(registry: JobRegistry) -> None:
     async def refresh_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await billing.refresh_invoice_job(s, env, key, now)
 
-    registry.register("credits.expire", expire_find, expire_run)
-    registry.register("invoice.past_due", past_due_find, past_due_run)
-    registry.register("invoice.due", due_find, due_run)
-    registry.register("subscription.cancel", cancel_find, cancel_run)
-    registry.register("subscription.renew", renew_find, renew_run)
-    registry.register("invoice.refresh", refresh_find, refresh_run)
+    registry.register("credits.expire", expire_find, expire_run, batch=True, claim=claim_grants)
+    registry.register(
+        "invoice.past_due", past_due_find, past_due_run, batch=True, claim=claim_invoices
+    )
+    registry.register("invoice.due", due_find, due_run, batch=True, claim=claim_invoices)
+    registry.register(
+        "subscription.cancel", cancel_find, cancel_run, batch=True, claim=claim_subscriptions
+    )
+    registry.register(
+        "subscription.renew",
+        renew_find,
+        renew_run,
+        claim=claim_subscriptions,
+        run_batch=renew_batch,
+    )
+    registry.register(
+        "invoice.refresh", refresh_find, refresh_run, batch=True, claim=claim_invoices
+    )

@@ -271,29 +271,33 @@ async def ensure_pool(
         await insert_ignore(
             s,
             CreditPool,
-            {
-                "id": new_id(),
-                "environment_id": env_id,
-                "customer_id": customer_id,
-                "denomination": denomination,
-                "name": f"{denomination} - {customer_id}",
-                "currency": currency or "USD",
-                "balance_q": 0,
-                "total_granted_q": 0,
-                "total_consumed_q": 0,
-                "total_expired_q": 0,
-                "total_reversed_q": 0,
-                "hard_limit": bool(hard_limit),
-                "rollover_policy": rollover_policy or "NONE",
-                "rollover_cap_q": rollover_cap_q,
-                "status": "ACTIVE",
-                "created_at": now,
-                "modified_at": now,
-            },
+            new_pool_row(
+                env_id,
+                customer_id,
+                denomination,
+                now,
+                currency=currency,
+                hard_limit=hard_limit,
+                rollover_policy=rollover_policy,
+                rollover_cap_q=rollover_cap_q,
+            ),
         )
         pool = await find_pool(s, env_id, customer_id, denomination)
         assert pool is not None
         return pool
+    changes = pool_setting_changes(pool, hard_limit, rollover_policy, rollover_cap_q)
+    if changes:
+        for k, v in changes.items():
+            setattr(pool, k, v)
+        pool.modified_at = now
+        await s.flush()
+    return pool
+
+
+def pool_setting_changes(
+    pool: Any, hard_limit: bool | None, rollover_policy: str | None, rollover_cap_q: int | None
+) -> dict[str, Any]:
+    """The settings restated for an existing pool that differ from what it has."""
     changes: dict[str, Any] = {}
     if hard_limit is not None and pool.hard_limit != hard_limit:
         changes["hard_limit"] = hard_limit
@@ -301,12 +305,39 @@ async def ensure_pool(
         changes["rollover_policy"] = rollover_policy
     if rollover_policy is not None and pool.rollover_cap_q != rollover_cap_q:
         changes["rollover_cap_q"] = rollover_cap_q
-    if changes:
-        for k, v in changes.items():
-            setattr(pool, k, v)
-        pool.modified_at = now
-        await s.flush()
-    return pool
+    return changes
+
+
+def new_pool_row(
+    env_id: str,
+    customer_id: str,
+    denomination: str,
+    now: datetime,
+    *,
+    currency: str | None,
+    hard_limit: bool | None,
+    rollover_policy: str | None,
+    rollover_cap_q: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "environment_id": env_id,
+        "customer_id": customer_id,
+        "denomination": denomination,
+        "name": f"{denomination} - {customer_id}",
+        "currency": currency or "USD",
+        "balance_q": 0,
+        "total_granted_q": 0,
+        "total_consumed_q": 0,
+        "total_expired_q": 0,
+        "total_reversed_q": 0,
+        "hard_limit": bool(hard_limit),
+        "rollover_policy": rollover_policy or "NONE",
+        "rollover_cap_q": rollover_cap_q,
+        "status": "ACTIVE",
+        "created_at": now,
+        "modified_at": now,
+    }
 
 
 async def link_subscription(
@@ -652,16 +683,8 @@ async def apply_rollover(
             )
         ).all()
     ]
-    carried = sum(g.remaining_q for g in grants)
-    if policy == "CAPPED" and cap_q is None:
-        cap_q = 0
-    expire = int(rollover_expiry(policy, cap_q, carried))
-    if expire <= 0:
-        return 0
     total = 0
-    for gid, t in fifo_allocation(
-        [(g.id, g.remaining_q, (g.created_at, g.id)) for g in grants], expire
-    ):
+    for gid, t in rollover_takes(policy, cap_q, grants):
         total += await expire_grant(
             s,
             env_id,
@@ -669,9 +692,30 @@ async def apply_rollover(
             now,
             amount_q=int(t),
             pool=pool,
-            description=f"rollover {policy}: plan credits not carried into the new period",
+            description=rollover_description(policy),
         )
     return total
+
+
+def rollover_takes(policy: str, cap_q: int | None, grants: list[Any]) -> list[tuple[str, int]]:
+    """What a renewal expires of the subscription's carried plan grants (those of one
+    pool issued before the new period, oldest first): ``[(grant id, amount)]``."""
+    carried = sum(g.remaining_q for g in grants)
+    if policy == "CAPPED" and cap_q is None:
+        cap_q = 0
+    expire = int(rollover_expiry(policy, cap_q, carried))
+    if expire <= 0:
+        return []
+    return [
+        (gid, int(t))
+        for gid, t in fifo_allocation(
+            [(g.id, g.remaining_q, (g.created_at, g.id)) for g in grants], expire
+        )
+    ]
+
+
+def rollover_description(policy: str) -> str:
+    return f"rollover {policy}: plan credits not carried into the new period"
 
 
 # --------------------------------------------------------------------------- checks

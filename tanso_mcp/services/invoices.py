@@ -36,6 +36,8 @@ from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
@@ -163,8 +165,29 @@ async def _usage_lines_many(
     return out
 
 
-async def create_invoice(
-    s: AsyncSession,
+@dataclass
+class NewInvoice:
+    """An invoice about to be inserted: its row and its rounded lines."""
+
+    values: dict[str, Any]
+    rows: list[ItemRow]
+
+    @property
+    def id(self) -> str:
+        return self.values["id"]
+
+    @property
+    def unique(self) -> bool:
+        return self.values["type"] in UNIQUE_TYPES
+
+    def transient(self) -> Invoice:
+        """The invoice as an unattached object (for presenters), as it will be stored."""
+        v = dict(self.values)
+        v["metadata_"] = v.pop("metadata")
+        return Invoice(provider_invoice_id=None, voided_at=None, **v)
+
+
+def build_invoice(
     env: str,
     now: datetime,
     *,
@@ -179,9 +202,8 @@ async def create_invoice(
     lines: list[Line],
     metadata: dict[str, Any] | None = None,
     paid: bool = False,
-) -> Invoice | None:
-    """Insert an invoice and its lines. For the unique types, returns ``None`` when the
-    invoice already exists (another process or an earlier run created it)."""
+) -> NewInvoice:
+    """The row and lines of a new invoice (pure: the one rule for what is inserted)."""
     inv_id = new_id()
     rows = _rows(inv_id, currency, lines, start=0)
     values = {
@@ -201,13 +223,81 @@ async def create_invoice(
         "created_at": now,
         "modified_at": now,
     }
-    if type in UNIQUE_TYPES:
-        if not await insert_ignore(s, Invoice.__table__, values):
+    return NewInvoice(values, rows)
+
+
+_INSERT_CHUNK = 500
+
+
+async def insert_invoices(
+    s: AsyncSession, env: str, invoices: list[NewInvoice], now: datetime
+) -> set[str]:
+    """Insert several invoices and their lines with a few multi-row statements. The
+    unique types are inserted with ``ON CONFLICT DO NOTHING``: returns the ids inserted
+    (an invoice missing from it already existed, and its lines were not written)."""
+    inserted: set[str] = set()
+    unique = [n for n in invoices if n.unique]
+    plain = [n for n in invoices if not n.unique]
+    table = Invoice.__table__
+    for at in range(0, len(unique), _INSERT_CHUNK):
+        chunk = [n.values for n in unique[at : at + _INSERT_CHUNK]]
+        stmt = _insert(s)(table).values(chunk).on_conflict_do_nothing().returning(table.c.id)
+        inserted.update((await s.execute(stmt)).scalars().all())
+    for at in range(0, len(plain), _INSERT_CHUNK):
+        await s.execute(table.insert().values([n.values for n in plain[at : at + _INSERT_CHUNK]]))
+        inserted.update(n.id for n in plain[at : at + _INSERT_CHUNK])
+    await _insert_many_rows(
+        s, env, [(n.id, r) for n in invoices if n.id in inserted for r in n.rows], now
+    )
+    return inserted
+
+
+def _insert(s: AsyncSession) -> Any:
+    dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+async def create_invoice(
+    s: AsyncSession,
+    env: str,
+    now: datetime,
+    *,
+    customer_id: str,
+    subscription_id: str | None,
+    type: str,
+    status: str,
+    currency: str,
+    due_date: datetime | None,
+    period_start: datetime | None,
+    period_end: datetime | None,
+    lines: list[Line],
+    metadata: dict[str, Any] | None = None,
+    paid: bool = False,
+) -> Invoice | None:
+    """Insert an invoice and its lines. For the unique types, returns ``None`` when the
+    invoice already exists (another process or an earlier run created it)."""
+    new = build_invoice(
+        env,
+        now,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        type=type,
+        status=status,
+        currency=currency,
+        due_date=due_date,
+        period_start=period_start,
+        period_end=period_end,
+        lines=lines,
+        metadata=metadata,
+        paid=paid,
+    )
+    if new.unique:
+        if not await insert_ignore(s, Invoice.__table__, new.values):
             return None
     else:
-        await s.execute(Invoice.__table__.insert().values(**values))
-    await _insert_rows(s, env, inv_id, rows, now)
-    return await s.get(Invoice, inv_id)
+        await s.execute(Invoice.__table__.insert().values(**new.values))
+    await _insert_rows(s, env, new.id, new.rows, now)
+    return await s.get(Invoice, new.id)
 
 
 # --------------------------------------------------------------------------- lines
@@ -299,7 +389,13 @@ async def write_lines(
 async def _insert_rows(
     s: AsyncSession, env: str, invoice_id: str, rows: list[ItemRow], now: datetime
 ) -> None:
-    if rows:
+    await _insert_many_rows(s, env, [(invoice_id, r) for r in rows], now)
+
+
+async def _insert_many_rows(
+    s: AsyncSession, env: str, rows: list[tuple[str, ItemRow]], now: datetime
+) -> None:
+    for at in range(0, len(rows), 1000):
         await s.execute(
             InvoiceItem.__table__.insert(),
             [
@@ -314,7 +410,7 @@ async def _insert_rows(
                     "charge_minor": r.charge_minor,
                     "created_at": now,
                 }
-                for r in rows
+                for invoice_id, r in rows[at : at + 1000]
             ],
         )
 

@@ -79,12 +79,22 @@ class UsageRequest:
 async def pricing_snapshot(s: AsyncSession, plan_id: str) -> dict[str, Any]:
     """The plan's rules as they stand now, to price a period that starts now with:
     ``{featureId: {"key": featureKey, "value": rule JSON or None}}``."""
+    return (await pricing_snapshots(s, [plan_id]))[plan_id]
+
+
+async def pricing_snapshots(s: AsyncSession, plan_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`pricing_snapshot` of several plans in one statement."""
+    out: dict[str, dict[str, Any]] = {pid: {} for pid in plan_ids}
+    if not plan_ids:
+        return out
     rows = await s.execute(
-        select(PlanFeature.feature_id, Feature.key, PlanFeature.value)
+        select(PlanFeature.plan_id, PlanFeature.feature_id, Feature.key, PlanFeature.value)
         .join(Feature, Feature.id == PlanFeature.feature_id)
-        .where(PlanFeature.plan_id == plan_id)
+        .where(PlanFeature.plan_id.in_(plan_ids))
     )
-    return {fid: {"key": key, "value": value} for fid, key, value in rows}
+    for pid, fid, key, value in rows:
+        out[pid][fid] = {"key": key, "value": value}
+    return out
 
 
 def _metered(value: Any) -> Any:
