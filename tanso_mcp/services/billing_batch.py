@@ -539,7 +539,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         )
         if len(got) != len(chunk):
             raise BatchConflict("a plan grant of a renewed period already exists")
-    changed = [st for st in pools.values() if st.balance_q != st.row.balance_q or st.settings]
+    changed = [st for st in pools.values() if st.granted_q or st.expired_q or st.settings]
     if changed:
         t = CreditPool.__table__
         await s.execute(
