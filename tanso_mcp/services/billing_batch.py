@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -377,7 +377,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
                             **plan_pool_settings(a, m),
                         )
             await s.execute(
-                _insert(s)(CreditPool).values(list(first.values())).on_conflict_do_nothing()
+                _insert(s)(CreditPool.__table__).on_conflict_do_nothing(), list(first.values())
             )
             by_key = await _pool_ids(s, env, wanted)
     pool_ids = sorted({p for ps in links.values() for p in ps} | set(by_key.values()))
@@ -521,23 +521,13 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
     )
     if new_links:
         await s.execute(
-            _insert(s)(CreditPoolSubscription).values(new_links).on_conflict_do_nothing()
+            _insert(s)(CreditPoolSubscription.__table__).on_conflict_do_nothing(), new_links
         )
-    for at in range(0, len(new_grants), 500):
-        chunk = new_grants[at : at + 500]
-        got = (
-            (
-                await s.execute(
-                    _insert(s)(CreditGrant)
-                    .values(chunk)
-                    .on_conflict_do_nothing()
-                    .returning(CreditGrant.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        if len(got) != len(chunk):
+    if new_grants:
+        g = CreditGrant.__table__
+        stmt = _insert(s)(g).on_conflict_do_nothing().returning(g.c.id)
+        got = (await s.execute(stmt, new_grants)).scalars().all()
+        if len(got) != len(new_grants):
             raise BatchConflict("a plan grant of a renewed period already exists")
     changed = [st for st in pools.values() if st.granted_q or st.expired_q or st.settings]
     if changed:
@@ -567,8 +557,8 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
                 for st in changed
             ],
         )
-    for at in range(0, len(ledger), 500):
-        await s.execute(insert(CreditTransaction).values(ledger[at : at + 500]))
+    if ledger:
+        await s.execute(CreditTransaction.__table__.insert(), ledger)
 
 
 @dataclass
@@ -635,15 +625,13 @@ async def _entitlements(s: AsyncSession, env: str, work: list[_Renewal], now: da
             revoke.append({"b_id": e.id})
             r.fx.entitlements_revoked.append(e.feature_key)
     t = Entitlement.__table__
-    for at in range(0, len(grant_rows), 500):
-        chunk = grant_rows[at : at + 500]
-        got = await s.execute(
+    if grant_rows:
+        stmt = (
             _insert(s)(t)
-            .values(chunk)
             .on_conflict_do_nothing()
             .returning(t.c.subscription_id, t.c.feature_id, t.c.feature_key)
         )
-        for sid, fid, key in got:
+        for sid, fid, key in await s.execute(stmt, grant_rows):
             owner[(sid, fid)].fx.entitlements_granted.append(key)
     if restore:
         await s.execute(

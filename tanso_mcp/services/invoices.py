@@ -226,9 +226,6 @@ def build_invoice(
     return NewInvoice(values, rows)
 
 
-_INSERT_CHUNK = 500
-
-
 async def insert_invoices(
     s: AsyncSession, env: str, invoices: list[NewInvoice], now: datetime
 ) -> set[str]:
@@ -239,13 +236,13 @@ async def insert_invoices(
     unique = [n for n in invoices if n.unique]
     plain = [n for n in invoices if not n.unique]
     table = Invoice.__table__
-    for at in range(0, len(unique), _INSERT_CHUNK):
-        chunk = [n.values for n in unique[at : at + _INSERT_CHUNK]]
-        stmt = _insert(s)(table).values(chunk).on_conflict_do_nothing().returning(table.c.id)
-        inserted.update((await s.execute(stmt)).scalars().all())
-    for at in range(0, len(plain), _INSERT_CHUNK):
-        await s.execute(table.insert().values([n.values for n in plain[at : at + _INSERT_CHUNK]]))
-        inserted.update(n.id for n in plain[at : at + _INSERT_CHUNK])
+    # executemany: one cached statement, sent as multi-row INSERTs by the driver layer
+    if unique:
+        stmt = _insert(s)(table).on_conflict_do_nothing().returning(table.c.id)
+        inserted.update((await s.execute(stmt, [n.values for n in unique])).scalars().all())
+    if plain:
+        await s.execute(table.insert(), [n.values for n in plain])
+        inserted.update(n.id for n in plain)
     await _insert_many_rows(
         s, env, [(n.id, r) for n in invoices if n.id in inserted for r in n.rows], now
     )
@@ -395,7 +392,7 @@ async def _insert_rows(
 async def _insert_many_rows(
     s: AsyncSession, env: str, rows: list[tuple[str, ItemRow]], now: datetime
 ) -> None:
-    for at in range(0, len(rows), 1000):
+    if rows:
         await s.execute(
             InvoiceItem.__table__.insert(),
             [
@@ -410,7 +407,7 @@ async def _insert_many_rows(
                     "charge_minor": r.charge_minor,
                     "created_at": now,
                 }
-                for invoice_id, r in rows[at : at + 1000]
+                for invoice_id, r in rows
             ],
         )
 

@@ -113,7 +113,8 @@ async def create_subscription(
         success_url, cancel_url = checkout_urls(ctx, environment)
         checkout = plan.billing_timing == "IN_ADVANCE" and plan.price_minor > 0
         reuse = await s.scalar(
-            select(PendingSubscription).where(
+            select(PendingSubscription)
+            .where(
                 PendingSubscription.customer_id == customer.id,
                 PendingSubscription.plan_id == plan.id,
                 PendingSubscription.kind == "CHECKOUT",
