@@ -1556,6 +1556,38 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
     return fx
 
 
+async def invoice_due_many(
+    s: AsyncSession, env: str, invoice_ids: list[str], now: datetime
+) -> list[Effects]:
+    """:func:`invoice_due` for a batch whose subscriptions the caller holds (the job
+    claim): the invoices are recomputed and moved to DUE with a few set statements; a
+    zero invoice is then settled one at a time, as :func:`invoice_due` settles it."""
+    invs = [
+        inv
+        for inv in (
+            await s.scalars(
+                select(Invoice)
+                .where(Invoice.environment_id == env, Invoice.id.in_(invoice_ids))
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+        if inv.status == "PENDING" and inv.due_date is not None and inv.due_date <= now
+    ]
+    await inv_svc.refresh_many(s, env, invs, now)
+    await inv_svc.set_status_many(s, invs, "DUE", now, only_from="PENDING")
+    out = []
+    for inv in invs:
+        fx = Effects(action="INVOICE_DUE", subscription_id=inv.subscription_id)
+        fx.event("invoice.due", invoiceId=inv.id, amount=from_minor(inv.amount_minor, inv.currency))
+        if inv.amount_minor == 0:
+            if inv.subscription_id is not None:
+                sub = await load_subscription(s, env, inv.subscription_id, lock=True)
+                fx.status_before = await status_of(s, sub)
+            await _settle(s, env, inv, now, fx)
+        out.append(fx)
+    return out
+
+
 async def refresh_invoice_job(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> None:
     """Store an open invoice's amount as of now (usage was recorded since it was last
     stored). Locks its subscription first, like every billing write."""

@@ -65,6 +65,13 @@ async def announce(
         ctx.announce(s, name, principal, payload)
 
 
+async def _announce_all(s: AsyncSession, ctx: AppContext, env: str, done: list[Any]) -> None:
+    if done:
+        principal = await system_principal(s, env)
+        for fx in done:
+            await announce(s, ctx, env, fx, principal)
+
+
 # -- claims: the rows a batch writes, taken without waiting (PostgreSQL SKIP LOCKED;
 # SQLite serialises writers and ignores FOR UPDATE) — a process skips what another one
 # is processing. Keys keep their (time) order.
@@ -86,7 +93,16 @@ async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> lis
 
 
 async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
-    """An invoice job writes its subscription first (the billing lock order)."""
+    """An invoice job writes its subscription first (the billing lock order); an invoice
+    without a subscription has nothing to claim."""
+    alone = await s.scalars(
+        select(Invoice.id).where(
+            Invoice.environment_id == env,
+            Invoice.id.in_(keys),
+            Invoice.subscription_id.is_(None),
+        )
+    )
+    held = set(alone.all())
     rows = await s.scalars(
         select(Invoice.id)
         .join(Subscription, Subscription.id == Invoice.subscription_id)
@@ -94,7 +110,7 @@ async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str
         .order_by(Subscription.id)
         .with_for_update(skip_locked=True, of=Subscription)
     )
-    return _keep(keys, rows.all())
+    return _keep(keys, held.union(rows.all()))
 
 
 async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
@@ -174,6 +190,13 @@ def register(registry: JobRegistry) -> None:
     async def due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_due(s, env, key, now))
 
+    async def due_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.invoice_due_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
     # -- subscription.cancel ----------------------------------------------------
     async def cancel_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -217,13 +240,10 @@ def register(registry: JobRegistry) -> None:
 
     async def renew_batch(
         s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
-    ) -> list[str]:
+    ) -> int:
         done = await billing_batch.renew_many(s, env, keys, now)
-        if done:
-            principal = await system_principal(s, env)
-            for fx in done:
-                await announce(s, ctx, env, fx, principal)
-        return [fx.subscription_id for fx in done]
+        await _announce_all(s, ctx, env, done)
+        return len(done)
 
     # -- invoice.refresh ---------------------------------------------------------
     async def refresh_find(s: AsyncSession, env: str, until: datetime, limit: int):
@@ -254,7 +274,7 @@ def register(registry: JobRegistry) -> None:
     registry.register(
         "invoice.past_due", past_due_find, past_due_run, batch=True, claim=claim_invoices
     )
-    registry.register("invoice.due", due_find, due_run, batch=True, claim=claim_invoices)
+    registry.register("invoice.due", due_find, due_run, claim=claim_invoices, run_batch=due_batch)
     registry.register(
         "subscription.cancel", cancel_find, cancel_run, batch=True, claim=claim_subscriptions
     )

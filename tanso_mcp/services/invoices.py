@@ -35,7 +35,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -520,13 +520,7 @@ async def refresh(s: AsyncSession, inv: Invoice, now: datetime, *, touch: bool =
             )
             inv.modified_at = now
         return False
-    await s.execute(
-        delete(InvoiceItem).where(
-            InvoiceItem.invoice_id == inv.id, InvoiceItem.kind.in_(cur.recomputed_kinds)
-        )
-    )
-    fresh = [r for r in cur.items if r.kind in cur.recomputed_kinds]
-    await _insert_rows(s, inv.environment_id, inv.id, fresh, now)
+    await _store_lines(s, inv.environment_id, [(inv, cur)], now)
     res = await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id, Invoice.status.in_(OPEN))
@@ -537,6 +531,75 @@ async def refresh(s: AsyncSession, inv: Invoice, now: datetime, *, touch: bool =
         raise Conflict(f"invoice {inv.id} changed concurrently; retry", field="invoiceId")
     inv.amount_minor, inv.modified_at = cur.amount_minor, now
     return True
+
+
+async def _store_lines(
+    s: AsyncSession, env: str, changed: list[tuple[Invoice, Current]], now: datetime
+) -> None:
+    """Replace the recomputed lines of invoices whose amount as of now changed."""
+    by_kinds: dict[tuple[str, ...], list[str]] = {}
+    for inv, cur in changed:
+        by_kinds.setdefault(cur.recomputed_kinds, []).append(inv.id)
+    for kinds, ids in by_kinds.items():
+        await s.execute(
+            delete(InvoiceItem).where(InvoiceItem.invoice_id.in_(ids), InvoiceItem.kind.in_(kinds))
+        )
+    await _insert_many_rows(
+        s,
+        env,
+        [(inv.id, r) for inv, cur in changed for r in cur.items if r.kind in cur.recomputed_kinds],
+        now,
+    )
+
+
+async def refresh_many(s: AsyncSession, env: str, invoices: list[Invoice], now: datetime) -> None:
+    """:func:`refresh` for several invoices with a fixed number of statements (the caller
+    holds their subscriptions, so nobody closes them in between)."""
+    todo = [inv for inv in invoices if inv.status in OPEN]
+    if not todo:
+        return
+    stored = await items_of(s, [inv.id for inv in todo])
+    curs = await current_many(s, todo, stored)
+    changed = [(inv, curs[inv.id]) for inv in todo if curs[inv.id].changed]
+    if not changed:
+        return
+    await _store_lines(s, env, changed, now)
+    t = Invoice.__table__
+    await s.execute(
+        update(t)
+        .where(t.c.id == bindparam("b_id"), t.c.status.in_(OPEN))
+        .values(amount_minor=bindparam("b_amount"), modified_at=now),
+        [{"b_id": inv.id, "b_amount": cur.amount_minor} for inv, cur in changed],
+    )
+    for inv, cur in changed:
+        inv.amount_minor, inv.modified_at = cur.amount_minor, now
+        _committed(inv, ("amount_minor", "modified_at"))
+
+
+async def set_status_many(
+    s: AsyncSession, invoices: list[Invoice], new: str, now: datetime, *, only_from: str
+) -> None:
+    """:func:`set_status` for several invoices held by the caller (all are in
+    ``only_from``): one executemany."""
+    if not invoices:
+        return
+    t = Invoice.__table__
+    await s.execute(
+        update(t)
+        .where(t.c.id == bindparam("b_id"), t.c.status == only_from)
+        .values(status=new, modified_at=now),
+        [{"b_id": inv.id} for inv in invoices],
+    )
+    for inv in invoices:
+        inv.status, inv.modified_at = new, now
+        _committed(inv, ("status", "modified_at"))
+
+
+def _committed(obj: Any, keys: tuple[str, ...]) -> None:
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    for key in keys:
+        set_committed_value(obj, key, getattr(obj, key))
 
 
 async def set_status(

@@ -14,7 +14,7 @@ A kind registered with ``batch=True`` runs the items due at the same instant in 
 item. Its ``claim(session, environment_id, keys) -> keys`` takes the rows the batch will
 write with ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several processes share
 the due set without overlap (SQLite serialises writers: every key is claimed); its
-``run_batch(session, ctx, environment_id, keys, now) -> keys done`` processes them
+``run_batch(session, ctx, environment_id, keys, now) -> items done`` processes them
 set-based, or, without one, each item runs in its own savepoint. When a batch fails, its
 items run again one at a time, each in its own savepoint: a failing item is rolled back,
 logged and counted (``RunReport.failed``) while the others commit; it stays due, so the
@@ -226,8 +226,8 @@ async def _run_batch(
     try:
         async with ctx.db.unit_of_work() as s:
             claimed = await _claim(s, env_id, kind, keys)
-            done = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else []
-        report.done += len(done)
+            done = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else 0
+        report.done += done
     except Exception:
         # the whole batch rolled back: find the failing item by running them one by one
         log.warning(

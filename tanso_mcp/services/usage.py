@@ -122,6 +122,7 @@ def _with_snapshot(
 
 
 _CHUNK = 200  # windows per statement (one UNION ALL of grouped sums)
+_SHARED_CHUNK = 500  # subscriptions per statement for a window they share
 
 
 async def _overage_sums(
@@ -134,6 +135,40 @@ async def _overage_sums(
     if len(parts) > 4:  # a page of windows: only those of subscriptions with overage
         billed = await _with_overage(s, parts)
         parts = [p for p in parts if p[1].id in billed]
+    # windows shared by many subscriptions (a billing run renews a whole period at once):
+    # one grouped statement per window and chunk of subscriptions
+    shared: dict[tuple[str, datetime | None, datetime], list[tuple[int, Subscription]]] = {}
+    for i, sub, start, end in parts:
+        shared.setdefault((sub.environment_id, start, end), []).append((i, sub))
+    single = []
+    for (env, start, end), members in shared.items():
+        if len(members) < 2 or len({sub.id for _i, sub in members}) < len(members):
+            single += [(i, sub, start, end) for i, sub in members]
+            continue
+        for at in range(0, len(members), _SHARED_CHUNK):
+            chunk = members[at : at + _SHARED_CHUNK]
+            index = {sub.id: i for i, sub in chunk}
+            q = (
+                select(
+                    Event.subscription_id,
+                    Event.feature_id,
+                    func.coalesce(func.sum(Event.overage_q), 0),
+                )
+                .where(
+                    Event.environment_id == env,
+                    Event.customer_id.in_(sorted({sub.customer_id for _i, sub in chunk})),
+                    Event.subscription_id.in_(sorted(index)),
+                    Event.event_type == "CLIENT_TRACKED",
+                    Event.occurred_at < end,
+                )
+                .group_by(Event.subscription_id, Event.feature_id)
+            )
+            if start is not None:
+                q = q.where(Event.occurred_at >= start)
+            for sid, fid, total in (await s.execute(q)).all():
+                if fid is not None:
+                    out[index[sid]][fid] = int(total)
+    parts = single
     for at in range(0, len(parts), _CHUNK):
         selects = []
         for i, sub, start, end in parts[at : at + _CHUNK]:
