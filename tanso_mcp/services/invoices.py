@@ -35,7 +35,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -567,7 +567,8 @@ async def refresh_many(s: AsyncSession, env: str, invoices: list[Invoice], now: 
     t = Invoice.__table__
     await s.execute(
         update(t)
-        .where(t.c.id == bindparam("b_id"), t.c.status.in_(OPEN))
+        # no IN (…): expanding parameters cannot be used with executemany
+        .where(t.c.id == bindparam("b_id"), or_(*(t.c.status == st for st in OPEN)))
         .values(amount_minor=bindparam("b_amount"), modified_at=now),
         [{"b_id": inv.id, "b_amount": cur.amount_minor} for inv, cur in changed],
     )
