@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select, text  # noqa: E402
+from sqlalchemy import event, func, select, text  # noqa: E402
 
 from tanso_mcp.bootstrap import build_context  # noqa: E402
 from tanso_mcp.db import models as m  # noqa: E402
@@ -240,13 +240,20 @@ async def measure(url: str, n: int, reset: bool) -> dict[str, Any]:
             subs = int(await s.scalar(select(func.count()).select_from(m.Subscription)))
         counts: Counter[str] = Counter()
 
-        async def emit(name: str, _principal: Any, _payload: Any) -> None:
-            counts[name] += 1
+        def statement(*_a: Any) -> None:
+            counts["statements"] += 1
 
-        ctx.emit_hook = emit
+        def commit(*_a: Any) -> None:
+            counts["commits"] += 1
+
+        engine = ctx.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", statement)
+        event.listen(engine, "commit", commit)
         t0 = time.perf_counter()
         report = await jobs.run_due_report(ctx, env, until=RENEW_AT, move_clock=True)
         took = time.perf_counter() - t0
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
         async with ctx.db.reader() as s:
             renewed = int(
                 await s.scalar(
@@ -273,7 +280,8 @@ async def measure(url: str, n: int, reset: bool) -> dict[str, Any]:
             "jobs_done": report.done,
             "jobs_failed": len(report.failed),
             "new_invoices": regular,
-            "events": dict(counts),
+            "statements": counts["statements"],
+            "commits": counts["commits"],
             "ledger_ok": not problems,
         }
     finally:
@@ -295,7 +303,8 @@ def main() -> None:
         print(
             f"{r['database']:>20}  {r['subscriptions']:>7} subscriptions  "
             f"renewed {r['renewed']} in {r['run_s']:.2f} s = {r['renewals_per_s']:,}/s  "
-            f"(jobs {r['jobs_done']}, failed {r['jobs_failed']}; built in {r['build_s']} s)"
+            f"(jobs {r['jobs_done']}, failed {r['jobs_failed']}; {r['statements']} statements, "
+            f"{r['commits']} commits; built in {r['build_s']} s)"
             f"  {'OK' if ok else 'CHECK FAILED'}",
             flush=True,
         )

@@ -172,6 +172,13 @@ def register(registry: JobRegistry) -> None:
     async def past_due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_past_due(s, env, key, now))
 
+    async def past_due_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.invoice_past_due_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
     # -- invoice.due ------------------------------------------------------------
     async def due_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -272,7 +279,11 @@ def register(registry: JobRegistry) -> None:
 
     registry.register("credits.expire", expire_find, expire_run, batch=True, claim=claim_grants)
     registry.register(
-        "invoice.past_due", past_due_find, past_due_run, batch=True, claim=claim_invoices
+        "invoice.past_due",
+        past_due_find,
+        past_due_run,
+        claim=claim_invoices,
+        run_batch=past_due_batch,
     )
     registry.register("invoice.due", due_find, due_run, claim=claim_invoices, run_batch=due_batch)
     registry.register(
