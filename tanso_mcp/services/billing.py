@@ -1660,7 +1660,7 @@ async def invoice_past_due_many(
     ]
     if not invs:
         return []
-    paused = await past_due_ids(s, list({i.subscription_id for i in invs}))
+    paused = await past_due_ids(s, sorted({i.subscription_id for i in invs if i.subscription_id}))
     await inv_svc.refresh_many(s, env, invs, now)
     await inv_svc.set_status_many(s, invs, "PAST_DUE", now, only_from="DUE")
     live: dict[str, list[str]] = {}

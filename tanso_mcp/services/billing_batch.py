@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,6 +66,20 @@ from .billing import (
 from .subscriptions import derive_status, past_due_ids
 
 _RENEWABLE_TYPES = ("IN_ADVANCE_INITIAL", "REGULAR")
+
+
+def _t(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
+SUBS, GRANTS, POOLS, LINKS, LEDGER, ENTS = (
+    _t(Subscription),
+    _t(CreditGrant),
+    _t(CreditPool),
+    _t(CreditPoolSubscription),
+    _t(CreditTransaction),
+    _t(Entitlement),
+)
 
 
 class BatchConflict(Exception):
@@ -194,9 +208,9 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
         await _write(s, env, work, now)
         done += [r.fx for r in work]
     for sid in one_by_one:
-        fx = await renew(s, env, sid, now)
-        if fx is not None:
-            done.append(fx)
+        alone = await renew(s, env, sid, now)
+        if alone is not None:
+            done.append(alone)
     return done
 
 
@@ -219,15 +233,15 @@ async def _invoices(s: AsyncSession, env: str, work: list[_Renewal], now: dateti
                 Invoice.period_start.in_(sorted({r.old_start for r in advance})),
             )
         )
-        for sid, start, created, iid, meta in rows:
+        for sid, start, created, iid, stored in rows:
             key = (sid, start)
             if key not in recorded or (created, iid) < recorded[key][:2]:
-                recorded[key] = (created, iid, meta)
+                recorded[key] = (created, iid, stored)
     snapshots = await usage_seam.pricing_snapshots(s, sorted({r.new_plan.id for r in work}))
     for r in work:
         if r.old_plan.billing_timing == "IN_ADVANCE":
-            meta = recorded.get((r.sub.id, r.old_start), (None, None, None))[2]
-            period = (meta or {}).get("periodPricing") or {}
+            stored = recorded.get((r.sub.id, r.old_start), (None, None, None))[2]
+            period = (stored or {}).get("periodPricing") or {}
             rules = period.get("rules") if period.get("planId") == r.old_plan.id else None
             r.windows.append(inv_svc.window(r.old_plan, r.old_start, r.old_end, rules))
     usage = await inv_svc._usage_lines_many(s, [(r.sub, _all_windows(r, snapshots)) for r in work])
@@ -270,8 +284,8 @@ def _all_windows(r: _Renewal, snapshots: dict[str, dict[str, Any]]) -> list[dict
 async def _write(s: AsyncSession, env: str, work: list[_Renewal], now: datetime) -> None:
     # 1. the period moves (the rows are held by the claim: the state read is current)
     await s.execute(
-        update(Subscription.__table__)
-        .where(Subscription.__table__.c.id == bindparam("b_id"))
+        update(SUBS)
+        .where(SUBS.c.id == bindparam("b_id"))
         .values(
             current_period_start=bindparam("b_start"),
             current_period_end=bindparam("b_end"),
@@ -376,9 +390,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
                             currency=r.new_plan.currency,
                             **plan_pool_settings(a, m),
                         )
-            await s.execute(
-                _insert(s)(CreditPool.__table__).on_conflict_do_nothing(), list(first.values())
-            )
+            await s.execute(_insert(s)(POOLS).on_conflict_do_nothing(), list(first.values()))
             by_key = await _pool_ids(s, env, wanted)
     pool_ids = sorted({p for ps in links.values() for p in ps} | set(by_key.values()))
     # lock every pool once, in id order
@@ -392,7 +404,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
             .execution_options(populate_existing=True)
         )
     }
-    grants: dict[tuple[str, str], list[CreditGrant]] = defaultdict(list)
+    grants: dict[tuple[str | None, str], list[CreditGrant]] = defaultdict(list)
     if links:
         for g in await s.scalars(
             select(CreditGrant)
@@ -501,12 +513,12 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
     # writes: one statement (or one executemany) per table
     if takes:
         await s.execute(
-            update(CreditGrant.__table__)
+            update(GRANTS)
             .where(
-                CreditGrant.__table__.c.id == bindparam("b_id"),
-                CreditGrant.__table__.c.remaining_q >= bindparam("b_take"),
+                GRANTS.c.id == bindparam("b_id"),
+                GRANTS.c.remaining_q >= bindparam("b_take"),
             )
-            .values(remaining_q=CreditGrant.__table__.c.remaining_q - bindparam("b_take")),
+            .values(remaining_q=GRANTS.c.remaining_q - bindparam("b_take")),
             takes,
         )
     # a link's draw limit counts the current period's draws: it starts again here
@@ -520,25 +532,21 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         .execution_options(synchronize_session=False)
     )
     if new_links:
-        await s.execute(
-            _insert(s)(CreditPoolSubscription.__table__).on_conflict_do_nothing(), new_links
-        )
+        await s.execute(_insert(s)(LINKS).on_conflict_do_nothing(), new_links)
     if new_grants:
-        g = CreditGrant.__table__
-        stmt = _insert(s)(g).on_conflict_do_nothing().returning(g.c.id)
+        stmt = _insert(s)(GRANTS).on_conflict_do_nothing().returning(GRANTS.c.id)
         got = (await s.execute(stmt, new_grants)).scalars().all()
         if len(got) != len(new_grants):
             raise BatchConflict("a plan grant of a renewed period already exists")
     changed = [st for st in pools.values() if st.granted_q or st.expired_q or st.settings]
     if changed:
-        t = CreditPool.__table__
         await s.execute(
-            update(t)
-            .where(t.c.id == bindparam("b_id"))
+            update(POOLS)
+            .where(POOLS.c.id == bindparam("b_id"))
             .values(
-                balance_q=t.c.balance_q + bindparam("b_delta"),
-                total_granted_q=t.c.total_granted_q + bindparam("b_granted"),
-                total_expired_q=t.c.total_expired_q + bindparam("b_expired"),
+                balance_q=POOLS.c.balance_q + bindparam("b_delta"),
+                total_granted_q=POOLS.c.total_granted_q + bindparam("b_granted"),
+                total_expired_q=POOLS.c.total_expired_q + bindparam("b_expired"),
                 hard_limit=bindparam("b_hard"),
                 rollover_policy=bindparam("b_policy"),
                 rollover_cap_q=bindparam("b_cap"),
@@ -558,7 +566,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
             ],
         )
     if ledger:
-        await s.execute(CreditTransaction.__table__.insert(), ledger)
+        await s.execute(LEDGER.insert(), ledger)
 
 
 @dataclass
@@ -624,7 +632,7 @@ async def _entitlements(s: AsyncSession, env: str, work: list[_Renewal], now: da
         for e in ch.revoke:
             revoke.append({"b_id": e.id})
             r.fx.entitlements_revoked.append(e.feature_key)
-    t = Entitlement.__table__
+    t = ENTS
     if grant_rows:
         stmt = (
             _insert(s)(t)

@@ -63,7 +63,7 @@ class DueItem:
 FindDue = Callable[[AsyncSession, str, datetime, int], Awaitable[list[DueItem]]]
 RunItem = Callable[[AsyncSession, "AppContext", str, str, datetime], Awaitable[Any]]
 Claim = Callable[[AsyncSession, str, list[str]], Awaitable[list[str]]]
-RunBatch = Callable[[AsyncSession, "AppContext", str, list[str], datetime], Awaitable[list[str]]]
+RunBatch = Callable[[AsyncSession, "AppContext", str, list[str], datetime], Awaitable[int]]
 # A pass runs after an environment's due items, outside any transaction, so it may call
 # the network (e.g. a payment provider): ``run(ctx, environment_id, now) -> items done``.
 # It opens its own units of work and must be idempotent like every job.
@@ -226,8 +226,8 @@ async def _run_batch(
     try:
         async with ctx.db.unit_of_work() as s:
             claimed = await _claim(s, env_id, kind, keys)
-            done = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else 0
-        report.done += done
+            count = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else 0
+        report.done += count
     except Exception:
         # the whole batch rolled back: find the failing item by running them one by one
         log.warning(
