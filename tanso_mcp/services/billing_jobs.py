@@ -1,10 +1,16 @@
 """Billing and credit jobs on the environment clock.
 
 Each kind finds its due items in the domain tables (so the schedule cannot drift from
-the data) and runs one item per unit of work through the same service functions as the
-API. Every run re-checks its condition and claims its transition with a conditional
-UPDATE; invoices and grants are also backed by unique indexes, so several processes
-running the same items at once produce each effect once (``tests/test_billing_concurrency.py``).
+the data). Items due at the same instant run in batches (``services/jobs.py``): the batch
+claims the rows it writes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: the subscriptions,
+or the pools for expiries), so several processes share the due set without overlap.
+Renewals, ``invoice.due`` and ``invoice.past_due`` are set-based (a few statements per
+table per batch, the same rules as the one-item functions, which stay the path for a
+batch of one and for a failing batch's items); cancellations and expiries run each item
+in a savepoint of the batch's unit of work. Every item re-checks its condition and
+claims its transition with a conditional UPDATE or under the claim; invoices and grants
+are also backed by unique indexes, so several processes running the same items at once
+produce each effect once (``tests/test_billing_concurrency.py``).
 
 Kinds, in the order they run when due at the same instant:
 
