@@ -1709,3 +1709,16 @@ async def expire_grant_job(
     fx.add_credits(fx.credits_expired, {pool.denomination: taken})
     fx.event("credits.expired", poolId=g.pool_id, grantId=g.id, amount=int_to_qty(taken))
     return fx
+
+
+async def expire_grants_many(
+    s: AsyncSession, env: str, grant_ids: list[str], now: datetime
+) -> list[Effects]:
+    """:func:`expire_grant_job` for a batch whose pools the caller holds (the job claim)."""
+    out = []
+    for g, pool, taken in await credits.expire_many(s, env, grant_ids, now):
+        fx = Effects(action="CREDITS_EXPIRED", subscription_id=g.subscription_id)
+        fx.add_credits(fx.credits_expired, {pool.denomination: taken})
+        fx.event("credits.expired", poolId=g.pool_id, grantId=g.id, amount=int_to_qty(taken))
+        out.append(fx)
+    return out

@@ -4,9 +4,9 @@ Each kind finds its due items in the domain tables (so the schedule cannot drift
 the data). Items due at the same instant run in batches (``services/jobs.py``): the batch
 claims the rows it writes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: the subscriptions,
 or the pools for expiries), so several processes share the due set without overlap.
-Renewals, ``invoice.due`` and ``invoice.past_due`` are set-based (a few statements per
+Renewals, ``invoice.due``, ``invoice.past_due`` and expiries are set-based (a few statements per
 table per batch, the same rules as the one-item functions, which stay the path for a
-batch of one and for a failing batch's items); cancellations and expiries run each item
+batch of one and for a failing batch's items); cancellations run each item
 in a savepoint of the batch's unit of work. Every item re-checks its condition and
 claims its transition with a conditional UPDATE or under the claim; invoices and grants
 are also backed by unique indexes, so several processes running the same items at once
@@ -154,6 +154,13 @@ def register(registry: JobRegistry) -> None:
     async def expire_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.expire_grant_job(s, env, key, now))
 
+    async def expire_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.expire_grants_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
     # -- invoice.past_due -----------------------------------------------------
     async def past_due_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -283,7 +290,9 @@ def register(registry: JobRegistry) -> None:
     async def refresh_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await billing.refresh_invoice_job(s, env, key, now)
 
-    registry.register("credits.expire", expire_find, expire_run, batch=True, claim=claim_grants)
+    registry.register(
+        "credits.expire", expire_find, expire_run, claim=claim_grants, run_batch=expire_batch
+    )
     registry.register(
         "invoice.past_due",
         past_due_find,

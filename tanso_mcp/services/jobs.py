@@ -255,14 +255,16 @@ async def run_due_report(
         until = await ctx.clocks.now(env_id)
     report = RunReport()
     seen: set[tuple[str, str, datetime]] = set()
+    extra = 0  # items seen before that are still due (failed, or claimed elsewhere)
     while report.done < MAX_ITEMS_PER_RUN:
-        items = [
-            i
-            # past the items already seen (failed or claimed elsewhere) to the next ones
-            for i in await _collect(ctx, env_id, until, BATCH_SIZE + len(seen))
-            if (i.job, i.key, i.at) not in seen
-        ]
+        limit = BATCH_SIZE + extra
+        found = await _collect(ctx, env_id, until, limit)
+        items = [i for i in found if (i.job, i.key, i.at) not in seen]
+        extra = len(found) - len(items)  # the next look goes past them
         if not items:
+            if len(found) >= limit:  # a kind's answer was cut short by them: look further
+                extra += BATCH_SIZE
+                continue
             break
         first_at = items[0].at
         now = until
