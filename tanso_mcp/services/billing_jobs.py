@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db.models import CreditGrant, CreditPool, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
 from . import billing, billing_batch
-from .jobs import JobRegistry
+from .jobs import DueItem, JobRegistry
 from .subscriptions import past_due_clause
 
 if TYPE_CHECKING:
@@ -51,8 +51,9 @@ async def system_principal(s: AsyncSession, env_id: str) -> Principal:
             select(Environment.account_id, Environment.mode).where(Environment.id == env_id)
         )
     ).one()
+    mode: Any = row[1]  # "test" | "live", as stored
     return Principal(
-        account_id=row[0], environment_id=env_id, mode=row[1], role="admin", key_id=SYSTEM_KEY_ID
+        account_id=row[0], environment_id=env_id, mode=mode, role="admin", key_id=SYSTEM_KEY_ID
     )
 
 
@@ -132,7 +133,8 @@ async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
 
 
 def register(registry: JobRegistry) -> None:
-    def item(name: str, at: datetime, key: str):
+    def item(name: str, at: datetime | None, key: str) -> DueItem:
+        assert at is not None  # every finder selects rows whose due time is set
         return registry.item(name, at, key)
 
     # -- credits.expire -------------------------------------------------------
@@ -177,6 +179,8 @@ def register(registry: JobRegistry) -> None:
         )
         out = []
         for iid, due, grace in rows:
+            if due is None:
+                continue
             at = billing.past_due_at(due, grace)
             if at <= until:
                 out.append(item("invoice.past_due", at, iid))
