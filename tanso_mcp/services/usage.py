@@ -31,6 +31,8 @@ later is recorded (analytics, limits) but not billed retroactively.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -101,11 +103,24 @@ def _metered(value: Any) -> Any:
     """The pricing of a stored rule value, or None (unpriced or unreadable)."""
     if not value:
         return None
+    try:  # a billing run prices thousands of windows with the same few rules
+        key = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return _parse_pricing(value)
+    return _parse_pricing_cached(key)
+
+
+def _parse_pricing(value: Any) -> Any:
     try:
         rule = parse_rule_value(value)
     except TansoError:  # a stored rule is always valid; never fail an invoice on it
         return None
     return rule.pricing if rule is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_pricing_cached(key: str) -> Any:
+    return _parse_pricing(json.loads(key))
 
 
 def _with_snapshot(
