@@ -62,6 +62,7 @@ class Jobs(Protocol):
     """The registry of job kinds (what runs when an environment's clock passes)."""
 
     def register(self, name: str, find_due: Any, run: Any) -> None: ...
+
     # passes: run after an environment's due items, outside any transaction
     passes: dict[str, Any]
 

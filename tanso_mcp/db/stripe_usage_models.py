@@ -73,8 +73,6 @@ class StripeImportJob(Base):
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
-
-
 # A Stripe customer or product is linked to one record per environment, so importing
 # (or re-importing, or two imports at once) can never create a second one.
 Index(

@@ -261,60 +261,82 @@ async def pending_change(s: AsyncSession, sub_id: str) -> ScheduledChange | None
 # --------------------------------------------------------------------------- entitlements
 
 
+@dataclass
+class EntitlementChanges:
+    """How a subscription's entitlement records move to match its plan: features to
+    grant, records to restore (revoked, or renamed feature), records to revoke."""
+
+    grant: list[tuple[str, str]]  # (feature id, feature key)
+    restore: list[tuple[Entitlement, str]]  # (record, feature key)
+    revoke: list[Entitlement]
+
+
+def entitlement_changes(
+    plan_rules: list[tuple[Any, Any]], existing: list[Entitlement]
+) -> EntitlementChanges:
+    """Grant (or un-revoke) what the plan includes, revoke what it does not."""
+    desired = {f.id: f.key for pf, f in plan_rules if grants(pf.is_enabled, f.is_enabled)}
+    have = {e.feature_id: e for e in existing}
+    out = EntitlementChanges([], [], [])
+    for fid, key in desired.items():
+        e = have.get(fid)
+        if e is None:
+            out.grant.append((fid, key))
+        elif e.revoked_at is not None or e.feature_key != key:
+            out.restore.append((e, key))
+    for fid, e in have.items():
+        if fid not in desired and e.revoked_at is None:
+            out.revoke.append(e)
+    return out
+
+
 async def reconcile_entitlements(
     s: AsyncSession, env: str, sub: Subscription, plan: Plan, now: datetime, fx: Effects
 ) -> None:
-    """Make the subscription's entitlement records match the plan's enabled features:
-    grant (or un-revoke) what the plan includes, revoke what it does not."""
+    """Make the subscription's entitlement records match the plan's enabled features."""
     rules = (await catalog.plan_rules(s, [plan.id]))[plan.id]
-    desired = {f.id: f.key for pf, f in rules if grants(pf.is_enabled, f.is_enabled)}
-    existing = {
-        e.feature_id: e
-        for e in (
-            await s.scalars(
-                select(Entitlement)
-                .where(Entitlement.subscription_id == sub.id)
-                .execution_options(populate_existing=True)
-            )
-        ).all()
-    }
-    for fid, key in desired.items():
-        e = existing.get(fid)
-        if e is None:
-            inserted = await insert_ignore(
-                s,
-                Entitlement.__table__,
-                {
-                    "id": new_id(),
-                    "environment_id": env,
-                    "customer_id": sub.customer_id,
-                    "subscription_id": sub.id,
-                    "feature_id": fid,
-                    "feature_key": key,
-                    "granted_at": now,
-                    "revoked_at": None,
-                },
-            )
-            if inserted:
-                fx.entitlements_granted.append(key)
-        elif e.revoked_at is not None or e.feature_key != key:
-            if e.revoked_at is not None:
-                fx.entitlements_granted.append(key)
-            await s.execute(
-                update(Entitlement)
-                .where(Entitlement.id == e.id)
-                .values(revoked_at=None, granted_at=now, feature_key=key)
-                .execution_options(synchronize_session=False)
-            )
-    for fid, e in existing.items():
-        if fid not in desired and e.revoked_at is None:
-            await s.execute(
-                update(Entitlement)
-                .where(Entitlement.id == e.id, Entitlement.revoked_at.is_(None))
-                .values(revoked_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            fx.entitlements_revoked.append(e.feature_key)
+    existing = (
+        await s.scalars(
+            select(Entitlement)
+            .where(Entitlement.subscription_id == sub.id)
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    changes = entitlement_changes(rules, list(existing))
+    for fid, key in changes.grant:
+        inserted = await insert_ignore(
+            s,
+            Entitlement.__table__,
+            {
+                "id": new_id(),
+                "environment_id": env,
+                "customer_id": sub.customer_id,
+                "subscription_id": sub.id,
+                "feature_id": fid,
+                "feature_key": key,
+                "granted_at": now,
+                "revoked_at": None,
+            },
+        )
+        if inserted:
+            fx.entitlements_granted.append(key)
+    for e, key in changes.restore:
+        if e.revoked_at is not None:
+            fx.entitlements_granted.append(key)
+        await s.execute(
+            update(Entitlement)
+            .where(Entitlement.id == e.id)
+            .values(revoked_at=None, granted_at=now, feature_key=key)
+            .execution_options(synchronize_session=False)
+        )
+    for e in changes.revoke:
+        await s.execute(
+            update(Entitlement)
+            .where(Entitlement.id == e.id, Entitlement.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        fx.entitlements_revoked.append(e.feature_key)
 
 
 async def revoke_entitlements(
@@ -357,6 +379,7 @@ async def provision_period_credits(
             todo.append((alloc, model, await _plan_pool(s, env, sub, plan, alloc, model, now)))
     await _lock_in_order(s, env, [pool for _, _, pool in todo])
     for alloc, model, pool in todo:
+        spec = plan_grant_spec(sub.id, plan, alloc, model, period_start, now)
         g = await credits.grant(
             s,
             env,
@@ -364,17 +387,37 @@ async def provision_period_credits(
             alloc.credit_amount_q,
             "PLAN_INCLUDED",
             now,
-            idempotency_key=plan_grant_key(sub.id, model.denomination, period_start),
-            expires_at=add_months(now, alloc.grant_expires_months)
-            if alloc.grant_expires_months
-            else None,
+            idempotency_key=spec["idempotency_key"],
+            expires_at=spec["expires_at"],
             subscription_id=sub.id,
             period_start=period_start,
-            description=f"{plan.name}: plan credits for the period from "
-            f"{period_start.date().isoformat()}",
+            description=spec["description"],
         )
         if g is not None:
             fx.add_credits(fx.credits_granted, {model.denomination: alloc.credit_amount_q})
+
+
+def plan_grant_spec(
+    sub_id: str, plan: Plan, alloc: Any, model: Any, period_start: datetime, now: datetime
+) -> dict[str, Any]:
+    """Idempotency key, expiry and description of a period's plan credit grant."""
+    return {
+        "idempotency_key": plan_grant_key(sub_id, model.denomination, period_start),
+        "expires_at": add_months(now, alloc.grant_expires_months)
+        if alloc.grant_expires_months
+        else None,
+        "description": f"{plan.name}: plan credits for the period from "
+        f"{period_start.date().isoformat()}",
+    }
+
+
+def plan_pool_settings(alloc: Any, model: Any) -> dict[str, Any]:
+    """What a plan allocation restates on its denomination's pool."""
+    return {
+        "hard_limit": alloc.hard_limit if alloc.hard_limit is not None else model.hard_limit,
+        "rollover_policy": model.rollover_policy,
+        "rollover_cap_q": model.rollover_cap_q,
+    }
 
 
 async def _lock_in_order(s: AsyncSession, env: str, pools: list[CreditPool]) -> None:
@@ -392,9 +435,7 @@ async def _plan_pool(s, env, sub, plan, alloc, model, now) -> CreditPool:
         model.denomination,
         now,
         currency=plan.currency,
-        hard_limit=alloc.hard_limit if alloc.hard_limit is not None else model.hard_limit,
-        rollover_policy=model.rollover_policy,
-        rollover_cap_q=model.rollover_cap_q,
+        **plan_pool_settings(alloc, model),
     )
     await credits.link_subscription(s, env, pool.id, sub.id)
     return pool
@@ -1515,6 +1556,38 @@ async def invoice_due(s: AsyncSession, env: str, invoice_id: str, now: datetime)
     return fx
 
 
+async def invoice_due_many(
+    s: AsyncSession, env: str, invoice_ids: list[str], now: datetime
+) -> list[Effects]:
+    """:func:`invoice_due` for a batch whose subscriptions the caller holds (the job
+    claim): the invoices are recomputed and moved to DUE with a few set statements; a
+    zero invoice is then settled one at a time, as :func:`invoice_due` settles it."""
+    invs = [
+        inv
+        for inv in (
+            await s.scalars(
+                select(Invoice)
+                .where(Invoice.environment_id == env, Invoice.id.in_(invoice_ids))
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+        if inv.status == "PENDING" and inv.due_date is not None and inv.due_date <= now
+    ]
+    await inv_svc.refresh_many(s, env, invs, now)
+    await inv_svc.set_status_many(s, invs, "DUE", now, only_from="PENDING")
+    out = []
+    for inv in invs:
+        fx = Effects(action="INVOICE_DUE", subscription_id=inv.subscription_id)
+        fx.event("invoice.due", invoiceId=inv.id, amount=from_minor(inv.amount_minor, inv.currency))
+        if inv.amount_minor == 0:
+            if inv.subscription_id is not None:
+                sub = await load_subscription(s, env, inv.subscription_id, lock=True)
+                fx.status_before = await status_of(s, sub)
+            await _settle(s, env, inv, now, fx)
+        out.append(fx)
+    return out
+
+
 async def refresh_invoice_job(s: AsyncSession, env: str, invoice_id: str, now: datetime) -> None:
     """Store an open invoice's amount as of now (usage was recorded since it was last
     stored). Locks its subscription first, like every billing write."""
@@ -1557,6 +1630,69 @@ async def invoice_past_due(
     return fx
 
 
+async def invoice_past_due_many(
+    s: AsyncSession, env: str, invoice_ids: list[str], now: datetime
+) -> list[Effects]:
+    """:func:`invoice_past_due` for a batch whose subscriptions the caller holds (the
+    job claim), in the order given, with a few set statements."""
+    invs = (
+        await s.scalars(
+            select(Invoice)
+            .where(Invoice.environment_id == env, Invoice.id.in_(invoice_ids))
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    order = {iid: n for n, iid in enumerate(invoice_ids)}
+    invs = sorted(
+        (i for i in invs if i.status == "DUE" and i.due_date is not None and i.subscription_id),
+        key=lambda i: order[i.id],
+    )
+    subs = {
+        sub.id: sub
+        for sub in await s.scalars(
+            select(Subscription)
+            .where(Subscription.id.in_({i.subscription_id for i in invs}))
+            .execution_options(populate_existing=True)
+        )
+    }
+    invs = [
+        i for i in invs if is_past_grace(i.due_date, subs[i.subscription_id].grace_period_days, now)
+    ]
+    if not invs:
+        return []
+    paused = await past_due_ids(s, sorted({i.subscription_id for i in invs if i.subscription_id}))
+    await inv_svc.refresh_many(s, env, invs, now)
+    await inv_svc.set_status_many(s, invs, "PAST_DUE", now, only_from="DUE")
+    live: dict[str, list[str]] = {}
+    for sid, key in await s.execute(
+        select(Entitlement.subscription_id, Entitlement.feature_key).where(
+            Entitlement.subscription_id.in_(list({i.subscription_id for i in invs})),
+            Entitlement.revoked_at.is_(None),
+        )
+    ):
+        live.setdefault(sid, []).append(key)
+    if live:
+        await s.execute(
+            update(Entitlement)
+            .where(Entitlement.subscription_id.in_(list(live)), Entitlement.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    out = []
+    for inv in invs:
+        sub = subs[inv.subscription_id]
+        status = derive_status(sub, sub.id in paused)
+        fx = Effects(action="INVOICE_PAST_DUE", subscription_id=sub.id, status_before=status)
+        fx.event("invoice.past_due", invoiceId=inv.id)
+        fx.entitlements_revoked.extend(live.pop(sub.id, []))
+        paused.add(sub.id)
+        fx.status_after = derive_status(sub, True)
+        if status != "past_due" and fx.status_after == "past_due":
+            fx.event("subscription.past_due", subscriptionId=sub.id, invoiceId=inv.id)
+        out.append(fx)
+    return out
+
+
 async def expire_grant_job(
     s: AsyncSession, env: str, grant_id: str, now: datetime
 ) -> Effects | None:
@@ -1573,3 +1709,16 @@ async def expire_grant_job(
     fx.add_credits(fx.credits_expired, {pool.denomination: taken})
     fx.event("credits.expired", poolId=g.pool_id, grantId=g.id, amount=int_to_qty(taken))
     return fx
+
+
+async def expire_grants_many(
+    s: AsyncSession, env: str, grant_ids: list[str], now: datetime
+) -> list[Effects]:
+    """:func:`expire_grant_job` for a batch whose pools the caller holds (the job claim)."""
+    out = []
+    for g, pool, taken in await credits.expire_many(s, env, grant_ids, now):
+        fx = Effects(action="CREDITS_EXPIRED", subscription_id=g.subscription_id)
+        fx.add_credits(fx.credits_expired, {pool.denomination: taken})
+        fx.event("credits.expired", poolId=g.pool_id, grantId=g.id, amount=int_to_qty(taken))
+        out.append(fx)
+    return out

@@ -1,10 +1,16 @@
 """Billing and credit jobs on the environment clock.
 
 Each kind finds its due items in the domain tables (so the schedule cannot drift from
-the data) and runs one item per unit of work through the same service functions as the
-API. Every run re-checks its condition and claims its transition with a conditional
-UPDATE; invoices and grants are also backed by unique indexes, so several processes
-running the same items at once produce each effect once (``tests/test_billing_concurrency.py``).
+the data). Items due at the same instant run in batches (``services/jobs.py``): the batch
+claims the rows it writes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: the subscriptions,
+or the pools for expiries), so several processes share the due set without overlap.
+Renewals, ``invoice.due``, ``invoice.past_due`` and expiries are set-based (a few statements per
+table per batch, the same rules as the one-item functions, which stay the path for a
+batch of one and for a failing batch's items); cancellations run each item
+in a savepoint of the batch's unit of work. Every item re-checks its condition and
+claims its transition with a conditional UPDATE or under the claim; invoices and grants
+are also backed by unique indexes, so several processes running the same items at once
+produce each effect once (``tests/test_billing_concurrency.py``).
 
 Kinds, in the order they run when due at the same instant:
 
@@ -27,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.models import CreditGrant, Environment, Invoice, Subscription, UsageCounter
+from ..db.models import CreditGrant, CreditPool, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
-from . import billing
-from .jobs import JobRegistry
+from . import billing, billing_batch
+from .jobs import DueItem, JobRegistry
 from .subscriptions import past_due_clause
 
 if TYPE_CHECKING:
@@ -45,25 +51,90 @@ async def system_principal(s: AsyncSession, env_id: str) -> Principal:
             select(Environment.account_id, Environment.mode).where(Environment.id == env_id)
         )
     ).one()
+    mode: Any = row[1]  # "test" | "live", as stored
     return Principal(
-        account_id=row[0], environment_id=env_id, mode=row[1], role="admin", key_id=SYSTEM_KEY_ID
+        account_id=row[0], environment_id=env_id, mode=mode, role="admin", key_id=SYSTEM_KEY_ID
     )
 
 
-async def announce(s: AsyncSession, ctx: AppContext, env_id: str, fx: Any) -> None:
+async def announce(
+    s: AsyncSession, ctx: AppContext, env_id: str, fx: Any, principal: Principal | None = None
+) -> None:
     """Record on the job's unit of work: invalidate the environment's caches and emit
     its events after the commit."""
     if fx is None:
         return
-    principal = await system_principal(s, env_id)
+    if principal is None:
+        principal = await system_principal(s, env_id)
 
     ctx.changed(s, env_id)
     for name, payload in fx.events:
         ctx.announce(s, name, principal, payload)
 
 
+async def _announce_all(s: AsyncSession, ctx: AppContext, env: str, done: list[Any]) -> None:
+    if done:
+        principal = await system_principal(s, env)
+        for fx in done:
+            await announce(s, ctx, env, fx, principal)
+
+
+# -- claims: the rows a batch writes, taken without waiting (PostgreSQL SKIP LOCKED;
+# SQLite serialises writers and ignores FOR UPDATE) — a process skips what another one
+# is processing. Keys keep their (time) order.
+
+
+def _keep(keys: list[str], claimed: Any) -> list[str]:
+    got = set(claimed)
+    return [k for k in keys if k in got]
+
+
+async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    rows = await s.scalars(
+        select(Subscription.id)
+        .where(Subscription.environment_id == env, Subscription.id.in_(keys))
+        .order_by(Subscription.id)
+        .with_for_update(skip_locked=True)
+    )
+    return _keep(keys, rows.all())
+
+
+async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    """An invoice job writes its subscription first (the billing lock order); an invoice
+    without a subscription has nothing to claim."""
+    alone = await s.scalars(
+        select(Invoice.id).where(
+            Invoice.environment_id == env,
+            Invoice.id.in_(keys),
+            Invoice.subscription_id.is_(None),
+        )
+    )
+    held = set(alone.all())
+    rows = await s.scalars(
+        select(Invoice.id)
+        .join(Subscription, Subscription.id == Invoice.subscription_id)
+        .where(Invoice.environment_id == env, Invoice.id.in_(keys))
+        .order_by(Subscription.id)
+        .with_for_update(skip_locked=True, of=Subscription)
+    )
+    return _keep(keys, held.union(rows.all()))
+
+
+async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
+    """An expiry writes the grant's pool (every pool writer locks pools first)."""
+    rows = await s.scalars(
+        select(CreditGrant.id)
+        .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
+        .where(CreditGrant.environment_id == env, CreditGrant.id.in_(keys))
+        .order_by(CreditPool.id)
+        .with_for_update(skip_locked=True, of=CreditPool)
+    )
+    return _keep(keys, rows.all())
+
+
 def register(registry: JobRegistry) -> None:
-    def item(name: str, at: datetime, key: str):
+    def item(name: str, at: datetime | None, key: str) -> DueItem:
+        assert at is not None  # every finder selects rows whose due time is set
         return registry.item(name, at, key)
 
     # -- credits.expire -------------------------------------------------------
@@ -85,6 +156,13 @@ def register(registry: JobRegistry) -> None:
     async def expire_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.expire_grant_job(s, env, key, now))
 
+    async def expire_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.expire_grants_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
     # -- invoice.past_due -----------------------------------------------------
     async def past_due_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -101,6 +179,8 @@ def register(registry: JobRegistry) -> None:
         )
         out = []
         for iid, due, grace in rows:
+            if due is None:
+                continue
             at = billing.past_due_at(due, grace)
             if at <= until:
                 out.append(item("invoice.past_due", at, iid))
@@ -108,6 +188,13 @@ def register(registry: JobRegistry) -> None:
 
     async def past_due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_past_due(s, env, key, now))
+
+    async def past_due_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.invoice_past_due_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
 
     # -- invoice.due ------------------------------------------------------------
     async def due_find(s: AsyncSession, env: str, until: datetime, limit: int):
@@ -126,6 +213,13 @@ def register(registry: JobRegistry) -> None:
 
     async def due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_due(s, env, key, now))
+
+    async def due_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing.invoice_due_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
 
     # -- subscription.cancel ----------------------------------------------------
     async def cancel_find(s: AsyncSession, env: str, until: datetime, limit: int):
@@ -168,6 +262,13 @@ def register(registry: JobRegistry) -> None:
     async def renew_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.renew(s, env, key, now))
 
+    async def renew_batch(
+        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
+    ) -> int:
+        done = await billing_batch.renew_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
     # -- invoice.refresh ---------------------------------------------------------
     async def refresh_find(s: AsyncSession, env: str, until: datetime, limit: int):
         # every ingest that counts usage moves its counter's modified_at (the
@@ -193,9 +294,27 @@ def register(registry: JobRegistry) -> None:
     async def refresh_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await billing.refresh_invoice_job(s, env, key, now)
 
-    registry.register("credits.expire", expire_find, expire_run)
-    registry.register("invoice.past_due", past_due_find, past_due_run)
-    registry.register("invoice.due", due_find, due_run)
-    registry.register("subscription.cancel", cancel_find, cancel_run)
-    registry.register("subscription.renew", renew_find, renew_run)
-    registry.register("invoice.refresh", refresh_find, refresh_run)
+    registry.register(
+        "credits.expire", expire_find, expire_run, claim=claim_grants, run_batch=expire_batch
+    )
+    registry.register(
+        "invoice.past_due",
+        past_due_find,
+        past_due_run,
+        claim=claim_invoices,
+        run_batch=past_due_batch,
+    )
+    registry.register("invoice.due", due_find, due_run, claim=claim_invoices, run_batch=due_batch)
+    registry.register(
+        "subscription.cancel", cancel_find, cancel_run, batch=True, claim=claim_subscriptions
+    )
+    registry.register(
+        "subscription.renew",
+        renew_find,
+        renew_run,
+        claim=claim_subscriptions,
+        run_batch=renew_batch,
+    )
+    registry.register(
+        "invoice.refresh", refresh_find, refresh_run, batch=True, claim=claim_invoices
+    )

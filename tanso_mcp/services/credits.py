@@ -41,9 +41,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -271,29 +271,33 @@ async def ensure_pool(
         await insert_ignore(
             s,
             CreditPool,
-            {
-                "id": new_id(),
-                "environment_id": env_id,
-                "customer_id": customer_id,
-                "denomination": denomination,
-                "name": f"{denomination} - {customer_id}",
-                "currency": currency or "USD",
-                "balance_q": 0,
-                "total_granted_q": 0,
-                "total_consumed_q": 0,
-                "total_expired_q": 0,
-                "total_reversed_q": 0,
-                "hard_limit": bool(hard_limit),
-                "rollover_policy": rollover_policy or "NONE",
-                "rollover_cap_q": rollover_cap_q,
-                "status": "ACTIVE",
-                "created_at": now,
-                "modified_at": now,
-            },
+            new_pool_row(
+                env_id,
+                customer_id,
+                denomination,
+                now,
+                currency=currency,
+                hard_limit=hard_limit,
+                rollover_policy=rollover_policy,
+                rollover_cap_q=rollover_cap_q,
+            ),
         )
         pool = await find_pool(s, env_id, customer_id, denomination)
         assert pool is not None
         return pool
+    changes = pool_setting_changes(pool, hard_limit, rollover_policy, rollover_cap_q)
+    if changes:
+        for k, v in changes.items():
+            setattr(pool, k, v)
+        pool.modified_at = now
+        await s.flush()
+    return pool
+
+
+def pool_setting_changes(
+    pool: Any, hard_limit: bool | None, rollover_policy: str | None, rollover_cap_q: int | None
+) -> dict[str, Any]:
+    """The settings restated for an existing pool that differ from what it has."""
     changes: dict[str, Any] = {}
     if hard_limit is not None and pool.hard_limit != hard_limit:
         changes["hard_limit"] = hard_limit
@@ -301,12 +305,39 @@ async def ensure_pool(
         changes["rollover_policy"] = rollover_policy
     if rollover_policy is not None and pool.rollover_cap_q != rollover_cap_q:
         changes["rollover_cap_q"] = rollover_cap_q
-    if changes:
-        for k, v in changes.items():
-            setattr(pool, k, v)
-        pool.modified_at = now
-        await s.flush()
-    return pool
+    return changes
+
+
+def new_pool_row(
+    env_id: str,
+    customer_id: str,
+    denomination: str,
+    now: datetime,
+    *,
+    currency: str | None,
+    hard_limit: bool | None,
+    rollover_policy: str | None,
+    rollover_cap_q: int | None,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "environment_id": env_id,
+        "customer_id": customer_id,
+        "denomination": denomination,
+        "name": f"{denomination} - {customer_id}",
+        "currency": currency or "USD",
+        "balance_q": 0,
+        "total_granted_q": 0,
+        "total_consumed_q": 0,
+        "total_expired_q": 0,
+        "total_reversed_q": 0,
+        "hard_limit": bool(hard_limit),
+        "rollover_policy": rollover_policy or "NONE",
+        "rollover_cap_q": rollover_cap_q,
+        "status": "ACTIVE",
+        "created_at": now,
+        "modified_at": now,
+    }
 
 
 async def link_subscription(
@@ -450,6 +481,103 @@ async def expire_grant(
         description=description or f"expiry of {g.grant_type} grant",
     )
     return take
+
+
+async def expire_many(
+    s: AsyncSession, env_id: str, grant_ids: list[str], now: datetime
+) -> list[tuple[CreditGrant, CreditPool, int]]:
+    """:func:`expire_grant` (the whole remainder) of several grants whose ``expires_at``
+    has passed, in the order given, with a fixed number of statements: the pools are
+    locked in id order, each movement's ledger row carries the balance before and after
+    it, and the grants, pools and ledger are written with one statement each. Returns
+    ``(grant, pool, amount expired)`` of the grants that had something left."""
+    grants = {
+        g.id: g
+        for g in await s.scalars(
+            select(CreditGrant)
+            .where(CreditGrant.environment_id == env_id, CreditGrant.id.in_(grant_ids))
+            .execution_options(populate_existing=True)
+        )
+    }
+    pools = {
+        p.id: p
+        for p in await s.scalars(
+            select(CreditPool)
+            .where(
+                CreditPool.environment_id == env_id,
+                CreditPool.id.in_({g.pool_id for g in grants.values()}),
+            )
+            .order_by(CreditPool.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    balance = {pid: p.balance_q for pid, p in pools.items()}
+    out: list[tuple[CreditGrant, CreditPool, int]] = []
+    ledger: list[dict[str, Any]] = []
+    for gid in grant_ids:
+        g = grants.get(gid)
+        if g is None or g.expires_at is None or g.expires_at > now or g.voided_at is not None:
+            continue
+        take = g.remaining_q
+        if take <= 0:
+            continue
+        before = balance[g.pool_id]
+        if before < take:  # grants and balance disagree: never paper over it
+            raise ConcurrentCreditChange("credit grants do not cover the pool balance; retry")
+        balance[g.pool_id] = before - take
+        ledger.append(
+            {
+                "id": new_id(),
+                "environment_id": env_id,
+                "pool_id": g.pool_id,
+                "grant_id": g.id,
+                "type": "EXPIRATION",
+                "amount_q": -take,
+                "balance_before_q": before,
+                "balance_after_q": before - take,
+                "event_id": None,
+                "subscription_id": g.subscription_id,
+                "description": f"expiry of {g.grant_type} grant",
+                "created_at": now,
+            }
+        )
+        out.append((g, pools[g.pool_id], take))
+    if not out:
+        return out
+    gt, pt = _table(CreditGrant), _table(CreditPool)
+    await s.execute(
+        update(gt)
+        .where(gt.c.id == bindparam("b_id"), gt.c.remaining_q == bindparam("b_take"))
+        .values(remaining_q=0),
+        [{"b_id": g.id, "b_take": take} for g, _p, take in out],
+    )
+    moved = {
+        pid: pools[pid].balance_q - q for pid, q in balance.items() if q != pools[pid].balance_q
+    }
+    await s.execute(
+        update(pt)
+        .where(pt.c.id == bindparam("b_id"))
+        .values(
+            balance_q=pt.c.balance_q - bindparam("b_q"),
+            total_expired_q=pt.c.total_expired_q + bindparam("b_q"),
+            modified_at=now,
+        ),
+        [{"b_id": pid, "b_q": q} for pid, q in moved.items()],
+    )
+    await s.execute(_table(CreditTransaction).insert(), ledger)
+    for g, _p, take in out:
+        g.remaining_q -= take
+        _committed(g, ("remaining_q",))
+    for pid, q in moved.items():
+        p = pools[pid]
+        p.balance_q, p.total_expired_q, p.modified_at = p.balance_q - q, p.total_expired_q + q, now
+        _committed(p, ("balance_q", "total_expired_q", "modified_at"))
+    return out
+
+
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
 
 
 async def _expire_due_in_pool(
@@ -652,16 +780,8 @@ async def apply_rollover(
             )
         ).all()
     ]
-    carried = sum(g.remaining_q for g in grants)
-    if policy == "CAPPED" and cap_q is None:
-        cap_q = 0
-    expire = int(rollover_expiry(policy, cap_q, carried))
-    if expire <= 0:
-        return 0
     total = 0
-    for gid, t in fifo_allocation(
-        [(g.id, g.remaining_q, (g.created_at, g.id)) for g in grants], expire
-    ):
+    for gid, t in rollover_takes(policy, cap_q, grants):
         total += await expire_grant(
             s,
             env_id,
@@ -669,9 +789,30 @@ async def apply_rollover(
             now,
             amount_q=int(t),
             pool=pool,
-            description=f"rollover {policy}: plan credits not carried into the new period",
+            description=rollover_description(policy),
         )
     return total
+
+
+def rollover_takes(policy: str, cap_q: int | None, grants: list[Any]) -> list[tuple[str, int]]:
+    """What a renewal expires of the subscription's carried plan grants (those of one
+    pool issued before the new period, oldest first): ``[(grant id, amount)]``."""
+    carried = sum(g.remaining_q for g in grants)
+    if policy == "CAPPED" and cap_q is None:
+        cap_q = 0
+    expire = int(rollover_expiry(policy, cap_q, carried))
+    if expire <= 0:
+        return []
+    return [
+        (gid, int(t))
+        for gid, t in fifo_allocation(
+            [(g.id, g.remaining_q, (g.created_at, g.id)) for g in grants], expire
+        )
+    ]
+
+
+def rollover_description(policy: str) -> str:
+    return f"rollover {policy}: plan credits not carried into the new period"
 
 
 # --------------------------------------------------------------------------- checks

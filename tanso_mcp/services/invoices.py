@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
@@ -163,8 +166,30 @@ async def _usage_lines_many(
     return out
 
 
-async def create_invoice(
-    s: AsyncSession,
+@dataclass
+class NewInvoice:
+    """An invoice about to be inserted: its row and its rounded lines."""
+
+    values: dict[str, Any]
+    rows: list[ItemRow]
+
+    @property
+    def id(self) -> str:
+        return self.values["id"]
+
+    @property
+    def unique(self) -> bool:
+        return self.values["type"] in UNIQUE_TYPES
+
+    def transient(self) -> Invoice:
+        """The invoice as presenters read it, as it will be stored (a plain namespace:
+        an ORM instance per invoice costs more than the rest of its renewal)."""
+        v = dict(self.values)
+        v["metadata_"] = v.pop("metadata")
+        return cast(Invoice, SimpleNamespace(provider_invoice_id=None, voided_at=None, **v))
+
+
+def build_invoice(
     env: str,
     now: datetime,
     *,
@@ -179,9 +204,8 @@ async def create_invoice(
     lines: list[Line],
     metadata: dict[str, Any] | None = None,
     paid: bool = False,
-) -> Invoice | None:
-    """Insert an invoice and its lines. For the unique types, returns ``None`` when the
-    invoice already exists (another process or an earlier run created it)."""
+) -> NewInvoice:
+    """The row and lines of a new invoice (pure: the one rule for what is inserted)."""
     inv_id = new_id()
     rows = _rows(inv_id, currency, lines, start=0)
     values = {
@@ -201,13 +225,78 @@ async def create_invoice(
         "created_at": now,
         "modified_at": now,
     }
-    if type in UNIQUE_TYPES:
-        if not await insert_ignore(s, Invoice.__table__, values):
+    return NewInvoice(values, rows)
+
+
+async def insert_invoices(
+    s: AsyncSession, env: str, invoices: list[NewInvoice], now: datetime
+) -> set[str]:
+    """Insert several invoices and their lines with a few multi-row statements. The
+    unique types are inserted with ``ON CONFLICT DO NOTHING``: returns the ids inserted
+    (an invoice missing from it already existed, and its lines were not written)."""
+    inserted: set[str] = set()
+    unique = [n for n in invoices if n.unique]
+    plain = [n for n in invoices if not n.unique]
+    table = Invoice.__table__
+    # executemany: one cached statement, sent as multi-row INSERTs by the driver layer
+    if unique:
+        stmt = _insert(s)(table).on_conflict_do_nothing().returning(table.c.id)
+        inserted.update((await s.execute(stmt, [n.values for n in unique])).scalars().all())
+    if plain:
+        await s.execute(table.insert(), [n.values for n in plain])
+        inserted.update(n.id for n in plain)
+    await _insert_many_rows(
+        s, env, [(n.id, r) for n in invoices if n.id in inserted for r in n.rows], now
+    )
+    return inserted
+
+
+def _insert(s: AsyncSession) -> Any:
+    dialect = s.bind.dialect.name if s.bind is not None else "sqlite"
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
+async def create_invoice(
+    s: AsyncSession,
+    env: str,
+    now: datetime,
+    *,
+    customer_id: str,
+    subscription_id: str | None,
+    type: str,
+    status: str,
+    currency: str,
+    due_date: datetime | None,
+    period_start: datetime | None,
+    period_end: datetime | None,
+    lines: list[Line],
+    metadata: dict[str, Any] | None = None,
+    paid: bool = False,
+) -> Invoice | None:
+    """Insert an invoice and its lines. For the unique types, returns ``None`` when the
+    invoice already exists (another process or an earlier run created it)."""
+    new = build_invoice(
+        env,
+        now,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        type=type,
+        status=status,
+        currency=currency,
+        due_date=due_date,
+        period_start=period_start,
+        period_end=period_end,
+        lines=lines,
+        metadata=metadata,
+        paid=paid,
+    )
+    if new.unique:
+        if not await insert_ignore(s, Invoice.__table__, new.values):
             return None
     else:
-        await s.execute(Invoice.__table__.insert().values(**values))
-    await _insert_rows(s, env, inv_id, rows, now)
-    return await s.get(Invoice, inv_id)
+        await s.execute(Invoice.__table__.insert().values(**new.values))
+    await _insert_rows(s, env, new.id, new.rows, now)
+    return await s.get(Invoice, new.id)
 
 
 # --------------------------------------------------------------------------- lines
@@ -299,6 +388,12 @@ async def write_lines(
 async def _insert_rows(
     s: AsyncSession, env: str, invoice_id: str, rows: list[ItemRow], now: datetime
 ) -> None:
+    await _insert_many_rows(s, env, [(invoice_id, r) for r in rows], now)
+
+
+async def _insert_many_rows(
+    s: AsyncSession, env: str, rows: list[tuple[str, ItemRow]], now: datetime
+) -> None:
     if rows:
         await s.execute(
             InvoiceItem.__table__.insert(),
@@ -314,7 +409,7 @@ async def _insert_rows(
                     "charge_minor": r.charge_minor,
                     "created_at": now,
                 }
-                for r in rows
+                for invoice_id, r in rows
             ],
         )
 
@@ -427,13 +522,7 @@ async def refresh(s: AsyncSession, inv: Invoice, now: datetime, *, touch: bool =
             )
             inv.modified_at = now
         return False
-    await s.execute(
-        delete(InvoiceItem).where(
-            InvoiceItem.invoice_id == inv.id, InvoiceItem.kind.in_(cur.recomputed_kinds)
-        )
-    )
-    fresh = [r for r in cur.items if r.kind in cur.recomputed_kinds]
-    await _insert_rows(s, inv.environment_id, inv.id, fresh, now)
+    await _store_lines(s, inv.environment_id, [(inv, cur)], now)
     res = await s.execute(
         update(Invoice)
         .where(Invoice.id == inv.id, Invoice.status.in_(OPEN))
@@ -444,6 +533,76 @@ async def refresh(s: AsyncSession, inv: Invoice, now: datetime, *, touch: bool =
         raise Conflict(f"invoice {inv.id} changed concurrently; retry", field="invoiceId")
     inv.amount_minor, inv.modified_at = cur.amount_minor, now
     return True
+
+
+async def _store_lines(
+    s: AsyncSession, env: str, changed: list[tuple[Invoice, Current]], now: datetime
+) -> None:
+    """Replace the recomputed lines of invoices whose amount as of now changed."""
+    by_kinds: dict[tuple[str, ...], list[str]] = {}
+    for inv, cur in changed:
+        by_kinds.setdefault(cur.recomputed_kinds, []).append(inv.id)
+    for kinds, ids in by_kinds.items():
+        await s.execute(
+            delete(InvoiceItem).where(InvoiceItem.invoice_id.in_(ids), InvoiceItem.kind.in_(kinds))
+        )
+    await _insert_many_rows(
+        s,
+        env,
+        [(inv.id, r) for inv, cur in changed for r in cur.items if r.kind in cur.recomputed_kinds],
+        now,
+    )
+
+
+async def refresh_many(s: AsyncSession, env: str, invoices: list[Invoice], now: datetime) -> None:
+    """:func:`refresh` for several invoices with a fixed number of statements (the caller
+    holds their subscriptions, so nobody closes them in between)."""
+    todo = [inv for inv in invoices if inv.status in OPEN]
+    if not todo:
+        return
+    stored = await items_of(s, [inv.id for inv in todo])
+    curs = await current_many(s, todo, stored)
+    changed = [(inv, curs[inv.id]) for inv in todo if curs[inv.id].changed]
+    if not changed:
+        return
+    await _store_lines(s, env, changed, now)
+    t = Invoice.__table__
+    await s.execute(
+        update(t)
+        # no IN (…): expanding parameters cannot be used with executemany
+        .where(t.c.id == bindparam("b_id"), or_(*(t.c.status == st for st in OPEN)))
+        .values(amount_minor=bindparam("b_amount"), modified_at=now),
+        [{"b_id": inv.id, "b_amount": cur.amount_minor} for inv, cur in changed],
+    )
+    for inv, cur in changed:
+        inv.amount_minor, inv.modified_at = cur.amount_minor, now
+        _committed(inv, ("amount_minor", "modified_at"))
+
+
+async def set_status_many(
+    s: AsyncSession, invoices: list[Invoice], new: str, now: datetime, *, only_from: str
+) -> None:
+    """:func:`set_status` for several invoices held by the caller (all are in
+    ``only_from``): one executemany."""
+    if not invoices:
+        return
+    t = Invoice.__table__
+    await s.execute(
+        update(t)
+        .where(t.c.id == bindparam("b_id"), t.c.status == only_from)
+        .values(status=new, modified_at=now),
+        [{"b_id": inv.id} for inv in invoices],
+    )
+    for inv in invoices:
+        inv.status, inv.modified_at = new, now
+        _committed(inv, ("status", "modified_at"))
+
+
+def _committed(obj: Any, keys: tuple[str, ...]) -> None:
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    for key in keys:
+        set_committed_value(obj, key, getattr(obj, key))
 
 
 async def set_status(

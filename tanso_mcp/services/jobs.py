@@ -9,6 +9,17 @@ A job kind is registered with two functions:
   of work. It must be idempotent and safe when several processes run it at once: it
   re-checks its condition with a conditional UPDATE or relies on a unique constraint.
 
+A kind registered with ``batch=True`` runs the items due at the same instant in batches
+(up to :data:`BATCH_SIZE` per unit of work) instead of one transaction and one lease per
+item. Its ``claim(session, environment_id, keys) -> keys`` takes the rows the batch will
+write with ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several processes share
+the due set without overlap (SQLite serialises writers: every key is claimed); its
+``run_batch(session, ctx, environment_id, keys, now) -> items done`` processes them
+set-based, or, without one, each item runs in its own savepoint. When a batch fails, its
+items run again one at a time, each in its own savepoint: a failing item is rolled back,
+logged and counted (``RunReport.failed``) while the others commit; it stays due, so the
+next run retries it.
+
 Advancing a test clock runs every item that became due, in time order: the
 environment's clock is set to each item's due time before the item runs, so the work
 sees the time at which it was due. Live environments run whatever is due now.
@@ -38,6 +49,7 @@ log = logging.getLogger("tanso_mcp.jobs")
 
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_ITEMS_PER_RUN = 1_000_000
+BATCH_SIZE = 500
 
 
 @dataclass(frozen=True, order=True)
@@ -50,6 +62,8 @@ class DueItem:
 
 FindDue = Callable[[AsyncSession, str, datetime, int], Awaitable[list[DueItem]]]
 RunItem = Callable[[AsyncSession, "AppContext", str, str, datetime], Awaitable[Any]]
+Claim = Callable[[AsyncSession, str, list[str]], Awaitable[list[str]]]
+RunBatch = Callable[[AsyncSession, "AppContext", str, list[str], datetime], Awaitable[int]]
 # A pass runs after an environment's due items, outside any transaction, so it may call
 # the network (e.g. a payment provider): ``run(ctx, environment_id, now) -> items done``.
 # It opens its own units of work and must be idempotent like every job.
@@ -62,6 +76,9 @@ class JobKind:
     find_due: FindDue
     run: RunItem
     order: int = 0
+    batch: bool = False
+    claim: Claim | None = None
+    run_batch: RunBatch | None = None
 
 
 class JobRegistry:
@@ -74,10 +91,27 @@ class JobRegistry:
             raise ValueError(f"pass {name!r} registered twice")
         self.passes[name] = run
 
-    def register(self, name: str, find_due: FindDue, run: RunItem) -> None:
+    def register(
+        self,
+        name: str,
+        find_due: FindDue,
+        run: RunItem,
+        *,
+        batch: bool = False,
+        claim: Claim | None = None,
+        run_batch: RunBatch | None = None,
+    ) -> None:
         if name in self._kinds:
             raise ValueError(f"job {name!r} registered twice")
-        self._kinds[name] = JobKind(name, find_due, run, order=len(self._kinds))
+        self._kinds[name] = JobKind(
+            name,
+            find_due,
+            run,
+            order=len(self._kinds),
+            batch=batch or run_batch is not None,
+            claim=claim,
+            run_batch=run_batch,
+        )
 
     def item(self, name: str, at: datetime, key: str) -> DueItem:
         return DueItem(at=at, order=self._kinds[name].order, job=name, key=key)
@@ -143,51 +177,137 @@ async def _run_item(ctx: AppContext, env_id: str, item: DueItem, now: datetime) 
         await release_lease(ctx, lease)
 
 
+@dataclass
+class RunReport:
+    """What a run did: items done, and the items that failed (logged; they stay due and
+    the next run retries them)."""
+
+    done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _drop_callbacks_after(s: AsyncSession, mark: int) -> None:
+    """Forget the after-commit effects a rolled-back savepoint recorded."""
+    pending = s.info.get("after_commit")
+    if pending is not None:
+        del pending[mark:]
+
+
+async def _run_one_by_one(
+    ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
+) -> None:
+    """Each item in its own savepoint of one unit of work: a failing item is rolled back
+    alone, logged and counted; the others commit."""
+    async with ctx.db.unit_of_work() as s:
+        for key in await _claim(s, env_id, kind, keys):
+            mark = len(s.info.get("after_commit", []))
+            try:
+                async with s.begin_nested():
+                    await kind.run(s, ctx, env_id, key, now)
+                report.done += 1
+            except Exception:
+                _drop_callbacks_after(s, mark)
+                log.exception("job %s %s failed", kind.name, key)
+                report.failed.append((kind.name, key))
+
+
+async def _claim(s: AsyncSession, env_id: str, kind: JobKind, keys: list[str]) -> list[str]:
+    if kind.claim is None:
+        return keys
+    return await kind.claim(s, env_id, keys)
+
+
+async def _run_batch(
+    ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
+) -> None:
+    if kind.run_batch is None:
+        await _run_one_by_one(ctx, env_id, kind, keys, now, report)
+        return
+    try:
+        async with ctx.db.unit_of_work() as s:
+            claimed = await _claim(s, env_id, kind, keys)
+            count = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else 0
+        report.done += count
+    except Exception:
+        # the whole batch rolled back: find the failing item by running them one by one
+        log.warning(
+            "job %s: batch of %d failed; running its items one by one",
+            kind.name,
+            len(keys),
+            exc_info=True,
+        )
+        await _run_one_by_one(ctx, env_id, kind, keys, now, report)
+
+
 async def run_due(
     ctx: AppContext, env_id: str, *, until: datetime | None = None, move_clock: bool = False
 ) -> int:
     """Run every due item of one environment, in time order. With ``move_clock`` (test
     environments), the environment clock steps to each item's due time and finally to
-    ``until``. Returns the number of items run."""
+    ``until``. Returns the number of items run (:func:`run_due_report` tells failures)."""
+    return (await run_due_report(ctx, env_id, until=until, move_clock=move_clock)).done
+
+
+async def run_due_report(
+    ctx: AppContext, env_id: str, *, until: datetime | None = None, move_clock: bool = False
+) -> RunReport:
     if until is None:
         until = await ctx.clocks.now(env_id)
-    done = 0
+    report = RunReport()
     seen: set[tuple[str, str, datetime]] = set()
-    while done < MAX_ITEMS_PER_RUN:
-        items = [
-            i for i in await _collect(ctx, env_id, until, 500) if (i.job, i.key, i.at) not in seen
-        ]
+    extra = 0  # items seen before that are still due (failed, or claimed elsewhere)
+    while report.done < MAX_ITEMS_PER_RUN:
+        limit = BATCH_SIZE + extra
+        found = await _collect(ctx, env_id, until, limit)
+        items = [i for i in found if (i.job, i.key, i.at) not in seen]
+        extra = len(found) - len(items)  # the next look goes past them
         if not items:
+            if len(found) >= limit:  # a kind's answer was cut short by them: look further
+                extra += BATCH_SIZE
+                continue
             break
         first_at = items[0].at
+        now = until
+        if move_clock:
+            current = await ctx.clocks.now(env_id)
+            now = max(first_at, current)
+            if now != current:  # items due at the same instant share one clock write
+                async with ctx.db.unit_of_work() as s:
+                    await ctx.clocks.set_test_clock(s, env_id, now)
+                ctx.clocks.remember(env_id, now)
         batch = [i for i in items if i.at == first_at]
+        # consecutive items of one batched kind run together; the others one by one
+        groups: list[list[DueItem]] = []
         for item in batch:
-            now = until
-            if move_clock:
-                current = await ctx.clocks.now(env_id)
-                now = max(first_at, current)
-                if now != current:  # items due at the same instant share one clock write
-                    async with ctx.db.unit_of_work() as s:
-                        await ctx.clocks.set_test_clock(s, env_id, now)
-                    ctx.clocks.remember(env_id, now)
-            try:
-                if await _run_item(ctx, env_id, item, now):
-                    done += 1
-            except Exception:
-                log.exception("job %s %s failed", item.job, item.key)
-            # an item that stays due after running (failed, or leased elsewhere) is not
+            if groups and groups[-1][0].job == item.job and ctx.jobs.get(item.job).batch:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        for group in groups:
+            kind = ctx.jobs.get(group[0].job)
+            if kind.batch:
+                await _run_batch(ctx, env_id, kind, [i.key for i in group], now, report)
+            else:
+                item = group[0]
+                try:
+                    if await _run_item(ctx, env_id, item, now):
+                        report.done += 1
+                except Exception:
+                    log.exception("job %s %s failed", item.job, item.key)
+                    report.failed.append((item.job, item.key))
+            # an item that stays due after running (failed, or claimed elsewhere) is not
             # retried within this run, so a broken item cannot loop forever
-            seen.add((item.job, item.key, item.at))
+            seen.update((i.job, i.key, i.at) for i in group)
     if move_clock:
         async with ctx.db.unit_of_work() as s:
             await ctx.clocks.set_test_clock(s, env_id, until)
         ctx.clocks.remember(env_id, until)
     for name, run in ctx.jobs.passes.items():
         try:
-            done += await run(ctx, env_id, until)
+            report.done += await run(ctx, env_id, until)
         except Exception:
             log.exception("job pass %s failed", name)
-    return done
+    return report
 
 
 async def run_all_due(ctx: AppContext) -> int:

@@ -31,6 +31,8 @@ later is recorded (analytics, limits) but not billed retroactively.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -79,23 +81,46 @@ class UsageRequest:
 async def pricing_snapshot(s: AsyncSession, plan_id: str) -> dict[str, Any]:
     """The plan's rules as they stand now, to price a period that starts now with:
     ``{featureId: {"key": featureKey, "value": rule JSON or None}}``."""
+    return (await pricing_snapshots(s, [plan_id]))[plan_id]
+
+
+async def pricing_snapshots(s: AsyncSession, plan_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """:func:`pricing_snapshot` of several plans in one statement."""
+    out: dict[str, dict[str, Any]] = {pid: {} for pid in plan_ids}
+    if not plan_ids:
+        return out
     rows = await s.execute(
-        select(PlanFeature.feature_id, Feature.key, PlanFeature.value)
+        select(PlanFeature.plan_id, PlanFeature.feature_id, Feature.key, PlanFeature.value)
         .join(Feature, Feature.id == PlanFeature.feature_id)
-        .where(PlanFeature.plan_id == plan_id)
+        .where(PlanFeature.plan_id.in_(plan_ids))
     )
-    return {fid: {"key": key, "value": value} for fid, key, value in rows}
+    for pid, fid, key, value in rows:
+        out[pid][fid] = {"key": key, "value": value}
+    return out
 
 
 def _metered(value: Any) -> Any:
     """The pricing of a stored rule value, or None (unpriced or unreadable)."""
     if not value:
         return None
+    try:  # a billing run prices thousands of windows with the same few rules
+        key = json.dumps(value, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return _parse_pricing(value)
+    return _parse_pricing_cached(key)
+
+
+def _parse_pricing(value: Any) -> Any:
     try:
         rule = parse_rule_value(value)
     except TansoError:  # a stored rule is always valid; never fail an invoice on it
         return None
     return rule.pricing if rule is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_pricing_cached(key: str) -> Any:
+    return _parse_pricing(json.loads(key))
 
 
 def _with_snapshot(
@@ -112,6 +137,7 @@ def _with_snapshot(
 
 
 _CHUNK = 200  # windows per statement (one UNION ALL of grouped sums)
+_SHARED_CHUNK = 500  # subscriptions per statement for a window they share
 
 
 async def _overage_sums(
@@ -124,6 +150,40 @@ async def _overage_sums(
     if len(parts) > 4:  # a page of windows: only those of subscriptions with overage
         billed = await _with_overage(s, parts)
         parts = [p for p in parts if p[1].id in billed]
+    # windows shared by many subscriptions (a billing run renews a whole period at once):
+    # one grouped statement per window and chunk of subscriptions
+    shared: dict[tuple[str, datetime | None, datetime], list[tuple[int, Subscription]]] = {}
+    for i, sub, start, end in parts:
+        shared.setdefault((sub.environment_id, start, end), []).append((i, sub))
+    single = []
+    for (env, start, end), members in shared.items():
+        if len(members) < 2 or len({sub.id for _i, sub in members}) < len(members):
+            single += [(i, sub, start, end) for i, sub in members]
+            continue
+        for at in range(0, len(members), _SHARED_CHUNK):
+            chunk = members[at : at + _SHARED_CHUNK]
+            index = {sub.id: i for i, sub in chunk}
+            q = (
+                select(
+                    Event.subscription_id,
+                    Event.feature_id,
+                    func.coalesce(func.sum(Event.overage_q), 0),
+                )
+                .where(
+                    Event.environment_id == env,
+                    Event.customer_id.in_(sorted({sub.customer_id for _i, sub in chunk})),
+                    Event.subscription_id.in_(sorted(index)),
+                    Event.event_type == "CLIENT_TRACKED",
+                    Event.occurred_at < end,
+                )
+                .group_by(Event.subscription_id, Event.feature_id)
+            )
+            if start is not None:
+                q = q.where(Event.occurred_at >= start)
+            for sid, fid, total in (await s.execute(q)).all():
+                if fid is not None:
+                    out[index[sid]][fid] = int(total)
+    parts = single
     for at in range(0, len(parts), _CHUNK):
         selects = []
         for i, sub, start, end in parts[at : at + _CHUNK]:
