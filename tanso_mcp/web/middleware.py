@@ -18,12 +18,15 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..principal import current_principal
-from ..tools.http import MCP_PATH
 from .jsonio import dumps
 
 if TYPE_CHECKING:
     from ..context import Keys
 
+# The MCP endpoint (tools.http.MCP_PATH), not imported from there: a worker process
+# imports this module (through web.server) before it answers the supervisor's health
+# pings, and the tool layer takes seconds to import on a loaded machine.
+MCP_PATH = "/mcp"
 PROTECTED_PREFIXES = ("/api/v1/client", "/api/v1/tanso", MCP_PATH)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
