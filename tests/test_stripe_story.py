@@ -142,15 +142,15 @@ class Mcp(Transport):
         return await ok(self.mcp, "getStripeIntegrationStatus")
 
     async def connect(self, key: str) -> str:
-        """The answer's text showing the key (masked)."""
+        """The key as the answer shows it (masked)."""
         args = {"stripeApiKey": key}
         before = await t_status(self)
         refused = await fails(self.mcp, "registerStripeApiKey", args)  # guarded: a preview
         assert refused["error"] == "confirmation_required", refused
         assert await t_status(self) == before  # the preview stored nothing
-        return (await ok(self.mcp, "registerStripeApiKey", args | {"confirmAction": True}))[
-            "message"
-        ]
+        answer = await ok(self.mcp, "registerStripeApiKey", args | {"confirmAction": True})
+        assert key not in answer["message"], answer
+        return answer["maskedApiKey"]
 
     async def setup(self) -> dict:
         return await ok(self.mcp, "setupStripeIntegration", {"confirmAction": True})
@@ -380,7 +380,7 @@ async def test_the_whole_stripe_story(db_url, stripe_fake, stripe_client, monkey
         # ---- 2. register the key: stored encrypted, shown masked
         connected = await t.connect(stripe_fake.api_key)
         masked = "sk_test_…" + stripe_fake.api_key[-4:]
-        assert masked in connected and stripe_fake.api_key not in connected, connected
+        assert connected == masked, connected
         [secret] = await rows(app, EnvironmentSecret, EnvironmentSecret.name == "stripe.api_key")
         assert stripe_fake.api_key not in secret.ciphertext and secret.masked == masked
         status = await other.status()
