@@ -181,13 +181,13 @@ async def _overage_sums(
             if start is not None:
                 q = q.where(Event.occurred_at >= start)
             for sid, fid, total in (await s.execute(q)).all():
-                if fid is not None:
+                if sid is not None and fid is not None:
                     out[index[sid]][fid] = int(total)
     parts = single
     for at in range(0, len(parts), _CHUNK):
         selects = []
         for i, sub, start, end in parts[at : at + _CHUNK]:
-            q = (
+            part = (
                 select(
                     literal(i, Integer).label("i"),
                     Event.feature_id,
@@ -203,12 +203,12 @@ async def _overage_sums(
                 .group_by(Event.feature_id)
             )
             if start is not None:
-                q = q.where(Event.occurred_at >= start)
-            selects.append(q)
+                part = part.where(Event.occurred_at >= start)
+            selects.append(part)
         stmt = selects[0] if len(selects) == 1 else union_all(*selects)
-        for i, fid, total in (await s.execute(stmt)).all():
+        for at_i, fid, total in (await s.execute(stmt)).all():
             if fid is not None:
-                out[int(i)][fid] = int(total)
+                out[int(at_i)][fid] = int(total)
     return out
 
 
