@@ -76,7 +76,8 @@ async def _items(stripe_client, stripe_sub_id: str) -> dict[str, dict]:
 
 async def _stripe_invoices(stripe_client, stripe_sub_id: str) -> list:
     got = await stripe_client.v1.invoices.list_async(params={"subscription": stripe_sub_id})
-    return sorted(got.data, key=lambda i: i.created)
+    # Stripe lists newest first, the later of two created in the same second first
+    return list(reversed(got.data))
 
 
 async def test_an_edited_price_is_a_new_stripe_price_billed_from_the_next_period(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import stripe
@@ -204,7 +204,9 @@ class StripeProvider:
             product_id = product.id
         price_minor = plan.price_minor
         if price_minor is None:
-            price_minor = int(plan.price * norm.minor_factor(plan.currency))
+            # a price finer than the currency's minor unit rounds half up, as invoices do
+            exact = Decimal(plan.price) * norm.minor_factor(plan.currency)
+            price_minor = int(exact.to_integral_value(rounding=ROUND_HALF_UP))
         base_meter_id = plan.external_base_meter_id
         price_id = plan.external_price_id
         if not price_id:

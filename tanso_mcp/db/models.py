@@ -288,7 +288,7 @@ class Subscription(Base):
     provider_ops: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default=text("0")
     )
-    # the provider prices its items carry as last set here: {"base": [price ids billed
+    # the provider prices its items carry as last set here: {"licensed": [price ids billed
     # in advance], "metered": [price ids billed in arrears], "period": the period start
     # the metered ones were aligned at}
     provider_items: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)

@@ -1,7 +1,8 @@
 """Set-based renewal: many subscriptions' period rollovers in one unit of work.
 
-The renewal rules are those of :func:`billing.renew` (which stays the path of a batch of
-one and of the unusual cases); this module only changes how the data moves: everything
+The renewal rules are those of :func:`billing.renew` (which stays the path of a failing
+batch's items, of renewals that apply a scheduled plan change and of IN_ADVANCE renewals
+whose invoice comes to zero); this module only changes how the data moves: everything
 a batch needs is read with a handful of set queries (subscriptions, plans, the recorded
 period pricing, usage sums, credit links, pools and grants, entitlements), each renewal
 is worked out in Python with the same pure rules (next period, invoice lines and

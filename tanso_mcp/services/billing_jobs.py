@@ -6,7 +6,7 @@ claims the rows it writes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: the subscri
 or the pools for expiries), so several processes share the due set without overlap.
 Renewals, ``invoice.due``, ``invoice.past_due`` and expiries are set-based (a few statements per
 table per batch, the same rules as the one-item functions, which stay the path for a
-batch of one and for a failing batch's items); cancellations run each item
+failing batch's items); cancellations run each item
 in a savepoint of the batch's unit of work. Every item re-checks its condition and
 claims its transition with a conditional UPDATE or under the claim; invoices and grants
 are also backed by unique indexes, so several processes running the same items at once
@@ -101,13 +101,16 @@ async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> lis
 
 async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     """An invoice job writes its subscription first (the billing lock order); an invoice
-    without a subscription has nothing to claim."""
+    without a subscription is claimed by locking the invoice itself."""
     alone = await s.scalars(
-        select(Invoice.id).where(
+        select(Invoice.id)
+        .where(
             Invoice.environment_id == env,
             Invoice.id.in_(keys),
             Invoice.subscription_id.is_(None),
         )
+        .order_by(Invoice.id)
+        .with_for_update(skip_locked=True)
     )
     held = set(alone.all())
     rows = await s.scalars(

@@ -221,7 +221,7 @@ async def _run_batch(
     ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
 ) -> None:
     if kind.run_batch is None:
-        await _run_one_by_one(ctx, env_id, kind, keys, now, report)
+        await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
         return
     try:
         async with ctx.db.unit_of_work() as s:
@@ -236,7 +236,22 @@ async def _run_batch(
             len(keys),
             exc_info=True,
         )
+        await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
+
+
+async def _run_one_by_one_or_report(
+    ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
+) -> None:
+    """One by one; if even that unit of work fails (its claim or its commit, e.g. a
+    deadlock), all its items stay due and are reported, and the run goes on."""
+    done, failed = report.done, len(report.failed)
+    try:
         await _run_one_by_one(ctx, env_id, kind, keys, now, report)
+    except Exception:
+        log.exception("job %s: %d items failed together", kind.name, len(keys))
+        report.done = done
+        del report.failed[failed:]
+        report.failed.extend((kind.name, key) for key in keys)
 
 
 async def run_due(
@@ -286,7 +301,9 @@ async def run_due_report(
         for group in groups:
             kind = ctx.jobs.get(group[0].job)
             if kind.batch:
-                await _run_batch(ctx, env_id, kind, [i.key for i in group], now, report)
+                keys = [i.key for i in group]
+                for at in range(0, len(keys), BATCH_SIZE):
+                    await _run_batch(ctx, env_id, kind, keys[at : at + BATCH_SIZE], now, report)
             else:
                 item = group[0]
                 try:

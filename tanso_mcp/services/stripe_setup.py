@@ -216,9 +216,7 @@ async def _needs(ctx: AppContext, p: Principal, *, probe: bool) -> tuple[bool, b
         env, found = await _preconditions(ctx, s, p)
         need_webhook = WEBHOOK_SECRET not in found
         need_mode = env.payment_provider != PROVIDER or env.stripe_mode != STRIPE_DRIVEN
-        provider = invoicing(
-            await payments.provider_for(ctx, s, p.environment_id, name=PROVIDER)
-        )
+        provider = invoicing(await payments.provider_for(ctx, s, p.environment_id, name=PROVIDER))
     hook = found.get(WEBHOOK_SECRET)
     if probe and hook is not None and hook.external_id:
         # still there (the key may now be another account's, or it was deleted)?

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -79,13 +80,20 @@ def metered_price_version(plan: Plan, pricing: Any) -> str:
     doc = {
         "interval": plan.interval_months,
         "currency": plan.currency,
-        "unit": str(getattr(pricing, "price_per_unit", None)),
+        "unit": _number(getattr(pricing, "price_per_unit", None)),
         "tiers": [
-            [str(t.up_to), str(t.price_per_unit), str(t.flat_fee)]
+            [_number(t.up_to), _number(t.price_per_unit), _number(t.flat_fee)]
             for t in getattr(pricing, "tiers", ())
         ],
     }
     return "m:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _number(value: Any) -> str | None:
+    """One spelling per amount (0.02 and 0.020 are the same terms)."""
+    if value is None:
+        return None
+    return format(Decimal(str(value)).normalize(), "f")
 
 
 def _current(cached_id: str | None, cached_version: str | None, version: str) -> str | None:

@@ -14,8 +14,9 @@ The base fee of a plan billed in arrears goes the same way: Stripe bills license
 prices at the start of a period, so such a plan's base price is a metered price on the
 base-fee meter, and each period of a subscription on it reports one unit there, as
 soon as the period has begun (``feature_id`` :data:`BASE_FEE_ID`, one step ``0 → 1``:
-once per subscription and period; only with a provider that invoices itself). Stripe bills it with the period's usage when the
-period ends, at the price the subscription item carries then.
+once per subscription and period; only with a provider that invoices itself). Stripe
+bills it with the period's usage when the period ends, at the price the subscription
+item carries then.
 
 Exactly once, per step of the chain ``0 → t1 → t2 …`` of reported totals:
 
