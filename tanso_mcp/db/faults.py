@@ -48,9 +48,16 @@ def _chain(exc: BaseException):
         todo.extend((e.__cause__, e.__context__, getattr(e, "orig", None)))
 
 
+class ConnectionLost(Exception):
+    """Raised where the connection is known to be gone, whatever the driver raised (a
+    connection cut in the middle of a ``COPY`` may surface as a protocol error)."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` (or what caused it) is a database fault a retry can cure."""
     for e in _chain(exc):
+        if isinstance(e, ConnectionLost):
+            return True
         if isinstance(e, sa_exc.TimeoutError):  # pool exhausted
             return True
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:

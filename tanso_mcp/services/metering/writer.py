@@ -54,7 +54,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.util import greenlet_spawn
 
-from ...db.faults import is_transient
+from ...db.faults import ConnectionLost, is_transient
 from ...errors import IngestionFailed, Unavailable
 from .batch import ERROR, Effects, GuardFailed, Outcome, process_batch
 from .inputs import EventIn
@@ -334,8 +334,11 @@ class MeteringWriter:
                                 process_batch, AsyncpgTx(raw), items, probe=attempt > 0
                             )
                     except Exception as exc:
-                        if is_transient(exc):  # a lost connection goes back to no pool
+                        lost = raw.is_closed()
+                        if lost or is_transient(exc):  # a lost connection goes back to no pool
                             await conn.invalidate()
+                        if lost and not is_transient(exc):
+                            raise ConnectionLost(str(exc)) from exc
                         raise
             except Exception as exc:
                 if not _retryable(exc):
