@@ -27,6 +27,7 @@ Kinds, in the order they run when due at the same instant:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,17 @@ async def _announce_all(s: AsyncSession, ctx: AppContext, env: str, done: list[A
         principal = await system_principal(s, env)
         for fx in done:
             await announce(s, ctx, env, fx, principal)
+
+
+def _batched(run_many: Callable[..., Awaitable[list[Any]]]):
+    """A batch runner from a set-based use case: its effects announced after commit."""
+
+    async def run(s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime):
+        done = await run_many(s, env, keys, now)
+        await _announce_all(s, ctx, env, done)
+        return len(done)
+
+    return run
 
 
 # -- claims: the rows a batch writes, taken without waiting (PostgreSQL SKIP LOCKED;
@@ -159,13 +171,6 @@ def register(registry: JobRegistry) -> None:
     async def expire_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.expire_grant_job(s, env, key, now))
 
-    async def expire_batch(
-        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
-    ) -> int:
-        done = await billing.expire_grants_many(s, env, keys, now)
-        await _announce_all(s, ctx, env, done)
-        return len(done)
-
     # -- invoice.past_due -----------------------------------------------------
     async def past_due_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -192,13 +197,6 @@ def register(registry: JobRegistry) -> None:
     async def past_due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_past_due(s, env, key, now))
 
-    async def past_due_batch(
-        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
-    ) -> int:
-        done = await billing.invoice_past_due_many(s, env, keys, now)
-        await _announce_all(s, ctx, env, done)
-        return len(done)
-
     # -- invoice.due ------------------------------------------------------------
     async def due_find(s: AsyncSession, env: str, until: datetime, limit: int):
         rows = await s.execute(
@@ -216,13 +214,6 @@ def register(registry: JobRegistry) -> None:
 
     async def due_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.invoice_due(s, env, key, now))
-
-    async def due_batch(
-        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
-    ) -> int:
-        done = await billing.invoice_due_many(s, env, keys, now)
-        await _announce_all(s, ctx, env, done)
-        return len(done)
 
     # -- subscription.cancel ----------------------------------------------------
     async def cancel_find(s: AsyncSession, env: str, until: datetime, limit: int):
@@ -265,13 +256,6 @@ def register(registry: JobRegistry) -> None:
     async def renew_run(s: AsyncSession, ctx: AppContext, env: str, key: str, now: datetime):
         await announce(s, ctx, env, await billing.renew(s, env, key, now))
 
-    async def renew_batch(
-        s: AsyncSession, ctx: AppContext, env: str, keys: list[str], now: datetime
-    ) -> int:
-        done = await billing_batch.renew_many(s, env, keys, now)
-        await _announce_all(s, ctx, env, done)
-        return len(done)
-
     # -- invoice.refresh ---------------------------------------------------------
     async def refresh_find(s: AsyncSession, env: str, until: datetime, limit: int):
         # every ingest that counts usage moves its counter's modified_at (the
@@ -298,16 +282,26 @@ def register(registry: JobRegistry) -> None:
         await billing.refresh_invoice_job(s, env, key, now)
 
     registry.register(
-        "credits.expire", expire_find, expire_run, claim=claim_grants, run_batch=expire_batch
+        "credits.expire",
+        expire_find,
+        expire_run,
+        claim=claim_grants,
+        run_batch=_batched(billing.expire_grants_many),
     )
     registry.register(
         "invoice.past_due",
         past_due_find,
         past_due_run,
         claim=claim_invoices,
-        run_batch=past_due_batch,
+        run_batch=_batched(billing.invoice_past_due_many),
     )
-    registry.register("invoice.due", due_find, due_run, claim=claim_invoices, run_batch=due_batch)
+    registry.register(
+        "invoice.due",
+        due_find,
+        due_run,
+        claim=claim_invoices,
+        run_batch=_batched(billing.invoice_due_many),
+    )
     registry.register(
         "subscription.cancel", cancel_find, cancel_run, batch=True, claim=claim_subscriptions
     )
@@ -316,7 +310,7 @@ def register(registry: JobRegistry) -> None:
         renew_find,
         renew_run,
         claim=claim_subscriptions,
-        run_batch=renew_batch,
+        run_batch=_batched(billing_batch.renew_many),
     )
     registry.register(
         "invoice.refresh", refresh_find, refresh_run, batch=True, claim=claim_invoices

@@ -108,6 +108,10 @@ class ConcurrentCreditChange(Conflict):
 # --------------------------------------------------------------------------- helpers
 
 
+def expiry_description(g: CreditGrant) -> str:
+    return f"expiry of {g.grant_type} grant"
+
+
 async def insert_ignore(s: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
     """``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL alike. True when the
     row was inserted, False when a unique constraint already held an equal row (or a
@@ -478,7 +482,7 @@ async def expire_grant(
         now,
         grant_id=g.id,
         subscription_id=g.subscription_id,
-        description=description or f"expiry of {g.grant_type} grant",
+        description=description or expiry_description(g),
     )
     return take
 
@@ -538,7 +542,7 @@ async def expire_many(
                 "balance_after_q": before - take,
                 "event_id": None,
                 "subscription_id": g.subscription_id,
-                "description": f"expiry of {g.grant_type} grant",
+                "description": expiry_description(g),
                 "created_at": now,
             }
         )
