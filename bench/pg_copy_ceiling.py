@@ -116,7 +116,9 @@ def encode(rows: list[tuple]) -> bytes:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    drop: tuple[str, ...] = ()  # features left out: pk, unique, customer_time, tx_seq_index, fk, tx_seq_default
+    drop: tuple[
+        str, ...
+    ] = ()  # features left out: pk, unique, customer_time, tx_seq_index, fk, tx_seq_default
     collate_c: tuple[str, ...] = ()  # columns in COLLATE "C"
     brin_tx_seq: bool = False  # the tx_seq index as BRIN instead of B-tree
 
@@ -126,7 +128,9 @@ FEATURES = ("pk", "unique", "customer_time", "tx_seq_index", "fk", "tx_seq_defau
 ALL = Variant("events as migrated")
 BREAKDOWN = [
     ALL,
-    Variant('COLLATE "C" on id, environment_id, idempotency_key, customer_id', collate_c=_C_COLUMNS),
+    Variant(
+        'COLLATE "C" on id, environment_id, idempotency_key, customer_id', collate_c=_C_COLUMNS
+    ),
     Variant('COLLATE "C" on id', collate_c=("id",)),
     Variant('COLLATE "C" on idempotency_key', collate_c=("idempotency_key",)),
     Variant("tx_seq index BRIN", brin_tx_seq=True),
@@ -312,8 +316,11 @@ async def prepare(dsn: str) -> tuple[str, str, str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--database", required=True, help="postgresql+asyncpg://… (a fresh "
-                   "database named after it is created and dropped)")
+    p.add_argument(
+        "--database",
+        required=True,
+        help="postgresql+asyncpg://… (a fresh database named after it is created and dropped)",
+    )
     p.add_argument("--connections", default="1,2", help="comma list (default 1,2)")
     p.add_argument("--batches", type=int, default=100, help="1000-row COPYs per connection")
     p.add_argument("--breakdown", action="store_true", help="cost of each table feature")
@@ -338,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print(f"PostgreSQL COPY ceiling, {BATCH}-row binary COPYs, one transaction each")
-    print("| run | rows/s (wall) | backend µs/row | WAL/bg µs/row | rows/s per server core | load |")
+    print(
+        "| run | rows/s (wall) | backend µs/row | WAL/bg µs/row | rows/s per server core | load |"
+    )
     print("|---|---|---|---|---|---|")
     if args.breakdown:
         for k, v in enumerate(BREAKDOWN):

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from itertools import chain, repeat
 from typing import Any
 
 from sqlalchemy import text
@@ -219,11 +221,35 @@ class AsyncpgTx:
             self._call(sql, self.conn.executemany(q, args))
 
     def insert_many(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple]) -> None:
-        if rows:
-            self._call(
-                f"COPY {table}",
-                self.conn.copy_records_to_table(table, records=rows, columns=columns),
+        if not rows:
+            return
+        sql = f"COPY {table}"
+        encoders = _COPY_ENCODERS.get((table, columns))
+        if encoders is None:
+            encoders = _COPY_ENCODERS[(table, columns)] = self._encoders(table, columns)
+        data = _copy_binary(encoders, rows) if encoders else None
+        if data is None:  # a type (or value) the encoder below does not know
+            copy = self.conn.copy_records_to_table(table, records=rows, columns=columns)
+        else:
+            copy = self.conn.copy_to_table(
+                table, source=_Chunk(data), columns=columns, format="binary"
             )
+        self._call(sql, copy)
+
+    def _encoders(self, table: str, columns: tuple[str, ...]) -> tuple:
+        """The binary encoder of each column, by its type (empty: a type without one)."""
+        types = dict(
+            self._call(
+                "COPY types",
+                self.conn.fetch(
+                    "SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = "
+                    "$1::regclass AND attnum > 0 AND NOT attisdropped",
+                    table,
+                ),
+            )
+        )
+        encoders = tuple(_BINARY.get(types.get(c, 0)) for c in columns)
+        return encoders if all(encoders) else ()
 
     @staticmethod
     def dt(value: datetime | None) -> datetime | None:
@@ -236,3 +262,109 @@ class AsyncpgTx:
     @staticmethod
     def b(value: bool) -> bool:
         return bool(value)
+
+
+# ------------------------------------------------------------------ binary COPY
+#
+# asyncpg's copy_records_to_table encodes every value of every row through its codecs
+# (a timestamptz costs a timezone conversion and a subtraction of datetimes): about
+# 6 µs of CPU per event row. A batch's rows mostly repeat the same values (environment,
+# customer, feature, subscription, times, quantities), so here each column's distinct
+# values are encoded once and the rows are joined from those bytes; only the values
+# that differ per row (id, key) are encoded per row.
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_NULL = b"\xff\xff\xff\xff"
+_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_TRAILER = b"\xff\xff"
+_LEN = struct.Struct("!i")
+_INT8 = struct.Struct("!iq")
+_INT4 = struct.Struct("!ii")
+
+
+class _NotEncodable(Exception):
+    pass
+
+
+def _text(value: Any) -> bytes:
+    if type(value) is not str:
+        raise _NotEncodable
+    data = value.encode()
+    return _LEN.pack(len(data)) + data
+
+
+def _int8(value: Any) -> bytes:
+    if type(value) is not int:
+        raise _NotEncodable
+    return _INT8.pack(8, value)
+
+
+def _int4(value: Any) -> bytes:
+    if type(value) is not int:
+        raise _NotEncodable
+    return _INT4.pack(4, value)
+
+
+def _bool(value: Any) -> bytes:
+    if type(value) is not bool:
+        raise _NotEncodable
+    return b"\x00\x00\x00\x01\x01" if value else b"\x00\x00\x00\x01\x00"
+
+
+def _timestamptz(value: Any) -> bytes:
+    if type(value) is not datetime or value.tzinfo is None:
+        raise _NotEncodable
+    delta = value - _PG_EPOCH
+    return _INT8.pack(8, (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+# by type oid: text, varchar, int8, int4, bool, timestamptz
+_BINARY: dict[int, Any] = {
+    25: _text,
+    1043: _text,
+    20: _int8,
+    23: _int4,
+    16: _bool,
+    1184: _timestamptz,
+}
+_COPY_ENCODERS: dict[tuple[str, tuple[str, ...]], tuple] = {}
+
+
+def _copy_binary(encoders: tuple, rows: Sequence[tuple]) -> bytes | None:
+    """The rows as one binary COPY stream; None when a value does not fit its column's
+    encoder (the caller lets asyncpg encode them)."""
+    n = len(rows)
+    parts: list[Iterable[bytes]] = []  # per row, in order: the same bytes, or one each
+    same = [struct.pack("!h", len(encoders))]  # each tuple starts with its field count
+    try:
+        for encode, values in zip(encoders, zip(*rows, strict=True), strict=True):
+            distinct = set(values)
+            if encode is _text and len(distinct) > n // 2 and None not in distinct:
+                # a text per row (ids, keys): encoded by builtins, no call per value
+                data = list(map(str.encode, values))
+                parts.append(repeat(b"".join(same), n))
+                parts.append(map(_LEN.pack, map(len, data)))
+                parts.append(data)
+                same = []
+                continue
+            encoded = {v: _NULL if v is None else encode(v) for v in distinct}
+            if len(encoded) == 1:
+                same.extend(encoded.values())
+                continue
+            parts.append(repeat(b"".join(same), n))
+            parts.append(map(encoded.__getitem__, values))
+            same = []
+    except (_NotEncodable, TypeError, struct.error):  # TypeError: an unhashable value
+        return None
+    parts.append(repeat(b"".join(same), n))
+    return _HEADER + b"".join(chain.from_iterable(zip(*parts, strict=True))) + _TRAILER
+
+
+class _Chunk:
+    """One bytes object as the asynchronous iterable asyncpg's copy_to_table reads."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.data
