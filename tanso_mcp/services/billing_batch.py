@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import in_environment
 from ..db.models import (
     CreditGrant,
     CreditModel,
@@ -128,7 +129,9 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
         (
             await s.scalars(
                 select(Subscription)
-                .where(Subscription.environment_id == env, Subscription.id.in_(sub_ids))
+                .where(
+                    in_environment(Subscription.environment_id, env), Subscription.id.in_(sub_ids)
+                )
                 .execution_options(populate_existing=True)
             )
         ).all()
@@ -399,7 +402,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         p.id: _PoolState(p, p.balance_q)
         for p in await s.scalars(
             select(CreditPool)
-            .where(CreditPool.id.in_(pool_ids), CreditPool.environment_id == env)
+            .where(CreditPool.id.in_(pool_ids), in_environment(CreditPool.environment_id, env))
             .order_by(CreditPool.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -410,7 +413,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         for g in await s.scalars(
             select(CreditGrant)
             .where(
-                CreditGrant.environment_id == env,
+                in_environment(CreditGrant.environment_id, env),
                 CreditGrant.subscription_id.in_(list(links)),
                 CreditGrant.grant_type == "PLAN_INCLUDED",
                 CreditGrant.voided_at.is_(None),

@@ -49,6 +49,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.engine import rowcount
+from ..db.guards import in_environment
 from ..db.models import (
     CreditGrant,
     CreditPool,
@@ -499,7 +500,9 @@ async def expire_many(
         g.id: g
         for g in await s.scalars(
             select(CreditGrant)
-            .where(CreditGrant.environment_id == env_id, CreditGrant.id.in_(grant_ids))
+            .where(
+                in_environment(CreditGrant.environment_id, env_id), CreditGrant.id.in_(grant_ids)
+            )
             .execution_options(populate_existing=True)
         )
     }
@@ -508,7 +511,7 @@ async def expire_many(
         for p in await s.scalars(
             select(CreditPool)
             .where(
-                CreditPool.environment_id == env_id,
+                in_environment(CreditPool.environment_id, env_id),
                 CreditPool.id.in_({g.pool_id for g in grants.values()}),
             )
             .order_by(CreditPool.id)
