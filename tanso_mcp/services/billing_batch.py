@@ -167,6 +167,7 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
     plans = {
         p.id: p for p in await s.scalars(select(Plan).where(Plan.id.in_({x.plan_id for x in subs})))
     }
+    briefs = {pid: _plan_brief(p) for pid, p in plans.items()}  # once per plan, not per item
     work: list[_Renewal] = []
     for sub in subs:
         plan = plans[sub.plan_id]
@@ -177,8 +178,8 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
             action="RENEW",
             subscription_id=sub.id,
             status_before="active",
-            plan_before=_plan_brief(plan),
-            plan_after=_plan_brief(plan),
+            plan_before=dict(briefs[plan.id]),
+            plan_after=dict(briefs[plan.id]),
             effective_at=new_start,
         )
         work.append(
