@@ -1,7 +1,7 @@
 """The billing run at scale: N due subscriptions renewed by one test-clock advance.
 
     python bench/billing_bench.py --database sqlite+aiosqlite:////tmp/billing.db \
-        --subscriptions 10000 --subscriptions 100000
+        --subscriptions 10000,100000
     python bench/billing_bench.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/db \
         --reset --subscriptions 10000
 
@@ -15,8 +15,10 @@ subscriptions, all in the same period. The timed part is the advance of the test
 to the end of that period, as ``POST /test-clock/advance`` runs it: every due job —
 the IN_ARREARS invoices becoming DUE (recomputed with their usage) and every renewal
 (rollover, new invoice with the closed period's usage, plan credits) — in time order.
-It prints the time, the subscriptions renewed per second, and checks the result (every
-subscription renewed exactly once, the credit ledger consistent).
+It prints the time, the subscriptions renewed per second, this process's CPU time, the
+statements and commits, the load average over the run (1-minute figure before and after:
+the machine is shared) and checks the result (every subscription renewed exactly once,
+the credit ledger consistent).
 
 SQLite: the file is deleted first. PostgreSQL: the database must be empty, or give
 ``--reset`` to drop and recreate its ``public`` schema (everything in it is lost).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -247,9 +250,11 @@ async def measure(url: str, n: int, reset: bool) -> dict[str, Any]:
         engine = ctx.db.engine.sync_engine
         event.listen(engine, "before_cursor_execute", statement)
         event.listen(engine, "commit", commit)
+        load0 = os.getloadavg()[0]
         t0, c0 = time.perf_counter(), time.process_time()
         report = await jobs.run_due_report(ctx, env, until=RENEW_AT, move_clock=True)
         took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        load1 = os.getloadavg()[0]
         event.remove(engine, "before_cursor_execute", statement)
         event.remove(engine, "commit", commit)
         async with ctx.db.reader() as s:
@@ -276,6 +281,8 @@ async def measure(url: str, n: int, reset: bool) -> dict[str, Any]:
             # this process's CPU time (on SQLite the database engine runs in it too): on a
             # shared machine, the part of the wall time that was this run's own work
             "cpu_s": round(cpu, 2),
+            "cpu_ms_per_renewal": round(1000 * cpu / max(renewed, 1), 3),
+            "load_1min": [round(load0, 2), round(load1, 2)],
             "renewed": renewed,
             "renewals_per_s": round(renewed / took),
             "jobs_done": report.done,
@@ -292,19 +299,25 @@ async def measure(url: str, n: int, reset: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--database", required=True, help="sqlite+aiosqlite:///… or postgresql+…")
-    ap.add_argument("--subscriptions", type=int, action="append", help="repeatable (default 10000)")
+    ap.add_argument(
+        "--subscriptions",
+        action="append",
+        help="N, or several: 10000,100000 (repeatable; default 10000)",
+    )
     ap.add_argument("--reset", action="store_true", help="PostgreSQL: drop the public schema")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     results = []
-    for n in args.subscriptions or [10000]:
+    sizes = [int(n) for arg in args.subscriptions or ["10000"] for n in arg.split(",") if n]
+    for n in sizes:
         r = asyncio.run(measure(args.database, n, args.reset))
         results.append(r)
         ok = r["renewed"] == r["subscriptions"] == r["new_invoices"] and r["ledger_ok"]
         print(
             f"{r['database']:>20}  {r['subscriptions']:>7} subscriptions  "
             f"renewed {r['renewed']} in {r['run_s']:.2f} s = {r['renewals_per_s']:,}/s "
-            f"(CPU {r['cpu_s']:.2f} s)  "
+            f"(CPU {r['cpu_s']:.2f} s = {r['cpu_ms_per_renewal']:.2f} ms/renewal; "
+            f"load {r['load_1min'][0]:.2f}→{r['load_1min'][1]:.2f})  "
             f"(jobs {r['jobs_done']}, failed {r['jobs_failed']}; {r['statements']} statements, "
             f"{r['commits']} commits; built in {r['build_s']} s)"
             f"  {'OK' if ok else 'CHECK FAILED'}",

@@ -76,6 +76,28 @@ async def test_key_cache_serves_without_database_until_invalidated(ctx, tenant):
     assert await ctx.keys.resolve(key) is None
 
 
+async def test_concurrent_misses_of_one_key_read_the_database_once(ctx, tenant, monkeypatch):
+    """When a cached key expires under load, the requests in flight share one read."""
+    import asyncio
+
+    from tanso_mcp.services import auth
+
+    reads = []
+    real = auth.principal_for_key
+
+    async def counted(session, key):
+        reads.append(key)
+        return await real(session, key)
+
+    monkeypatch.setattr(auth, "principal_for_key", counted)
+    key = tenant.key("client")
+    ctx.keys.invalidate()
+    found = await asyncio.gather(*(ctx.keys.resolve(key) for _ in range(20)))
+    assert len(reads) == 1
+    assert all(p is not None and p.role == "client" for p in found)
+    assert found.count(found[0]) == 20
+
+
 async def test_keys_are_stored_only_as_hashes(ctx, tenant):
     from sqlalchemy import select
 

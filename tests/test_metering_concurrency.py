@@ -213,6 +213,7 @@ async def test_counter_read_without_lock_is_checked_again_when_locked(ctx, tenan
     env = tenant.env_ids["test"]
     await setup(ctx, env)
     writer = metering(ctx).writer
+    writer.fast = None  # the general path (the one-statement lane: test_metering_pgfast)
     now = ctx.clocks.system_now()
 
     def events(prefix: str, n: int):

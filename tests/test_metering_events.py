@@ -369,18 +369,25 @@ async def test_one_failing_request_does_not_fail_the_others(ctx, client, tenant,
     the events of other requests in the same group commit are stored."""
     import asyncio
 
-    from tanso_mcp.services.metering import batch, writer
+    from tanso_mcp.services.metering import batch, pgfast, writer
 
     env = tenant.env_ids["test"]
     await metered_setup(ctx, env)
     real = batch.process_batch
+    real_lane = pgfast.FastLane.write
 
     def flaky(tx, items, probe=True):
         if any(i.key == "poison" for i in items):
             raise RuntimeError("boom")
         return real(tx, items, probe=probe)
 
+    async def flaky_lane(self, raw, items):  # PostgreSQL's one-statement lane
+        if any(i.key == "poison" for i in items):
+            raise RuntimeError("boom")
+        return await real_lane(self, raw, items)
+
     monkeypatch.setattr(writer, "process_batch", flaky)
+    monkeypatch.setattr(pgfast.FastLane, "write", flaky_lane)
     results = await asyncio.gather(
         *(post(client, tenant, ev(f"ok{i}")) for i in range(10)),
         post(client, tenant, ev("poison")),

@@ -90,10 +90,17 @@ class ChangeFeed:
     def publish(self, kind: str, environment_id: str | None = None, ids: Iterable[str] = ()):
         if self._task is None:  # not serving (a test context, a CLI command): nobody to tell
             return
-        ids = tuple(ids)
-        if len(ids) > MAX_IDS:
-            kind, ids = ("env" if environment_id else "resync"), ()
-        self._queue.put_nowait(Change(kind, environment_id, ids))
+        self._queue.put_nowait(_change(kind, environment_id, ids))
+
+    def payload(
+        self, kind: str, environment_id: str | None = None, ids: Iterable[str] = ()
+    ) -> str | None:
+        """The NOTIFY payload of a change, for a writer that sends it with
+        ``pg_notify(CHANNEL, payload)`` inside its own transaction (delivered at its
+        commit, no round trip of its own); None when not serving."""
+        if self._task is None:
+            return None
+        return encode(self.origin, _change(kind, environment_id, ids))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -188,6 +195,13 @@ class ChangeFeed:
             self.on_change(change)
         except Exception:
             log.exception("applying a change notification failed")
+
+
+def _change(kind: str, environment_id: str | None, ids: Iterable[str]) -> Change:
+    ids = tuple(ids)
+    if len(ids) > MAX_IDS:
+        kind, ids = ("env" if environment_id else "resync"), ()
+    return Change(kind, environment_id, ids)
 
 
 def _coalesce(batch: list[Change]) -> list[Change]:

@@ -48,6 +48,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import in_environment
 from ..db.models import (
     CreditPool,
     CreditPoolSubscription,
@@ -1567,7 +1568,7 @@ async def invoice_due_many(
         for inv in (
             await s.scalars(
                 select(Invoice)
-                .where(Invoice.environment_id == env, Invoice.id.in_(invoice_ids))
+                .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(invoice_ids))
                 .execution_options(populate_existing=True)
             )
         ).all()
@@ -1638,7 +1639,7 @@ async def invoice_past_due_many(
     invs = (
         await s.scalars(
             select(Invoice)
-            .where(Invoice.environment_id == env, Invoice.id.in_(invoice_ids))
+            .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(invoice_ids))
             .execution_options(populate_existing=True)
         )
     ).all()

@@ -27,15 +27,19 @@ amounts to 0 (it is settled at once, which grants credits and restores access).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import in_environment
 from ..db.models import (
     CreditGrant,
     CreditModel,
@@ -119,6 +123,31 @@ def _insert(s: AsyncSession) -> Any:
     return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
+async def _update_rows(
+    s: AsyncSession, table: Table, rows: list[dict[str, Any]], build: Callable[[Any], Any]
+) -> None:
+    """One UPDATE of ``table`` with a value row per target row: ``build(v)`` is the
+    statement, ``v.<key>`` a row's value (each key names the column whose type it has).
+    PostgreSQL: the rows are joined as arrays (``unnest``), one statement executed once
+    (an executemany runs it once per row); SQLite: an executemany (in-process, cheap)."""
+    keys = list(rows[0])
+    if s.bind is not None and s.bind.dialect.name == "postgresql":
+        v = (
+            func.unnest(
+                *(
+                    bindparam(f"u_{k}", [r[k] for r in rows], type_=ARRAY(table.c[k].type))
+                    for k in keys
+                )
+            )
+            .table_valued(*keys)
+            .render_derived(name="v")
+        )
+        await s.execute(build(v.c))
+        return
+    params = SimpleNamespace(**{k: bindparam(f"b_{k}", type_=table.c[k].type) for k in keys})
+    await s.execute(build(params), [{f"b_{k}": v for k, v in r.items()} for r in rows])
+
+
 async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetime) -> list[Effects]:
     """Renew every subscription of ``sub_ids`` that is due at ``now`` (the others are
     skipped, as :func:`billing.renew` skips them). Returns the renewals' effects."""
@@ -128,7 +157,9 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
         (
             await s.scalars(
                 select(Subscription)
-                .where(Subscription.environment_id == env, Subscription.id.in_(sub_ids))
+                .where(
+                    in_environment(Subscription.environment_id, env), Subscription.id.in_(sub_ids)
+                )
                 .execution_options(populate_existing=True)
             )
         ).all()
@@ -164,6 +195,7 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
     plans = {
         p.id: p for p in await s.scalars(select(Plan).where(Plan.id.in_({x.plan_id for x in subs})))
     }
+    briefs = {pid: _plan_brief(p) for pid, p in plans.items()}  # once per plan, not per item
     work: list[_Renewal] = []
     for sub in subs:
         plan = plans[sub.plan_id]
@@ -174,8 +206,8 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
             action="RENEW",
             subscription_id=sub.id,
             status_before="active",
-            plan_before=_plan_brief(plan),
-            plan_after=_plan_brief(plan),
+            plan_before=dict(briefs[plan.id]),
+            plan_after=dict(briefs[plan.id]),
             effective_at=new_start,
         )
         work.append(
@@ -284,26 +316,30 @@ def _all_windows(r: _Renewal, snapshots: dict[str, dict[str, Any]]) -> list[dict
 
 async def _write(s: AsyncSession, env: str, work: list[_Renewal], now: datetime) -> None:
     # 1. the period moves (the rows are held by the claim: the state read is current)
-    await s.execute(
-        update(SUBS)
-        .where(SUBS.c.id == bindparam("b_id"))
-        .values(
-            current_period_start=bindparam("b_start"),
-            current_period_end=bindparam("b_end"),
-            plan_id=bindparam("b_plan"),
-            interval_months=bindparam("b_interval"),
-            modified_at=now,
-        ),
+    await _update_rows(
+        s,
+        SUBS,
         [
             {
-                "b_id": r.sub.id,
-                "b_start": r.new_start,
-                "b_end": r.new_end,
-                "b_plan": r.new_plan.id,
-                "b_interval": r.new_plan.interval_months,
+                "id": r.sub.id,
+                "current_period_start": r.new_start,
+                "current_period_end": r.new_end,
+                "plan_id": r.new_plan.id,
+                "interval_months": r.new_plan.interval_months,
             }
             for r in work
         ],
+        lambda v: (
+            update(SUBS)
+            .where(SUBS.c.id == v.id)
+            .values(
+                current_period_start=v.current_period_start,
+                current_period_end=v.current_period_end,
+                plan_id=v.plan_id,
+                interval_months=v.interval_months,
+                modified_at=now,
+            )
+        ),
     )
     # 2. credits: rollover of the linked pools, then (IN_ARREARS) the new period's grants
     await _credits(s, env, work, now)
@@ -399,7 +435,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         p.id: _PoolState(p, p.balance_q)
         for p in await s.scalars(
             select(CreditPool)
-            .where(CreditPool.id.in_(pool_ids), CreditPool.environment_id == env)
+            .where(CreditPool.id.in_(pool_ids), in_environment(CreditPool.environment_id, env))
             .order_by(CreditPool.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -410,7 +446,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         for g in await s.scalars(
             select(CreditGrant)
             .where(
-                CreditGrant.environment_id == env,
+                in_environment(CreditGrant.environment_id, env),
                 CreditGrant.subscription_id.in_(list(links)),
                 CreditGrant.grant_type == "PLAN_INCLUDED",
                 CreditGrant.voided_at.is_(None),
@@ -466,7 +502,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
                 if take <= 0:
                     continue
                 remaining[gid] -= take
-                takes.append({"b_id": gid, "b_take": take})
+                takes.append({"id": gid, "remaining_q": take})
                 move(st, -take, "EXPIRATION", gid, sid, credits.rollover_description(policy))
                 st.expired_q += take
                 expired += take
@@ -513,14 +549,16 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
             r.fx.add_credits(r.fx.credits_granted, {m.denomination: a.credit_amount_q})
     # writes: one statement (or one executemany) per table
     if takes:
-        await s.execute(
-            update(GRANTS)
-            .where(
-                GRANTS.c.id == bindparam("b_id"),
-                GRANTS.c.remaining_q >= bindparam("b_take"),
-            )
-            .values(remaining_q=GRANTS.c.remaining_q - bindparam("b_take")),
+        # the amount taken, typed as the remainder it comes off
+        await _update_rows(
+            s,
+            GRANTS,
             takes,
+            lambda v: (
+                update(GRANTS)
+                .where(GRANTS.c.id == v.id, GRANTS.c.remaining_q >= v.remaining_q)
+                .values(remaining_q=GRANTS.c.remaining_q - v.remaining_q)
+            ),
         )
     # a link's draw limit counts the current period's draws: it starts again here
     await s.execute(
@@ -541,30 +579,35 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
             raise BatchConflict("a plan grant of a renewed period already exists")
     changed = [st for st in pools.values() if st.granted_q or st.expired_q or st.settings]
     if changed:
-        await s.execute(
-            update(POOLS)
-            .where(POOLS.c.id == bindparam("b_id"))
-            .values(
-                balance_q=POOLS.c.balance_q + bindparam("b_delta"),
-                total_granted_q=POOLS.c.total_granted_q + bindparam("b_granted"),
-                total_expired_q=POOLS.c.total_expired_q + bindparam("b_expired"),
-                hard_limit=bindparam("b_hard"),
-                rollover_policy=bindparam("b_policy"),
-                rollover_cap_q=bindparam("b_cap"),
-                modified_at=now,
-            ),
+        # the movements, typed as the pool columns they add to
+        await _update_rows(
+            s,
+            POOLS,
             [
                 {
-                    "b_id": st.row.id,
-                    "b_delta": st.balance_q - st.row.balance_q,
-                    "b_granted": st.granted_q,
-                    "b_expired": st.expired_q,
-                    "b_hard": st.settings.get("hard_limit", st.row.hard_limit),
-                    "b_policy": st.settings.get("rollover_policy", st.row.rollover_policy),
-                    "b_cap": st.settings.get("rollover_cap_q", st.row.rollover_cap_q),
+                    "id": st.row.id,
+                    "balance_q": st.balance_q - st.row.balance_q,
+                    "total_granted_q": st.granted_q,
+                    "total_expired_q": st.expired_q,
+                    "hard_limit": st.settings.get("hard_limit", st.row.hard_limit),
+                    "rollover_policy": st.settings.get("rollover_policy", st.row.rollover_policy),
+                    "rollover_cap_q": st.settings.get("rollover_cap_q", st.row.rollover_cap_q),
                 }
                 for st in changed
             ],
+            lambda v: (
+                update(POOLS)
+                .where(POOLS.c.id == v.id)
+                .values(
+                    balance_q=POOLS.c.balance_q + v.balance_q,
+                    total_granted_q=POOLS.c.total_granted_q + v.total_granted_q,
+                    total_expired_q=POOLS.c.total_expired_q + v.total_expired_q,
+                    hard_limit=v.hard_limit,
+                    rollover_policy=v.rollover_policy,
+                    rollover_cap_q=v.rollover_cap_q,
+                    modified_at=now,
+                )
+            ),
         )
     if ledger:
         await s.execute(LEDGER.insert(), ledger)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import in_environment
 from ..db.models import CreditGrant, CreditPool, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
 from . import billing, billing_batch
@@ -104,7 +105,7 @@ def _keep(keys: list[str], claimed: Any) -> list[str]:
 async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     rows = await s.scalars(
         select(Subscription.id)
-        .where(Subscription.environment_id == env, Subscription.id.in_(keys))
+        .where(in_environment(Subscription.environment_id, env), Subscription.id.in_(keys))
         .order_by(Subscription.id)
         .with_for_update(skip_locked=True)
     )
@@ -117,7 +118,7 @@ async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str
     alone = await s.scalars(
         select(Invoice.id)
         .where(
-            Invoice.environment_id == env,
+            in_environment(Invoice.environment_id, env),
             Invoice.id.in_(keys),
             Invoice.subscription_id.is_(None),
         )
@@ -128,7 +129,7 @@ async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str
     rows = await s.scalars(
         select(Invoice.id)
         .join(Subscription, Subscription.id == Invoice.subscription_id)
-        .where(Invoice.environment_id == env, Invoice.id.in_(keys))
+        .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(keys))
         .order_by(Subscription.id)
         .with_for_update(skip_locked=True, of=Subscription)
     )
@@ -140,7 +141,7 @@ async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     rows = await s.scalars(
         select(CreditGrant.id)
         .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
-        .where(CreditGrant.environment_id == env, CreditGrant.id.in_(keys))
+        .where(in_environment(CreditGrant.environment_id, env), CreditGrant.id.in_(keys))
         .order_by(CreditPool.id)
         .with_for_update(skip_locked=True, of=CreditPool)
     )

@@ -49,6 +49,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.engine import rowcount
+from ..db.guards import in_environment
 from ..db.models import (
     CreditGrant,
     CreditPool,
@@ -499,7 +500,9 @@ async def expire_many(
         g.id: g
         for g in await s.scalars(
             select(CreditGrant)
-            .where(CreditGrant.environment_id == env_id, CreditGrant.id.in_(grant_ids))
+            .where(
+                in_environment(CreditGrant.environment_id, env_id), CreditGrant.id.in_(grant_ids)
+            )
             .execution_options(populate_existing=True)
         )
     }
@@ -508,7 +511,7 @@ async def expire_many(
         for p in await s.scalars(
             select(CreditPool)
             .where(
-                CreditPool.environment_id == env_id,
+                in_environment(CreditPool.environment_id, env_id),
                 CreditPool.id.in_({g.pool_id for g in grants.values()}),
             )
             .order_by(CreditPool.id)
@@ -840,47 +843,64 @@ async def ledger_problems(s: AsyncSession, env_id: str) -> list[str]:
             .execution_options(populate_existing=True)
         )
     ).all()
+    # the sums of every pool at once (a per-pool query made a large environment's check
+    # cost a round trip per pool)
+    ledger: dict[str, int] = {}
+    by_type: dict[tuple[str, str], int] = {}
+    for pid, tx_type, total in await s.execute(
+        select(
+            CreditTransaction.pool_id,
+            CreditTransaction.type,
+            func.coalesce(func.sum(CreditTransaction.amount_q), 0),
+        )
+        .where(
+            CreditTransaction.pool_id.in_(
+                select(CreditPool.id).where(CreditPool.environment_id == env_id)
+            )
+        )
+        .group_by(CreditTransaction.pool_id, CreditTransaction.type)
+    ):
+        by_type[(pid, tx_type)] = int(total)
+        ledger[pid] = ledger.get(pid, 0) + int(total)
+    grant_sums = {
+        pid: (int(rem), int(amt))
+        for pid, rem, amt in await s.execute(
+            select(
+                CreditGrant.pool_id,
+                func.coalesce(func.sum(CreditGrant.remaining_q), 0),
+                func.coalesce(func.sum(CreditGrant.amount_q), 0),
+            )
+            .where(
+                CreditGrant.pool_id.in_(
+                    select(CreditPool.id).where(CreditPool.environment_id == env_id)
+                )
+            )
+            .group_by(CreditGrant.pool_id)
+        )
+    }
     for p in pools:
-        ledger = (
-            await s.execute(
-                select(
-                    func.coalesce(func.sum(CreditTransaction.amount_q), 0),
-                    func.count(),
-                ).where(CreditTransaction.pool_id == p.id)
-            )
-        ).one()
-        grants = (
-            await s.execute(
-                select(
-                    func.coalesce(func.sum(CreditGrant.remaining_q), 0),
-                    func.coalesce(func.sum(CreditGrant.amount_q), 0),
-                ).where(CreditGrant.pool_id == p.id)
-            )
-        ).one()
+        ledger_sum = ledger.get(p.id, 0)
+        grants = grant_sums.get(p.id, (0, 0))
         name = f"pool {p.denomination} of customer {p.customer_id}"
         if p.balance_q < 0:
             problems.append(f"{name}: negative balance {p.balance_q}")
-        if int(ledger[0]) != p.balance_q:
-            problems.append(f"{name}: balance {p.balance_q} != ledger sum {int(ledger[0])}")
-        if int(grants[0]) != p.balance_q:
-            problems.append(f"{name}: balance {p.balance_q} != grant remainders {int(grants[0])}")
-        if int(grants[1]) != p.total_granted_q:
+        if ledger_sum != p.balance_q:
+            problems.append(f"{name}: balance {p.balance_q} != ledger sum {ledger_sum}")
+        if grants[0] != p.balance_q:
+            problems.append(f"{name}: balance {p.balance_q} != grant remainders {grants[0]}")
+        if grants[1] != p.total_granted_q:
             problems.append(
-                f"{name}: total granted {p.total_granted_q} != grant amounts {int(grants[1])}"
+                f"{name}: total granted {p.total_granted_q} != grant amounts {grants[1]}"
             )
         net = p.total_granted_q - p.total_consumed_q - p.total_expired_q - p.total_reversed_q
         if net != p.balance_q:
             problems.append(f"{name}: totals give {net}, balance is {p.balance_q}")
         for tx_type, col in _TOTALS.items():
             sign = 1 if tx_type == "GRANT" else -1
-            total = await s.scalar(
-                select(func.coalesce(func.sum(CreditTransaction.amount_q), 0)).where(
-                    CreditTransaction.pool_id == p.id, CreditTransaction.type == tx_type
-                )
-            )
-            if sign * int(total or 0) != getattr(p, col.key):
+            total = by_type.get((p.id, tx_type), 0)
+            if sign * total != getattr(p, col.key):
                 problems.append(
-                    f"{name}: {col.key} {getattr(p, col.key)} != Σ {tx_type} {sign * int(total or 0)}"
+                    f"{name}: {col.key} {getattr(p, col.key)} != Σ {tx_type} {sign * total}"
                 )
     bad_rows = (
         await s.execute(

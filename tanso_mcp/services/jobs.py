@@ -50,6 +50,10 @@ log = logging.getLogger("tanso_mcp.jobs")
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_ITEMS_PER_RUN = 1_000_000
 BATCH_SIZE = 500
+# due items looked up at once: each look queries every kind's finder over the whole
+# environment, so a run of n items costs n / COLLECT_SIZE looks (each growing with the
+# environment); the instant's items then run in batches of BATCH_SIZE
+COLLECT_SIZE = 10 * BATCH_SIZE
 
 
 @dataclass(frozen=True, order=True)
@@ -272,13 +276,13 @@ async def run_due_report(
     seen: set[tuple[str, str, datetime]] = set()
     extra = 0  # items seen before that are still due (failed, or claimed elsewhere)
     while report.done < MAX_ITEMS_PER_RUN:
-        limit = BATCH_SIZE + extra
+        limit = COLLECT_SIZE + extra
         found = await _collect(ctx, env_id, until, limit)
         items = [i for i in found if (i.job, i.key, i.at) not in seen]
         extra = len(found) - len(items)  # the next look goes past them
         if not items:
             if len(found) >= limit:  # a kind's answer was cut short by them: look further
-                extra += BATCH_SIZE
+                extra += COLLECT_SIZE
                 continue
             break
         first_at = items[0].at

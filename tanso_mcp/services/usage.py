@@ -38,7 +38,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, func, literal, select, union_all
+from sqlalchemy import Integer, String, bindparam, func, literal, select, true, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Event, Feature, Plan, PlanFeature, Subscription
@@ -147,7 +148,10 @@ async def _overage_sums(
     ``occurredAt`` in ``[start, end)`` (no lower bound when ``start`` is None). One
     statement per chunk of windows, so a page of open invoices costs one round trip."""
     out: dict[int, dict[str, int]] = {i: {} for i, *_ in parts}
-    if len(parts) > 4:  # a page of windows: only those of subscriptions with overage
+    lateral = _dialect(s) == "postgresql"
+    # a page of windows: only those of subscriptions with overage (PostgreSQL probes the
+    # subscriptions' own events anyway, see _shared_sums)
+    if len(parts) > 4 and not lateral:
         billed = await _with_overage(s, parts)
         parts = [p for p in parts if p[1].id in billed]
     # windows shared by many subscriptions (a billing run renews a whole period at once):
@@ -163,23 +167,10 @@ async def _overage_sums(
         for at in range(0, len(members), _SHARED_CHUNK):
             chunk = members[at : at + _SHARED_CHUNK]
             index = {sub.id: i for i, sub in chunk}
-            q = (
-                select(
-                    Event.subscription_id,
-                    Event.feature_id,
-                    func.coalesce(func.sum(Event.overage_q), 0),
-                )
-                .where(
-                    Event.environment_id == env,
-                    Event.customer_id.in_(sorted({sub.customer_id for _i, sub in chunk})),
-                    Event.subscription_id.in_(sorted(index)),
-                    Event.event_type == "CLIENT_TRACKED",
-                    Event.occurred_at < end,
-                )
-                .group_by(Event.subscription_id, Event.feature_id)
-            )
-            if start is not None:
-                q = q.where(Event.occurred_at >= start)
+            if lateral:
+                q = _shared_sums(env, [sub for _i, sub in chunk], start, end)
+            else:
+                q = _shared_sums_in(env, [sub for _i, sub in chunk], start, end)
             for sid, fid, total in (await s.execute(q)).all():
                 if sid is not None and fid is not None:
                     out[index[sid]][fid] = int(total)
@@ -210,6 +201,56 @@ async def _overage_sums(
             if fid is not None:
                 out[int(at_i)][fid] = int(total)
     return out
+
+
+def _dialect(s: AsyncSession) -> str:
+    return s.bind.dialect.name if s.bind is not None else "sqlite"
+
+
+def _in_window(q: Any, start: datetime | None, end: datetime) -> Any:
+    q = q.where(Event.event_type == "CLIENT_TRACKED", Event.occurred_at < end)
+    return q if start is None else q.where(Event.occurred_at >= start)
+
+
+def _shared_sums_in(env: str, subs: list[Subscription], start: datetime | None, end: datetime):
+    """(subscription, feature, overage) of ``subs`` in one window: IN lists, which SQLite
+    plans as probes of the (environment, customer, time) index."""
+    q = select(
+        Event.subscription_id, Event.feature_id, func.coalesce(func.sum(Event.overage_q), 0)
+    ).where(
+        Event.environment_id == env,
+        Event.customer_id.in_(sorted({sub.customer_id for sub in subs})),
+        Event.subscription_id.in_(sorted(sub.id for sub in subs)),
+    )
+    return _in_window(q, start, end).group_by(Event.subscription_id, Event.feature_id)
+
+
+def _shared_sums(env: str, subs: list[Subscription], start: datetime | None, end: datetime):
+    """The same on PostgreSQL, as a LATERAL sum per subscription: each one is an index
+    probe by (environment, customer), whatever the statistics say. With IN lists the
+    planner may scan the environment's whole window and test each event against the lists
+    (a cost that grows with the environment, not with the batch)."""
+    pairs = (
+        func.unnest(
+            bindparam("sub_ids", [sub.id for sub in subs], type_=ARRAY(String)),
+            bindparam("customer_ids", [sub.customer_id for sub in subs], type_=ARRAY(String)),
+        )
+        .table_valued("sid", "cid")
+        .render_derived()
+    )
+    inner = _in_window(
+        select(Event.feature_id, func.coalesce(func.sum(Event.overage_q), 0).label("q")).where(
+            Event.environment_id == env,
+            Event.customer_id == pairs.c.cid,
+            Event.subscription_id == pairs.c.sid,
+        ),
+        start,
+        end,
+    )
+    per_sub = inner.group_by(Event.feature_id).lateral("per_sub")
+    return select(pairs.c.sid, per_sub.c.feature_id, per_sub.c.q).select_from(
+        pairs.join(per_sub, true())
+    )
 
 
 async def _with_overage(

@@ -58,6 +58,7 @@ from ...db.faults import ConnectionLost, is_transient
 from ...errors import IngestionFailed, Unavailable
 from .batch import ERROR, Effects, GuardFailed, Outcome, process_batch
 from .inputs import EventIn
+from .pgfast import FastLane
 from .sqlio import AlchemyTx, AsyncpgTx, SqliteTx
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class MeteringWriter:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        # PostgreSQL: plain batches in one statement (pgfast.py)
+        self.fast: FastLane | None = None if self.is_sqlite else FastLane()
+        self._announced: Effects | None = None  # the lane's last batch: notice sent by it
         # statistics, for tests and the bench
         self.batches = 0
         self.events = 0
@@ -125,6 +129,18 @@ class MeteringWriter:
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         self._closed = True
+        if self.batches:
+            lane = self.fast
+            log.info(
+                "metering writer: %d events in %d batches (largest %d)%s",
+                self.events,
+                self.batches,
+                self.largest_batch,
+                f"; one-statement lane: {lane.hits} batches, {lane.misses} loads, "
+                f"{lane.fallbacks} fallbacks"
+                if lane is not None
+                else "",
+            )
         if self._task is not None and self._queue is not None and not self._task.done():
             try:
                 await asyncio.wait_for(self._queue.join(), drain_seconds)
@@ -254,6 +270,8 @@ class MeteringWriter:
         return {env: self.ctx.generation(env) for env in {i.environment_id for i in items}}
 
     def _publish(self, effects: Effects, generations: dict[str, int]) -> None:
+        if self.fast is not None:
+            self.fast.observe(effects)
         if self.on_commit is not None:
             try:
                 self.on_commit(effects, generations)
@@ -262,7 +280,7 @@ class MeteringWriter:
         for env in effects.catalog_changed:
             self.ctx.invalidate(env)
         feed = self.ctx.feed
-        if feed is not None:
+        if feed is not None and effects is not self._announced:
             for env in effects.counters.keys() | effects.pools.keys():
                 ids = {key[0] for key in effects.counters.get(env, {})}
                 ids.update(v["customer_id"] for v in effects.pools.get(env, {}).values())
@@ -329,6 +347,10 @@ class MeteringWriter:
                         async with conn.begin():
                             return await conn.run_sync(_run_sync, items, attempt > 0)
                     try:
+                        if attempt == 0 and self.fast is not None:
+                            done = await self._fast(raw, items)
+                            if done is not None:
+                                return done
                         async with raw.transaction():
                             return await greenlet_spawn(
                                 process_batch, AsyncpgTx(raw), items, probe=attempt > 0
@@ -348,6 +370,24 @@ class MeteringWriter:
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         assert last is not None
         raise last
+
+    async def _fast(self, raw: Any, items: list[EventIn]) -> tuple[list[Outcome], Effects] | None:
+        assert self.fast is not None
+        self.fast.feed = self.ctx.feed
+        try:
+            done = await self.fast.write(raw, items)
+            if done is not None and self.fast.feed is not None:
+                self._announced = done[1]
+            return done
+        except Exception as exc:
+            import asyncpg
+
+            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+                # a key stored before: the retry (general path) probes the keys
+                raise IntegrityError("fast lane", None, exc) from exc
+            if isinstance(exc, asyncpg.PostgresError):  # sqlstate kept: deadlocks retried
+                raise DBAPIError("fast lane", None, exc) from exc
+            raise
 
 
 def _failed() -> Outcome:

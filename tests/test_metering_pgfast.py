@@ -1,0 +1,162 @@
+"""PostgreSQL's one-statement lane of the metering writer (services/metering/pgfast.py):
+plain events are written from what the lane remembers of the customer and feature, and
+every remembered fact is checked again inside the statement — a change committed
+behind the process's back (another process, no cache invalidation here) costs a
+fallback to the general path, never a wrong answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+
+from tanso_mcp.services.metering.inputs import parse_event
+from tanso_mcp.services.metering.pgfast import max_used_before
+from tanso_mcp.services.metering.service import metering
+from tests.metering_factories import make_plan, subscribe
+
+pytestmark = pytest.mark.anyio
+
+LIMIT = 30
+
+
+@pytest.fixture
+def pg(ctx):
+    if ctx.db.dialect == "sqlite":
+        pytest.skip("the one-statement lane is PostgreSQL's")
+    return ctx
+
+
+async def setup(ctx, env) -> str:
+    capped = {
+        "pricing": {
+            "model": "usage",
+            "usage_unit_type": "u",
+            "price_per_unit": "0.5",
+            "max_usage": LIMIT,
+        }
+    }
+    plan = await make_plan(
+        ctx, env, key="lane", timing="IN_ARREARS", features={"capped": json.dumps(capped)}
+    )
+    return await subscribe(ctx, env, "cus_1", plan["plan_id"])
+
+
+def events(ctx, env, prefix: str, n: int, units: int = 1):
+    now = ctx.clocks.system_now()
+    return [
+        parse_event(
+            {
+                "eventIdempotencyKey": f"{prefix}{i}",
+                "eventName": "lane",
+                "customerReferenceId": "cus_1",
+                "featureKey": "capped",
+                "usageUnits": units,
+            },
+            environment_id=env,
+            now=now,
+            future_skew_seconds=300,
+        )
+        for i in range(n)
+    ]
+
+
+async def sql(ctx, statement: str) -> list:
+    async with ctx.db.engine.begin() as conn:
+        result = await conn.execute(text(statement))
+        return list(result) if result.returns_rows else []
+
+
+async def test_plain_events_take_the_lane(pg, tenant):
+    env = tenant.env_ids["test"]
+    sub = await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "warm", 1))  # creates the counter row
+    hits = writer.fast.hits
+    outcomes = await writer.submit(events(pg, env, "a", 4))
+    assert writer.fast.hits == hits + 1
+    assert [(o.status, o.subscription_id, o.limit_exceeded) for o in outcomes] == [
+        ("accepted", sub, False)
+    ] * 4
+    rows = await sql(
+        pg,
+        "SELECT subscription_id, billable_q, revenue_micros FROM events "
+        "WHERE idempotency_key LIKE 'a%'",
+    )
+    assert sorted(rows) == [(sub, 10_000, 500_000)] * 4
+    assert await sql(pg, "SELECT used_q, overage_q FROM usage_counters") == [(50_000, 50_000)]
+
+
+async def test_a_change_made_elsewhere_is_seen_by_the_next_batch(pg, tenant):
+    """The subscription ends behind the process's back (raw SQL: no cache invalidation,
+    as when another process commits and its notification has not arrived): the lane's
+    fingerprint no longer matches, nothing is written by it, and the general path
+    stores the event without the subscription."""
+    env = tenant.env_ids["test"]
+    sub = await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "warm", 2))
+    (o,) = await writer.submit(events(pg, env, "before", 1))
+    assert o.subscription_id == sub
+    fallbacks = writer.fast.fallbacks
+    await sql(pg, f"UPDATE subscriptions SET is_active = false WHERE id = '{sub}'")
+    (o,) = await writer.submit(events(pg, env, "after", 1))
+    assert writer.fast.fallbacks == fallbacks + 1
+    assert o.status == "accepted" and o.subscription_id is None
+    rows = await sql(pg, "SELECT subscription_id FROM events WHERE idempotency_key = 'after0'")
+    assert rows == [(None,)]
+    assert await sql(pg, "SELECT used_q FROM usage_counters") == [(30_000,)]
+    # reloaded: the lane takes the next event again, still without the subscription
+    hits = writer.fast.hits
+    (o,) = await writer.submit(events(pg, env, "later", 1))
+    assert writer.fast.hits == hits + 1 and o.subscription_id is None
+
+
+async def test_a_limit_brought_within_reach_elsewhere_is_decided_on_the_locked_counter(pg, tenant):
+    """Another process commits usage this one has not seen: the lane plans the batch on
+    the counter value it last saw, the statement finds the locked counter past the
+    batch's bound and writes nothing, and the general path bills exactly the units left
+    under the limit."""
+    env = tenant.env_ids["test"]
+    await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "warm", 1))
+    await sql(pg, "UPDATE usage_counters SET used_q = used_q + 270000")  # 27 units
+    hits, fallbacks = writer.fast.hits, writer.fast.fallbacks
+    outcomes = await writer.submit(events(pg, env, "late", 5))
+    assert (writer.fast.hits, writer.fast.fallbacks) == (hits, fallbacks + 1)
+    # 1 + 27 units were used: 2 more fit under the limit of 30, the other 3 exceed it
+    assert [o.limit_exceeded for o in outcomes] == [False, False, True, True, True]
+    assert await sql(pg, "SELECT used_q FROM usage_counters") == [(LIMIT * 10_000,)]
+    rows = await sql(pg, "SELECT count(*), sum(billable_q) FROM events")
+    assert rows == [(6, 3 * 10_000)]
+
+
+async def test_a_full_counter_is_not_sent_through_the_lane(pg, tenant):
+    env = tenant.env_ids["test"]
+    await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "fill", LIMIT))
+    hits, fallbacks = writer.fast.hits, writer.fast.fallbacks
+    (o,) = await writer.submit(events(pg, env, "over", 1))
+    assert o.limit_exceeded
+    assert (writer.fast.hits, writer.fast.fallbacks) == (hits, fallbacks)
+
+
+async def test_a_key_stored_before_is_a_duplicate(pg, tenant):
+    env = tenant.env_ids["test"]
+    await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "k", 2))
+    outcomes = await writer.submit(events(pg, env, "k", 3))
+    assert [o.status for o in outcomes] == ["duplicate", "duplicate", "accepted"]
+    assert await sql(pg, "SELECT count(*) FROM events") == [(3,)]
+    assert await sql(pg, "SELECT used_q FROM usage_counters") == [(30_000,)]
+
+
+def test_the_bound_sent_to_sql_follows_the_domain_rule():
+    # a limit of 30 (scaled): from 25 used, 4 more stay below it; from 26 they reach it
+    assert max_used_before(30, 4) == 25
+    assert max_used_before(None, 4) is None
+    assert max_used_before(3, 4) < 0
