@@ -160,3 +160,24 @@ def test_the_bound_sent_to_sql_follows_the_domain_rule():
     assert max_used_before(30, 4) == 25
     assert max_used_before(None, 4) is None
     assert max_used_before(3, 4) < 0
+
+
+async def test_a_failing_lane_leaves_the_batch_to_the_general_path(pg, tenant, monkeypatch):
+    """The lane is an optimisation: when it fails for a reason a retry would not cure
+    (here: an exception inside it), the same batch is written by the general path."""
+    from tanso_mcp.services.metering import pgfast
+
+    env = tenant.env_ids["test"]
+    sub = await setup(pg, env)
+    writer = metering(pg).writer
+
+    async def broken(self, raw, items):
+        raise RuntimeError("lane bug")
+
+    monkeypatch.setattr(pgfast.FastLane, "write", broken)
+    fallbacks = writer.fast.fallbacks
+    outcomes = await writer.submit(events(pg, env, "f", 3))
+    assert [(o.status, o.subscription_id) for o in outcomes] == [("accepted", sub)] * 3
+    assert writer.fast.fallbacks == fallbacks + 1
+    stored = await sql(pg, f"SELECT count(*) FROM events WHERE environment_id = '{env}'")
+    assert stored[0][0] == 3

@@ -17,6 +17,8 @@ class KeyResolver:
         self.ttl = ttl_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._loading: dict[str, asyncio.Future] = {}
+        # bumped by every invalidation: a read that started before one is not cached
+        self._generation = 0
 
     async def resolve(self, key: str) -> Principal | None:
         if not key.startswith(("sk_test_", "sk_live_")) or len(key) > 200:
@@ -37,6 +39,7 @@ class KeyResolver:
                     raise  # this request was cancelled
                 # the reading request was cancelled: read here instead
         pending = self._loading[h] = asyncio.get_running_loop().create_future()
+        generation = self._generation
         try:
             async with self.db.reader() as session:
                 principal = await principal_for_key(session, key)
@@ -51,14 +54,17 @@ class KeyResolver:
             if self._loading.get(h) is pending:
                 del self._loading[h]
         pending.set_result(principal)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        # unknown keys are cached too (briefly), so a flood of bad keys is cheap
-        self._cache[h] = (now + self.ttl, principal)
+        if generation == self._generation:  # else it may predate a revocation
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            # unknown keys are cached too (briefly), so a flood of bad keys is cheap
+            self._cache[h] = (now + self.ttl, principal)
         return principal
 
     def invalidate(self, key_hash: str | None = None) -> None:
-        # a read in flight may predate the change: later requests do not join it
+        # a read in flight may predate the change: later requests do not join it and
+        # its answer is not cached
+        self._generation += 1
         if key_hash is None:
             self._cache.clear()
             self._loading.clear()

@@ -50,9 +50,10 @@ log = logging.getLogger("tanso_mcp.jobs")
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_ITEMS_PER_RUN = 1_000_000
 BATCH_SIZE = 500
-# due items looked up at once: each look queries every kind's finder over the whole
-# environment, so a run of n items costs n / COLLECT_SIZE looks (each growing with the
-# environment); the instant's items then run in batches of BATCH_SIZE
+# due items looked up at once while one instant holds more than a look returned: each
+# look queries every kind's finder, so many items due together (renewals on the 1st)
+# cost n / COLLECT_SIZE looks instead of n / BATCH_SIZE; items spread over many
+# instants are looked up BATCH_SIZE at a time, since only the first instant runs per look
 COLLECT_SIZE = 10 * BATCH_SIZE
 
 
@@ -275,17 +276,20 @@ async def run_due_report(
     report = RunReport()
     seen: set[tuple[str, str, datetime]] = set()
     extra = 0  # items seen before that are still due (failed, or claimed elsewhere)
+    size = BATCH_SIZE
     while report.done < MAX_ITEMS_PER_RUN:
-        limit = COLLECT_SIZE + extra
+        limit = size + extra
         found = await _collect(ctx, env_id, until, limit)
         items = [i for i in found if (i.job, i.key, i.at) not in seen]
         extra = len(found) - len(items)  # the next look goes past them
         if not items:
             if len(found) >= limit:  # a kind's answer was cut short by them: look further
-                extra += COLLECT_SIZE
+                extra += size
                 continue
             break
         first_at = items[0].at
+        # a look filled by one instant: that instant likely goes on, look further next
+        size = COLLECT_SIZE if len(found) >= limit and items[-1].at == first_at else BATCH_SIZE
         now = until
         if move_clock:
             current = await ctx.clocks.now(env_id)

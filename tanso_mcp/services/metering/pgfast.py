@@ -1,5 +1,6 @@
 """PostgreSQL fast lane of the group-commit writer: a batch of plain events in one
-statement, one round trip, no explicit transaction.
+statement, no explicit transaction (two short round trips around it switch the
+connection to a generic plan and back).
 
 The general batch (:func:`.batch.process_batch`) reads the customers, features,
 subscriptions, invoices, entitlements, plan rules, settings and counters of every batch,

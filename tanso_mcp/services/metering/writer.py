@@ -385,9 +385,20 @@ class MeteringWriter:
             if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
                 # a key stored before: the retry (general path) probes the keys
                 raise IntegrityError("fast lane", None, exc) from exc
-            if isinstance(exc, asyncpg.PostgresError):  # sqlstate kept: deadlocks retried
-                raise DBAPIError("fast lane", None, exc) from exc
-            raise
+            wrapped = (
+                DBAPIError("fast lane", None, exc)  # sqlstate kept: deadlocks retried
+                if isinstance(exc, asyncpg.PostgresError)
+                else exc
+            )
+            if raw.is_closed() or is_transient(wrapped):
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
+            # the lane is an optimisation: any other failure of it (a bug, a server
+            # refusing one of its functions) leaves the batch to the general path
+            log.warning("metering lane failed; the general path takes the batch", exc_info=True)
+            self.fast.fallbacks += 1
+            return None
 
 
 def _failed() -> Outcome:
