@@ -1,5 +1,5 @@
 """PostgreSQL's own ceiling for batch ingest: how many event rows per second this server
-takes into the product's ``events`` table (its indexes, unique key, foreign key and
+takes into the product's ``events`` table (its indexes, unique key and
 ``tx_seq`` default, exactly as migrated) with 1000-row binary ``COPY``s, one transaction
 per batch as ``POST /events/batch`` writes them, from 1 and 2 concurrent connections, and
 no other client work: every batch is encoded before the clock starts.
@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import struct
 import sys
 import time
 import uuid
@@ -42,27 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pg_databases  # noqa: E402
 
+from tanso_mcp.services.metering import sqlio  # noqa: E402
+from tanso_mcp.services.metering.batch import _EVENT_COLUMNS  # noqa: E402
+
 BATCH = 1000
-COLUMNS = (  # what the batch writer stores for a plain event (batch._EVENT_COLUMNS)
-    "id",
-    "environment_id",
-    "idempotency_key",
-    "event_type",
-    "event_name",
-    "customer_id",
-    "feature_id",
-    "subscription_id",
-    "occurred_at",
-    "usage_q",
-    "billable_q",
-    "overage_q",
-    "credits_deducted_q",
-    "usage_limit_exceeded",
-    "revenue_micros",
-    "context",
-    "created_at",
-)
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# what the batch writer stores for a plain event, encoded by its own COPY encoder
+COLUMNS = _EVENT_COLUMNS
+_ENCODERS = (sqlio._text,) * 8 + (sqlio._timestamptz,) + (sqlio._int8,) * 4
+_ENCODERS += (sqlio._bool, sqlio._int8, sqlio._text, sqlio._timestamptz)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 # ----------------------------------------------------------------------- the rows
@@ -72,22 +58,6 @@ def _ids(n: int) -> list[str]:
     from tanso_mcp.services.metering.batch import _ids as product_ids
 
     return product_ids(n)
-
-
-def _field(value: object) -> bytes:
-    """One field of PostgreSQL's binary COPY format (length, then the value)."""
-    if value is None:
-        return b"\xff\xff\xff\xff"
-    if isinstance(value, bool):
-        return b"\x00\x00\x00\x01" + (b"\x01" if value else b"\x00")
-    if isinstance(value, int):
-        return b"\x00\x00\x00\x08" + struct.pack("!q", value)
-    if isinstance(value, datetime):
-        delta = value - _PG_EPOCH
-        us = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-        return b"\x00\x00\x00\x08" + struct.pack("!q", us)
-    data = str(value).encode()
-    return struct.pack("!i", len(data)) + data
 
 
 def _rows(env: str, cust: str, feat: str, sub: str, prefix: str, n: int) -> list[tuple]:
@@ -100,14 +70,10 @@ def _rows(env: str, cust: str, feat: str, sub: str, prefix: str, n: int) -> list
 
 
 def encode(rows: list[tuple]) -> bytes:
-    """A whole binary COPY stream (header, tuples, trailer)."""
-    count = struct.pack("!h", len(COLUMNS))
-    parts = [b"PGCOPY\n\xff\r\n\x00", b"\x00\x00\x00\x00", b"\x00\x00\x00\x00"]
-    for row in rows:
-        parts.append(count)
-        parts.extend(_field(v) for v in row)
-    parts.append(b"\xff\xff")
-    return b"".join(parts)
+    """A whole binary COPY stream, as the product's batch writer encodes it."""
+    data = sqlio._copy_binary(_ENCODERS, rows)
+    assert data is not None, "a bench row that the writer's encoder refuses"
+    return data
 
 
 # ----------------------------------------------------------------------- the table
