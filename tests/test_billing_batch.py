@@ -371,3 +371,52 @@ async def test_two_runners_share_a_due_set_without_renewing_anything_twice(
     assert per_sub == dict.fromkeys(ids, 1)
     assert grants == []
     await b.check()
+
+
+async def test_an_item_the_other_batch_held_runs_after_both(ctx, tenant, monkeypatch):
+    """On PostgreSQL two batches of one kind run at once; an expiry whose pool the other
+    batch holds is skipped by its claim, then runs once both are done, in the same run.
+    (SQLite runs one batch at a time: the same outcome, by another road.)"""
+    from tanso_mcp.services import customers
+    from tests.conftest import START
+
+    env = tenant.env_ids["test"]
+    expiry = START + timedelta(days=1)
+    async with ctx.db.unit_of_work() as s:
+        c = await customers.create_customer(s, env, START, reference_id="lanes")
+        pool = await credits.ensure_pool(s, env, c.id, "TOKENS", START)
+        for key in ("a", "b"):
+            pool = await credits.lock_pool(s, env, pool.id)
+            await credits.grant(
+                s,
+                env,
+                pool,
+                10 * QTY_SCALE,
+                "PURCHASED",
+                START,
+                idempotency_key=key,
+                expires_at=expiry,
+            )
+    monkeypatch.setattr(jobs, "BATCH_SIZE", 1)  # one grant per batch: two batches at once
+    kind = ctx.jobs.get("credits.expire")
+    assert kind.run_batch is not None
+    run_batch = kind.run_batch
+    claimed: list[int] = []
+
+    async def slow(s, ctx_, env_, keys, now):
+        claimed.append(len(keys))
+        await asyncio.sleep(0.3)  # hold the pool while the other batch claims
+        return await run_batch(s, ctx_, env_, keys, now)
+
+    monkeypatch.setattr(kind, "run_batch", slow)
+    report = await jobs.run_due_report(ctx, env, until=expiry + timedelta(hours=1))
+    assert report.failed == [] and report.done == 2
+    # each grant ran once, alone (the second batch claimed nothing, so ran no batch, and
+    # its grant ran again after both)
+    assert claimed == [1, 1]
+    async with ctx.db.reader() as s:
+        left = await s.scalars(
+            select(m.CreditGrant.remaining_q).where(m.CreditGrant.pool_id == pool.id)
+        )
+        assert list(left) == [0, 0]
+        assert await credits.ledger_problems(s, env) == []

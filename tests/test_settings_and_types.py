@@ -93,6 +93,31 @@ async def test_datetimes_come_back_aware_utc_and_naive_is_rejected(ctx):
             s.add(Account(name="naive", created_at=datetime(2026, 1, 1)))
 
 
+def test_sqlite_datetimes_are_stored_as_sqlalchemy_stores_them():
+    """Stored datetimes are compared as text on SQLite: the product's own encoding must
+    give exactly the text SQLAlchemy's DATETIME gives (databases written before it)."""
+    from datetime import timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from tanso_mcp.db.types import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().bind_processor(dialect)
+    theirs = sqlite.DATETIME().bind_processor(dialect)
+    assert ours is not None and theirs is not None
+    for t in (
+        datetime(2026, 1, 15, tzinfo=UTC),
+        datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=2))),
+    ):
+        assert ours(t) == theirs(t.astimezone(UTC).replace(tzinfo=None))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 1, 1))
+
+
 def test_scaled_quantities_are_exact():
     from tanso_mcp.db.scale import int_to_qty, micros_from, micros_to, qty_to_int
 

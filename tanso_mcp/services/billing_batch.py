@@ -127,7 +127,8 @@ async def _update_rows(
     s: AsyncSession, table: Table, rows: list[dict[str, Any]], build: Callable[[Any], Any]
 ) -> None:
     """One UPDATE of ``table`` with a value row per target row: ``build(v)`` is the
-    statement, ``v.<key>`` a row's value (each key names the column whose type it has).
+    statement, ``v.<key>`` a row's value (each key names the column whose type it has;
+    every row has the same keys in the same order).
     PostgreSQL: the rows are joined as arrays (``unnest``), one statement executed once
     (an executemany runs it once per row); SQLite: an executemany (in-process, cheap)."""
     keys = list(rows[0])
@@ -144,8 +145,11 @@ async def _update_rows(
         )
         await s.execute(build(v.c))
         return
-    params = SimpleNamespace(**{k: bindparam(f"b_{k}", type_=table.c[k].type) for k in keys})
-    await s.execute(build(params), [{f"b_{k}": v for k, v in r.items()} for r in rows])
+    names = [f"b_{k}" for k in keys]
+    params = SimpleNamespace(
+        **{k: bindparam(n, type_=table.c[k].type) for k, n in zip(keys, names, strict=True)}
+    )
+    await s.execute(build(params), [dict(zip(names, r.values(), strict=True)) for r in rows])
 
 
 async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetime) -> list[Effects]:

@@ -18,7 +18,8 @@ the due set without overlap (SQLite serialises writers: every key is claimed); i
 set-based, or, without one, each item runs in its own savepoint. When a batch fails, its
 items run again one at a time, each in its own savepoint: a failing item is rolled back,
 logged and counted (``RunReport.failed``) while the others commit; it stays due, so the
-next run retries it.
+next run retries it. On PostgreSQL two batches of one kind and instant run at once, on
+two connections (:func:`_run_batches`).
 
 Advancing a test clock runs every item that became due, in time order: the
 environment's clock is set to each item's due time before the item runs, so the work
@@ -27,6 +28,7 @@ sees the time at which it was due. Live environments run whatever is due now.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -50,10 +52,13 @@ log = logging.getLogger("tanso_mcp.jobs")
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_ITEMS_PER_RUN = 1_000_000
 BATCH_SIZE = 500
+# batches of one kind and instant running at once on PostgreSQL (see _run_batches)
+BATCH_LANES = 2
 # due items looked up at once while one instant holds more than a look returned: each
 # look queries every kind's finder, so many items due together (renewals on the 1st)
 # cost n / COLLECT_SIZE looks instead of n / BATCH_SIZE; items spread over many
-# instants are looked up BATCH_SIZE at a time, since only the first instant runs per look
+# instants are looked up a batch per lane at a time, since only the first instant runs
+# per look
 COLLECT_SIZE = 10 * BATCH_SIZE
 
 
@@ -200,11 +205,12 @@ def _drop_callbacks_after(s: AsyncSession, mark: int) -> None:
 
 async def _run_one_by_one(
     ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
-) -> None:
+) -> list[str]:
     """Each item in its own savepoint of one unit of work: a failing item is rolled back
-    alone, logged and counted; the others commit."""
+    alone, logged and counted; the others commit. Returns the keys it could not claim."""
     async with ctx.db.unit_of_work() as s:
-        for key in await _claim(s, env_id, kind, keys):
+        claimed = await _claim(s, env_id, kind, keys)
+        for key in claimed:
             mark = len(s.info.get("after_commit", []))
             try:
                 async with s.begin_nested():
@@ -214,6 +220,14 @@ async def _run_one_by_one(
                 _drop_callbacks_after(s, mark)
                 log.exception("job %s %s failed", kind.name, key)
                 report.failed.append((kind.name, key))
+    return _unclaimed(keys, claimed)
+
+
+def _unclaimed(keys: list[str], claimed: list[str]) -> list[str]:
+    if len(claimed) == len(keys):
+        return []
+    held = set(claimed)
+    return [k for k in keys if k not in held]
 
 
 async def _claim(s: AsyncSession, env_id: str, kind: JobKind, keys: list[str]) -> list[str]:
@@ -224,15 +238,17 @@ async def _claim(s: AsyncSession, env_id: str, kind: JobKind, keys: list[str]) -
 
 async def _run_batch(
     ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
-) -> None:
+) -> list[str]:
+    """One batch in one unit of work. Returns the keys its claim skipped (held by
+    another transaction at that moment)."""
     if kind.run_batch is None:
-        await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
-        return
+        return await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
     try:
         async with ctx.db.unit_of_work() as s:
             claimed = await _claim(s, env_id, kind, keys)
             count = await kind.run_batch(s, ctx, env_id, claimed, now) if claimed else 0
         report.done += count
+        return _unclaimed(keys, claimed)
     except Exception:
         # the whole batch rolled back: find the failing item by running them one by one
         log.warning(
@@ -241,22 +257,51 @@ async def _run_batch(
             len(keys),
             exc_info=True,
         )
-        await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
+        return await _run_one_by_one_or_report(ctx, env_id, kind, keys, now, report)
 
 
 async def _run_one_by_one_or_report(
     ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
-) -> None:
+) -> list[str]:
     """One by one; if even that unit of work fails (its claim or its commit, e.g. a
     deadlock), all its items stay due and are reported, and the run goes on."""
-    done, failed = report.done, len(report.failed)
+    mine = RunReport()  # merged once committed (another lane may be adding to report)
     try:
-        await _run_one_by_one(ctx, env_id, kind, keys, now, report)
+        skipped = await _run_one_by_one(ctx, env_id, kind, keys, now, mine)
     except Exception:
         log.exception("job %s: %d items failed together", kind.name, len(keys))
-        report.done = done
-        del report.failed[failed:]
         report.failed.extend((kind.name, key) for key in keys)
+        return []
+    report.done += mine.done
+    report.failed.extend(mine.failed)
+    return skipped
+
+
+def _lanes(ctx: AppContext) -> int:
+    return BATCH_LANES if ctx.db.dialect == "postgresql" else 1
+
+
+async def _run_batches(
+    ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
+) -> None:
+    """The items of one kind due at one instant, BATCH_SIZE per unit of work. On
+    PostgreSQL two batches run at once on two connections: while one batch's statements
+    run in the database server, the next batch is worked out here, so the run uses both
+    this process's core and the server's. The claims keep the batches apart; a key one
+    batch could not claim because the other held its row (two invoices of one
+    subscription) runs once more after both. SQLite has one writer: one batch at a time."""
+    chunks = iter([keys[at : at + BATCH_SIZE] for at in range(0, len(keys), BATCH_SIZE)])
+    skipped: list[str] = []
+
+    async def lane() -> None:
+        for chunk in chunks:  # the lanes share the iterator: each chunk runs once
+            skipped.extend(await _run_batch(ctx, env_id, kind, chunk, now, report))
+
+    lanes = _lanes(ctx)
+    await asyncio.gather(*(lane() for _ in range(min(lanes, -(-len(keys) // BATCH_SIZE)))))
+    if skipped and lanes > 1:
+        for at in range(0, len(skipped), BATCH_SIZE):
+            await _run_batch(ctx, env_id, kind, skipped[at : at + BATCH_SIZE], now, report)
 
 
 async def run_due(
@@ -276,7 +321,7 @@ async def run_due_report(
     report = RunReport()
     seen: set[tuple[str, str, datetime]] = set()
     extra = 0  # items seen before that are still due (failed, or claimed elsewhere)
-    size = BATCH_SIZE
+    size = first_size = BATCH_SIZE * _lanes(ctx)  # a look fills every lane
     while report.done < MAX_ITEMS_PER_RUN:
         limit = size + extra
         found = await _collect(ctx, env_id, until, limit)
@@ -289,7 +334,7 @@ async def run_due_report(
             break
         first_at = items[0].at
         # a look filled by one instant: that instant likely goes on, look further next
-        size = COLLECT_SIZE if len(found) >= limit and items[-1].at == first_at else BATCH_SIZE
+        size = COLLECT_SIZE if len(found) >= limit and items[-1].at == first_at else first_size
         now = until
         if move_clock:
             current = await ctx.clocks.now(env_id)
@@ -309,9 +354,7 @@ async def run_due_report(
         for group in groups:
             kind = ctx.jobs.get(group[0].job)
             if kind.batch:
-                keys = [i.key for i in group]
-                for at in range(0, len(keys), BATCH_SIZE):
-                    await _run_batch(ctx, env_id, kind, keys[at : at + BATCH_SIZE], now, report)
+                await _run_batches(ctx, env_id, kind, [i.key for i in group], now, report)
             else:
                 item = group[0]
                 try:
