@@ -71,11 +71,28 @@ def test_example_config_documents_every_setting(repo_root):
 
 
 def test_time_ordered_ids():
+    import os
+    import uuid
+
     from tanso_mcp.db.types import new_id
 
-    ids = [new_id() for _ in range(200)]
-    assert len(set(ids)) == 200
-    assert all(len(i) == 36 and i[14] == "7" for i in ids)
+    ids = [new_id() for _ in range(1000)]  # past several refills of the random buffer
+    assert len(set(ids)) == 1000 and ids == sorted(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 7 and u.variant == uuid.RFC_4122
+    # a forked child draws its own random bits, not the rest of its parent's buffer
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.write(write, ",".join(new_id() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode().split(",")
+    os.close(read)
+    mine = [new_id() for _ in range(5)]
+    assert len(child) == 5 and not {c[-12:] for c in child} & {m[-12:] for m in mine}
 
 
 @pytest.mark.anyio

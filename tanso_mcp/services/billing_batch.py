@@ -54,6 +54,7 @@ from ..db.models import (
     ScheduledChange,
     Subscription,
 )
+from ..db.records import record_of
 from ..db.types import new_id
 from ..domain.periods import start_of_day
 from . import catalog, credits
@@ -94,7 +95,7 @@ class BatchConflict(Exception):
 
 @dataclass
 class _Renewal:
-    sub: Subscription
+    sub: Any  # the subscription's record (read-only row)
     old_plan: Plan
     new_plan: Plan
     old_start: datetime
@@ -111,7 +112,7 @@ class _Renewal:
 class _PoolState:
     """A locked pool's balance and totals as the batch moves them."""
 
-    row: CreditPool
+    row: Any  # the pool's record (read-only row)
     balance_q: int
     granted_q: int = 0
     expired_q: int = 0
@@ -157,14 +158,13 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
     skipped, as :func:`billing.renew` skips them). Returns the renewals' effects."""
     if not sub_ids:
         return []
-    subs = list(
+    # records (read-only rows): the batch writes back with Core statements
+    subs: list[Any] = list(
         (
-            await s.scalars(
-                select(Subscription)
-                .where(
+            await s.execute(
+                select(*record_of(Subscription)).where(
                     in_environment(Subscription.environment_id, env), Subscription.id.in_(sub_ids)
                 )
-                .execution_options(populate_existing=True)
             )
         ).all()
     )
@@ -437,18 +437,17 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
     # lock every pool once, in id order
     pools = {
         p.id: _PoolState(p, p.balance_q)
-        for p in await s.scalars(
-            select(CreditPool)
+        for p in await s.execute(
+            select(*record_of(CreditPool))
             .where(CreditPool.id.in_(pool_ids), in_environment(CreditPool.environment_id, env))
             .order_by(CreditPool.id)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
     }
-    grants: dict[tuple[str | None, str], list[CreditGrant]] = defaultdict(list)
+    grants: dict[tuple[str | None, str], list[Any]] = defaultdict(list)
     if links:
-        for g in await s.scalars(
-            select(CreditGrant)
+        for g in await s.execute(
+            select(*record_of(CreditGrant))
             .where(
                 in_environment(CreditGrant.environment_id, env),
                 CreditGrant.subscription_id.in_(list(links)),
@@ -457,7 +456,6 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
                 CreditGrant.remaining_q > 0,
             )
             .order_by(CreditGrant.created_at, CreditGrant.id)
-            .execution_options(populate_existing=True)
         ):
             grants[(g.subscription_id, g.pool_id)].append(g)
     # remainders as the batch takes from them (the loaded rows are left untouched)
@@ -646,13 +644,13 @@ async def _pool_ids(
 
 async def _entitlements(s: AsyncSession, env: str, work: list[_Renewal], now: datetime) -> None:
     rules = await catalog.plan_rules(s, sorted({r.new_plan.id for r in work}))
-    existing: dict[str, list[Entitlement]] = defaultdict(list)
-    for e in await s.scalars(
-        select(Entitlement)
-        .where(Entitlement.subscription_id.in_([r.sub.id for r in work]))
-        .execution_options(populate_existing=True)
+    existing: dict[str, list[Any]] = defaultdict(list)
+    for row in await s.execute(
+        select(*record_of(Entitlement)).where(
+            Entitlement.subscription_id.in_([r.sub.id for r in work])
+        )
     ):
-        existing[e.subscription_id].append(e)
+        existing[row.subscription_id].append(row)
     grant_rows: list[dict[str, Any]] = []
     restore: list[dict[str, Any]] = []
     revoke: list[dict[str, Any]] = []

@@ -42,6 +42,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
+from ..db.records import record_of
 from ..db.scale import qty_to_int
 from ..db.types import new_id
 from ..domain.money import from_minor, to_minor
@@ -472,9 +473,11 @@ async def current_many(
     # what the lines need, in two statements
     sub_ids = {inv.subscription_id for inv, _w, _s in todo if inv.subscription_id}
     plan_ids = {x["planId"] for _i, w, sg in todo for x in (*w, *sg)}
-    subs = {
+    subs = {  # records (read-only rows): only read for their usage
         sub.id: sub
-        for sub in (await s.scalars(select(Subscription).where(Subscription.id.in_(sub_ids))))
+        for sub in await s.execute(
+            select(*record_of(Subscription)).where(Subscription.id.in_(sub_ids))
+        )
     }
     plans = {p.id: p for p in await s.scalars(select(Plan).where(Plan.id.in_(plan_ids)))}
     usage = await _usage_lines_many(
