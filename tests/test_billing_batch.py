@@ -373,50 +373,84 @@ async def test_two_runners_share_a_due_set_without_renewing_anything_twice(
     await b.check()
 
 
-async def test_an_item_the_other_batch_held_runs_after_both(ctx, tenant, monkeypatch):
-    """On PostgreSQL two batches of one kind run at once; an expiry whose pool the other
-    batch holds is skipped by its claim, then runs once both are done, in the same run.
-    (SQLite runs one batch at a time: the same outcome, by another road.)"""
+def test_lanes_keep_each_customer_in_one_part():
+    keys = [f"k{n}" for n in range(40)]
+    owner = {k: f"c{n % 7}" for n, k in enumerate(keys)}
+    parts = jobs.lane_parts(keys, owner, 2)
+    assert sorted(k for p in parts for k in p) == sorted(keys)
+    for part in parts:
+        assert part == [k for k in keys if k in part]  # each part keeps the keys' order
+    owners = [{owner[k] for k in p} for p in parts]
+    assert not owners[0] & owners[1] and owners[0] and owners[1]
+
+
+async def test_batches_running_at_once_never_share_a_customer(ctx, tenant, monkeypatch):
+    """On PostgreSQL two batches of one kind run at once, split by customer: one
+    customer's expiries (which lock the customer's pool) never run in both lanes at
+    once, and every item runs once. (SQLite runs one batch at a time.)"""
     from tanso_mcp.services import customers
     from tests.conftest import START
 
     env = tenant.env_ids["test"]
     expiry = START + timedelta(days=1)
+    customer_of: dict[str, str] = {}
     async with ctx.db.unit_of_work() as s:
-        c = await customers.create_customer(s, env, START, reference_id="lanes")
-        pool = await credits.ensure_pool(s, env, c.id, "TOKENS", START)
-        for key in ("a", "b"):
-            pool = await credits.lock_pool(s, env, pool.id)
-            await credits.grant(
-                s,
-                env,
-                pool,
-                10 * QTY_SCALE,
-                "PURCHASED",
-                START,
-                idempotency_key=key,
-                expires_at=expiry,
-            )
-    monkeypatch.setattr(jobs, "BATCH_SIZE", 1)  # one grant per batch: two batches at once
+        for ref in ("a", "b", "c", "d"):
+            c = await customers.create_customer(s, env, START, reference_id=ref)
+            pool = await credits.ensure_pool(s, env, c.id, "TOKENS", START)
+            for n in range(3):
+                pool = await credits.lock_pool(s, env, pool.id)
+                g = await credits.grant(
+                    s,
+                    env,
+                    pool,
+                    10 * QTY_SCALE,
+                    "PURCHASED",
+                    START,
+                    idempotency_key=f"{ref}{n}",
+                    expires_at=expiry,
+                )
+                customer_of[g.id] = c.id
+    monkeypatch.setattr(jobs, "BATCH_SIZE", 1)  # one grant per batch
     kind = ctx.jobs.get("credits.expire")
     assert kind.run_batch is not None
     run_batch = kind.run_batch
-    claimed: list[int] = []
+    running: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+    together = 0
 
-    async def slow(s, ctx_, env_, keys, now):
-        claimed.append(len(keys))
-        await asyncio.sleep(0.3)  # hold the pool while the other batch claims
-        return await run_batch(s, ctx_, env_, keys, now)
+    async def watched(s, ctx_, env_, keys, now):
+        nonlocal together
+        mine = customer_of[keys[0]]
+        if running:
+            together += 1
+            if mine in running:
+                overlaps.append((mine, *running))
+        running.append(mine)
+        try:
+            await asyncio.sleep(0.05)  # hold the pool while the other lane works
+            return await run_batch(s, ctx_, env_, keys, now)
+        finally:
+            running.remove(mine)
 
-    monkeypatch.setattr(kind, "run_batch", slow)
+    claim = kind.claim
+    assert claim is not None
+    short: list[list[str]] = []
+
+    async def claim_watched(s, env_, keys):
+        got = await claim(s, env_, keys)
+        if got != keys:  # a row held by the other lane
+            short.append(keys)
+        return got
+
+    monkeypatch.setattr(kind, "run_batch", watched)
+    monkeypatch.setattr(kind, "claim", claim_watched)
     report = await jobs.run_due_report(ctx, env, until=expiry + timedelta(hours=1))
-    assert report.failed == [] and report.done == 2
-    # each grant ran once, alone (the second batch claimed nothing, so ran no batch, and
-    # its grant ran again after both)
-    assert claimed == [1, 1]
+    assert report.failed == [] and report.done == 12
+    assert overlaps == [] and short == []
+    if ctx.db.dialect == "postgresql":
+        assert together > 0  # the lanes did run at once
     async with ctx.db.reader() as s:
-        left = await s.scalars(
-            select(m.CreditGrant.remaining_q).where(m.CreditGrant.pool_id == pool.id)
-        )
-        assert list(left) == [0, 0]
+        left = await s.scalars(select(m.CreditGrant.remaining_q))
+        assert set(left) == {0}
         assert await credits.ledger_problems(s, env) == []

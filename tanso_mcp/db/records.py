@@ -13,11 +13,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import inspect
+from sqlalchemy import Row, inspect
 
 
 @cache
 def record_of(model: type) -> tuple[Any, ...]:
     """The model's column attributes, in mapping order, to select as a record."""
     attrs: Any = inspect(model).column_attrs
+    for attr in attrs:
+        if hasattr(Row, attr.key):  # row.count would be the tuple method, not the column
+            raise TypeError(f"{model.__name__}.{attr.key} cannot be read from a record")
     return tuple(getattr(model, attr.key) for attr in attrs)

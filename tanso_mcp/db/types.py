@@ -125,12 +125,14 @@ _rand_at = 0
 
 
 def _forget_random() -> None:
-    # a forked child must not hand out the random bits its parent is also using
-    global _rand, _rand_at
-    _rand, _rand_at = b"", 0
+    # a forked child must not hand out the random bits its parent is also using, nor
+    # continue its parent's sequence (both would make "last + 1" in the same millisecond)
+    global _rand, _rand_at, _last_id
+    _rand, _rand_at, _last_id = b"", 0, 0
 
 
-os.register_at_fork(after_in_child=_forget_random)
+if hasattr(os, "register_at_fork"):  # not on Windows (no fork there)
+    os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_id() -> str:

@@ -3,7 +3,9 @@
 Each kind finds its due items in the domain tables (so the schedule cannot drift from
 the data). Items due at the same instant run in batches (``services/jobs.py``): the batch
 claims the rows it writes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: the subscriptions,
-or the pools for expiries), so several processes share the due set without overlap.
+or the pools for expiries), so several processes share the due set without overlap;
+each kind also names the customer of each item, so that on PostgreSQL a process runs
+two lanes of batches at once, split by customer (``services/jobs.py``).
 Renewals, ``invoice.due``, ``invoice.past_due`` and expiries are set-based (a few statements per
 table per batch, the same rules as the one-item functions, which stay the path for a
 failing batch's items); cancellations run each item
@@ -148,6 +150,38 @@ async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     return _keep(keys, rows.all())
 
 
+# -- owners: the customer each key belongs to. A billing job locks nothing beyond its
+# claimed rows but that customer's (credit pools, a new pool's unique key), so batches
+# of different customers can run at once without waiting for each other.
+
+
+async def subscription_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, str]:
+    rows = await s.execute(
+        select(Subscription.id, Subscription.customer_id).where(
+            in_environment(Subscription.environment_id, env), Subscription.id.in_(keys)
+        )
+    )
+    return {k: c for k, c in rows}
+
+
+async def invoice_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, str]:
+    rows = await s.execute(
+        select(Invoice.id, Invoice.customer_id).where(
+            in_environment(Invoice.environment_id, env), Invoice.id.in_(keys)
+        )
+    )
+    return {k: c for k, c in rows}
+
+
+async def grant_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, str]:
+    rows = await s.execute(
+        select(CreditGrant.id, CreditPool.customer_id)
+        .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
+        .where(in_environment(CreditGrant.environment_id, env), CreditGrant.id.in_(keys))
+    )
+    return {k: c for k, c in rows}
+
+
 def register(registry: JobRegistry) -> None:
     def item(name: str, at: datetime | None, key: str) -> DueItem:
         assert at is not None  # every finder selects rows whose due time is set
@@ -288,6 +322,7 @@ def register(registry: JobRegistry) -> None:
         expire_run,
         claim=claim_grants,
         run_batch=_batched(billing.expire_grants_many),
+        owners=grant_owners,
     )
     registry.register(
         "invoice.past_due",
@@ -295,6 +330,7 @@ def register(registry: JobRegistry) -> None:
         past_due_run,
         claim=claim_invoices,
         run_batch=_batched(billing.invoice_past_due_many),
+        owners=invoice_owners,
     )
     registry.register(
         "invoice.due",
@@ -302,9 +338,15 @@ def register(registry: JobRegistry) -> None:
         due_run,
         claim=claim_invoices,
         run_batch=_batched(billing.invoice_due_many),
+        owners=invoice_owners,
     )
     registry.register(
-        "subscription.cancel", cancel_find, cancel_run, batch=True, claim=claim_subscriptions
+        "subscription.cancel",
+        cancel_find,
+        cancel_run,
+        batch=True,
+        claim=claim_subscriptions,
+        owners=subscription_owners,
     )
     registry.register(
         "subscription.renew",
@@ -312,7 +354,13 @@ def register(registry: JobRegistry) -> None:
         renew_run,
         claim=claim_subscriptions,
         run_batch=_batched(billing_batch.renew_many),
+        owners=subscription_owners,
     )
     registry.register(
-        "invoice.refresh", refresh_find, refresh_run, batch=True, claim=claim_invoices
+        "invoice.refresh",
+        refresh_find,
+        refresh_run,
+        batch=True,
+        claim=claim_invoices,
+        owners=invoice_owners,
     )

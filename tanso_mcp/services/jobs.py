@@ -18,8 +18,9 @@ the due set without overlap (SQLite serialises writers: every key is claimed); i
 set-based, or, without one, each item runs in its own savepoint. When a batch fails, its
 items run again one at a time, each in its own savepoint: a failing item is rolled back,
 logged and counted (``RunReport.failed``) while the others commit; it stays due, so the
-next run retries it. On PostgreSQL two batches of one kind and instant run at once, on
-two connections (:func:`_run_batches`).
+next run retries it. On PostgreSQL the batches of a kind that names each item's
+customer (``owners``) run in two lanes at once, split by customer
+(:func:`_run_batches`).
 
 Advancing a test clock runs every item that became due, in time order: the
 environment's clock is set to each item's due time before the item runs, so the work
@@ -32,6 +33,7 @@ import asyncio
 import logging
 import os
 import socket
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -73,6 +75,8 @@ class DueItem:
 FindDue = Callable[[AsyncSession, str, datetime, int], Awaitable[list[DueItem]]]
 RunItem = Callable[[AsyncSession, "AppContext", str, str, datetime], Awaitable[Any]]
 Claim = Callable[[AsyncSession, str, list[str]], Awaitable[list[str]]]
+# the customer each key belongs to (see _run_batches)
+Owners = Callable[[AsyncSession, str, list[str]], Awaitable[dict[str, str]]]
 RunBatch = Callable[[AsyncSession, "AppContext", str, list[str], datetime], Awaitable[int]]
 # A pass runs after an environment's due items, outside any transaction, so it may call
 # the network (e.g. a payment provider): ``run(ctx, environment_id, now) -> items done``.
@@ -89,6 +93,7 @@ class JobKind:
     batch: bool = False
     claim: Claim | None = None
     run_batch: RunBatch | None = None
+    owners: Owners | None = None
 
 
 class JobRegistry:
@@ -110,6 +115,7 @@ class JobRegistry:
         batch: bool = False,
         claim: Claim | None = None,
         run_batch: RunBatch | None = None,
+        owners: Owners | None = None,
     ) -> None:
         if name in self._kinds:
             raise ValueError(f"job {name!r} registered twice")
@@ -121,6 +127,7 @@ class JobRegistry:
             batch=batch or run_batch is not None,
             claim=claim,
             run_batch=run_batch,
+            owners=owners,
         )
 
     def item(self, name: str, at: datetime, key: str) -> DueItem:
@@ -281,27 +288,46 @@ def _lanes(ctx: AppContext) -> int:
     return BATCH_LANES if ctx.db.dialect == "postgresql" else 1
 
 
+def lane_parts(keys: list[str], owner: dict[str, str], lanes: int) -> list[list[str]]:
+    """``keys`` split into ``lanes`` parts, every customer's keys in one part (in their
+    order); a key without an owner is its own."""
+    parts: list[list[str]] = [[] for _ in range(lanes)]
+    for key in keys:
+        parts[zlib.crc32(owner.get(key, key).encode()) % lanes].append(key)
+    return parts
+
+
 async def _run_batches(
     ctx: AppContext, env_id: str, kind: JobKind, keys: list[str], now: datetime, report: RunReport
 ) -> None:
-    """The items of one kind due at one instant, BATCH_SIZE per unit of work. On
-    PostgreSQL two batches run at once on two connections: while one batch's statements
-    run in the database server, the next batch is worked out here, so the run uses both
-    this process's core and the server's. The claims keep the batches apart; a key one
-    batch could not claim because the other held its row (two invoices of one
-    subscription) runs once more after both. SQLite has one writer: one batch at a time."""
-    chunks = iter([keys[at : at + BATCH_SIZE] for at in range(0, len(keys), BATCH_SIZE)])
+    """The items of one kind due at one instant, BATCH_SIZE per unit of work.
+
+    On PostgreSQL, for a kind that says whose each item is (``owners``), the items are
+    split by customer into two lanes that run at once on two connections: while one
+    lane's statements run in the database server, the other's next batch is worked out
+    here, so the run uses this process's core and the server's. Everything a billing
+    job locks beyond its claimed rows (credit pools, a new pool's unique key) belongs to
+    one customer, so the lanes never wait for each other, and cannot deadlock. A key
+    whose claim found its row held (by another process) runs once more after both
+    lanes. SQLite has one writer: one batch at a time."""
+    lanes = _lanes(ctx) if kind.owners is not None else 1
+    if lanes == 1 or len(keys) <= BATCH_SIZE or kind.owners is None:
+        for at in range(0, len(keys), BATCH_SIZE):
+            await _run_batch(ctx, env_id, kind, keys[at : at + BATCH_SIZE], now, report)
+        return
+    async with ctx.db.reader() as s:
+        owner = await kind.owners(s, env_id, keys)
     skipped: list[str] = []
 
-    async def lane() -> None:
-        for chunk in chunks:  # the lanes share the iterator: each chunk runs once
-            skipped.extend(await _run_batch(ctx, env_id, kind, chunk, now, report))
+    async def lane(part: list[str]) -> None:
+        for at in range(0, len(part), BATCH_SIZE):
+            skipped.extend(
+                await _run_batch(ctx, env_id, kind, part[at : at + BATCH_SIZE], now, report)
+            )
 
-    lanes = _lanes(ctx)
-    await asyncio.gather(*(lane() for _ in range(min(lanes, -(-len(keys) // BATCH_SIZE)))))
-    if skipped and lanes > 1:
-        for at in range(0, len(skipped), BATCH_SIZE):
-            await _run_batch(ctx, env_id, kind, skipped[at : at + BATCH_SIZE], now, report)
+    await asyncio.gather(*(lane(part) for part in lane_parts(keys, owner, lanes) if part))
+    for at in range(0, len(skipped), BATCH_SIZE):
+        await _run_batch(ctx, env_id, kind, skipped[at : at + BATCH_SIZE], now, report)
 
 
 async def run_due(
