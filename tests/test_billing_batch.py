@@ -373,15 +373,20 @@ async def test_two_runners_share_a_due_set_without_renewing_anything_twice(
     await b.check()
 
 
-def test_lanes_keep_each_customer_in_one_part():
+def test_batches_keep_each_customer_in_one_unit():
     keys = [f"k{n}" for n in range(40)]
     owner = {k: f"c{n % 7}" for n, k in enumerate(keys)}
-    parts = jobs.lane_parts(keys, owner, 2)
-    assert sorted(k for p in parts for k in p) == sorted(keys)
-    for part in parts:
-        assert part == [k for k in keys if k in part]  # each part keeps the keys' order
-    owners = [{owner[k] for k in p} for p in parts]
-    assert not owners[0] & owners[1] and owners[0] and owners[1]
+    owner["k0"] = owner["k1"] = owner["k2"] = "big"  # more keys than a batch holds
+    owner["k3"] = owner["k4"] = owner["k5"] = "big"
+    del owner["k39"]  # no owner: its own
+    units = jobs.batches_by_owner(keys, owner, 5)
+    batches = [b for u in units for b in u]
+    assert sorted(k for b in batches for k in b) == sorted(keys)
+    assert all(0 < len(b) <= 5 for b in batches)
+    unit_of = {owner.get(k, k): n for n, u in enumerate(units) for b in u for k in b}
+    assert all(unit_of[owner.get(k, k)] == n for n, u in enumerate(units) for b in u for k in b)
+    assert [len(b) for b in units[0]] == [5, 1]  # the big customer's batches, in order
+    assert len(batches) == 9  # packed: 40 keys, 6 of one customer, batches of 5
 
 
 async def test_batches_running_at_once_never_share_a_customer(ctx, tenant, monkeypatch):

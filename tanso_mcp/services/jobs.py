@@ -19,7 +19,7 @@ set-based, or, without one, each item runs in its own savepoint. When a batch fa
 items run again one at a time, each in its own savepoint: a failing item is rolled back,
 logged and counted (``RunReport.failed``) while the others commit; it stays due, so the
 next run retries it. On PostgreSQL the batches of a kind that names each item's
-customer (``owners``) run in two lanes at once, split by customer
+customer (``owners``) are made of whole customers and run several at once
 (:func:`_run_batches`).
 
 Advancing a test clock runs every item that became due, in time order: the
@@ -33,7 +33,6 @@ import asyncio
 import logging
 import os
 import socket
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,7 +53,8 @@ log = logging.getLogger("tanso_mcp.jobs")
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 MAX_ITEMS_PER_RUN = 1_000_000
 BATCH_SIZE = 500
-# batches of one kind and instant running at once on PostgreSQL (see _run_batches)
+# batches of one kind and instant running at once on PostgreSQL (see _run_batches); with
+# the database on the same two cores, three measured no better than two
 BATCH_LANES = 2
 # due items looked up at once while one instant holds more than a look returned: each
 # look queries every kind's finder, so many items due together (renewals on the 1st)
@@ -288,13 +288,27 @@ def _lanes(ctx: AppContext) -> int:
     return BATCH_LANES if ctx.db.dialect == "postgresql" else 1
 
 
-def lane_parts(keys: list[str], owner: dict[str, str], lanes: int) -> list[list[str]]:
-    """``keys`` split into ``lanes`` parts, every customer's keys in one part (in their
-    order); a key without an owner is its own."""
-    parts: list[list[str]] = [[] for _ in range(lanes)]
+def batches_by_owner(keys: list[str], owner: dict[str, str], size: int) -> list[list[list[str]]]:
+    """``keys`` packed into batches of at most ``size`` that keep each customer's keys
+    together, grouped into units (a unit is one batch, or the several batches of a
+    customer with more than ``size`` keys, to run in order): no customer is in two
+    units. A key without an owner is its own."""
+    mine: dict[str, list[str]] = {}
     for key in keys:
-        parts[zlib.crc32(owner.get(key, key).encode()) % lanes].append(key)
-    return parts
+        mine.setdefault(owner.get(key, key), []).append(key)
+    units: list[list[list[str]]] = []
+    batch: list[str] = []
+    for group in mine.values():
+        if len(group) > size:
+            units.append([group[at : at + size] for at in range(0, len(group), size)])
+            continue
+        if len(batch) + len(group) > size:
+            units.append([batch])
+            batch = []
+        batch += group
+    if batch:
+        units.append([batch])
+    return units
 
 
 async def _run_batches(
@@ -302,30 +316,30 @@ async def _run_batches(
 ) -> None:
     """The items of one kind due at one instant, BATCH_SIZE per unit of work.
 
-    On PostgreSQL, for a kind that says whose each item is (``owners``), the items are
-    split by customer into two lanes that run at once on two connections: while one
-    lane's statements run in the database server, the other's next batch is worked out
+    On PostgreSQL, for a kind that says whose each item is (``owners``), the batches
+    are made of whole customers and run BATCH_LANES at a time on as many connections:
+    while one batch's statements run in the database server, the next is worked out
     here, so the run uses this process's core and the server's. Everything a billing
     job locks beyond its claimed rows (credit pools, a new pool's unique key) belongs to
-    one customer, so the lanes never wait for each other, and cannot deadlock. A key
-    whose claim found its row held (by another process) runs once more after both
-    lanes. SQLite has one writer: one batch at a time."""
-    lanes = _lanes(ctx) if kind.owners is not None else 1
+    one customer, so batches running at once never wait for each other, and cannot
+    deadlock. A key whose claim found its row held (by another process) runs once more
+    after the others. SQLite has one writer: one batch at a time."""
+    lanes = _lanes(ctx)
     if lanes == 1 or len(keys) <= BATCH_SIZE or kind.owners is None:
         for at in range(0, len(keys), BATCH_SIZE):
             await _run_batch(ctx, env_id, kind, keys[at : at + BATCH_SIZE], now, report)
         return
     async with ctx.db.reader() as s:
         owner = await kind.owners(s, env_id, keys)
+    units = iter(batches_by_owner(keys, owner, BATCH_SIZE))
     skipped: list[str] = []
 
-    async def lane(part: list[str]) -> None:
-        for at in range(0, len(part), BATCH_SIZE):
-            skipped.extend(
-                await _run_batch(ctx, env_id, kind, part[at : at + BATCH_SIZE], now, report)
-            )
+    async def lane() -> None:
+        for unit in units:  # the lanes share the iterator: each unit runs once
+            for batch in unit:
+                skipped.extend(await _run_batch(ctx, env_id, kind, batch, now, report))
 
-    await asyncio.gather(*(lane(part) for part in lane_parts(keys, owner, lanes) if part))
+    await asyncio.gather(*(lane() for _ in range(lanes)))
     for at in range(0, len(skipped), BATCH_SIZE):
         await _run_batch(ctx, env_id, kind, skipped[at : at + BATCH_SIZE], now, report)
 
