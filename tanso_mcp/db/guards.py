@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from sqlalchemy import any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 
 
 def in_environment(column: Any, env_id: str) -> Any:
@@ -13,3 +17,16 @@ def in_environment(column: Any, env_id: str) -> Any:
     environment and testing the keys on each, a cost that grows with the environment
     instead of with the list."""
     return column.concat("") == env_id
+
+
+def among(s: Any, column: Any, values: Iterable[Any]) -> Any:
+    """``column IN (values)`` for a list of keys (ids of a batch). On PostgreSQL it is
+    written ``column = ANY(:values)`` with one array parameter: the statement's text is
+    the same whatever the number of keys, so the server prepares it once, and the client
+    does not render and type each key as its own parameter (for the 500-key lists of a
+    billing batch that rendering was about a tenth of the run's client CPU)."""
+    keys = list(values)
+    bind = s.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        return column == any_(bindparam(None, keys, type_=ARRAY(column.type)))
+    return column.in_(keys)

@@ -48,7 +48,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.guards import in_environment
+from ..db.guards import among, in_environment
 from ..db.models import (
     CreditPool,
     CreditPoolSubscription,
@@ -1568,7 +1568,9 @@ async def invoice_due_many(
         for inv in (
             await s.scalars(
                 select(Invoice)
-                .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(invoice_ids))
+                .where(
+                    in_environment(Invoice.environment_id, env), among(s, Invoice.id, invoice_ids)
+                )
                 .execution_options(populate_existing=True)
             )
         ).all()
@@ -1639,7 +1641,7 @@ async def invoice_past_due_many(
     invs = (
         await s.scalars(
             select(Invoice)
-            .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(invoice_ids))
+            .where(in_environment(Invoice.environment_id, env), among(s, Invoice.id, invoice_ids))
             .execution_options(populate_existing=True)
         )
     ).all()
@@ -1652,7 +1654,7 @@ async def invoice_past_due_many(
         sub.id: sub
         for sub in await s.scalars(
             select(Subscription)
-            .where(Subscription.id.in_({i.subscription_id for i in invs}))
+            .where(among(s, Subscription.id, {i.subscription_id for i in invs}))
             .execution_options(populate_existing=True)
         )
     }
@@ -1667,7 +1669,7 @@ async def invoice_past_due_many(
     live: dict[str, list[str]] = {}
     for sid, key in await s.execute(
         select(Entitlement.subscription_id, Entitlement.feature_key).where(
-            Entitlement.subscription_id.in_(list({i.subscription_id for i in invs})),
+            among(s, Entitlement.subscription_id, list({i.subscription_id for i in invs})),
             Entitlement.revoked_at.is_(None),
         )
     ):
@@ -1675,7 +1677,9 @@ async def invoice_past_due_many(
     if live:
         await s.execute(
             update(Entitlement)
-            .where(Entitlement.subscription_id.in_(list(live)), Entitlement.revoked_at.is_(None))
+            .where(
+                among(s, Entitlement.subscription_id, list(live)), Entitlement.revoked_at.is_(None)
+            )
             .values(revoked_at=now)
             .execution_options(synchronize_session=False)
         )

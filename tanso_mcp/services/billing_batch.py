@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.guards import in_environment
+from ..db.guards import among, in_environment
 from ..db.models import (
     CreditGrant,
     CreditModel,
@@ -163,7 +163,8 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
         (
             await s.execute(
                 select(*record_of(Subscription)).where(
-                    in_environment(Subscription.environment_id, env), Subscription.id.in_(sub_ids)
+                    in_environment(Subscription.environment_id, env),
+                    among(s, Subscription.id, sub_ids),
                 )
             )
         ).all()
@@ -187,7 +188,7 @@ async def renew_many(s: AsyncSession, env: str, sub_ids: list[str], now: datetim
         c.subscription_id: c
         for c in await s.scalars(
             select(ScheduledChange).where(
-                ScheduledChange.subscription_id.in_([x.id for x in subs]),
+                among(s, ScheduledChange.subscription_id, [x.id for x in subs]),
                 ScheduledChange.status == "PENDING",
             )
         )
@@ -265,7 +266,7 @@ async def _invoices(s: AsyncSession, env: str, work: list[_Renewal], now: dateti
                 Invoice.id,
                 Invoice.metadata_,
             ).where(
-                Invoice.subscription_id.in_([r.sub.id for r in advance]),
+                among(s, Invoice.subscription_id, [r.sub.id for r in advance]),
                 Invoice.type.in_(_RENEWABLE_TYPES),
                 Invoice.period_start.in_(sorted({r.old_start for r in advance})),
             )
@@ -356,7 +357,7 @@ async def _write(s: AsyncSession, env: str, work: list[_Renewal], now: datetime)
         (
             await s.execute(
                 select(Customer.id, Customer.reference_id).where(
-                    Customer.id.in_({r.sub.customer_id for r in work})
+                    among(s, Customer.id, {r.sub.customer_id for r in work})
                 )
             )
         ).all()
@@ -386,7 +387,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
     links: dict[str, list[str]] = defaultdict(list)
     for pool_id, sid in await s.execute(
         select(CreditPoolSubscription.pool_id, CreditPoolSubscription.subscription_id).where(
-            CreditPoolSubscription.subscription_id.in_(ids)
+            among(s, CreditPoolSubscription.subscription_id, ids)
         )
     ):
         links[sid].append(pool_id)
@@ -439,7 +440,9 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
         p.id: _PoolState(p, p.balance_q)
         for p in await s.execute(
             select(*record_of(CreditPool))
-            .where(CreditPool.id.in_(pool_ids), in_environment(CreditPool.environment_id, env))
+            .where(
+                among(s, CreditPool.id, pool_ids), in_environment(CreditPool.environment_id, env)
+            )
             .order_by(CreditPool.id)
             .with_for_update()
         )
@@ -450,7 +453,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
             select(*record_of(CreditGrant))
             .where(
                 in_environment(CreditGrant.environment_id, env),
-                CreditGrant.subscription_id.in_(list(links)),
+                among(s, CreditGrant.subscription_id, list(links)),
                 CreditGrant.grant_type == "PLAN_INCLUDED",
                 CreditGrant.voided_at.is_(None),
                 CreditGrant.remaining_q > 0,
@@ -566,7 +569,7 @@ async def _credits(s: AsyncSession, env: str, work: list[_Renewal], now: datetim
     await s.execute(
         update(CreditPoolSubscription)
         .where(
-            CreditPoolSubscription.subscription_id.in_(ids),
+            among(s, CreditPoolSubscription.subscription_id, ids),
             CreditPoolSubscription.total_drawn_q != 0,
         )
         .values(total_drawn_q=0)
@@ -635,7 +638,7 @@ async def _pool_ids(
     rows = await s.execute(
         select(CreditPool.customer_id, CreditPool.denomination, CreditPool.id).where(
             CreditPool.environment_id == env,
-            CreditPool.customer_id.in_({c for c, _d in wanted}),
+            among(s, CreditPool.customer_id, {c for c, _d in wanted}),
             CreditPool.denomination.in_({d for _c, d in wanted}),
         )
     )
@@ -647,7 +650,7 @@ async def _entitlements(s: AsyncSession, env: str, work: list[_Renewal], now: da
     existing: dict[str, list[Any]] = defaultdict(list)
     for row in await s.execute(
         select(*record_of(Entitlement)).where(
-            Entitlement.subscription_id.in_([r.sub.id for r in work])
+            among(s, Entitlement.subscription_id, [r.sub.id for r in work])
         )
     ):
         existing[row.subscription_id].append(row)

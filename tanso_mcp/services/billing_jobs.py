@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..db.guards import in_environment
+from ..db.guards import among, in_environment
 from ..db.models import CreditGrant, CreditPool, Environment, Invoice, Subscription, UsageCounter
 from ..principal import Principal
 from . import billing, billing_batch
@@ -107,7 +107,7 @@ def _keep(keys: list[str], claimed: Any) -> list[str]:
 async def claim_subscriptions(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     rows = await s.scalars(
         select(Subscription.id)
-        .where(in_environment(Subscription.environment_id, env), Subscription.id.in_(keys))
+        .where(in_environment(Subscription.environment_id, env), among(s, Subscription.id, keys))
         .order_by(Subscription.id)
         .with_for_update(skip_locked=True)
     )
@@ -121,7 +121,7 @@ async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str
         select(Invoice.id)
         .where(
             in_environment(Invoice.environment_id, env),
-            Invoice.id.in_(keys),
+            among(s, Invoice.id, keys),
             Invoice.subscription_id.is_(None),
         )
         .order_by(Invoice.id)
@@ -131,7 +131,7 @@ async def claim_invoices(s: AsyncSession, env: str, keys: list[str]) -> list[str
     rows = await s.scalars(
         select(Invoice.id)
         .join(Subscription, Subscription.id == Invoice.subscription_id)
-        .where(in_environment(Invoice.environment_id, env), Invoice.id.in_(keys))
+        .where(in_environment(Invoice.environment_id, env), among(s, Invoice.id, keys))
         .order_by(Subscription.id)
         .with_for_update(skip_locked=True, of=Subscription)
     )
@@ -143,7 +143,7 @@ async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
     rows = await s.scalars(
         select(CreditGrant.id)
         .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
-        .where(in_environment(CreditGrant.environment_id, env), CreditGrant.id.in_(keys))
+        .where(in_environment(CreditGrant.environment_id, env), among(s, CreditGrant.id, keys))
         .order_by(CreditPool.id)
         .with_for_update(skip_locked=True, of=CreditPool)
     )
@@ -158,7 +158,7 @@ async def claim_grants(s: AsyncSession, env: str, keys: list[str]) -> list[str]:
 async def subscription_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, str]:
     rows = await s.execute(
         select(Subscription.id, Subscription.customer_id).where(
-            in_environment(Subscription.environment_id, env), Subscription.id.in_(keys)
+            in_environment(Subscription.environment_id, env), among(s, Subscription.id, keys)
         )
     )
     return {k: c for k, c in rows}
@@ -167,7 +167,7 @@ async def subscription_owners(s: AsyncSession, env: str, keys: list[str]) -> dic
 async def invoice_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, str]:
     rows = await s.execute(
         select(Invoice.id, Invoice.customer_id).where(
-            in_environment(Invoice.environment_id, env), Invoice.id.in_(keys)
+            in_environment(Invoice.environment_id, env), among(s, Invoice.id, keys)
         )
     )
     return {k: c for k, c in rows}
@@ -177,7 +177,7 @@ async def grant_owners(s: AsyncSession, env: str, keys: list[str]) -> dict[str, 
     rows = await s.execute(
         select(CreditGrant.id, CreditPool.customer_id)
         .join(CreditPool, CreditPool.id == CreditGrant.pool_id)
-        .where(in_environment(CreditGrant.environment_id, env), CreditGrant.id.in_(keys))
+        .where(in_environment(CreditGrant.environment_id, env), among(s, CreditGrant.id, keys))
     )
     return {k: c for k, c in rows}
 

@@ -41,6 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import among
 from ..db.models import Customer, Invoice, InvoiceItem, Plan, Subscription
 from ..db.records import record_of
 from ..db.scale import qty_to_int
@@ -421,7 +422,7 @@ async def items_of(s: AsyncSession, invoice_ids: list[str]) -> dict[str, list[In
         return out
     rows = await s.scalars(
         select(InvoiceItem)
-        .where(InvoiceItem.invoice_id.in_(invoice_ids))
+        .where(among(s, InvoiceItem.invoice_id, invoice_ids))
         .order_by(InvoiceItem.created_at, InvoiceItem.id)
         .execution_options(populate_existing=True)
     )
@@ -476,7 +477,7 @@ async def current_many(
     subs = {  # records (read-only rows): only read for their usage
         sub.id: sub
         for sub in await s.execute(
-            select(*record_of(Subscription)).where(Subscription.id.in_(sub_ids))
+            select(*record_of(Subscription)).where(among(s, Subscription.id, sub_ids))
         )
     }
     plans = {p.id: p for p in await s.scalars(select(Plan).where(Plan.id.in_(plan_ids)))}
@@ -547,7 +548,9 @@ async def _store_lines(
         by_kinds.setdefault(cur.recomputed_kinds, []).append(inv.id)
     for kinds, ids in by_kinds.items():
         await s.execute(
-            delete(InvoiceItem).where(InvoiceItem.invoice_id.in_(ids), InvoiceItem.kind.in_(kinds))
+            delete(InvoiceItem).where(
+                among(s, InvoiceItem.invoice_id, ids), InvoiceItem.kind.in_(kinds)
+            )
         )
     await _insert_many_rows(
         s,

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ..db.guards import among
 from ..db.models import Customer, Invoice, Plan, ScheduledChange, Subscription
 from ..domain.entitlements import PAST_DUE_INVOICE_STATUS, is_past_due, subscription_status
 from .views import plan_view
@@ -35,7 +36,7 @@ async def past_due_ids(s: AsyncSession, sub_ids: list[str]) -> set[str]:
     for sid, status in (
         await s.execute(
             select(Invoice.subscription_id, Invoice.status)
-            .where(Invoice.subscription_id.in_(sub_ids))
+            .where(among(s, Invoice.subscription_id, sub_ids))
             .distinct()
         )
     ).all():
@@ -109,7 +110,8 @@ async def subscriptions_for_customer_view(s: AsyncSession, c: Customer) -> list[
         for sc in (
             await s.execute(
                 select(ScheduledChange).where(
-                    ScheduledChange.subscription_id.in_(ids), ScheduledChange.status == "PENDING"
+                    among(s, ScheduledChange.subscription_id, ids),
+                    ScheduledChange.status == "PENDING",
                 )
             )
         ).scalars()
