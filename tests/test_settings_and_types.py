@@ -141,3 +141,25 @@ def test_scaled_quantities_are_exact():
     assert qty_to_int(Decimal("0.00005")) == 1  # half-up at 4 dp
     assert int_to_qty(qty_to_int(Decimal("123456789.1234"))) == Decimal("123456789.1234")
     assert micros_to(micros_from(Decimal("0.0125"))) == Decimal("0.012500")
+
+
+@pytest.mark.anyio
+async def test_a_key_list_matches_whole_keys_only(ctx):
+    """``among`` (an array parameter on PostgreSQL, IN on SQLite) matches exactly what
+    IN matches: no key cut to the column's length, nothing for an empty list."""
+    from tanso_mcp.db.guards import among
+    from tanso_mcp.db.models import Account
+
+    t = datetime(2026, 5, 1, tzinfo=UTC)
+    async with ctx.db.unit_of_work() as s:
+        a, b = Account(name="among-a", created_at=t), Account(name="among-b", created_at=t)
+        s.add_all([a, b])
+    async with ctx.db.reader() as s:
+
+        async def names(keys: list[str]) -> list[str]:
+            q = select(Account.name).where(among(s, Account.id, keys)).order_by(Account.name)
+            return list(await s.scalars(q))
+
+        assert await names([a.id, b.id, "nope"]) == ["among-a", "among-b"]
+        assert await names([a.id + "XYZ"]) == []
+        assert await names([]) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import any_, bindparam
+from sqlalchemy import String, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 
 
@@ -28,5 +28,8 @@ def among(s: Any, column: Any, values: Iterable[Any]) -> Any:
     keys = list(values)
     bind = s.bind
     if bind is not None and bind.dialect.name == "postgresql":
-        return column == any_(bindparam(None, keys, type_=ARRAY(column.type)))
+        # no length on the elements: a cast to VARCHAR(36)[] would cut a longer key to
+        # 36 characters and match the row it starts with
+        item = String() if isinstance(column.type, String) else column.type
+        return column == any_(bindparam(None, keys, type_=ARRAY(item)))
     return column.in_(keys)

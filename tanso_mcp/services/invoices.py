@@ -548,9 +548,11 @@ async def _store_lines(
         by_kinds.setdefault(cur.recomputed_kinds, []).append(inv.id)
     for kinds, ids in by_kinds.items():
         await s.execute(
-            delete(InvoiceItem).where(
-                among(s, InvoiceItem.invoice_id, ids), InvoiceItem.kind.in_(kinds)
-            )
+            delete(InvoiceItem)
+            .where(among(s, InvoiceItem.invoice_id, ids), InvoiceItem.kind.in_(kinds))
+            # the loaded items are marked deleted by the ids the statement returns (the
+            # ORM cannot evaluate "= ANY" in Python, and would find that out each time)
+            .execution_options(synchronize_session="fetch")
         )
     await _insert_many_rows(
         s,
