@@ -7,12 +7,14 @@ fallback to the general path, never a wrong answer."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
 from tanso_mcp.services.metering.inputs import parse_event
-from tanso_mcp.services.metering.pgfast import max_used_before
+from tanso_mcp.services.metering import pgfast
+from tanso_mcp.services.metering.pgfast import _micros, _texts, max_used_before
 from tanso_mcp.services.metering.service import metering
 from tests.metering_factories import make_plan, subscribe
 
@@ -21,10 +23,14 @@ pytestmark = pytest.mark.anyio
 LIMIT = 30
 
 
-@pytest.fixture
-def pg(ctx):
+@pytest.fixture(params=["one statement", "two statements"])
+def pg(ctx, request, monkeypatch):
+    """Each test runs with the lane's small-batch form (one statement) and its
+    large-batch form (events, then counters, in one transaction)."""
     if ctx.db.dialect == "sqlite":
         pytest.skip("the one-statement lane is PostgreSQL's")
+    if request.param == "two statements":
+        monkeypatch.setattr(pgfast, "SPLIT_AT", 1)
     return ctx
 
 
@@ -111,6 +117,56 @@ async def test_a_change_made_elsewhere_is_seen_by_the_next_batch(pg, tenant):
     hits = writer.fast.hits
     (o,) = await writer.submit(events(pg, env, "later", 1))
     assert writer.fast.hits == hits + 1 and o.subscription_id is None
+    rows = await sql(
+        pg, "SELECT subscription_id, revenue_micros FROM events WHERE idempotency_key = 'later0'"
+    )
+    assert rows == [(None, None)]
+
+
+async def test_the_lane_stores_every_value_as_sent(pg, tenant):
+    """The events' columns travel as one joined string each: keys holding commas,
+    quotes, braces or backslashes arrive intact, times keep their microseconds, and a
+    key holding the separator itself sends its batch to the general path."""
+    env = tenant.env_ids["test"]
+    sub = await setup(pg, env)
+    writer = metering(pg).writer
+    await writer.submit(events(pg, env, "warm", 1))
+    now = pg.clocks.system_now()
+    odd = ["a,b", '{"q"}', "back\\slash", "NULL", "ünï ⌘", "x y", "", "'; --"]
+    items = [
+        parse_event(
+            {
+                "eventIdempotencyKey": f"k{key}",
+                "eventName": f"n{key}",
+                "customerReferenceId": "cus_1",
+                "featureKey": "capped",
+                "occurredAt": (now - timedelta(microseconds=7919 * i + 1)).isoformat(),
+            },
+            environment_id=env,
+            now=now,
+            future_skew_seconds=300,
+        )
+        for i, key in enumerate(odd)
+    ]
+    hits = writer.fast.hits
+    outcomes = await writer.submit(items)
+    assert writer.fast.hits == hits + 1
+    assert {o.status for o in outcomes} == {"accepted"}
+    rows = await sql(
+        pg,
+        "SELECT id, idempotency_key, event_name, occurred_at, created_at, subscription_id, "
+        "usage_q, revenue_micros FROM events WHERE idempotency_key <> 'warm0'",
+    )
+    expected = [
+        (o.event_id, i.key, i.event_name, i.occurred_at, now, sub, 10_000, 500_000)
+        for o, i in zip(outcomes, items, strict=True)
+    ]
+    assert sorted(rows) == sorted(expected)
+
+    (o,) = await writer.submit(events(pg, env, "sep\x1f", 1))
+    assert o.status == "accepted" and writer.fast.hits == hits + 1
+    rows = await sql(pg, "SELECT event_name FROM events WHERE idempotency_key = 'sep\x1f0'")
+    assert rows == [("lane",)]
 
 
 async def test_a_limit_brought_within_reach_elsewhere_is_decided_on_the_locked_counter(pg, tenant):
@@ -155,6 +211,14 @@ async def test_a_key_stored_before_is_a_duplicate(pg, tenant):
     assert await sql(pg, "SELECT used_q FROM usage_counters") == [(30_000,)]
 
 
+def test_a_joined_column_refuses_its_separator_and_keeps_microseconds():
+    assert _texts(["a", "b,c", "{d}"]) == "a\x1fb,c\x1f{d}"
+    assert _texts(["a", "b\x1fc"]) is None  # would split into one value too many
+    at = datetime(2026, 12, 1, 3, 4, 5, 123457, tzinfo=UTC)
+    assert _micros([at, at]) == "1796094245123457,1796094245123457"
+    assert _micros([datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC)]) == "1"
+
+
 def test_the_bound_sent_to_sql_follows_the_domain_rule():
     # a limit of 30 (scaled): from 25 used, 4 more stay below it; from 26 they reach it
     assert max_used_before(30, 4) == 25
@@ -165,8 +229,6 @@ def test_the_bound_sent_to_sql_follows_the_domain_rule():
 async def test_a_failing_lane_leaves_the_batch_to_the_general_path(pg, tenant, monkeypatch):
     """The lane is an optimisation: when it fails for a reason a retry would not cure
     (here: an exception inside it), the same batch is written by the general path."""
-    from tanso_mcp.services.metering import pgfast
-
     env = tenant.env_ids["test"]
     sub = await setup(pg, env)
     writer = metering(pg).writer
