@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from tanso_mcp.services.metering.inputs import parse_event
 from tanso_mcp.services.metering import pgfast
+from tanso_mcp.services.metering.inputs import parse_event
 from tanso_mcp.services.metering.pgfast import _micros, _texts, max_used_before
 from tanso_mcp.services.metering.service import metering
 from tests.metering_factories import make_plan, subscribe

@@ -105,6 +105,7 @@ class Effects:
     pools: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     pool_customers: set[str] = field(default_factory=set)
     catalog_changed: set[str] = field(default_factory=set)  # environment ids
+    announced: bool = False  # the change feed's notice went out with the commit itself
 
 
 @dataclass(slots=True)

@@ -304,14 +304,21 @@ class MeteringCache:
     def apply(self, effects: Effects, generations: dict[str, int]) -> None:
         """Take over the values a metering transaction committed (called on the event
         loop after the commit, before the requests are answered). ``generations``: each
-        environment's generation when the batch started."""
+        environment's generation when the batch started.
+
+        The writer commits up to two batches at once, and their answers may come back in
+        either order; what a counter or pool holds only ever grows by usage (counters
+        are only added to, a pool's consumption likewise), so values smaller than those
+        already cached come from the earlier commit and are not taken."""
         now = time.monotonic()
         for env_id, counters in effects.counters.items():
             cache = self.envs.get(env_id)
             for key, (used, over) in counters.items():
                 self.counter_epoch[key] = self.counter_epoch.get(key, 0) + 1
                 if cache is not None:
-                    cache.counters[key] = (used, over, now)
+                    held = cache.counters.get(key)
+                    if held is None or used >= held[0]:
+                        cache.counters[key] = (used, over, now)
         for customer_id in effects.pool_customers:
             self.customer_epoch[customer_id] = self.customer_epoch.get(customer_id, 0) + 1
         for env_id, pools in effects.pools.items():
@@ -328,7 +335,7 @@ class MeteringCache:
                 continue
             for pool_id, values in pools.items():
                 pool = cache.pools_by_id.get(pool_id)
-                if pool is not None:
+                if pool is not None and values["total_consumed_q"] >= pool.total_consumed_q:
                     pool.balance_q = values["balance_q"]
                     pool.total_consumed_q = values["total_consumed_q"]
                     for sub_id, drawn in values.get("drawn", {}).items():

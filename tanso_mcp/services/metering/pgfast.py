@@ -236,12 +236,15 @@ class FastLane:
         return entry
 
     def observe(self, effects: Effects) -> None:
-        """Counter values a commit of this process published (either path)."""
+        """Counter values a commit of this process published (either path; the larger
+        one when two lanes' commits come back out of order: counters only grow)."""
         if len(self.used) > MAX_ENTRIES:
             self.used.clear()
+        used_now = self.used
         for counters in effects.counters.values():
             for key, (used, _) in counters.items():
-                self.used[key] = used
+                if used > used_now.get(key, -1):
+                    used_now[key] = used
 
     def forget(self, env: str, pairs: set[tuple[str, str]]) -> None:
         for ref, key in pairs:

@@ -1,0 +1,115 @@
+"""The metering writer's lanes: on PostgreSQL a process writes two group-commit batches
+at once, and their commits may be answered in either order. The cache keeps the later
+state (counters and pool consumption only grow), and the lanes together still count
+every event exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from tanso_mcp.db.models import Event, UsageCounter
+from tanso_mcp.services.metering import writer as writer_module
+from tanso_mcp.services.metering.batch import Effects
+from tanso_mcp.services.metering.cache import PoolInfo
+from tanso_mcp.services.metering.inputs import parse_event
+from tanso_mcp.services.metering.service import metering
+from tests.metering_factories import make_plan, subscribe
+
+pytestmark = pytest.mark.anyio
+
+KEY = ("sub_1", "feat_1", datetime(2026, 1, 1, tzinfo=UTC))
+
+
+async def test_an_earlier_commit_answered_late_leaves_the_counter_alone(ctx, tenant):
+    env = tenant.env_ids["test"]
+    cache = metering(ctx).cache
+    counters = cache.env(env).counters
+    generations = {env: ctx.generation(env)}
+    cache.apply(Effects(counters={env: {KEY: (200, 20)}}), generations)
+    cache.apply(Effects(counters={env: {KEY: (100, 10)}}), generations)  # the earlier one
+    assert counters[KEY][:2] == (200, 20)
+    cache.apply(Effects(counters={env: {KEY: (300, 30)}}), generations)
+    assert counters[KEY][:2] == (300, 30)
+
+
+async def test_an_earlier_commit_answered_late_leaves_the_pool_alone(ctx, tenant):
+    env = tenant.env_ids["test"]
+    cache = metering(ctx).cache
+    pool = PoolInfo("pool_1", "credits", 700, 1000, 300, True, "ACTIVE", {})
+    cache.env(env).pools_by_id[pool.id] = pool
+    generations = {env: ctx.generation(env)}
+
+    def drawn(balance: int, consumed: int) -> Effects:
+        values = {"balance_q": balance, "total_consumed_q": consumed, "customer_id": "c"}
+        return Effects(pools={env: {pool.id: values}})
+
+    cache.apply(drawn(800, 200), generations)  # committed before the values held
+    assert (pool.balance_q, pool.total_consumed_q) == (700, 300)
+    cache.apply(drawn(600, 400), generations)
+    assert (pool.balance_q, pool.total_consumed_q) == (600, 400)
+
+
+async def test_two_lanes_write_at_once_and_count_every_event_once(ctx, tenant, monkeypatch):
+    """Many concurrent requests on one counter: on PostgreSQL both lanes take batches
+    (their statements overlap in time), every event is stored once and the counter and
+    the cache hold the sum."""
+    env = tenant.env_ids["test"]
+    plan = await make_plan(
+        ctx,
+        env,
+        key="lanes",
+        timing="IN_ARREARS",
+        features={
+            "metered": json.dumps(
+                {"pricing": {"model": "usage", "usage_unit_type": "u", "price_per_unit": "1"}}
+            )
+        },
+    )
+    await subscribe(ctx, env, "cus_1", plan["plan_id"])
+    writer = metering(ctx).writer
+    in_flight = peak = 0
+    execute = writer._execute
+
+    async def counting(items):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await execute(items)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(writer, "_execute", counting)
+    # a lane takes at most 100 queued events, so the burst below needs several batches
+    monkeypatch.setattr(writer, "max_events", 100)
+    now = ctx.clocks.system_now()
+
+    def unit(n: int) -> list:
+        return [
+            parse_event(
+                {
+                    "eventIdempotencyKey": f"u{n}-{i}",
+                    "eventName": "lanes",
+                    "customerReferenceId": "cus_1",
+                    "featureKey": "metered",
+                },
+                environment_id=env,
+                now=now,
+                future_skew_seconds=300,
+            )
+            for i in range(20)
+        ]
+
+    results = await asyncio.gather(*(writer.submit(unit(n)) for n in range(60)))
+    assert all(o.status == "accepted" for outcomes in results for o in outcomes)
+    async with ctx.db.reader() as s:
+        assert await s.scalar(select(func.count()).select_from(Event)) == 1200
+        used = await s.scalar(select(func.sum(UsageCounter.used_q)))
+    assert used == 1200 * 10_000
+    expected_lanes = 1 if ctx.db.dialect == "sqlite" else writer_module.PG_LANES
+    assert peak == expected_lanes
