@@ -1,5 +1,5 @@
-"""The metering writer's lanes: on PostgreSQL a process writes two group-commit batches
-at once, and their commits may be answered in either order. The cache keeps the later
+"""The metering writer's lanes: on PostgreSQL, under a backlog, a process writes two
+group-commit batches at once, and their commits may be answered in either order. The cache keeps the later
 state (counters and pool consumption only grow), and the lanes together still count
 every event exactly once."""
 
@@ -54,11 +54,7 @@ async def test_an_earlier_commit_answered_late_leaves_the_pool_alone(ctx, tenant
     assert (pool.balance_q, pool.total_consumed_q) == (600, 400)
 
 
-async def test_two_lanes_write_at_once_and_count_every_event_once(ctx, tenant, monkeypatch):
-    """Many concurrent requests on one counter: on PostgreSQL both lanes take batches
-    (their statements overlap in time), every event is stored once and the counter and
-    the cache hold the sum."""
-    env = tenant.env_ids["test"]
+async def _metered_customer(ctx, env):
     plan = await make_plan(
         ctx,
         env,
@@ -71,26 +67,12 @@ async def test_two_lanes_write_at_once_and_count_every_event_once(ctx, tenant, m
         },
     )
     await subscribe(ctx, env, "cus_1", plan["plan_id"])
-    writer = metering(ctx).writer
-    in_flight = peak = 0
-    execute = writer._execute
 
-    async def counting(items):
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            return await execute(items)
-        finally:
-            in_flight -= 1
 
-    monkeypatch.setattr(writer, "_execute", counting)
-    # a lane takes at most 100 queued events, so the burst below needs several batches
-    monkeypatch.setattr(writer, "max_events", 100)
+def _units(ctx, env, count: int, size: int) -> list[list]:
     now = ctx.clocks.system_now()
-
-    def unit(n: int) -> list:
-        return [
+    return [
+        [
             parse_event(
                 {
                     "eventIdempotencyKey": f"u{n}-{i}",
@@ -102,14 +84,60 @@ async def test_two_lanes_write_at_once_and_count_every_event_once(ctx, tenant, m
                 now=now,
                 future_skew_seconds=300,
             )
-            for i in range(20)
+            for i in range(size)
         ]
+        for n in range(count)
+    ]
 
-    results = await asyncio.gather(*(writer.submit(unit(n)) for n in range(60)))
+
+def _count_overlap(writer, monkeypatch) -> dict[str, int]:
+    seen = {"in_flight": 0, "peak": 0}
+    execute = writer._execute
+
+    async def counting(items):
+        seen["in_flight"] += 1
+        seen["peak"] = max(seen["peak"], seen["in_flight"])
+        try:
+            return await execute(items)
+        finally:
+            seen["in_flight"] -= 1
+
+    monkeypatch.setattr(writer, "_execute", counting)
+    return seen
+
+
+async def test_two_lanes_write_at_once_and_count_every_event_once(ctx, tenant, monkeypatch):
+    """Many concurrent requests on one counter: on PostgreSQL both lanes take batches
+    (their statements overlap in time), every event is stored once and the counter and
+    the cache hold the sum."""
+    env = tenant.env_ids["test"]
+    await _metered_customer(ctx, env)
+    writer = metering(ctx).writer
+    seen = _count_overlap(writer, monkeypatch)
+    # a lane takes at most 100 queued events, so the burst below needs several batches
+    monkeypatch.setattr(writer, "max_events", 100)
+
+    units = _units(ctx, env, 60, 20)
+    results = await asyncio.gather(*(writer.submit(unit) for unit in units))
     assert all(o.status == "accepted" for outcomes in results for o in outcomes)
     async with ctx.db.reader() as s:
         assert await s.scalar(select(func.count()).select_from(Event)) == 1200
         used = await s.scalar(select(func.sum(UsageCounter.used_q)))
     assert used == 1200 * 10_000
-    expected_lanes = 1 if ctx.db.dialect == "sqlite" else writer_module.PG_LANES
-    assert peak == expected_lanes
+    assert seen["peak"] == (1 if ctx.db.dialect == "sqlite" else 2)
+
+
+async def test_the_second_lane_waits_for_a_backlog(ctx, tenant, monkeypatch):
+    """Fewer queued events than ``SECOND_LANE_AT``: one lane writes them all, batch
+    after batch, and the second stays idle."""
+    env = tenant.env_ids["test"]
+    await _metered_customer(ctx, env)
+    writer = metering(ctx).writer
+    seen = _count_overlap(writer, monkeypatch)
+    monkeypatch.setattr(writer, "max_events", 10)
+
+    units = _units(ctx, env, writer_module.SECOND_LANE_AT - 1, 1)
+    results = await asyncio.gather(*(writer.submit(unit) for unit in units))
+    assert all(o.status == "accepted" for outcomes in results for o in outcomes)
+    assert writer.batches >= len(units) // 10
+    assert seen["peak"] == 1

@@ -26,12 +26,15 @@ Where the work runs:
   the synchronous code can wait on it), in a transaction opened here; rows are locked in
   a fixed order, so several processes' writers never deadlock; a lost race on an
   idempotency key (another process committed the same key first) fails the events'
-  ``COPY``, and the retry then sees the key and answers ``duplicate``. Each process
-  writes ``PG_LANES`` batches at once, on as many connections, both taking from the
-  one queue: while the server inserts one batch, the next is worked out in Python
-  (measured: 1000-event batches 59k → 71k events/s with one worker). The two commit in
-  either order, so the cache takes a committed counter or pool over only when it is not
-  older than what it holds (``MeteringCache.apply``).
+  ``COPY``, and the retry then sees the key and answers ``duplicate``. Under a
+  backlog a second lane writes a batch beside the first, on its own connection, both
+  taking from the one queue: while the server inserts one batch, the next is worked
+  out in Python (measured: 1000-event batches 59k → 71k events/s with one worker).
+  The second lane only takes work while at least ``SECOND_LANE_AT`` events wait: small
+  batches gain nothing from it, and two lanes raising one customer's counter at once
+  only queue on its row lock. The two commit in either order, so the cache takes a
+  committed counter or pool over only when it is not older than what it holds
+  (``MeteringCache.apply``).
 
 The first attempt at a batch skips the duplicate probe (``probe=False``): the events'
 unique index refuses a duplicate, the transaction rolls back, and the retry probes the
@@ -72,7 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tanso_mcp.metering")
 
 RETRIES = 6
-PG_LANES = 2
+# PostgreSQL: events waiting in the queue before the second lane writes a batch too
+SECOND_LANE_AT = 200
 WAL_CHECKPOINT_PAGES = 10_000
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock
 _RETRY_STATES = {"40001", "40P01"}
@@ -106,6 +110,8 @@ class MeteringWriter:
         self.on_commit = on_commit
         self.is_sqlite = ctx.db.dialect == "sqlite"
         self._queue: asyncio.Queue | None = None
+        self._queued = 0  # events in the queue
+        self._backlog: asyncio.Event | None = None  # set when SECOND_LANE_AT are queued
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -128,12 +134,15 @@ class MeteringWriter:
             raise RuntimeError("the metering writer is closed")
         self._loop = loop
         self._queue = asyncio.Queue()
+        self._queued = 0
+        self._backlog = asyncio.Event()
         if self.is_sqlite and self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="tanso-writer")
-        lanes = 1 if self.is_sqlite else PG_LANES
-        self._tasks = [
-            loop.create_task(self._run(), name=f"tanso-metering-writer-{n}") for n in range(lanes)
-        ]
+        self._tasks = [loop.create_task(self._run(), name="tanso-metering-writer")]
+        if not self.is_sqlite:  # SQLite has one writer at a time anyway
+            self._tasks.append(
+                loop.create_task(self._run(second=True), name="tanso-metering-writer-2")
+            )
 
     async def close(self, drain_seconds: float = 30.0) -> None:
         self._closed = True
@@ -186,20 +195,31 @@ class MeteringWriter:
         self.start()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((items, fut))  # type: ignore[union-attr]
+        self._queued += len(items)
+        if self._queued >= SECOND_LANE_AT:
+            self._backlog.set()  # type: ignore[union-attr]
         return await fut
 
     # ------------------------------------------------------------------ loop
 
-    async def _run(self) -> None:
-        queue = self._queue
-        assert queue is not None
+    async def _run(self, second: bool = False) -> None:
+        queue, backlog = self._queue, self._backlog
+        assert queue is not None and backlog is not None
         while True:
-            units = [await queue.get()]
+            if second:
+                if self._queued < SECOND_LANE_AT:
+                    backlog.clear()
+                    await backlog.wait()
+                    continue
+                units = [queue.get_nowait()]
+            else:
+                units = [await queue.get()]
             count = len(units[0][0])
             while count < self.max_events and not queue.empty():
                 unit = queue.get_nowait()
                 units.append(unit)
                 count += len(unit[0])
+            self._queued -= count
             try:
                 await self._write(units)
             except asyncio.CancelledError:
