@@ -47,6 +47,7 @@ from typing import Any
 from ...db.changefeed import CHANNEL, ChangeFeed
 from ...domain.entitlements import REASON_LIMIT, verdict
 from .batch import (
+    _EVENT_COLUMNS,
     ACCEPTED,
     Effects,
     Outcome,
@@ -139,14 +140,36 @@ def _counters(gate: str) -> str:
     )
 
 
+# what the lane stores in each of the general path's event columns (a column added
+# there without a value here fails at import): a plain event's usage is all billable
+# overage, no credits, no limit reached
+_LANE_VALUES = {
+    "id": "e.id",
+    "environment_id": ":env",
+    "idempotency_key": "e.k",
+    "event_type": ":event_type",
+    "event_name": "e.n",
+    "customer_id": "e.c",
+    "feature_id": "e.f",
+    "subscription_id": "e.s",
+    "occurred_at": "e.at",
+    "usage_q": "e.u",
+    "billable_q": "e.u",
+    "overage_q": "e.u",
+    "credits_deducted_q": "0",
+    "usage_limit_exceeded": "false",
+    "revenue_micros": "e.r",
+    "context": "NULL",
+    "created_at": "e.cr",
+}
+
+
 def _insert(gate: str) -> str:
     """Insert the events when ``gate`` holds."""
     return (
-        "ins AS (INSERT INTO events (id, environment_id, idempotency_key, event_type, "
-        "event_name, customer_id, feature_id, subscription_id, occurred_at, usage_q, "
-        "billable_q, overage_q, credits_deducted_q, usage_limit_exceeded, revenue_micros, "
-        "context, created_at) SELECT e.id, :env, e.k, :event_type, e.n, e.c, e.f, e.s, e.at, "
-        "e.u, e.u, e.u, 0, false, e.r, NULL, e.cr FROM (SELECT e.id, e.k, e.n, e.c, e.f, e.s, "
+        f"ins AS (INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+        f"SELECT {', '.join(_LANE_VALUES[column] for column in _EVENT_COLUMNS)} "
+        "FROM (SELECT e.id, e.k, e.n, e.c, e.f, e.s, "
         # microseconds since the epoch, below 2^53: exact through the float factor
         "e.u, e.r, timestamptz 'epoch' + e.at * interval '1 microsecond' AS at, "
         "timestamptz 'epoch' + e.cr * interval '1 microsecond' AS cr FROM unnest("
