@@ -22,9 +22,17 @@ from tanso_mcp.db.models import (
 from tanso_mcp.db.scale import qty_to_int
 from tanso_mcp.domain.periods import add_months
 from tanso_mcp.services import credits, customers
+from tanso_mcp.services.metering.inputs import EventIn, parse_event
 from tests.factories import make_plan
 
-__all__ = ["give_credits", "ledger_problems", "make_plan", "metered_setup", "subscribe"]
+__all__ = [
+    "give_credits",
+    "ledger_problems",
+    "make_plan",
+    "metered_setup",
+    "subscribe",
+    "usage_events",
+]
 
 
 async def subscribe(
@@ -177,3 +185,26 @@ async def metered_setup(
 
 def at(base: datetime, **delta: float) -> datetime:
     return base + timedelta(**delta)
+
+
+def usage_events(
+    ctx: AppContext, env: str, keys: list[str], *, feature: str, name: str, units: int = 1
+) -> list[EventIn]:
+    """One parsed usage event of ``cus_1`` on ``feature`` per idempotency key, dated now,
+    as the writer receives them."""
+    now = ctx.clocks.system_now()
+    return [
+        parse_event(
+            {
+                "eventIdempotencyKey": key,
+                "eventName": name,
+                "customerReferenceId": "cus_1",
+                "featureKey": feature,
+                "usageUnits": units,
+            },
+            environment_id=env,
+            now=now,
+            future_skew_seconds=300,
+        )
+        for key in keys
+    ]

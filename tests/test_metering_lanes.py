@@ -6,7 +6,6 @@ every event exactly once."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 
 import pytest
@@ -16,9 +15,8 @@ from tanso_mcp.db.models import Event, UsageCounter
 from tanso_mcp.services.metering import writer as writer_module
 from tanso_mcp.services.metering.batch import Effects
 from tanso_mcp.services.metering.cache import PoolInfo
-from tanso_mcp.services.metering.inputs import parse_event
 from tanso_mcp.services.metering.service import metering
-from tests.metering_factories import make_plan, subscribe
+from tests.metering_factories import metered_setup, usage_events
 
 pytestmark = pytest.mark.anyio
 
@@ -55,37 +53,13 @@ async def test_an_earlier_commit_answered_late_leaves_the_pool_alone(ctx, tenant
 
 
 async def _metered_customer(ctx, env):
-    plan = await make_plan(
-        ctx,
-        env,
-        key="lanes",
-        timing="IN_ARREARS",
-        features={
-            "metered": json.dumps(
-                {"pricing": {"model": "usage", "usage_unit_type": "u", "price_per_unit": "1"}}
-            )
-        },
-    )
-    await subscribe(ctx, env, "cus_1", plan["plan_id"])
+    rule = {"pricing": {"model": "usage", "usage_unit_type": "u", "price_per_unit": "1"}}
+    await metered_setup(ctx, env, rule=rule, feature="metered", plan_key="lanes")
 
 
 def _units(ctx, env, count: int, size: int) -> list[list]:
-    now = ctx.clocks.system_now()
     return [
-        [
-            parse_event(
-                {
-                    "eventIdempotencyKey": f"u{n}-{i}",
-                    "eventName": "lanes",
-                    "customerReferenceId": "cus_1",
-                    "featureKey": "metered",
-                },
-                environment_id=env,
-                now=now,
-                future_skew_seconds=300,
-            )
-            for i in range(size)
-        ]
+        usage_events(ctx, env, [f"u{n}-{i}" for i in range(size)], feature="metered", name="lanes")
         for n in range(count)
     ]
 

@@ -16,7 +16,7 @@ from tanso_mcp.services.metering import pgfast
 from tanso_mcp.services.metering.inputs import parse_event
 from tanso_mcp.services.metering.pgfast import _micros, _texts, max_used_before
 from tanso_mcp.services.metering.service import metering
-from tests.metering_factories import make_plan, subscribe
+from tests.metering_factories import make_plan, subscribe, usage_events
 
 pytestmark = pytest.mark.anyio
 
@@ -50,22 +50,8 @@ async def setup(ctx, env) -> str:
 
 
 def events(ctx, env, prefix: str, n: int, units: int = 1):
-    now = ctx.clocks.system_now()
-    return [
-        parse_event(
-            {
-                "eventIdempotencyKey": f"{prefix}{i}",
-                "eventName": "lane",
-                "customerReferenceId": "cus_1",
-                "featureKey": "capped",
-                "usageUnits": units,
-            },
-            environment_id=env,
-            now=now,
-            future_skew_seconds=300,
-        )
-        for i in range(n)
-    ]
+    keys = [f"{prefix}{i}" for i in range(n)]
+    return usage_events(ctx, env, keys, feature="capped", name="lane", units=units)
 
 
 async def sql(ctx, statement: str) -> list:
